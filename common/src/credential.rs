@@ -1,0 +1,233 @@
+//! Opaque credentials: `<prefix><id>_<secret><checksum>` (DESIGN §4).
+//!
+//! The id and secret are base62, so the single `_` after the id splits them without
+//! ambiguity; the checksum is CRC32 of everything before it, base62 in 6 characters, so a
+//! secret scanner can tell a real Tessera credential from noise offline. The secret has
+//! 256 bits of entropy, so it is stored as HMAC-SHA256(pepper, secret), never slow-hashed.
+
+use aws_lc_rs::hmac;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use subtle::ConstantTimeEq;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+/// Characters in a credential id (~95 bits).
+pub const ID_CHARS: usize = 16;
+/// Characters in a secret: 43 base62 characters carry 256 bits.
+pub const SECRET_CHARS: usize = 43;
+/// Characters in the checksum.
+pub const CHECKSUM_CHARS: usize = 6;
+/// Longest credential accepted by the parser.
+pub const MAX_CREDENTIAL_BYTES: usize = 128;
+
+/// The kinds of opaque credential, by prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CredentialKind {
+    /// `tbk_`: API keys (also the issuer's caller credentials).
+    ApiKey,
+    /// `tbf_`: refresh tokens.
+    Refresh,
+    /// `tbs_`: service tokens.
+    Service,
+    /// `tbw_`: webhook tokens.
+    Webhook,
+}
+
+impl CredentialKind {
+    /// Returns the prefix, underscore included.
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            CredentialKind::ApiKey => "tbk_",
+            CredentialKind::Refresh => "tbf_",
+            CredentialKind::Service => "tbs_",
+            CredentialKind::Webhook => "tbw_",
+        }
+    }
+
+    const ALL: [CredentialKind; 4] = [
+        CredentialKind::ApiKey,
+        CredentialKind::Refresh,
+        CredentialKind::Service,
+        CredentialKind::Webhook,
+    ];
+}
+
+/// Why a string is not a well-formed credential. Deliberately coarse: callers learn
+/// nothing about how close a guess came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialError {
+    #[error("credential is malformed")]
+    Malformed,
+    #[error("credential checksum does not match")]
+    BadChecksum,
+}
+
+/// A credential secret. Its `Debug` is redacted and its memory is wiped on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Returns the secret characters; never log them.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A parsed (or freshly generated) credential.
+#[derive(Clone, Debug)]
+pub struct Credential {
+    pub kind: CredentialKind,
+    /// The public id: safe to log, index and show.
+    pub id: String,
+    pub secret: Secret,
+}
+
+impl Credential {
+    /// Generates a credential of `kind` with a fresh id and a 256-bit secret.
+    pub fn generate(kind: CredentialKind) -> Credential {
+        Credential {
+            kind,
+            id: random_base62(ID_CHARS),
+            secret: Secret(random_base62(SECRET_CHARS)),
+        }
+    }
+
+    /// Parses `text`, checking the prefix, shape and checksum.
+    pub fn parse(text: &str) -> Result<Credential, CredentialError> {
+        if text.len() > MAX_CREDENTIAL_BYTES || !text.is_ascii() {
+            return Err(CredentialError::Malformed);
+        }
+        let kind = CredentialKind::ALL
+            .into_iter()
+            .find(|kind| text.starts_with(kind.prefix()))
+            .ok_or(CredentialError::Malformed)?;
+        let body = &text[kind.prefix().len()..];
+        let (id, rest) = body.split_once('_').ok_or(CredentialError::Malformed)?;
+        if id.is_empty() || rest.len() != SECRET_CHARS + CHECKSUM_CHARS || !is_base62(id) || !is_base62(rest) {
+            return Err(CredentialError::Malformed);
+        }
+        let (secret, checksum) = rest.split_at(SECRET_CHARS);
+        let expected = checksum_of(&text[..text.len() - CHECKSUM_CHARS]);
+        if checksum.as_bytes().ct_eq(expected.as_bytes()).unwrap_u8() != 1 {
+            return Err(CredentialError::BadChecksum);
+        }
+        Ok(Credential {
+            kind,
+            id: id.to_owned(),
+            secret: Secret(secret.to_owned()),
+        })
+    }
+
+    /// Returns the full credential text; hand it to its owner once, never log it.
+    pub fn expose(&self) -> String {
+        let mut text = format!("{}{}_{}", self.kind.prefix(), self.id, self.secret.expose());
+        let checksum = checksum_of(&text);
+        text.push_str(&checksum);
+        text
+    }
+}
+
+/// Returns HMAC-SHA256(pepper, secret): what is stored in place of the secret.
+pub fn hash_secret(pepper: &[u8], secret: &Secret) -> [u8; 32] {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, pepper);
+    let tag = hmac::sign(&key, secret.expose().as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
+/// Compares a presented secret with a stored hash in constant time.
+pub fn secret_matches(pepper: &[u8], secret: &Secret, stored_hash: &[u8]) -> bool {
+    hash_secret(pepper, secret).ct_eq(stored_hash).into()
+}
+
+fn is_base62(text: &str) -> bool {
+    text.bytes().all(|byte| byte.is_ascii_alphanumeric())
+}
+
+fn checksum_of(text: &str) -> String {
+    let mut value = u64::from(crc32fast::hash(text.as_bytes()));
+    let mut out = [b'0'; CHECKSUM_CHARS];
+    for slot in out.iter_mut().rev() {
+        *slot = BASE62[(value % 62) as usize];
+        value /= 62;
+    }
+    // Six base62 characters hold 62^6 > 2^32, so nothing is lost.
+    out.iter().map(|&byte| byte as char).collect()
+}
+
+/// Returns `n` uniformly random base62 characters (rejection sampling: no modulo bias).
+pub fn random_base62(n: usize) -> String {
+    let rng = SystemRandom::new();
+    let mut out = String::with_capacity(n);
+    let mut buffer = [0u8; 64];
+    while out.len() < n {
+        // SystemRandom only fails if the OS entropy source is gone, which is fatal for
+        // any credential service; there is no safe fallback.
+        rng.fill(&mut buffer).expect("operating system random source failed");
+        for &byte in &buffer {
+            if byte < 248 && out.len() < n {
+                out.push(BASE62[usize::from(byte % 62)] as char);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_credentials_parse_back() {
+        for kind in CredentialKind::ALL {
+            let credential = Credential::generate(kind);
+            let text = credential.expose();
+            assert!(text.starts_with(kind.prefix()));
+            let parsed = Credential::parse(&text).unwrap();
+            assert_eq!(parsed.kind, kind);
+            assert_eq!(parsed.id, credential.id);
+            assert_eq!(parsed.secret.expose(), credential.secret.expose());
+        }
+    }
+
+    #[test]
+    fn a_changed_character_fails_the_checksum() {
+        let text = Credential::generate(CredentialKind::ApiKey).expose();
+        let mut bytes = text.into_bytes();
+        let position = 4 + ID_CHARS + 5;
+        bytes[position] = if bytes[position] == b'a' { b'b' } else { b'a' };
+        let tampered = String::from_utf8(bytes).unwrap();
+        assert_eq!(Credential::parse(&tampered).unwrap_err(), CredentialError::BadChecksum);
+    }
+
+    #[test]
+    fn malformed_inputs_are_refused() {
+        for text in ["", "tbk_", "tbx_abc_def", "tbk_abc", "tbk_a-b_c", &"tbk_".repeat(100)] {
+            assert_eq!(Credential::parse(text).unwrap_err(), CredentialError::Malformed, "{text}");
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let credential = Credential::generate(CredentialKind::Refresh);
+        let debug = format!("{credential:?}");
+        assert!(!debug.contains(credential.secret.expose()));
+    }
+
+    #[test]
+    fn hashed_secret_matches_only_the_same_secret_and_pepper() {
+        let credential = Credential::generate(CredentialKind::ApiKey);
+        let hash = hash_secret(b"pepper", &credential.secret);
+        assert!(secret_matches(b"pepper", &credential.secret, &hash));
+        assert!(!secret_matches(b"other", &credential.secret, &hash));
+        let other = Credential::generate(CredentialKind::ApiKey);
+        assert!(!secret_matches(b"pepper", &other.secret, &hash));
+    }
+}

@@ -1,0 +1,252 @@
+//! Revocation entries and the matcher of DESIGN §5.
+//!
+//! A token is revoked if its `jti` is listed, or if an entry for its session, user,
+//! tenant, family or `all` has `revoked_at ≥` the token's issuance instant (compared in
+//! milliseconds, so a user who logs out everywhere and logs in again within the same
+//! second keeps the new token), or if its signing key is revoked.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::UnixMillis;
+
+/// What a revocation entry targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationKind {
+    Jti,
+    Session,
+    User,
+    Tenant,
+    Family,
+    Key,
+    All,
+}
+
+impl RevocationKind {
+    const COUNT: usize = 7;
+
+    const fn index(self) -> usize {
+        match self {
+            RevocationKind::Jti => 0,
+            RevocationKind::Session => 1,
+            RevocationKind::User => 2,
+            RevocationKind::Tenant => 3,
+            RevocationKind::Family => 4,
+            RevocationKind::Key => 5,
+            RevocationKind::All => 6,
+        }
+    }
+}
+
+/// One revocation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationEntry {
+    pub kind: RevocationKind,
+    /// The jti, session id, user id, tenant id, family id or kid; empty for `All`.
+    pub value: String,
+    /// Confines the entry to one tenant's tokens; `None` matches every tenant.
+    pub tenant_id: Option<String>,
+    pub revoked_at: UnixMillis,
+    /// After this instant no token the entry could match is still alive.
+    pub drop_after: UnixMillis,
+}
+
+/// What the matcher needs to know about a token.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenFacts<'a> {
+    pub jti: &'a str,
+    pub session_id: &'a str,
+    pub subject: &'a str,
+    pub tenant_id: &'a str,
+    pub family_id: Option<&'a str>,
+    pub kid: &'a str,
+    /// Issuance instant in milliseconds.
+    pub issued_at: UnixMillis,
+}
+
+/// Where an entry is filed: (tenant scope, value).
+type EntryKey = (Option<String>, String);
+
+/// The live revocation entries, indexed for matching in a few hash probes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationSet {
+    by_kind: Vec<HashMap<EntryKey, RevocationEntry>>,
+    n_entries: usize,
+}
+
+impl RevocationSet {
+    /// Returns the number of live entries.
+    pub fn len(&self) -> usize {
+        self.n_entries
+    }
+
+    /// Returns true when no entry is held.
+    pub fn is_empty(&self) -> bool {
+        self.n_entries == 0
+    }
+
+    /// Adds `entry`; an entry for the same target keeps the later `revoked_at`.
+    pub fn insert(&mut self, entry: RevocationEntry) {
+        if self.by_kind.is_empty() {
+            self.by_kind = vec![HashMap::new(); RevocationKind::COUNT];
+        }
+        let map = &mut self.by_kind[entry.kind.index()];
+        let key = (entry.tenant_id.clone(), entry.value.clone());
+        match map.get_mut(&key) {
+            Some(existing) => {
+                if entry.revoked_at > existing.revoked_at {
+                    *existing = entry;
+                }
+            }
+            None => {
+                map.insert(key, entry);
+                self.n_entries += 1;
+            }
+        }
+    }
+
+    /// Forgets entries whose `drop_after` has passed.
+    pub fn prune(&mut self, now: UnixMillis) {
+        for map in &mut self.by_kind {
+            map.retain(|_, entry| entry.drop_after > now);
+        }
+        self.n_entries = self.by_kind.iter().map(HashMap::len).sum();
+    }
+
+    /// Returns every entry (for snapshots).
+    pub fn entries(&self) -> impl Iterator<Item = &RevocationEntry> {
+        self.by_kind.iter().flat_map(HashMap::values)
+    }
+
+    /// Returns the entry that revokes the token described by `facts`, if any.
+    pub fn matching(&self, facts: &TokenFacts<'_>) -> Option<&RevocationEntry> {
+        if self.n_entries == 0 {
+            return None;
+        }
+        let issued_at = facts.issued_at;
+        // A jti names one token, so its entry applies whatever the instants.
+        if let Some(entry) = self.find(RevocationKind::Jti, facts.tenant_id, facts.jti) {
+            return Some(entry);
+        }
+        let cutoff_kinds = [
+            (RevocationKind::Session, facts.session_id),
+            (RevocationKind::User, facts.subject),
+            (RevocationKind::Tenant, facts.tenant_id),
+            (RevocationKind::Key, facts.kid),
+            (RevocationKind::All, ""),
+        ];
+        for (kind, value) in cutoff_kinds {
+            if let Some(entry) = self.find(kind, facts.tenant_id, value)
+                && entry.revoked_at >= issued_at
+            {
+                return Some(entry);
+            }
+        }
+        if let Some(family_id) = facts.family_id
+            && let Some(entry) = self.find(RevocationKind::Family, facts.tenant_id, family_id)
+            && entry.revoked_at >= issued_at
+        {
+            return Some(entry);
+        }
+        None
+    }
+
+    fn find(&self, kind: RevocationKind, tenant_id: &str, value: &str) -> Option<&RevocationEntry> {
+        let map = &self.by_kind[kind.index()];
+        if map.is_empty() {
+            return None;
+        }
+        // Probe the tenant-scoped entry first, then the platform-wide one; the later
+        // revocation wins so a cutoff is never moved backwards.
+        let scoped = map.get(&(Some(tenant_id.to_owned()), value.to_owned()));
+        let global = map.get(&(None, value.to_owned()));
+        match (scoped, global) {
+            (Some(a), Some(b)) => Some(if a.revoked_at >= b.revoked_at { a } else { b }),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(kind: RevocationKind, value: &str, revoked_at: i64) -> RevocationEntry {
+        RevocationEntry {
+            kind,
+            value: value.into(),
+            tenant_id: None,
+            revoked_at: UnixMillis(revoked_at),
+            drop_after: UnixMillis(revoked_at + 1_000_000),
+        }
+    }
+
+    fn facts(issued_at: i64) -> TokenFacts<'static> {
+        TokenFacts {
+            jti: "j1",
+            session_id: "s1",
+            subject: "u1",
+            tenant_id: "t1",
+            family_id: Some("f1"),
+            kid: "k1",
+            issued_at: UnixMillis(issued_at),
+        }
+    }
+
+    #[test]
+    fn cutoff_entries_revoke_only_tokens_issued_at_or_before() {
+        for kind in [
+            RevocationKind::Session,
+            RevocationKind::User,
+            RevocationKind::Tenant,
+            RevocationKind::Family,
+            RevocationKind::Key,
+        ] {
+            let value = match kind {
+                RevocationKind::Session => "s1",
+                RevocationKind::User => "u1",
+                RevocationKind::Tenant => "t1",
+                RevocationKind::Family => "f1",
+                _ => "k1",
+            };
+            let mut set = RevocationSet::default();
+            set.insert(entry(kind, value, 5_000));
+            assert!(set.matching(&facts(4_999)).is_some(), "{kind:?}");
+            assert!(set.matching(&facts(5_000)).is_some(), "{kind:?}");
+            // Same second, one millisecond later: a fresh login survives the logout.
+            assert!(set.matching(&facts(5_001)).is_none(), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn jti_entry_revokes_regardless_of_instant_and_all_entry_revokes_everyone() {
+        let mut set = RevocationSet::default();
+        set.insert(entry(RevocationKind::Jti, "j1", 0));
+        assert!(set.matching(&facts(10_000)).is_some());
+        let mut set = RevocationSet::default();
+        set.insert(entry(RevocationKind::All, "", 7_000));
+        assert!(set.matching(&facts(6_000)).is_some());
+        assert!(set.matching(&facts(8_000)).is_none());
+    }
+
+    #[test]
+    fn tenant_scoped_entry_does_not_touch_other_tenants() {
+        let mut set = RevocationSet::default();
+        set.insert(RevocationEntry {
+            tenant_id: Some("t2".into()),
+            ..entry(RevocationKind::User, "u1", 5_000)
+        });
+        assert!(set.matching(&facts(1_000)).is_none());
+    }
+
+    #[test]
+    fn prune_drops_expired_entries() {
+        let mut set = RevocationSet::default();
+        set.insert(entry(RevocationKind::Jti, "a", 0));
+        set.insert(entry(RevocationKind::Jti, "b", 5_000_000));
+        set.prune(UnixMillis(2_000_000));
+        assert_eq!(set.len(), 1);
+    }
+}
