@@ -1,1 +1,4 @@
+//! Integration tests of the issuer library: the storage conformance suite on both
+//! backends, and in-process servers on real sockets.
 
+mod store_suite;
