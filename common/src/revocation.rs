@@ -70,7 +70,11 @@ pub struct TokenFacts<'a> {
 type EntryKey = (Option<String>, String);
 
 /// The live revocation entries, indexed for matching in a few hash probes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// Serialised as a plain list of entries: the index is rebuilt on load (JSON maps need
+/// string keys, and the list is the stable, readable form for bundle cache files).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(from = "Vec<RevocationEntry>", into = "Vec<RevocationEntry>")]
 pub struct RevocationSet {
     by_kind: Vec<HashMap<EntryKey, RevocationEntry>>,
     n_entries: usize,
@@ -169,6 +173,38 @@ impl RevocationSet {
     }
 }
 
+/// Two sets are equal when they hold the same entries, however their index was built.
+impl PartialEq for RevocationSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.n_entries == other.n_entries
+            && self.entries().all(|entry| {
+                other
+                    .by_kind
+                    .get(entry.kind.index())
+                    .and_then(|map| map.get(&(entry.tenant_id.clone(), entry.value.clone())))
+                    == Some(entry)
+            })
+    }
+}
+
+impl Eq for RevocationSet {}
+
+impl From<Vec<RevocationEntry>> for RevocationSet {
+    fn from(entries: Vec<RevocationEntry>) -> Self {
+        let mut set = RevocationSet::default();
+        for entry in entries {
+            set.insert(entry);
+        }
+        set
+    }
+}
+
+impl From<RevocationSet> for Vec<RevocationEntry> {
+    fn from(set: RevocationSet) -> Self {
+        set.by_kind.into_iter().flat_map(HashMap::into_values).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +275,22 @@ mod tests {
             ..entry(RevocationKind::User, "u1", 5_000)
         });
         assert!(set.matching(&facts(1_000)).is_none());
+    }
+
+    #[test]
+    fn set_round_trips_through_json_as_a_list() {
+        let mut set = RevocationSet::default();
+        set.insert(entry(RevocationKind::Jti, "a", 0));
+        set.insert(RevocationEntry {
+            tenant_id: Some("t1".into()),
+            ..entry(RevocationKind::User, "u1", 5_000)
+        });
+        let json = serde_json::to_string(&set).unwrap();
+        assert!(json.starts_with('['), "{json}");
+        let back: RevocationSet = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.len(), 2);
+        assert!(back.matching(&facts(1_000)).is_some());
+        assert_eq!(back.entries().count(), 2);
     }
 
     #[test]

@@ -238,9 +238,10 @@ pub fn decode_claims(jws: &ParsedJws<'_>) -> Result<(AccessClaims, String), Reje
 #[derive(Clone, Debug)]
 pub struct ClaimRules<'a> {
     pub issuer: &'a str,
-    /// Audiences accepted when the caller names none.
+    /// Accepted audiences; empty accepts any audience.
     pub audiences: &'a [String],
-    /// The audience the caller requires, if any.
+    /// The audience the caller requires, if any: `aud` must equal it, and it must itself
+    /// be accepted (a caller can narrow the accepted audiences, never widen them).
     pub required_audience: Option<&'a str>,
     pub leeway: Duration,
     /// Token type required (`access` by default).
@@ -257,10 +258,8 @@ pub fn check_claims(
     if claims.iss != rules.issuer {
         return Err(Rejection::WrongIssuer);
     }
-    let audience_ok = match rules.required_audience {
-        Some(required) => claims.aud == required,
-        None => rules.audiences.is_empty() || rules.audiences.iter().any(|aud| *aud == claims.aud),
-    };
+    let accepted = rules.audiences.is_empty() || rules.audiences.iter().any(|aud| *aud == claims.aud);
+    let audience_ok = accepted && rules.required_audience.is_none_or(|required| claims.aud == required);
     if !audience_ok {
         return Err(Rejection::WrongAudience);
     }

@@ -1,1 +1,50 @@
-fn main(){}
+//! `tessera-sidecar`: parses the configuration, initialises telemetry, binds the
+//! listeners and hands over to [`tessera_sidecar::run`] until SIGTERM or SIGINT.
+
+use std::process::ExitCode;
+
+use tessera_sidecar::{Listeners, SidecarConfig};
+
+fn main() -> ExitCode {
+    let config = match SidecarConfig::from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            let code = error.exit_code();
+            match error {
+                tessera_sidecar::ConfigError::Cli(error) => {
+                    let _ = error.print();
+                }
+                error => eprintln!("tessera-sidecar: invalid configuration: {error}"),
+            }
+            return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tessera-sidecar: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: SidecarConfig) -> ExitCode {
+    let otlp_endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok();
+    let json_logs = std::env::var("TESSERA_LOG_FORMAT").is_ok_and(|format| format == "json");
+    let _telemetry = tessera_common::telemetry::init("tessera-sidecar", otlp_endpoint.as_deref(), json_logs);
+    let listeners = match Listeners::bind(&config.serve).await {
+        Ok(listeners) => listeners,
+        Err(error) => {
+            tracing::error!(%error, "cannot bind");
+            return ExitCode::FAILURE;
+        }
+    };
+    match tessera_sidecar::run(config, listeners, tessera_sidecar::termination_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "sidecar failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! Prometheus metrics of the sidecar (names per DESIGN §9), rendered at `/metrics`.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tessera_common::verify::Rejection;
+
+/// Validations by outcome (`valid` or the rejection reason).
+pub const VALIDATION_ATTEMPTS: &str = "tessera_auth_validation_attempt_total";
+/// Revision of the bundle held.
+pub const BUNDLE_REVISION: &str = "tessera_trust_bundle_revision";
+/// Seconds since the last message from the issuer.
+pub const BUNDLE_STALENESS: &str = "tessera_sidecar_bundle_staleness_seconds";
+/// Resyncs triggered by unknown kids.
+pub const RESYNCS: &str = "tessera_sidecar_resync_total";
+/// Connections to the issuer's stream, by result.
+pub const SUBSCRIPTIONS: &str = "tessera_sidecar_subscription_attempts_total";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns its handle. Several sidecars in
+/// one process (tests) share it.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new();
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            handle
+        })
+        .clone()
+}
+
+/// Counts one validation.
+pub fn record_validation<T>(verdict: &Result<T, Rejection>) {
+    let outcome = match verdict {
+        Ok(_) => "valid",
+        Err(rejection) => rejection.as_str(),
+    };
+    metrics::counter!(VALIDATION_ATTEMPTS, "outcome" => outcome).increment(1);
+}
+
+/// Counts one resync.
+pub fn record_resync() {
+    metrics::counter!(RESYNCS).increment(1);
+}
+
+/// Counts one connection attempt to the issuer (`ok` or `error`).
+pub fn record_subscription(result: &'static str) {
+    metrics::counter!(SUBSCRIPTIONS, "result" => result).increment(1);
+}
+
+/// Publishes the bundle's revision and staleness (`None`: never heard from the issuer).
+pub fn record_bundle(revision: u64, staleness: Option<Duration>) {
+    metrics::gauge!(BUNDLE_REVISION).set(revision as f64);
+    let seconds = staleness.map_or(f64::INFINITY, |staleness| staleness.as_secs_f64());
+    metrics::gauge!(BUNDLE_STALENESS).set(seconds);
+}
