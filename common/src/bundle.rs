@@ -11,7 +11,9 @@ use crate::keys::KeySchedule;
 use crate::revocation::{RevocationEntry, RevocationSet};
 
 /// A position in the issuer's event log. Revisions only grow.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Revision(pub u64);
 
@@ -97,8 +99,10 @@ impl TrustBundle {
         let horizon = now.minus(std::time::Duration::from_secs(
             u64::from(self.policy.max_token_ttl_seconds) + u64::from(self.policy.leeway_seconds),
         ));
-        self.keys
-            .retain(|_, key| key.revoked_at.is_none_or(|revoked_at| revoked_at >= horizon));
+        self.keys.retain(|_, key| {
+            key.revoked_at
+                .is_none_or(|revoked_at| revoked_at >= horizon)
+        });
         self.revocations.prune(now);
     }
 }

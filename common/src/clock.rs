@@ -84,7 +84,8 @@ impl ManualClock {
 
     /// Moves the clock forward by `duration`.
     pub fn advance(&self, duration: Duration) {
-        self.now.fetch_add(duration_millis(duration), Ordering::SeqCst);
+        self.now
+            .fetch_add(duration_millis(duration), Ordering::SeqCst);
     }
 
     /// Sets the clock to `instant`.

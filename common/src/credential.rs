@@ -109,7 +109,11 @@ impl Credential {
             .ok_or(CredentialError::Malformed)?;
         let body = &text[kind.prefix().len()..];
         let (id, rest) = body.split_once('_').ok_or(CredentialError::Malformed)?;
-        if id.is_empty() || rest.len() != SECRET_CHARS + CHECKSUM_CHARS || !is_base62(id) || !is_base62(rest) {
+        if id.is_empty()
+            || rest.len() != SECRET_CHARS + CHECKSUM_CHARS
+            || !is_base62(id)
+            || !is_base62(rest)
+        {
             return Err(CredentialError::Malformed);
         }
         let (secret, checksum) = rest.split_at(SECRET_CHARS);
@@ -170,7 +174,8 @@ pub fn random_base62(n: usize) -> String {
     while out.len() < n {
         // SystemRandom only fails if the OS entropy source is gone, which is fatal for
         // any credential service; there is no safe fallback.
-        rng.fill(&mut buffer).expect("operating system random source failed");
+        rng.fill(&mut buffer)
+            .expect("operating system random source failed");
         for &byte in &buffer {
             if byte < 248 && out.len() < n {
                 out.push(BASE62[usize::from(byte % 62)] as char);
@@ -204,13 +209,27 @@ mod tests {
         let position = 4 + ID_CHARS + 5;
         bytes[position] = if bytes[position] == b'a' { b'b' } else { b'a' };
         let tampered = String::from_utf8(bytes).unwrap();
-        assert_eq!(Credential::parse(&tampered).unwrap_err(), CredentialError::BadChecksum);
+        assert_eq!(
+            Credential::parse(&tampered).unwrap_err(),
+            CredentialError::BadChecksum
+        );
     }
 
     #[test]
     fn malformed_inputs_are_refused() {
-        for text in ["", "tbk_", "tbx_abc_def", "tbk_abc", "tbk_a-b_c", &"tbk_".repeat(100)] {
-            assert_eq!(Credential::parse(text).unwrap_err(), CredentialError::Malformed, "{text}");
+        for text in [
+            "",
+            "tbk_",
+            "tbx_abc_def",
+            "tbk_abc",
+            "tbk_a-b_c",
+            &"tbk_".repeat(100),
+        ] {
+            assert_eq!(
+                Credential::parse(text).unwrap_err(),
+                CredentialError::Malformed,
+                "{text}"
+            );
         }
     }
 

@@ -99,15 +99,24 @@ mod tests {
 
     #[test]
     fn identifiers_reject_empty_long_and_control_characters() {
-        assert_eq!(TenantId::new(""), Err(IdError::Empty { field: "tenant_id" }));
+        assert_eq!(
+            TenantId::new(""),
+            Err(IdError::Empty { field: "tenant_id" })
+        );
         assert!(matches!(
             Subject::new("x".repeat(MAX_ID_BYTES + 1)),
-            Err(IdError::TooLong { field: "subject", .. })
+            Err(IdError::TooLong {
+                field: "subject",
+                ..
+            })
         ));
         assert!(matches!(
             KeyId::new("a\nb"),
             Err(IdError::ControlCharacter { field: "kid" })
         ));
-        assert_eq!(TenantId::new("acme").map(|t| t.to_string()), Ok("acme".into()));
+        assert_eq!(
+            TenantId::new("acme").map(|t| t.to_string()),
+            Ok("acme".into())
+        );
     }
 }

@@ -221,7 +221,9 @@ pub enum PolicyError {
         overlap_secs: u64,
         max_ttl_secs: u64,
     },
-    #[error("key set `{key_set}`: prepublish ({prepublish_secs} s) must be shorter than the rotation interval ({rotate_every_secs} s)")]
+    #[error(
+        "key set `{key_set}`: prepublish ({prepublish_secs} s) must be shorter than the rotation interval ({rotate_every_secs} s)"
+    )]
     PrepublishTooLong {
         key_set: KeySetName,
         prepublish_secs: u64,

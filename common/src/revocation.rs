@@ -201,7 +201,10 @@ impl From<Vec<RevocationEntry>> for RevocationSet {
 
 impl From<RevocationSet> for Vec<RevocationEntry> {
     fn from(set: RevocationSet) -> Self {
-        set.by_kind.into_iter().flat_map(HashMap::into_values).collect()
+        set.by_kind
+            .into_iter()
+            .flat_map(HashMap::into_values)
+            .collect()
     }
 }
 

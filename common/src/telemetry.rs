@@ -30,16 +30,27 @@ pub fn init(service_name: &'static str, otlp_endpoint: Option<&str>, json: bool)
     let otel_layer = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(service_name))
-            .with_filter(EnvFilter::new("info,tonic=off,h2=off,hyper=off,tower=off,opentelemetry=off"))
+            .with_filter(EnvFilter::new(
+                "info,tonic=off,h2=off,hyper=off,tower=off,opentelemetry=off",
+            ))
     });
     let registry = tracing_subscriber::registry().with(otel_layer);
     let result = if json {
         registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_filter(filter))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
             .try_init()
     } else {
         registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter),
+            )
             .try_init()
     };
     if result.is_err() {
@@ -48,7 +59,9 @@ pub fn init(service_name: &'static str, otlp_endpoint: Option<&str>, json: bool)
     }
     if let Some(provider) = &provider {
         opentelemetry::global::set_tracer_provider(provider.clone());
-        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
     }
     TelemetryGuard { provider }
 }
@@ -65,7 +78,11 @@ fn build_provider(service_name: &'static str, endpoint: &str) -> Option<SdkTrace
         Ok(exporter) => Some(
             SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
-                .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service_name).build())
+                .with_resource(
+                    opentelemetry_sdk::Resource::builder()
+                        .with_service_name(service_name)
+                        .build(),
+                )
                 .build(),
         ),
         Err(error) => {

@@ -102,10 +102,11 @@ pub struct KeyImportError {
 impl VerifyingKey {
     /// Parses the JWK of `key`, checking that its type matches the pinned algorithm.
     pub fn from_schedule(key: &KeySchedule) -> Result<Self, KeyImportError> {
-        let parsed = parse_jwk(&key.public_jwk, key.algorithm).map_err(|detail| KeyImportError {
-            kid: key.kid.to_string(),
-            detail,
-        })?;
+        let parsed =
+            parse_jwk(&key.public_jwk, key.algorithm).map_err(|detail| KeyImportError {
+                kid: key.kid.to_string(),
+                detail,
+            })?;
         Ok(VerifyingKey {
             algorithm: key.algorithm,
             revoked_at: key.revoked_at,
@@ -130,7 +131,8 @@ fn parse_jwk(jwk: &Jwk, algorithm: Algorithm) -> Result<ParsedPublicKey, &'stati
                 return Err("kty is not RSA");
             }
             let der = rsa_public_key_der(&field(&jwk.n, "bad n")?, &field(&jwk.e, "bad e")?);
-            ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, der).map_err(|_| "rejected RSA key")
+            ParsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, der)
+                .map_err(|_| "rejected RSA key")
         }
         Algorithm::Es256 => {
             if jwk.kty != "EC" || jwk.crv.as_deref() != Some("P-256") {
@@ -139,13 +141,15 @@ fn parse_jwk(jwk: &Jwk, algorithm: Algorithm) -> Result<ParsedPublicKey, &'stati
             let mut point = vec![0x04];
             point.extend(field(&jwk.x, "bad x")?);
             point.extend(field(&jwk.y, "bad y")?);
-            ParsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point).map_err(|_| "rejected EC key")
+            ParsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
+                .map_err(|_| "rejected EC key")
         }
         Algorithm::EdDsa => {
             if jwk.kty != "OKP" || jwk.crv.as_deref() != Some("Ed25519") {
                 return Err("kty/crv is not OKP Ed25519");
             }
-            ParsedPublicKey::new(&signature::ED25519, field(&jwk.x, "bad x")?).map_err(|_| "rejected Ed25519 key")
+            ParsedPublicKey::new(&signature::ED25519, field(&jwk.x, "bad x")?)
+                .map_err(|_| "rejected Ed25519 key")
         }
     }
 }
@@ -154,7 +158,10 @@ fn parse_jwk(jwk: &Jwk, algorithm: Algorithm) -> Result<ParsedPublicKey, &'stati
 fn rsa_public_key_der(modulus: &[u8], exponent: &[u8]) -> Vec<u8> {
     fn integer(bytes: &[u8]) -> Vec<u8> {
         let trimmed: &[u8] = {
-            let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len().saturating_sub(1));
+            let start = bytes
+                .iter()
+                .position(|&b| b != 0)
+                .unwrap_or(bytes.len().saturating_sub(1));
             &bytes[start..]
         };
         let mut content = Vec::with_capacity(trimmed.len() + 1);
@@ -175,7 +182,11 @@ fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     if len < 0x80 {
         out.push(len as u8);
     } else {
-        let len_bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|&b| b == 0).collect();
+        let len_bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|&b| b == 0)
+            .collect();
         out.push(0x80 | len_bytes.len() as u8);
         out.extend(len_bytes);
     }
@@ -203,9 +214,14 @@ pub fn parse_compact(token: &str) -> Result<ParsedJws<'_>, Rejection> {
     if payload_b64.contains('.') {
         return Err(Rejection::Malformed);
     }
-    let header_bytes = URL_SAFE_NO_PAD.decode(header_b64).map_err(|_| Rejection::Malformed)?;
-    let header: JwsHeader = serde_json::from_slice(&header_bytes).map_err(|_| Rejection::Malformed)?;
-    let signature = URL_SAFE_NO_PAD.decode(signature_b64).map_err(|_| Rejection::Malformed)?;
+    let header_bytes = URL_SAFE_NO_PAD
+        .decode(header_b64)
+        .map_err(|_| Rejection::Malformed)?;
+    let header: JwsHeader =
+        serde_json::from_slice(&header_bytes).map_err(|_| Rejection::Malformed)?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(signature_b64)
+        .map_err(|_| Rejection::Malformed)?;
     Ok(ParsedJws {
         header,
         signing_input,
@@ -228,8 +244,11 @@ pub fn check_signature(jws: &ParsedJws<'_>, key: &VerifyingKey) -> Result<(), Re
 
 /// Decodes the claims of a signature-checked JWS, returning them with their JSON text.
 pub fn decode_claims(jws: &ParsedJws<'_>) -> Result<(AccessClaims, String), Rejection> {
-    let payload = URL_SAFE_NO_PAD.decode(jws.payload_b64).map_err(|_| Rejection::Malformed)?;
-    let claims: AccessClaims = serde_json::from_slice(&payload).map_err(|_| Rejection::Malformed)?;
+    let payload = URL_SAFE_NO_PAD
+        .decode(jws.payload_b64)
+        .map_err(|_| Rejection::Malformed)?;
+    let claims: AccessClaims =
+        serde_json::from_slice(&payload).map_err(|_| Rejection::Malformed)?;
     let json = String::from_utf8(payload).map_err(|_| Rejection::Malformed)?;
     Ok((claims, json))
 }
@@ -258,8 +277,12 @@ pub fn check_claims(
     if claims.iss != rules.issuer {
         return Err(Rejection::WrongIssuer);
     }
-    let accepted = rules.audiences.is_empty() || rules.audiences.iter().any(|aud| *aud == claims.aud);
-    let audience_ok = accepted && rules.required_audience.is_none_or(|required| claims.aud == required);
+    let accepted =
+        rules.audiences.is_empty() || rules.audiences.iter().any(|aud| *aud == claims.aud);
+    let audience_ok = accepted
+        && rules
+            .required_audience
+            .is_none_or(|required| claims.aud == required);
     if !audience_ok {
         return Err(Rejection::WrongAudience);
     }
@@ -298,7 +321,9 @@ pub fn check_revocation(
         issued_at: UnixMillis(claims.iat_ms),
     };
     match revocations.matching(&facts) {
-        Some(entry) if entry.kind == crate::revocation::RevocationKind::Key => Err(Rejection::KeyRevoked),
+        Some(entry) if entry.kind == crate::revocation::RevocationKind::Key => {
+            Err(Rejection::KeyRevoked)
+        }
         Some(_) => Err(Rejection::Revoked),
         None => Ok(()),
     }
@@ -330,14 +355,20 @@ mod tests {
 
     #[test]
     fn der_integer_gets_a_leading_zero_when_the_high_bit_is_set() {
-        assert_eq!(rsa_public_key_der(&[0x80], &[0x01, 0x00, 0x01]), vec![
-            0x30, 0x09, 0x02, 0x02, 0x00, 0x80, 0x02, 0x03, 0x01, 0x00, 0x01
-        ]);
+        assert_eq!(
+            rsa_public_key_der(&[0x80], &[0x01, 0x00, 0x01]),
+            vec![
+                0x30, 0x09, 0x02, 0x02, 0x00, 0x80, 0x02, 0x03, 0x01, 0x00, 0x01
+            ]
+        );
     }
 
     #[test]
     fn parse_compact_rejects_oversize_and_garbage() {
-        assert_eq!(parse_compact(&"a".repeat(MAX_TOKEN_BYTES + 1)).unwrap_err(), Rejection::TooLarge);
+        assert_eq!(
+            parse_compact(&"a".repeat(MAX_TOKEN_BYTES + 1)).unwrap_err(),
+            Rejection::TooLarge
+        );
         for token in ["", "a.b", "a.b.c.d", "!!.e30.AA", "e30.e30.!!"] {
             assert!(parse_compact(token).is_err(), "{token}");
         }

@@ -20,18 +20,28 @@ pub const KEK_BYTES: usize = 32;
 #[derive(Debug, thiserror::Error)]
 pub enum KekError {
     #[error("cannot read KEK file {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot write KEK file {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("KEK must be {KEK_BYTES} bytes, base64-encoded")]
     BadEncoding,
-    #[error("wrapped key does not decrypt under this KEK (wrong KEK, or the row was tampered with)")]
+    #[error(
+        "wrapped key does not decrypt under this KEK (wrong KEK, or the row was tampered with)"
+    )]
     Unwrap,
 }
 
 /// The KEK. Its `Debug` is redacted.
 pub struct Kek {
     key: LessSafeKey,
+    /// HMAC key for deriving subkeys (the credential pepper) from the KEK.
+    derivation: aws_lc_rs::hmac::Key,
     /// A short, non-secret fingerprint (first bytes of SHA-256 of the key) for logs.
     fingerprint: String,
 }
@@ -50,25 +60,36 @@ impl Kek {
         }
         let unbound = UnboundKey::new(&AES_256_GCM, bytes).map_err(|_| KekError::BadEncoding)?;
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-        let fingerprint = digest.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect();
+        let fingerprint = digest.as_ref()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         Ok(Kek {
             key: LessSafeKey::new(unbound),
+            derivation: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, bytes),
             fingerprint,
         })
     }
 
     /// Decodes a base64 KEK (as found in a file or `TESSERA_KEK`).
     pub fn from_base64(text: &str) -> Result<Kek, KekError> {
-        let bytes = Zeroizing::new(STANDARD.decode(text.trim()).map_err(|_| KekError::BadEncoding)?);
+        let bytes = Zeroizing::new(
+            STANDARD
+                .decode(text.trim())
+                .map_err(|_| KekError::BadEncoding)?,
+        );
         Kek::from_bytes(&bytes)
     }
 
     /// Reads a base64 KEK from `path`.
     pub fn from_file(path: &Path) -> Result<Kek, KekError> {
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| KekError::Read {
-            path: path.display().to_string(),
-            source,
-        })?);
+        let text =
+            Zeroizing::new(
+                std::fs::read_to_string(path).map_err(|source| KekError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            );
         Kek::from_base64(&text)
     }
 
@@ -79,13 +100,21 @@ impl Kek {
             return Ok((Kek::from_file(path)?, false));
         }
         let mut raw = Zeroizing::new([0u8; KEK_BYTES]);
-        SystemRandom::new().fill(raw.as_mut()).map_err(|_| KekError::BadEncoding)?;
+        SystemRandom::new()
+            .fill(raw.as_mut())
+            .map_err(|_| KekError::BadEncoding)?;
         let text = Zeroizing::new(STANDARD.encode(raw.as_ref()));
         crate::files::write_private(path, text.as_bytes()).map_err(|source| KekError::Write {
             path: path.display().to_string(),
             source,
         })?;
         Ok((Kek::from_bytes(raw.as_ref())?, true))
+    }
+
+    /// Derives a 32-byte subkey for `label` (e.g. the credential pepper, version 1).
+    pub fn derive(&self, label: &str) -> Zeroizing<Vec<u8>> {
+        let tag = aws_lc_rs::hmac::sign(&self.derivation, label.as_bytes());
+        Zeroizing::new(tag.as_ref().to_vec())
     }
 
     /// Returns the non-secret fingerprint.
@@ -104,7 +133,11 @@ impl Kek {
         let aad = associated_data(key_set, kid);
         // Sealing only fails for inputs beyond AES-GCM's length limit (64 GiB).
         self.key
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce_bytes), Aad::from(aad.as_bytes()), &mut in_out)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(aad.as_bytes()),
+                &mut in_out,
+            )
             .expect("private key larger than the AES-GCM limit");
         let mut sealed = nonce_bytes.to_vec();
         sealed.extend_from_slice(&in_out);
@@ -113,7 +146,12 @@ impl Kek {
     }
 
     /// Opens a wrapped key; fails if the KEK, the key set or the kid do not match.
-    pub fn unwrap(&self, key_set: KeySetName, kid: &str, wrapped: &WrappedKey) -> Result<Zeroizing<Vec<u8>>, KekError> {
+    pub fn unwrap(
+        &self,
+        key_set: KeySetName,
+        kid: &str,
+        wrapped: &WrappedKey,
+    ) -> Result<Zeroizing<Vec<u8>>, KekError> {
         if wrapped.0.len() < NONCE_LEN {
             return Err(KekError::Unwrap);
         }
@@ -147,10 +185,20 @@ mod tests {
     fn wrap_round_trips_and_binds_kid_and_key_set() {
         let kek = kek(7);
         let wrapped = kek.wrap(KeySetName::Access, "k1", b"private");
-        assert_eq!(kek.unwrap(KeySetName::Access, "k1", &wrapped).unwrap().as_slice(), b"private");
+        assert_eq!(
+            kek.unwrap(KeySetName::Access, "k1", &wrapped)
+                .unwrap()
+                .as_slice(),
+            b"private"
+        );
         assert!(kek.unwrap(KeySetName::Access, "k2", &wrapped).is_err());
         assert!(kek.unwrap(KeySetName::Action, "k1", &wrapped).is_err());
-        assert!(super::Kek::from_bytes(&[8; KEK_BYTES]).unwrap().unwrap(KeySetName::Access, "k1", &wrapped).is_err());
+        assert!(
+            super::Kek::from_bytes(&[8; KEK_BYTES])
+                .unwrap()
+                .unwrap(KeySetName::Access, "k1", &wrapped)
+                .is_err()
+        );
     }
 
     #[test]

@@ -1,8 +1,19 @@
 //! Tessera issuer: holds every private key and all token state, signs tokens, rotates
 //! keys on schedule and streams the trust bundle to verifiers.
 
+pub mod app;
 pub mod audit;
-pub mod store;
+pub mod auth;
+pub mod cli;
+pub mod config;
 pub mod files;
+pub mod grpc;
+pub mod http;
+pub mod hub;
 pub mod kek;
 pub mod keys;
+pub mod metrics;
+pub mod scheduler;
+pub mod server;
+pub mod store;
+pub mod tokens;

@@ -1,1 +1,153 @@
-fn main(){}
+//! `tessera-issuer`: `serve` runs the issuer; the other subcommands administer a running
+//! one over gRPC. Parses arguments, initialises telemetry, binds, and hands over to the
+//! library.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tessera_common::SystemClock;
+use tessera_issuer::cli::{
+    self, AuditCommand, ClientsCommand, ConnectArgs, KeysCommand, TokenCommand,
+};
+use tessera_issuer::config::{IssuerConfig, ServeArgs};
+use tessera_issuer::server::Issuer;
+
+/// Exit code for a configuration error (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+/// Tessera issuer: signs access tokens, rotates signing keys on schedule with overlap
+/// windows, and streams the trust bundle (keys + revocations) to validator sidecars.
+///
+/// Quick start: `tessera-issuer serve` keeps its state in ./tessera-data (SQLite), creates
+/// a development KEK and an admin credential there, and listens on 127.0.0.1:50051 (gRPC)
+/// and 127.0.0.1:8080 (HTTP). In another shell, `tessera-issuer token issue --subject
+/// alice --tenant acme` prints a token signed by it.
+#[derive(Parser, Debug)]
+#[command(name = "tessera-issuer", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the issuer.
+    Serve(ServeArgs),
+    /// Inspect, rotate and revoke signing keys.
+    Keys {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Issue and introspect access tokens.
+    Token {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Create, list and disable API clients (callers of the issuer).
+    Clients {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(subcommand)]
+        command: ClientsCommand,
+    },
+    /// Read and verify the audit log.
+    Audit {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let result = match cli.command {
+            Command::Serve(args) => return serve(args).await,
+            Command::Keys { connect, command } => cli::keys(&connect, command).await,
+            Command::Token { connect, command } => cli::token(&connect, command).await,
+            Command::Clients { connect, command } => cli::clients(&connect, command).await,
+            Command::Audit { connect, command } => cli::audit(&connect, command).await,
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                match error.downcast_ref::<tonic::Status>() {
+                    Some(status) => eprintln!("error: {} ({:?})", status.message(), status.code()),
+                    None => eprintln!("error: {error:#}"),
+                }
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    let config = match IssuerConfig::resolve(&args) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let _telemetry = tessera_common::telemetry::init(
+        "tessera-issuer",
+        config.otlp_endpoint.as_deref(),
+        config.log_json,
+    );
+    let issuer = match Issuer::start(config.clone(), Arc::new(SystemClock)).await {
+        Ok(issuer) => issuer,
+        Err(error) => {
+            tracing::error!("start-up failed: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let grpc = match tokio::net::TcpListener::bind(config.grpc_addr).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(addr = %config.grpc_addr, "cannot bind gRPC: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let http = match tokio::net::TcpListener::bind(config.http_addr).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(addr = %config.http_addr, "cannot bind HTTP: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match issuer.serve(grpc, http, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("server failed: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut terminate =
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+}

@@ -7,10 +7,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use tessera_common::UnixMillis;
 use tessera_common::bundle::{BundleChange, BundleEvent, Revision};
 use tessera_common::ids::ClientId;
 use tessera_common::keys::{KeySchedule, KeySetName};
-use tessera_common::UnixMillis;
 use tokio::sync::Notify;
 
 pub mod postgres;
@@ -157,11 +157,19 @@ pub trait Store: Send + Sync + 'static {
     // === events (the change log behind the trust-bundle stream) ===
 
     /// Appends `changes` as events in one transaction; returns the last revision.
-    async fn append_events(&self, changes: Vec<BundleChange>, at: UnixMillis) -> Result<Revision, StoreError>;
+    async fn append_events(
+        &self,
+        changes: Vec<BundleChange>,
+        at: UnixMillis,
+    ) -> Result<Revision, StoreError>;
 
     /// Returns up to `limit` events with revision > `after`, ascending. Revisions are
     /// committed in order, so a reader never sees revision n+1 before n.
-    async fn events_after(&self, after: Revision, limit: usize) -> Result<Vec<BundleEvent>, StoreError>;
+    async fn events_after(
+        &self,
+        after: Revision,
+        limit: usize,
+    ) -> Result<Vec<BundleEvent>, StoreError>;
 
     /// Returns the newest revision (0 when the log is empty).
     async fn latest_revision(&self) -> Result<Revision, StoreError>;
@@ -178,15 +186,27 @@ pub trait Store: Send + Sync + 'static {
     async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError>;
 
     /// Returns up to `limit` events with seq < `before_seq` (all when `None`), newest first.
-    async fn audit_page(&self, before_seq: Option<u64>, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+    async fn audit_page(
+        &self,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
 
     /// Returns up to `limit` events with seq > `after_seq`, oldest first (for verification).
-    async fn audit_after(&self, after_seq: u64, limit: usize) -> Result<Vec<AuditRecord>, StoreError>;
+    async fn audit_after(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError>;
 
     // === API clients ===
 
     /// Inserts a client and its audit entry; `Conflict` if the id exists.
-    async fn insert_client(&self, client: ClientRecord, audit: AuditEntry) -> Result<(), StoreError>;
+    async fn insert_client(
+        &self,
+        client: ClientRecord,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError>;
 
     /// Returns one client.
     async fn client(&self, client_id: &ClientId) -> Result<Option<ClientRecord>, StoreError>;
@@ -195,7 +215,12 @@ pub trait Store: Send + Sync + 'static {
     async fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError>;
 
     /// Disables a client; `NotFound` if it does not exist. Idempotent.
-    async fn disable_client(&self, client_id: &ClientId, at: UnixMillis, audit: AuditEntry) -> Result<(), StoreError>;
+    async fn disable_client(
+        &self,
+        client_id: &ClientId,
+        at: UnixMillis,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError>;
 
     // === metadata ===
 

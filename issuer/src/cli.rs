@@ -1,0 +1,502 @@
+//! The admin CLI: subcommands that talk gRPC to a running issuer, with human-readable or
+//! `--json` output.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use tessera_proto::v1 as pb;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+/// How to reach and authenticate to the issuer.
+#[derive(Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// Issuer gRPC address.
+    #[arg(
+        long,
+        env = "TESSERA_ADDR",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub addr: String,
+    /// File holding the credential. Default: the TESSERA_TOKEN variable, else
+    /// <data-dir>/admin.token.
+    #[arg(long, env = "TESSERA_TOKEN_FILE", global = true)]
+    pub token_file: Option<PathBuf>,
+    /// Data directory whose admin.token is used when no credential is given.
+    #[arg(
+        long,
+        env = "TESSERA_DATA_DIR",
+        default_value = "./tessera-data",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+    /// CA certificate (PEM) to verify an https:// issuer.
+    #[arg(long, env = "TESSERA_CA_FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// `tessera-issuer keys …`
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// List signing keys with their states.
+    List {
+        /// Only this key set (access, action).
+        #[arg(long)]
+        key_set: Option<String>,
+        /// Include retired and revoked keys.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Rotate a key set: a new key signs, the old one verifies through the overlap window.
+    Rotate {
+        /// Key set to rotate (access, action).
+        #[arg(long, default_value = "access")]
+        key_set: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Revoke the old key at once: its tokens stop validating everywhere.
+        #[arg(long)]
+        emergency: bool,
+        /// Publish the new key this many seconds before it signs.
+        #[arg(long, default_value_t = 0)]
+        prepublish_seconds: u32,
+    },
+    /// Revoke one key: unpublished at once, its tokens rejected by every sidecar.
+    Revoke {
+        /// Key id.
+        kid: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// `tessera-issuer token …`
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Issue an access token.
+    Issue {
+        /// Subject (user id).
+        #[arg(long)]
+        subject: String,
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Role (owner, manager, staff, viewer, api_partner, …).
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        /// A permission (repeatable).
+        #[arg(long = "permission")]
+        permissions: Vec<String>,
+        /// Audience (default: the issuer's first audience).
+        #[arg(long, default_value = "")]
+        audience: String,
+        /// Lifetime in seconds (default: the issuer's, 900).
+        #[arg(long, default_value_t = 0)]
+        ttl_seconds: u32,
+        /// Session id (default: a fresh one).
+        #[arg(long, default_value = "")]
+        session_id: String,
+        /// Mark the token MFA-verified.
+        #[arg(long)]
+        mfa: bool,
+        /// A feature flag (repeatable).
+        #[arg(long = "feature")]
+        features: Vec<String>,
+    },
+    /// Introspect a token (`-` reads it from standard input).
+    Introspect {
+        /// The token.
+        token: String,
+    },
+}
+
+/// `tessera-issuer clients …`
+#[derive(Subcommand, Debug)]
+pub enum ClientsCommand {
+    /// Create an API client; prints its credential once.
+    Create {
+        /// Name, e.g. billing-api.
+        #[arg(long)]
+        name: String,
+        /// A scope: admin, issue, introspect, bundle:read (repeatable).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// A tenant the client may act on (repeatable; none = every tenant).
+        #[arg(long = "tenant")]
+        tenants: Vec<String>,
+    },
+    /// List API clients.
+    List,
+    /// Disable an API client.
+    Disable {
+        /// Client id.
+        client_id: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+}
+
+/// `tessera-issuer audit …`
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Show recent audit events, newest first.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Verify the audit log's hash chain.
+    Verify,
+}
+
+struct Client {
+    channel: Channel,
+    credential: String,
+    json: bool,
+}
+
+impl Client {
+    async fn connect(args: &ConnectArgs) -> anyhow::Result<Client> {
+        let credential = credential(args)?;
+        let mut endpoint =
+            Endpoint::from_shared(args.addr.clone()).context("--addr is not a valid URL")?;
+        if args.addr.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new().with_enabled_roots();
+            if let Some(ca_file) = &args.ca_file {
+                let ca = std::fs::read(ca_file)
+                    .with_context(|| format!("reading {}", ca_file.display()))?;
+                tls = tls.ca_certificate(Certificate::from_pem(ca));
+            }
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        let channel = endpoint
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach the issuer at {}", args.addr))?;
+        Ok(Client {
+            channel,
+            credential,
+            json: args.json,
+        })
+    }
+
+    fn request<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
+        let mut request = tonic::Request::new(message);
+        let value = format!("Bearer {}", self.credential)
+            .parse()
+            .context("credential contains characters not allowed in a header")?;
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+
+    fn print(&self, value: Value, text: impl FnOnce(&Value) -> String) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            );
+        } else {
+            println!("{}", text(&value));
+        }
+    }
+}
+
+fn credential(args: &ConnectArgs) -> anyhow::Result<String> {
+    if let Some(path) = &args.token_file {
+        return Ok(std::fs::read_to_string(path)
+            .with_context(|| format!("reading credential from {}", path.display()))?
+            .trim()
+            .to_owned());
+    }
+    if let Ok(token) = std::env::var("TESSERA_TOKEN")
+        && !token.trim().is_empty()
+    {
+        return Ok(token.trim().to_owned());
+    }
+    let default = args.data_dir.join("admin.token");
+    match std::fs::read_to_string(&default) {
+        Ok(text) => Ok(text.trim().to_owned()),
+        Err(_) => bail!(
+            "no credential: pass --token-file, set TESSERA_TOKEN, or run where {} exists",
+            default.display()
+        ),
+    }
+}
+
+fn time(timestamp: &Option<prost_types::Timestamp>) -> Value {
+    match timestamp {
+        Some(timestamp) => json!(timestamp.seconds),
+        None => Value::Null,
+    }
+}
+
+fn key_json(key: &pb::Key) -> Value {
+    json!({
+        "kid": key.kid,
+        "key_set": key.key_set,
+        "algorithm": key.algorithm,
+        "state": key.state().as_str_name().trim_start_matches("KEY_STATE_").to_lowercase(),
+        "created_at": time(&key.created_at),
+        "activates_at": time(&key.activates_at),
+        "deactivates_at": time(&key.deactivates_at),
+        "verify_until": time(&key.verify_until),
+        "revoked_at": time(&key.revoked_at),
+    })
+}
+
+/// Runs `keys …`.
+pub async fn keys(args: &ConnectArgs, command: KeysCommand) -> anyhow::Result<()> {
+    let client = Client::connect(args).await?;
+    let mut service = pb::key_service_client::KeyServiceClient::new(client.channel.clone());
+    match command {
+        KeysCommand::List { key_set, all } => {
+            let response = service
+                .list_keys(client.request(pb::ListKeysRequest {
+                    key_set: key_set.unwrap_or_default(),
+                    include_unpublished: all,
+                })?)
+                .await?
+                .into_inner();
+            let keys: Vec<Value> = response.keys.iter().map(key_json).collect();
+            client.print(json!({ "keys": keys }), |value| {
+                let mut out = format!("{:<44} {:<7} {:<6} {:<9}", "KID", "SET", "ALG", "STATE");
+                for key in value["keys"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "\n{:<44} {:<7} {:<6} {:<9}",
+                        key["kid"].as_str().unwrap_or(""),
+                        key["key_set"].as_str().unwrap_or(""),
+                        key["algorithm"].as_str().unwrap_or(""),
+                        key["state"].as_str().unwrap_or("")
+                    ));
+                }
+                out
+            });
+        }
+        KeysCommand::Rotate {
+            key_set,
+            reason,
+            emergency,
+            prepublish_seconds,
+        } => {
+            let response = service
+                .rotate_keys(client.request(pb::RotateKeysRequest {
+                    key_set,
+                    emergency,
+                    reason,
+                    prepublish_seconds,
+                })?)
+                .await?
+                .into_inner();
+            let value = json!({
+                "new_kid": response.new_kid,
+                "previous_kid": response.previous_kid,
+                "activates_at": time(&response.activates_at),
+                "previous_verify_until": time(&response.previous_verify_until),
+                "revision": response.revision,
+            });
+            client.print(value, |value| {
+                format!(
+                    "rotated: {} -> {} (revision {})",
+                    value["previous_kid"].as_str().unwrap_or("-"),
+                    value["new_kid"].as_str().unwrap_or("-"),
+                    value["revision"]
+                )
+            });
+        }
+        KeysCommand::Revoke { kid, reason } => {
+            let response = service
+                .revoke_key(client.request(pb::RevokeKeyRequest { kid, reason })?)
+                .await?
+                .into_inner();
+            let value = json!({ "kid": response.kid, "replacement_kid": response.replacement_kid, "revision": response.revision });
+            client.print(value, |value| {
+                format!(
+                    "revoked {} (revision {})",
+                    value["kid"].as_str().unwrap_or(""),
+                    value["revision"]
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs `token …`.
+pub async fn token(args: &ConnectArgs, command: TokenCommand) -> anyhow::Result<()> {
+    let client = Client::connect(args).await?;
+    let mut service = pb::token_service_client::TokenServiceClient::new(client.channel.clone());
+    match command {
+        TokenCommand::Issue {
+            subject,
+            tenant,
+            role,
+            permissions,
+            audience,
+            ttl_seconds,
+            session_id,
+            mfa,
+            features,
+        } => {
+            let response = service
+                .issue_access_token(client.request(pb::IssueAccessTokenRequest {
+                    subject,
+                    tenant_id: tenant,
+                    role,
+                    permissions,
+                    session_id,
+                    audience,
+                    ttl_seconds,
+                    mfa_verified: mfa,
+                    features,
+                    ..Default::default()
+                })?)
+                .await?
+                .into_inner();
+            let value = json!({
+                "token": response.token,
+                "jti": response.jti,
+                "kid": response.kid,
+                "expires_at": time(&response.expires_at),
+                "refresh_after": time(&response.refresh_after),
+            });
+            client.print(value, |value| {
+                value["token"].as_str().unwrap_or("").to_owned()
+            });
+        }
+        TokenCommand::Introspect { token } => {
+            let token = if token == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+                text.trim().to_owned()
+            } else {
+                token
+            };
+            let response = service
+                .introspect_token(client.request(pb::IntrospectTokenRequest { token })?)
+                .await?
+                .into_inner();
+            let claims: Value = serde_json::from_str(&response.claims_json).unwrap_or(Value::Null);
+            let value =
+                json!({ "active": response.active, "reason": response.reason, "claims": claims });
+            client.print(value, |value| {
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs `clients …`.
+pub async fn clients(args: &ConnectArgs, command: ClientsCommand) -> anyhow::Result<()> {
+    let client = Client::connect(args).await?;
+    let mut service = pb::admin_service_client::AdminServiceClient::new(client.channel.clone());
+    match command {
+        ClientsCommand::Create {
+            name,
+            scopes,
+            tenants,
+        } => {
+            let response = service
+                .create_client(client.request(pb::CreateClientRequest {
+                    name,
+                    scopes,
+                    tenants,
+                })?)
+                .await?
+                .into_inner();
+            let value =
+                json!({ "client_id": response.client_id, "credential": response.credential });
+            client.print(value, |value| {
+                value["credential"].as_str().unwrap_or("").to_owned()
+            });
+        }
+        ClientsCommand::List => {
+            let response = service
+                .list_clients(client.request(pb::ListClientsRequest {})?)
+                .await?
+                .into_inner();
+            let clients: Vec<Value> = response
+                .clients
+                .iter()
+                .map(|c| json!({"client_id": c.client_id, "name": c.name, "scopes": c.scopes, "tenants": c.tenants, "disabled": c.disabled_at.is_some()}))
+                .collect();
+            client.print(json!({ "clients": clients }), |value| {
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            });
+        }
+        ClientsCommand::Disable { client_id, reason } => {
+            service
+                .disable_client(client.request(pb::DisableClientRequest { client_id, reason })?)
+                .await?;
+            client.print(json!({ "disabled": true }), |_| "disabled".into());
+        }
+    }
+    Ok(())
+}
+
+/// Runs `audit …`.
+pub async fn audit(args: &ConnectArgs, command: AuditCommand) -> anyhow::Result<()> {
+    let client = Client::connect(args).await?;
+    let mut service = pb::admin_service_client::AdminServiceClient::new(client.channel.clone());
+    match command {
+        AuditCommand::List { limit } => {
+            let response = service
+                .list_audit_events(client.request(pb::ListAuditEventsRequest {
+                    limit,
+                    before_seq: 0,
+                })?)
+                .await?
+                .into_inner();
+            let events: Vec<Value> = response
+                .events
+                .iter()
+                .map(|e| json!({"seq": e.seq, "at": time(&e.at), "actor": e.actor, "action": e.action, "target": e.target, "request_id": e.request_id, "reason": e.reason, "outcome": e.outcome}))
+                .collect();
+            client.print(json!({ "events": events }), |value| {
+                value["events"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| {
+                        format!(
+                            "{:>6} {} {:<22} {:<8} {} {}",
+                            e["seq"],
+                            e["at"],
+                            e["action"].as_str().unwrap_or(""),
+                            e["outcome"].as_str().unwrap_or(""),
+                            e["target"].as_str().unwrap_or(""),
+                            e["reason"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+        }
+        AuditCommand::Verify => {
+            let response = service
+                .verify_audit_log(client.request(pb::VerifyAuditLogRequest {})?)
+                .await?
+                .into_inner();
+            let value = json!({ "intact": response.intact, "n_events": response.n_events, "first_broken_seq": response.first_broken_seq });
+            client.print(value, |value| {
+                if value["intact"].as_bool() == Some(true) {
+                    format!("audit log intact ({} events)", value["n_events"])
+                } else {
+                    format!("audit log BROKEN at seq {}", value["first_broken_seq"])
+                }
+            });
+            if !response.intact {
+                std::process::exit(2);
+            }
+        }
+    }
+    Ok(())
+}

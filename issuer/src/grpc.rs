@@ -1,0 +1,10 @@
+//! The gRPC edge: the only code that touches generated proto types. Handlers convert
+//! requests into domain types (refusing bad input with `InvalidArgument` naming the field),
+//! call the domain, and map errors to `Status` through `grpc::status`.
+
+pub mod admin_service;
+pub mod bundle_service;
+pub mod convert;
+pub mod key_service;
+pub mod status;
+pub mod token_service;

@@ -1,0 +1,147 @@
+//! `tessera.v1.TrustBundleService`: the trust-bundle stream. Each subscriber gets a
+//! snapshot (or the retained deltas since its revision), then every committed change as
+//! it is applied by the hub, and a heartbeat whenever the stream has been quiet.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use tessera_common::bundle::Revision;
+use tessera_proto::v1 as pb;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, debug, info_span};
+
+use super::convert;
+use crate::app::App;
+use crate::auth::Scope;
+use crate::hub::Initial;
+
+/// Messages buffered per subscriber before the sender waits for the client.
+const SUBSCRIBER_BUFFER: usize = 64;
+
+/// The TrustBundleService implementation.
+pub struct TrustBundleServiceImpl {
+    pub app: Arc<App>,
+}
+
+/// Counts a connected subscriber for as long as it lives.
+struct SubscriberGuard;
+
+impl SubscriberGuard {
+    fn new() -> Self {
+        metrics::gauge!("tessera_trust_bundle_subscribers").increment(1.0);
+        SubscriberGuard
+    }
+}
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        metrics::gauge!("tessera_trust_bundle_subscribers").decrement(1.0);
+    }
+}
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::TrustBundleUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::trust_bundle_service_server::TrustBundleService for TrustBundleServiceImpl {
+    type WatchTrustBundleStream = UpdateStream;
+
+    async fn watch_trust_bundle(
+        &self,
+        request: Request<pb::WatchTrustBundleRequest>,
+    ) -> Result<Response<Self::WatchTrustBundleStream>, Status> {
+        let caller = self
+            .app
+            .authorize(
+                &request,
+                "TrustBundleService/WatchTrustBundle",
+                Scope::BundleRead,
+            )
+            .await?;
+        let message = request.into_inner();
+        let subscriber_id: String = message
+            .subscriber_id
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(128)
+            .collect();
+        let (sender, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let app = self.app.clone();
+        let span = info_span!("bundle_subscriber", subscriber = %subscriber_id, client = %caller.client_id);
+        tokio::spawn(feed(app, Revision(message.since_revision), sender).instrument(span));
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}
+
+/// Sends the subscriber its initial message, then changes and heartbeats until the client
+/// goes away or the server shuts down.
+async fn feed(
+    app: Arc<App>,
+    since: Revision,
+    sender: mpsc::Sender<Result<pb::TrustBundleUpdate, Status>>,
+) {
+    let _guard = SubscriberGuard::new();
+    let (initial, mut events) = app.hub.subscribe(since);
+    let mut sent = match initial {
+        Initial::Snapshot(bundle) => {
+            let revision = bundle.revision;
+            if sender
+                .send(Ok(convert::snapshot(&bundle, app.now())))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            revision
+        }
+        Initial::Deltas(deltas, current) => {
+            let message =
+                convert::delta(&deltas, app.now()).unwrap_or_else(|| heartbeat(current, &app));
+            if sender.send(Ok(message)).await.is_err() {
+                return;
+            }
+            current
+        }
+    };
+    let mut shutdown = app.shutdown.clone();
+    let mut heartbeat_timer = tokio::time::interval(app.heartbeat);
+    heartbeat_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat_timer.reset();
+    loop {
+        let message = tokio::select! {
+            received = events.recv() => match received {
+                Ok(event) if event.revision <= sent => continue,
+                Ok(event) => {
+                    sent = event.revision;
+                    convert::delta(&[event], app.now())
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    debug!(missed, "subscriber lagged; resynchronising with a snapshot");
+                    metrics::counter!("tessera_trust_bundle_resyncs_total").increment(1);
+                    let bundle = app.hub.current();
+                    sent = bundle.revision;
+                    Some(convert::snapshot(&bundle, app.now()))
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = heartbeat_timer.tick() => Some(heartbeat(sent, &app)),
+            _ = shutdown.changed() => return,
+            _ = sender.closed() => return,
+        };
+        let Some(message) = message else { continue };
+        if sender.send(Ok(message)).await.is_err() {
+            return;
+        }
+        heartbeat_timer.reset();
+    }
+}
+
+fn heartbeat(revision: Revision, app: &App) -> pb::TrustBundleUpdate {
+    pb::TrustBundleUpdate {
+        revision: revision.0,
+        sent_at: Some(convert::timestamp(app.now())),
+        kind: Some(pb::trust_bundle_update::Kind::Heartbeat(pb::Heartbeat {})),
+    }
+}

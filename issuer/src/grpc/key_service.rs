@@ -1,0 +1,193 @@
+//! `tessera.v1.KeyService`: list, rotate and revoke signing keys; the JWKS.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_common::ids::KeyId;
+use tessera_common::keys::{KeySetName, KeyState};
+use tessera_common::limits::MAX_REASON_BYTES;
+use tessera_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::convert;
+use super::status::from_key;
+use crate::app::{App, request_id};
+use crate::auth::Scope;
+use crate::keys::manager::ChangeContext;
+use crate::keys::rotation::Trigger;
+
+/// Longest prepublish an operator may ask for on a manual rotation.
+const MAX_MANUAL_PREPUBLISH: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The KeyService implementation.
+pub struct KeyServiceImpl {
+    pub app: Arc<App>,
+}
+
+fn parse_key_set(value: &str) -> Result<KeySetName, Status> {
+    value
+        .parse()
+        .map_err(|_| Status::invalid_argument("key_set: must be `access` or `action`"))
+}
+
+fn required_reason(reason: &str) -> Result<String, Status> {
+    if reason.trim().is_empty() {
+        return Err(Status::invalid_argument(
+            "reason: required (it goes to the audit log)",
+        ));
+    }
+    if reason.len() > MAX_REASON_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "reason: longer than {MAX_REASON_BYTES} bytes"
+        )));
+    }
+    Ok(reason.to_owned())
+}
+
+#[tonic::async_trait]
+impl pb::key_service_server::KeyService for KeyServiceImpl {
+    #[instrument(skip_all, name = "KeyService/ListKeys")]
+    async fn list_keys(
+        &self,
+        request: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        self.app
+            .authorize(&request, "KeyService/ListKeys", Scope::Admin)
+            .await?;
+        let message = request.into_inner();
+        let key_set = match message.key_set.as_str() {
+            "" => None,
+            other => Some(parse_key_set(other)?),
+        };
+        let now = self.app.now();
+        let keys = self.app.keys.list(key_set).await.map_err(from_key)?;
+        let keys = keys
+            .iter()
+            .filter(|schedule| message.include_unpublished || schedule.state_at(now).is_published())
+            .map(|schedule| convert::key(schedule, now))
+            .collect();
+        Ok(Response::new(pb::ListKeysResponse { keys }))
+    }
+
+    #[instrument(skip_all, name = "KeyService/RotateKeys")]
+    async fn rotate_keys(
+        &self,
+        request: Request<pb::RotateKeysRequest>,
+    ) -> Result<Response<pb::RotateKeysResponse>, Status> {
+        let caller = self
+            .app
+            .authorize(&request, "KeyService/RotateKeys", Scope::Admin)
+            .await?;
+        let request_id = request_id(&request);
+        let message = request.into_inner();
+        let key_set = parse_key_set(&message.key_set)?;
+        let reason = required_reason(&message.reason)?;
+        let prepublish = Duration::from_secs(u64::from(message.prepublish_seconds));
+        if prepublish > MAX_MANUAL_PREPUBLISH {
+            return Err(Status::invalid_argument(
+                "prepublish_seconds: at most 604800 (7 days)",
+            ));
+        }
+        let trigger = if message.emergency {
+            Trigger::Emergency
+        } else {
+            Trigger::Manual { prepublish }
+        };
+        let context = ChangeContext {
+            actor: caller.client_id.to_string(),
+            request_id,
+            reason,
+        };
+        let outcome = self
+            .app
+            .keys
+            .rotate(key_set, trigger, &context)
+            .await
+            .map_err(from_key)?;
+        // Publish to this replica's subscribers before answering, so a caller that waits
+        // for the RPC can rely on local sidecars having been sent the change.
+        let _ = self.app.hub.catch_up().await;
+        Ok(Response::new(pb::RotateKeysResponse {
+            new_kid: outcome
+                .new_kid
+                .map(|kid| kid.to_string())
+                .unwrap_or_default(),
+            previous_kid: outcome
+                .previous_kid
+                .map(|kid| kid.to_string())
+                .unwrap_or_default(),
+            activates_at: outcome.activates_at.map(convert::timestamp),
+            previous_verify_until: outcome.previous_verify_until.map(convert::timestamp),
+            revision: outcome.revision.0,
+        }))
+    }
+
+    #[instrument(skip_all, name = "KeyService/RevokeKey")]
+    async fn revoke_key(
+        &self,
+        request: Request<pb::RevokeKeyRequest>,
+    ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
+        let caller = self
+            .app
+            .authorize(&request, "KeyService/RevokeKey", Scope::Admin)
+            .await?;
+        let request_id = request_id(&request);
+        let message = request.into_inner();
+        let kid =
+            KeyId::new(message.kid).map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let reason = required_reason(&message.reason)?;
+        let context = ChangeContext {
+            actor: caller.client_id.to_string(),
+            request_id,
+            reason,
+        };
+        let outcome = self
+            .app
+            .keys
+            .revoke(&kid, &context)
+            .await
+            .map_err(from_key)?;
+        let _ = self.app.hub.catch_up().await;
+        Ok(Response::new(pb::RevokeKeyResponse {
+            kid: kid.to_string(),
+            replacement_kid: outcome
+                .new_kid
+                .map(|kid| kid.to_string())
+                .unwrap_or_default(),
+            revision: outcome.revision.0,
+        }))
+    }
+
+    #[instrument(skip_all, name = "KeyService/GetJwks")]
+    async fn get_jwks(
+        &self,
+        request: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        self.app
+            .authorize(&request, "KeyService/GetJwks", Scope::BundleRead)
+            .await?;
+        Ok(Response::new(pb::GetJwksResponse {
+            jwks_json: jwks_json(&self.app),
+        }))
+    }
+}
+
+/// Returns the published JWKS (pending, active and retiring keys) as JSON.
+pub fn jwks_json(app: &App) -> String {
+    let bundle = app.hub.current();
+    let now = app.now();
+    let keys: Vec<_> = bundle
+        .keys
+        .values()
+        .filter(|schedule| {
+            matches!(
+                schedule.state_at(now),
+                KeyState::Pending { .. } | KeyState::Active { .. } | KeyState::Retiring { .. }
+            )
+        })
+        .map(|schedule| schedule.public_jwk.clone())
+        .collect();
+    serde_json::to_string(&tessera_common::jwk::JwkSet { keys })
+        .unwrap_or_else(|_| "{\"keys\":[]}".into())
+}

@@ -1,0 +1,92 @@
+//! Background jobs: the rotation scheduler (bootstrap, due rotations, retirements), key-age
+//! metrics and event-log pruning. Each run is audited by the key manager's commits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tessera_common::Clock;
+use tessera_common::bundle::Revision;
+use tessera_common::keys::KeySetName;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::hub::RETAINED_EVENTS;
+use crate::keys::KeyManager;
+use crate::keys::rotation::{KeyView, signer_at};
+use crate::store::{AuditEntry, Store};
+
+/// Events kept in the store beyond the in-memory window (for resumption after restarts).
+const EVENTS_KEPT: u64 = 10 * RETAINED_EVENTS as u64;
+
+/// Runs the scheduler every `interval` until `shutdown` fires.
+pub async fn run(
+    keys: Arc<KeyManager>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        run_once(&keys, &store, clock.as_ref()).await;
+    }
+}
+
+/// One scheduler pass.
+pub async fn run_once(keys: &KeyManager, store: &Arc<dyn Store>, clock: &dyn Clock) {
+    match keys.run_scheduled().await {
+        Ok(outcomes) => {
+            for outcome in outcomes {
+                info!(key_set = %outcome.key_set, new_kid = ?outcome.new_kid.as_ref().map(|kid| kid.to_string()), "scheduled key change committed");
+            }
+        }
+        Err(error) => {
+            warn!(%error, "scheduled rotation failed");
+            metrics::counter!("tessera_rotation_failures_total").increment(1);
+            let entry = AuditEntry {
+                at: clock.now(),
+                actor: "system".into(),
+                action: "key.rotate.scheduled".into(),
+                target: "keys".into(),
+                request_id: uuid::Uuid::now_v7().to_string(),
+                reason: "scheduled rotation".into(),
+                outcome: "failed".into(),
+            };
+            if let Err(error) = store.append_audit(entry).await {
+                warn!(%error, "audit append failed");
+            }
+        }
+    }
+    record_key_ages(keys, clock).await;
+    if let Ok(latest) = store.latest_revision().await
+        && latest.0 > EVENTS_KEPT
+        && let Err(error) = store.prune_events(Revision(latest.0 - EVENTS_KEPT)).await
+    {
+        warn!(%error, "event pruning failed");
+    }
+}
+
+async fn record_key_ages(keys: &KeyManager, clock: &dyn Clock) {
+    let now = clock.now();
+    for key_set in KeySetName::ALL {
+        let Ok(schedules) = keys.list(Some(key_set)).await else {
+            continue;
+        };
+        let views: Vec<KeyView> = schedules
+            .into_iter()
+            .map(|schedule| KeyView {
+                schedule,
+                has_private: true,
+            })
+            .collect();
+        if let Some(signer) = signer_at(&views, now) {
+            metrics::gauge!("tessera_signing_key_age_seconds", "key_set" => key_set.as_str())
+                .set(now.since(signer.activates_at).as_secs_f64());
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! Start-up and serving. `Issuer::start` opens and migrates the store, loads the KEK,
+//! bootstraps keys and the development admin credential, and loads the bundle — all
+//! before a port is bound. `Issuer::serve` then runs gRPC and HTTP on the given
+//! listeners until `shutdown` resolves: new connections stop, trust-bundle streams close,
+//! in-flight RPCs finish.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tessera_common::Clock;
+use tessera_common::bundle::ValidationPolicy;
+use tessera_common::credential::Credential;
+use tessera_common::ids::ClientId;
+use tessera_proto::v1 as pb;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tracing::{info, warn};
+
+use crate::app::App;
+use crate::auth::{Authenticator, Scope};
+use crate::config::{IssuerConfig, KekSource, StoreConfig};
+use crate::grpc::admin_service::AdminServiceImpl;
+use crate::grpc::bundle_service::TrustBundleServiceImpl;
+use crate::grpc::key_service::KeyServiceImpl;
+use crate::grpc::token_service::TokenServiceImpl;
+use crate::http::{self, HttpState};
+use crate::hub::BundleHub;
+use crate::kek::Kek;
+use crate::keys::KeyManager;
+use crate::store::postgres::PostgresStore;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{AuditEntry, Store};
+
+/// How long a disabled client may keep working on other replicas.
+const CLIENT_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Label of the KEK-derived credential pepper, version 1.
+const PEPPER_LABEL: &str = "tessera-credential-pepper-v1";
+/// How long in-flight work may take to finish after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A started issuer, ready to serve.
+pub struct Issuer {
+    pub app: Arc<App>,
+    config: IssuerConfig,
+    shutdown_sender: watch::Sender<bool>,
+    /// Path of the admin credential written at bootstrap, if any.
+    pub admin_token_path: Option<PathBuf>,
+}
+
+impl Issuer {
+    /// Opens the store, loads keys and bundle; binds nothing.
+    pub async fn start(config: IssuerConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Issuer> {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create data directory {}", config.data_dir.display())
+        })?;
+        let store: Arc<dyn Store> = match &config.store {
+            StoreConfig::Sqlite { path } => {
+                info!(path = %path.display(), "using embedded SQLite store");
+                Arc::new(SqliteStore::open(path).context("opening the SQLite store")?)
+            }
+            StoreConfig::Postgres(options) => {
+                info!(pool_size = options.pool_size, "using PostgreSQL store");
+                Arc::new(
+                    PostgresStore::connect(options)
+                        .await
+                        .context("connecting to PostgreSQL")?,
+                )
+            }
+        };
+        let kek = Arc::new(load_kek(&config.kek)?);
+        let keys = Arc::new(KeyManager::new(
+            store.clone(),
+            kek.clone(),
+            clock.clone(),
+            config.key_policies.clone(),
+        )?);
+        keys.reload()
+            .await
+            .context("loading signing keys (is this the right KEK?)")?;
+        keys.run_scheduled()
+            .await
+            .context("bootstrapping signing keys")?;
+        keys.reload().await?;
+        let auth = Arc::new(Authenticator::new(
+            store.clone(),
+            clock.clone(),
+            kek.derive(PEPPER_LABEL),
+            CLIENT_CACHE_TTL,
+        ));
+        let admin_token_path = if config.bootstrap_admin {
+            bootstrap_admin(&auth, &store, &config.data_dir).await?
+        } else {
+            None
+        };
+        let policy = ValidationPolicy {
+            issuer: config.tokens.issuer.clone(),
+            audiences: config.tokens.audiences.clone(),
+            leeway_seconds: u32::try_from(config.tokens.leeway.as_secs()).unwrap_or(u32::MAX),
+            max_token_ttl_seconds: u32::try_from(config.tokens.max_ttl.as_secs())
+                .unwrap_or(u32::MAX),
+        };
+        let hub = BundleHub::load(store.clone(), clock.clone(), policy).await?;
+        let (shutdown_sender, shutdown) = watch::channel(false);
+        let app = Arc::new(App {
+            store,
+            keys,
+            hub,
+            auth,
+            clock,
+            tokens: config.tokens.clone(),
+            heartbeat: config.heartbeat,
+            shutdown,
+        });
+        Ok(Issuer {
+            app,
+            config,
+            shutdown_sender,
+            admin_token_path,
+        })
+    }
+
+    /// Serves gRPC on `grpc_listener` and HTTP on `http_listener` until `shutdown`.
+    pub async fn serve(
+        self,
+        grpc_listener: TcpListener,
+        http_listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let app = self.app.clone();
+        crate::metrics::handle();
+        let pump = tokio::spawn(
+            app.hub
+                .clone()
+                .run_pump(app.keys.clone(), app.shutdown.clone()),
+        );
+        let scheduler = tokio::spawn(crate::scheduler::run(
+            app.keys.clone(),
+            app.store.clone(),
+            app.clock.clone(),
+            self.config.rotation_check,
+            app.shutdown.clone(),
+        ));
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_serving::<pb::token_service_server::TokenServiceServer<TokenServiceImpl>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::key_service_server::KeyServiceServer<KeyServiceImpl>>()
+            .await;
+        health_reporter
+            .set_serving::<pb::trust_bundle_service_server::TrustBundleServiceServer<TrustBundleServiceImpl>>()
+            .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tessera_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tessera_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let mut builder = Server::builder();
+        if let Some(tls) = &self.config.tls {
+            let cert = std::fs::read(&tls.cert_file)
+                .with_context(|| format!("reading {}", tls.cert_file.display()))?;
+            let key = std::fs::read(&tls.key_file)
+                .with_context(|| format!("reading {}", tls.key_file.display()))?;
+            let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+            if let Some(ca_file) = &tls.client_ca_file {
+                let ca = std::fs::read(ca_file)
+                    .with_context(|| format!("reading {}", ca_file.display()))?;
+                tls_config = tls_config
+                    .client_ca_root(Certificate::from_pem(ca))
+                    .client_auth_optional(true);
+            }
+            builder = builder.tls_config(tls_config)?;
+        }
+        let grpc_router = builder
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(pb::key_service_server::KeyServiceServer::new(
+                KeyServiceImpl { app: app.clone() },
+            ))
+            .add_service(pb::token_service_server::TokenServiceServer::new(
+                TokenServiceImpl { app: app.clone() },
+            ))
+            .add_service(
+                pb::trust_bundle_service_server::TrustBundleServiceServer::new(
+                    TrustBundleServiceImpl { app: app.clone() },
+                ),
+            )
+            .add_service(pb::admin_service_server::AdminServiceServer::new(
+                AdminServiceImpl { app: app.clone() },
+            ));
+
+        let jwks_max_age = self
+            .config
+            .key_policies
+            .values()
+            .map(|policy| policy.prepublish / 2)
+            .min()
+            .unwrap_or(Duration::from_secs(300))
+            .min(Duration::from_secs(300));
+        let http = http::router(HttpState {
+            app: app.clone(),
+            public_url: self.config.public_url.clone(),
+            jwks_max_age,
+        });
+
+        let (stop_sender, stop) = watch::channel(false);
+        let shutdown_sender = self.shutdown_sender;
+        tokio::spawn(async move {
+            shutdown.await;
+            info!("shutting down: closing streams, finishing in-flight requests");
+            health_reporter
+                .set_not_serving::<pb::token_service_server::TokenServiceServer<TokenServiceImpl>>()
+                .await;
+            let _ = shutdown_sender.send(true);
+            let _ = stop_sender.send(true);
+        });
+
+        info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, "tessera-issuer serving");
+        let mut grpc_stop = stop.clone();
+        let grpc = grpc_router.serve_with_incoming_shutdown(
+            TcpIncoming::from(grpc_listener),
+            async move {
+                let _ = grpc_stop.wait_for(|stopped| *stopped).await;
+            },
+        );
+        let mut http_stop = stop.clone();
+        let http = axum::serve(http_listener, http).with_graceful_shutdown(async move {
+            let _ = http_stop.wait_for(|stopped| *stopped).await;
+        });
+        let (grpc_result, http_result) = tokio::join!(
+            async {
+                let mut deadline_stop = stop.clone();
+                tokio::select! {
+                    result = grpc => result.map_err(anyhow::Error::from),
+                    _ = async {
+                        let _ = deadline_stop.wait_for(|stopped| *stopped).await;
+                        tokio::time::sleep(SHUTDOWN_GRACE).await;
+                    } => {
+                        warn!("in-flight gRPC work did not finish within the grace period");
+                        Ok(())
+                    }
+                }
+            },
+            async { http.await.map_err(anyhow::Error::from) }
+        );
+        pump.abort();
+        scheduler.abort();
+        grpc_result?;
+        http_result?;
+        info!("tessera-issuer stopped");
+        Ok(())
+    }
+}
+
+fn load_kek(source: &KekSource) -> anyhow::Result<Kek> {
+    Ok(match source {
+        KekSource::Inline(text) => Kek::from_base64(text)?,
+        KekSource::File(path) => Kek::from_file(path)?,
+        KekSource::DevelopmentFile(path) => {
+            let (kek, created) = Kek::load_or_create(path)?;
+            if created {
+                info!(path = %path.display(), "created a development KEK (mode 0600); use --kek-file or TESSERA_KEK in production");
+            }
+            kek
+        }
+    })
+}
+
+/// Ensures `<data-dir>/admin.token` holds a working admin credential (development setup).
+async fn bootstrap_admin(
+    auth: &Authenticator,
+    store: &Arc<dyn Store>,
+    data_dir: &Path,
+) -> anyhow::Result<Option<PathBuf>> {
+    let path = data_dir.join("admin.token");
+    if let Ok(text) = std::fs::read_to_string(&path)
+        && let Ok(credential) = Credential::parse(text.trim())
+        && let Ok(client_id) = ClientId::new(credential.id.clone())
+        && store
+            .client(&client_id)
+            .await?
+            .is_some_and(|client| client.disabled_at.is_none())
+    {
+        return Ok(Some(path));
+    }
+    let audit = AuditEntry {
+        at: auth.now(),
+        actor: "system".into(),
+        action: "client.create".into(),
+        target: String::new(),
+        request_id: uuid::Uuid::now_v7().to_string(),
+        reason: "bootstrap admin credential".into(),
+        outcome: "ok".into(),
+    };
+    let (_, credential) = auth
+        .create_client(
+            "bootstrap-admin".into(),
+            vec![Scope::Admin],
+            Vec::new(),
+            audit,
+        )
+        .await?;
+    let text = zeroize::Zeroizing::new(credential.expose());
+    crate::files::write_private(&path, text.as_bytes())
+        .with_context(|| format!("writing admin credential to {}", path.display()))?;
+    info!(path = %path.display(), "created an admin credential (mode 0600)");
+    Ok(Some(path))
+}
