@@ -116,8 +116,14 @@ impl KeyManager {
 
     /// Returns the signer of `key_set` at `now`.
     pub fn signer(&self, key_set: KeySetName, now: UnixMillis) -> Result<Arc<Signer>, KeyError> {
-        let ring = self.ring.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let views = ring.schedules.get(&key_set).ok_or(KeyError::NoSigner(key_set))?;
+        let ring = self
+            .ring
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let views = ring
+            .schedules
+            .get(&key_set)
+            .ok_or(KeyError::NoSigner(key_set))?;
         let schedule = rotation::signer_at(views, now).ok_or(KeyError::NoSigner(key_set))?;
         ring.signers
             .get(&schedule.kid)
@@ -132,9 +138,20 @@ impl KeyManager {
             if key_set.is_some_and(|wanted| wanted != set) {
                 continue;
             }
-            out.extend(self.store.key_set(set).await?.keys.into_iter().map(|key| key.schedule));
+            out.extend(
+                self.store
+                    .key_set(set)
+                    .await?
+                    .keys
+                    .into_iter()
+                    .map(|key| key.schedule),
+            );
         }
-        out.sort_by(|a, b| b.activates_at.cmp(&a.activates_at).then(b.created_at.cmp(&a.created_at)));
+        out.sort_by(|a, b| {
+            b.activates_at
+                .cmp(&a.activates_at)
+                .then(b.created_at.cmp(&a.created_at))
+        });
         Ok(out)
     }
 
@@ -166,7 +183,10 @@ impl KeyManager {
             }
         }
         let existing = {
-            let ring = self.ring.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let ring = self
+                .ring
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             ring.signers.clone()
         };
         let mut signers = HashMap::new();
@@ -176,12 +196,17 @@ impl KeyManager {
                 signers.insert(kid, signer.clone());
                 continue;
             }
-            let Some(wrapped) = &key.wrapped_private else { continue };
+            let Some(wrapped) = &key.wrapped_private else {
+                continue;
+            };
             let pkcs8 = self.kek.unwrap(key_set, kid.as_str(), wrapped)?;
             let signer = Signer::from_pkcs8(kid.clone(), key.schedule.algorithm, &pkcs8)?;
             signers.insert(kid, Arc::new(signer));
         }
-        let mut ring = self.ring.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut ring = self
+            .ring
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         ring.schedules = loaded;
         ring.signers = signers;
         Ok(())
@@ -218,7 +243,11 @@ impl KeyManager {
     }
 
     /// Revokes one key (in whichever set holds it).
-    pub async fn revoke(&self, kid: &KeyId, context: &ChangeContext) -> Result<RotationOutcome, KeyError> {
+    pub async fn revoke(
+        &self,
+        kid: &KeyId,
+        context: &ChangeContext,
+    ) -> Result<RotationOutcome, KeyError> {
         for key_set in KeySetName::ALL {
             let state = self.store.key_set(key_set).await?;
             if state.keys.iter().any(|key| &key.schedule.kid == kid) {
@@ -253,12 +282,21 @@ impl KeyManager {
                     has_private: key.wrapped_private.is_some(),
                 })
                 .collect();
-            let new_kid = KeyId::new(material::new_kid(key_set)).map_err(|_| KeyError::NoSigner(key_set))?;
+            let new_kid =
+                KeyId::new(material::new_kid(key_set)).map_err(|_| KeyError::NoSigner(key_set))?;
             let plan = rotation::plan(&views, &policy, &trigger, now, new_kid)?;
             if plan.is_empty() {
                 return Ok(None);
             }
-            let commit = self.build_commit(key_set, &trigger, &plan, &state.keys, state.generation, now, context)?;
+            let commit = self.build_commit(
+                key_set,
+                &trigger,
+                &plan,
+                &state.keys,
+                state.generation,
+                now,
+                context,
+            )?;
             match self.store.commit_keys(commit).await {
                 Ok(revision) => {
                     let outcome = outcome_of(key_set, &plan, revision);
@@ -316,7 +354,9 @@ impl KeyManager {
 
         if let Some(new_key) = &plan.create {
             let generated = material::generate(new_key.algorithm, new_key.kid.as_str())?;
-            let wrapped = self.kek.wrap(key_set, new_key.kid.as_str(), &generated.pkcs8);
+            let wrapped = self
+                .kek
+                .wrap(key_set, new_key.kid.as_str(), &generated.pkcs8);
             let schedule = KeySchedule {
                 kid: new_key.kid.clone(),
                 key_set,
@@ -340,13 +380,21 @@ impl KeyManager {
             writes.push(KeyWrite::Update(StoredKey {
                 schedule: schedule.clone(),
                 // A revoked key never signs again: its private key goes at once.
-                wrapped_private: if revoked { None } else { wrapped_of(&schedule.kid) },
+                wrapped_private: if revoked {
+                    None
+                } else {
+                    wrapped_of(&schedule.kid)
+                },
             }));
             if revoked {
-                changes.push(BundleChange::KeyRevoked { key: schedule.clone() });
+                changes.push(BundleChange::KeyRevoked {
+                    key: schedule.clone(),
+                });
                 audit.push(audit_entry("key.revoke", schedule.kid.as_str()));
             } else {
-                changes.push(BundleChange::KeyUpserted { key: schedule.clone() });
+                changes.push(BundleChange::KeyUpserted {
+                    key: schedule.clone(),
+                });
             }
         }
         for kid in plan.retired.iter().chain(&plan.drop_private) {
@@ -364,7 +412,9 @@ impl KeyManager {
         let rotated = match trigger {
             Trigger::Emergency => Some("key.rotate.emergency"),
             Trigger::Manual { .. } => Some("key.rotate"),
-            Trigger::Scheduled if plan.previous_signer.is_some() && plan.create.is_some() => Some("key.rotate.scheduled"),
+            Trigger::Scheduled if plan.previous_signer.is_some() && plan.create.is_some() => {
+                Some("key.rotate.scheduled")
+            }
             _ => None,
         };
         if let Some(action) = rotated {
@@ -390,20 +440,33 @@ fn outcome_of(key_set: KeySetName, plan: &Plan, revision: Revision) -> RotationO
             // A manual rotation may promote an already-published successor.
             plan.rescheduled
                 .iter()
-                .find(|schedule| Some(&schedule.kid) != plan.previous_signer.as_ref() && schedule.revoked_at.is_none())
+                .find(|schedule| {
+                    Some(&schedule.kid) != plan.previous_signer.as_ref()
+                        && schedule.revoked_at.is_none()
+                })
                 .map(|schedule| schedule.kid.clone())
         });
-    let activates_at = plan.create.as_ref().map(|new_key| new_key.activates_at).or_else(|| {
-        plan.rescheduled
-            .iter()
-            .find(|schedule| Some(&schedule.kid) == new_kid.as_ref())
-            .map(|schedule| schedule.activates_at)
-    });
+    let activates_at = plan
+        .create
+        .as_ref()
+        .map(|new_key| new_key.activates_at)
+        .or_else(|| {
+            plan.rescheduled
+                .iter()
+                .find(|schedule| Some(&schedule.kid) == new_kid.as_ref())
+                .map(|schedule| schedule.activates_at)
+        });
     let previous_verify_until = plan
         .rescheduled
         .iter()
         .find(|schedule| Some(&schedule.kid) == plan.previous_signer.as_ref())
-        .and_then(|schedule| if schedule.revoked_at.is_some() { None } else { schedule.verify_until });
+        .and_then(|schedule| {
+            if schedule.revoked_at.is_some() {
+                None
+            } else {
+                schedule.verify_until
+            }
+        });
     RotationOutcome {
         key_set,
         new_kid,

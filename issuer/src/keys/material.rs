@@ -44,7 +44,9 @@ pub fn generate(algorithm: Algorithm, kid: &str) -> Result<GeneratedKey, KeyMate
             let jwk = Jwk {
                 kty: "RSA".into(),
                 n: Some(URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero())),
-                e: Some(URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero())),
+                e: Some(
+                    URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero()),
+                ),
                 ..base_jwk(algorithm, kid)
             };
             Ok(GeneratedKey {
@@ -53,7 +55,8 @@ pub fn generate(algorithm: Algorithm, kid: &str) -> Result<GeneratedKey, KeyMate
             })
         }
         Algorithm::Es256 => {
-            let key_pair = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING).map_err(failed)?;
+            let key_pair = EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING)
+                .map_err(failed)?;
             let pkcs8 = key_pair.to_pkcs8v1().map_err(failed)?;
             // The public key is the uncompressed point 04 ‖ X ‖ Y.
             let point = key_pair.public_key().as_ref();

@@ -122,7 +122,8 @@ pub fn plan(
                     if now >= due.minus(policy.prepublish) {
                         let activates_at = due.max(now.plus(policy.prepublish));
                         plan.create = Some(successor(activates_at));
-                        plan.rescheduled.push(hand_over(current, activates_at, policy));
+                        plan.rescheduled
+                            .push(hand_over(current, activates_at, policy));
                     }
                 }
                 Some(_) => {}
@@ -150,11 +151,13 @@ pub fn plan(
                         activates_at,
                         ..(*next).clone()
                     });
-                    plan.rescheduled.push(hand_over(current, activates_at, policy));
+                    plan.rescheduled
+                        .push(hand_over(current, activates_at, policy));
                 }
                 (Some(current), None) => {
                     plan.create = Some(successor(activates_at));
-                    plan.rescheduled.push(hand_over(current, activates_at, policy));
+                    plan.rescheduled
+                        .push(hand_over(current, activates_at, policy));
                 }
                 (None, _) => plan.create = Some(successor(now)),
             }
@@ -192,7 +195,11 @@ pub fn plan(
     Ok(plan)
 }
 
-fn hand_over(current: &KeySchedule, successor_activates_at: UnixMillis, policy: &KeySetPolicy) -> KeySchedule {
+fn hand_over(
+    current: &KeySchedule,
+    successor_activates_at: UnixMillis,
+    policy: &KeySetPolicy,
+) -> KeySchedule {
     KeySchedule {
         deactivates_at: Some(successor_activates_at),
         verify_until: Some(successor_activates_at.plus(policy.overlap)),
@@ -289,10 +296,20 @@ mod tests {
             }
             apply(&mut keys, &plan, now);
             // Re-planning at the same instant finds nothing more to do.
-            let again = super::plan(&keys, &policy, &Trigger::Scheduled, now, KeyId::new("x").unwrap()).unwrap();
+            let again = super::plan(
+                &keys,
+                &policy,
+                &Trigger::Scheduled,
+                now,
+                KeyId::new("x").unwrap(),
+            )
+            .unwrap();
             assert!(again.is_empty(), "plan not idempotent at {now}: {again:?}");
 
-            let signer = signer_at(&keys, now).expect("a signer at every instant").kid.to_string();
+            let signer = signer_at(&keys, now)
+                .expect("a signer at every instant")
+                .kid
+                .to_string();
             let published = published(&keys, now);
             assert!(published.contains(&signer));
             if signer_history.last().map(|(_, kid)| kid) != Some(&signer) {
@@ -302,16 +319,25 @@ mod tests {
                 let schedule = &key.schedule;
                 let kid = schedule.kid.to_string();
                 // A key's tokens verify for the whole overlap after it stops signing.
-                if let (Some(deactivates_at), Some(verify_until)) = (schedule.deactivates_at, schedule.verify_until) {
+                if let (Some(deactivates_at), Some(verify_until)) =
+                    (schedule.deactivates_at, schedule.verify_until)
+                {
                     assert_eq!(verify_until.since(deactivates_at), policy.overlap);
-                    assert_eq!(published.contains(&kid), now < verify_until, "{kid} at {now}");
+                    assert_eq!(
+                        published.contains(&kid),
+                        now < verify_until,
+                        "{kid} at {now}"
+                    );
                 }
                 // A successor is published at least `prepublish` before it signs.
                 if schedule.activates_at > start {
                     assert!(schedule.activates_at.since(schedule.created_at) >= policy.prepublish);
                 }
             }
-            assert!(published.len() <= 2, "at most signer + one neighbour: {published:?} at {now}");
+            assert!(
+                published.len() <= 2,
+                "at most signer + one neighbour: {published:?} at {now}"
+            );
             now = now.plus(step);
         }
         // The initial key plus four scheduled rotations (days 90, 180, 270, 360).
@@ -327,12 +353,23 @@ mod tests {
                 assert!(!key.has_private);
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            started.elapsed()
+        );
     }
 
     fn bootstrap(policy: &KeySetPolicy, now: UnixMillis) -> Vec<KeyView> {
         let mut keys = Vec::new();
-        let plan = plan(&keys, policy, &Trigger::Scheduled, now, KeyId::new("k0").unwrap()).unwrap();
+        let plan = plan(
+            &keys,
+            policy,
+            &Trigger::Scheduled,
+            now,
+            KeyId::new("k0").unwrap(),
+        )
+        .unwrap();
         apply(&mut keys, &plan, now);
         keys
     }
@@ -342,10 +379,23 @@ mod tests {
         let policy = KeySetPolicy::default_for(KeySetName::Access);
         let now = UnixMillis::from_secs(1_000);
         let mut keys = bootstrap(&policy, now);
-        let plan = plan(&keys, &policy, &Trigger::Manual { prepublish: HOUR }, now, KeyId::new("k1").unwrap()).unwrap();
+        let plan = plan(
+            &keys,
+            &policy,
+            &Trigger::Manual { prepublish: HOUR },
+            now,
+            KeyId::new("k1").unwrap(),
+        )
+        .unwrap();
         assert_eq!(plan.previous_signer.as_ref().map(KeyId::as_str), Some("k0"));
         apply(&mut keys, &plan, now);
-        assert_eq!(signer_at(&keys, now.plus(HOUR).minus(Duration::from_millis(1))).unwrap().kid.as_str(), "k0");
+        assert_eq!(
+            signer_at(&keys, now.plus(HOUR).minus(Duration::from_millis(1)))
+                .unwrap()
+                .kid
+                .as_str(),
+            "k0"
+        );
         assert_eq!(signer_at(&keys, now.plus(HOUR)).unwrap().kid.as_str(), "k1");
         assert_eq!(published(&keys, now.plus(HOUR + 6 * DAY)).len(), 2);
         assert_eq!(published(&keys, now.plus(HOUR + 7 * DAY)).len(), 1);
@@ -357,9 +407,25 @@ mod tests {
         let start = UnixMillis::from_secs(1_000);
         let mut keys = bootstrap(&policy, start);
         let due = start.plus(policy.rotate_every).minus(policy.prepublish);
-        let scheduled = plan(&keys, &policy, &Trigger::Scheduled, due, KeyId::new("k1").unwrap()).unwrap();
+        let scheduled = plan(
+            &keys,
+            &policy,
+            &Trigger::Scheduled,
+            due,
+            KeyId::new("k1").unwrap(),
+        )
+        .unwrap();
         apply(&mut keys, &scheduled, due);
-        let manual = plan(&keys, &policy, &Trigger::Manual { prepublish: Duration::ZERO }, due, KeyId::new("k2").unwrap()).unwrap();
+        let manual = plan(
+            &keys,
+            &policy,
+            &Trigger::Manual {
+                prepublish: Duration::ZERO,
+            },
+            due,
+            KeyId::new("k2").unwrap(),
+        )
+        .unwrap();
         assert!(manual.create.is_none());
         apply(&mut keys, &manual, due);
         assert_eq!(signer_at(&keys, due).unwrap().kid.as_str(), "k1");
@@ -370,7 +436,14 @@ mod tests {
         let policy = KeySetPolicy::default_for(KeySetName::Access);
         let start = UnixMillis::from_secs(1_000);
         let mut keys = bootstrap(&policy, start);
-        let plan = plan(&keys, &policy, &Trigger::Emergency, start, KeyId::new("k1").unwrap()).unwrap();
+        let plan = plan(
+            &keys,
+            &policy,
+            &Trigger::Emergency,
+            start,
+            KeyId::new("k1").unwrap(),
+        )
+        .unwrap();
         assert_eq!(plan.revoked, vec![KeyId::new("k0").unwrap()]);
         apply(&mut keys, &plan, start);
         assert_eq!(signer_at(&keys, start).unwrap().kid.as_str(), "k1");
@@ -382,15 +455,52 @@ mod tests {
         let policy = KeySetPolicy::default_for(KeySetName::Access);
         let start = UnixMillis::from_secs(1_000);
         let mut keys = bootstrap(&policy, start);
-        let manual = plan(&keys, &policy, &Trigger::Manual { prepublish: Duration::ZERO }, start, KeyId::new("k1").unwrap()).unwrap();
+        let manual = plan(
+            &keys,
+            &policy,
+            &Trigger::Manual {
+                prepublish: Duration::ZERO,
+            },
+            start,
+            KeyId::new("k1").unwrap(),
+        )
+        .unwrap();
         apply(&mut keys, &manual, start);
-        let revoke = plan(&keys, &policy, &Trigger::Revoke { kid: KeyId::new("k0").unwrap() }, start, KeyId::new("k2").unwrap()).unwrap();
+        let revoke = plan(
+            &keys,
+            &policy,
+            &Trigger::Revoke {
+                kid: KeyId::new("k0").unwrap(),
+            },
+            start,
+            KeyId::new("k2").unwrap(),
+        )
+        .unwrap();
         assert!(revoke.create.is_none());
         apply(&mut keys, &revoke, start);
         assert_eq!(signer_at(&keys, start).unwrap().kid.as_str(), "k1");
-        let again = plan(&keys, &policy, &Trigger::Revoke { kid: KeyId::new("k0").unwrap() }, start, KeyId::new("k3").unwrap());
-        assert_eq!(again.unwrap_err(), PlanError::AlreadyRevoked(KeyId::new("k0").unwrap()));
-        let unknown = plan(&keys, &policy, &Trigger::Revoke { kid: KeyId::new("nope").unwrap() }, start, KeyId::new("k3").unwrap());
+        let again = plan(
+            &keys,
+            &policy,
+            &Trigger::Revoke {
+                kid: KeyId::new("k0").unwrap(),
+            },
+            start,
+            KeyId::new("k3").unwrap(),
+        );
+        assert_eq!(
+            again.unwrap_err(),
+            PlanError::AlreadyRevoked(KeyId::new("k0").unwrap())
+        );
+        let unknown = plan(
+            &keys,
+            &policy,
+            &Trigger::Revoke {
+                kid: KeyId::new("nope").unwrap(),
+            },
+            start,
+            KeyId::new("k3").unwrap(),
+        );
         assert!(matches!(unknown, Err(PlanError::UnknownKey(_))));
     }
 
@@ -399,7 +509,16 @@ mod tests {
         let policy = KeySetPolicy::default_for(KeySetName::Access);
         let start = UnixMillis::from_secs(1_000);
         let mut keys = bootstrap(&policy, start);
-        let revoke = plan(&keys, &policy, &Trigger::Revoke { kid: KeyId::new("k0").unwrap() }, start, KeyId::new("k1").unwrap()).unwrap();
+        let revoke = plan(
+            &keys,
+            &policy,
+            &Trigger::Revoke {
+                kid: KeyId::new("k0").unwrap(),
+            },
+            start,
+            KeyId::new("k1").unwrap(),
+        )
+        .unwrap();
         apply(&mut keys, &revoke, start);
         assert_eq!(signer_at(&keys, start).unwrap().kid.as_str(), "k1");
     }

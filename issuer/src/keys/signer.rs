@@ -46,14 +46,23 @@ pub enum SignError {
 
 impl Signer {
     /// Parses a PKCS#8 private key for `algorithm`.
-    pub fn from_pkcs8(kid: KeyId, algorithm: Algorithm, pkcs8: &[u8]) -> Result<Signer, KeyMaterialError> {
+    pub fn from_pkcs8(
+        kid: KeyId,
+        algorithm: Algorithm,
+        pkcs8: &[u8],
+    ) -> Result<Signer, KeyMaterialError> {
         let parse_failed = |_| KeyMaterialError::Parse(algorithm);
         let key_pair = match algorithm {
-            Algorithm::Rs256 => ParsedKeyPair::Rsa(RsaKeyPair::from_pkcs8(pkcs8).map_err(parse_failed)?),
+            Algorithm::Rs256 => {
+                ParsedKeyPair::Rsa(RsaKeyPair::from_pkcs8(pkcs8).map_err(parse_failed)?)
+            }
             Algorithm::Es256 => ParsedKeyPair::Ecdsa(
-                EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8).map_err(parse_failed)?,
+                EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
+                    .map_err(parse_failed)?,
             ),
-            Algorithm::EdDsa => ParsedKeyPair::Ed25519(Ed25519KeyPair::from_pkcs8(pkcs8).map_err(parse_failed)?),
+            Algorithm::EdDsa => {
+                ParsedKeyPair::Ed25519(Ed25519KeyPair::from_pkcs8(pkcs8).map_err(parse_failed)?)
+            }
         };
         Ok(Signer {
             kid,
@@ -74,7 +83,11 @@ impl Signer {
     }
 
     /// Signs `claims` as a compact JWS with header `{alg, kid, typ}`.
-    pub fn sign_jws<T: serde::Serialize>(&self, typ: &str, claims: &T) -> Result<String, SignError> {
+    pub fn sign_jws<T: serde::Serialize>(
+        &self,
+        typ: &str,
+        claims: &T,
+    ) -> Result<String, SignError> {
         let header = JwsHeader {
             alg: self.algorithm.as_str().to_owned(),
             kid: Some(self.kid.as_str().to_owned()),
@@ -82,7 +95,8 @@ impl Signer {
         };
         let header_json = serde_json::to_vec(&header)?;
         let claims_json = serde_json::to_vec(claims)?;
-        let mut token = String::with_capacity((header_json.len() + claims_json.len()) * 4 / 3 + 400);
+        let mut token =
+            String::with_capacity((header_json.len() + claims_json.len()) * 4 / 3 + 400);
         URL_SAFE_NO_PAD.encode_string(&header_json, &mut token);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(&claims_json, &mut token);
@@ -98,7 +112,12 @@ impl Signer {
             ParsedKeyPair::Rsa(key_pair) => {
                 let mut signature = vec![0u8; key_pair.public_modulus_len()];
                 key_pair
-                    .sign(&signature::RSA_PKCS1_SHA256, &self.rng, message, &mut signature)
+                    .sign(
+                        &signature::RSA_PKCS1_SHA256,
+                        &self.rng,
+                        message,
+                        &mut signature,
+                    )
                     .map_err(|_| SignError::Crypto)?;
                 Ok(signature)
             }
@@ -114,9 +133,9 @@ impl Signer {
 
 #[cfg(test)]
 mod tests {
+    use tessera_common::UnixMillis;
     use tessera_common::keys::{KeySchedule, KeySetName};
     use tessera_common::verify::{VerifyingKey, check_signature, parse_compact};
-    use tessera_common::UnixMillis;
 
     use super::*;
     use crate::keys::material;
@@ -125,8 +144,11 @@ mod tests {
     fn every_algorithm_signs_what_the_shared_verifier_accepts() {
         for algorithm in [Algorithm::Rs256, Algorithm::Es256, Algorithm::EdDsa] {
             let generated = material::generate(algorithm, "k1").unwrap();
-            let signer = Signer::from_pkcs8(KeyId::new("k1").unwrap(), algorithm, &generated.pkcs8).unwrap();
-            let token = signer.sign_jws("at+jwt", &serde_json::json!({"sub": "u"})).unwrap();
+            let signer =
+                Signer::from_pkcs8(KeyId::new("k1").unwrap(), algorithm, &generated.pkcs8).unwrap();
+            let token = signer
+                .sign_jws("at+jwt", &serde_json::json!({"sub": "u"}))
+                .unwrap();
             let schedule = KeySchedule {
                 kid: KeyId::new("k1").unwrap(),
                 key_set: KeySetName::Access,
@@ -144,15 +166,23 @@ mod tests {
             let mut tampered = token.clone();
             tampered.insert(token.find('.').unwrap() + 2, 'A');
             let jws = parse_compact(&tampered).unwrap();
-            assert!(check_signature(&jws, &verifying_key).is_err(), "{algorithm}");
+            assert!(
+                check_signature(&jws, &verifying_key).is_err(),
+                "{algorithm}"
+            );
         }
     }
 
     #[test]
     fn debug_shows_no_key_material() {
         let generated = material::generate(Algorithm::EdDsa, "k").unwrap();
-        let signer = Signer::from_pkcs8(KeyId::new("k").unwrap(), Algorithm::EdDsa, &generated.pkcs8).unwrap();
-        assert_eq!(format!("{signer:?}"), "Signer { kid: KeyId(\"k\"), algorithm: EdDsa, .. }");
+        let signer =
+            Signer::from_pkcs8(KeyId::new("k").unwrap(), Algorithm::EdDsa, &generated.pkcs8)
+                .unwrap();
+        assert_eq!(
+            format!("{signer:?}"),
+            "Signer { kid: KeyId(\"k\"), algorithm: EdDsa, .. }"
+        );
         assert!(!format!("{generated:?}").contains("pkcs8"));
     }
 }
