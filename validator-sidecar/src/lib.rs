@@ -92,8 +92,13 @@ pub async fn run_with_clock(
     };
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    // The reporter starts SERVING; nothing is served before this says otherwise.
-    health::set_status(&health_reporter, ServingStatus::NotServing).await;
+    // The reporter starts SERVING: set the real status (a bundle loaded from the cache
+    // file may already be fresh enough) before anything is served.
+    let initial_status = match probe.check() {
+        state::Readiness::Ready => ServingStatus::Serving,
+        state::Readiness::NoBundle | state::Readiness::Stale => ServingStatus::NotServing,
+    };
+    health::set_status(&health_reporter, initial_status).await;
     let routes = grpc_routes(validator, health_service, shutdown_rx.clone())?;
 
     let mut background = JoinSet::new();

@@ -54,8 +54,9 @@ enum Attempt {
     Done(Verdict),
     /// The kid is unknown and a resync was started: worth one more look once it lands.
     ResyncStarted,
-    /// The signature must be verified (only from [`Validator::validate_cheap`]).
-    NeedsSignature,
+    /// The answer needs a signature check or a resync decision (only when `full` is
+    /// false, from [`Validator::validate_cheap`]).
+    NeedsFullPath,
 }
 
 impl Validator {
@@ -80,11 +81,11 @@ impl Validator {
         let mut changes = self.state.subscribe();
         let verdict = match self.attempt(query, hash.as_ref(), true, true) {
             Attempt::Done(verdict) => verdict,
-            Attempt::ResyncStarted | Attempt::NeedsSignature => {
+            Attempt::ResyncStarted | Attempt::NeedsFullPath => {
                 let _ = tokio::time::timeout(RESYNC_WAIT, changes.changed()).await;
                 match self.attempt(query, hash.as_ref(), true, false) {
                     Attempt::Done(verdict) => verdict,
-                    Attempt::ResyncStarted | Attempt::NeedsSignature => Err(Rejection::UnknownKid),
+                    Attempt::ResyncStarted | Attempt::NeedsFullPath => Err(Rejection::UnknownKid),
                 }
             }
         };
@@ -101,7 +102,7 @@ impl Validator {
                 metrics::record_validation(&verdict);
                 Some(verdict)
             }
-            Attempt::ResyncStarted | Attempt::NeedsSignature => None,
+            Attempt::ResyncStarted | Attempt::NeedsFullPath => None,
         }
     }
 
@@ -110,7 +111,9 @@ impl Validator {
         self.cache.entry_count()
     }
 
-    fn attempt(&self, query: &TokenQuery<'_>, hash: Option<&TokenHash>, verify: bool, may_resync: bool) -> Attempt {
+    /// Runs the checks. With `full` false it stops before any signature check or resync
+    /// decision; with `may_resync` an unknown kid may start a resync.
+    fn attempt(&self, query: &TokenQuery<'_>, hash: Option<&TokenHash>, full: bool, may_resync: bool) -> Attempt {
         let now = self.clock.now();
         let Some(view) = self.state.view() else {
             return Attempt::Done(Err(Rejection::BundleStale));
@@ -145,6 +148,9 @@ impl Validator {
             return Attempt::Done(Err(Rejection::Malformed));
         };
         let Some(entry) = view.key(kid) else {
+            if !full {
+                return Attempt::NeedsFullPath;
+            }
             if may_resync && self.limiter.allow(kid, Instant::now()) {
                 tracing::info!(kid_len = kid.len(), "unknown kid; resynchronising the bundle");
                 metrics::record_resync();
@@ -164,8 +170,8 @@ impl Validator {
         if jws.header.alg != key.algorithm.as_str() {
             return Attempt::Done(Err(Rejection::AlgorithmMismatch));
         }
-        if !verify {
-            return Attempt::NeedsSignature;
+        if !full {
+            return Attempt::NeedsFullPath;
         }
         if let Err(rejection) = check_signature(&jws, key) {
             return Attempt::Done(Err(rejection));

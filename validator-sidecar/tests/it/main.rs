@@ -1,0 +1,12 @@
+//! Integration tests of the sidecar library: a fake issuer streams a bundle the test
+//! controls, the real sidecar runs in-process on a Unix socket, and tonic clients talk to
+//! it over that socket.
+
+mod fake_issuer;
+mod harness;
+mod keys;
+
+mod lifecycle;
+mod revocation;
+mod stream;
+mod validate;

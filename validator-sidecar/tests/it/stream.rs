@@ -1,0 +1,101 @@
+//! ValidateStream: caller-chosen request ids, answers as each completes.
+
+use std::collections::HashSet;
+
+use serde_json::json;
+use tessera_proto::v1 as pb;
+
+use crate::fake_issuer::FakeIssuer;
+use crate::harness::{Sidecar, wait_serving};
+use crate::keys::{TestKey, claims};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_answers_every_request_id_out_of_order() {
+    let rsa = TestKey::rs256("rsa-stream");
+    let ed = TestKey::eddsa("ed-stream");
+    let issuer = FakeIssuer::start(&[&rsa, &ed]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::start(&issuer.url(), dir.path(), &[]).await;
+    wait_serving(&sidecar).await;
+
+    // Request 1 carries an unknown kid and starts a resync, so its answer waits for the
+    // bundle; the cheap requests behind it (garbage, cached tokens) overtake it.
+    let cached = ed.sign(&claims("kim"));
+    let mut requests = vec![pb::ValidateStreamRequest {
+        request_id: 1,
+        token: ed.sign_with_header(&json!({"alg": "EdDSA", "kid": "nobody", "typ": "at+jwt"}), &claims("kim")),
+        ..Default::default()
+    }];
+    for id in 2..200u64 {
+        let token = match id % 3 {
+            0 => "garbage".to_owned(),
+            1 => cached.clone(),
+            _ => rsa.sign(&claims(&format!("user-{id}"))),
+        };
+        requests.push(pb::ValidateStreamRequest {
+            request_id: id * 1_000,
+            token,
+            required_permissions: vec!["orders:read".into()],
+            ..Default::default()
+        });
+    }
+    let expected: HashSet<u64> = requests.iter().map(|request| request.request_id).collect();
+    let mut client = sidecar.client().await;
+    let mut responses = client
+        .validate_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut order = Vec::new();
+    while let Some(response) = responses.message().await.unwrap() {
+        let reason = pb::Reason::try_from(response.reason).unwrap();
+        match response.request_id {
+            1 => assert_eq!(reason, pb::Reason::UnknownKid),
+            id if (id / 1_000) % 3 == 0 => assert_eq!(reason, pb::Reason::Malformed),
+            id => {
+                assert!(response.valid, "{id}: {reason:?}");
+                assert_eq!(response.claims.as_ref().unwrap().tenant_id, "acme");
+                assert!(!response.claims_json.is_empty());
+            }
+        }
+        order.push(response.request_id);
+    }
+    let answered: HashSet<u64> = order.iter().copied().collect();
+    assert_eq!(order.len(), expected.len(), "an id was answered twice or not at all");
+    assert_eq!(answered, expected);
+    assert_ne!(order[0], 1, "the slow request was not overtaken");
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_with_many_requests_in_flight_answers_them_all() {
+    let ec = TestKey::es256("ec-volume");
+    let issuer = FakeIssuer::start(&[&ec]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::start(&issuer.url(), dir.path(), &[]).await;
+    wait_serving(&sidecar).await;
+    // Far more requests than the per-stream in-flight bound, mixing distinct and repeated
+    // tokens; the client reads answers only after a pause, so the sidecar must hold back.
+    let repeated = ec.sign(&claims("leo"));
+    let requests: Vec<pb::ValidateStreamRequest> = (0..3_000u64)
+        .map(|id| pb::ValidateStreamRequest {
+            request_id: id,
+            token: if id % 2 == 0 { repeated.clone() } else { ec.sign(&claims(&format!("u{id}"))) },
+            ..Default::default()
+        })
+        .collect();
+    let mut client = sidecar.client().await;
+    let mut responses = client
+        .validate_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut seen = HashSet::new();
+    while let Some(response) = responses.message().await.unwrap() {
+        assert!(response.valid);
+        assert!(seen.insert(response.request_id));
+    }
+    assert_eq!(seen.len(), 3_000);
+    sidecar.stop().await;
+}
