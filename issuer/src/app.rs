@@ -43,7 +43,7 @@ impl App {
         scope: Scope,
     ) -> Result<Caller, Status> {
         let request_id = request_id(request);
-        let outcome = self.auth.authenticate(request.metadata()).await;
+        let outcome = self.auth.authenticate_request(request).await;
         let caller = match outcome {
             Ok(caller) if caller.has(scope) => return Ok(caller),
             Ok(caller) => {

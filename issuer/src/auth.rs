@@ -93,6 +93,8 @@ pub enum AuthError {
 /// a busy client costs one HMAC per call, not one query.
 pub struct Authenticator {
     store: Arc<dyn Store>,
+    /// Callers identified by a verified client certificate, by SHA-256 of its DER.
+    certificate_callers: std::collections::HashMap<[u8; 32], Caller>,
     clock: Arc<dyn Clock>,
     pepper: Zeroizing<Vec<u8>>,
     cache: moka::future::Cache<String, Arc<ClientRecord>>,
@@ -109,6 +111,7 @@ impl Authenticator {
     ) -> Self {
         Authenticator {
             store,
+            certificate_callers: std::collections::HashMap::new(),
             clock,
             pepper,
             cache: moka::future::Cache::builder()
@@ -116,6 +119,33 @@ impl Authenticator {
                 .time_to_live(cache_ttl)
                 .build(),
         }
+    }
+
+    /// Accepts callers that present a client certificate with one of these fingerprints
+    /// (the TLS layer has already verified the chain against the client CA).
+    pub fn with_certificate_callers(mut self, callers: Vec<([u8; 32], Caller)>) -> Self {
+        self.certificate_callers = callers.into_iter().collect();
+        self
+    }
+
+    /// Authenticates a request: its bearer credential when present, otherwise its verified
+    /// TLS client certificate.
+    pub async fn authenticate_request<T>(
+        &self,
+        request: &tonic::Request<T>,
+    ) -> Result<Caller, AuthError> {
+        if request.metadata().contains_key("authorization") || self.certificate_callers.is_empty() {
+            return self.authenticate(request.metadata()).await;
+        }
+        let certificates = request.peer_certs().ok_or(AuthError::Unauthenticated)?;
+        let leaf = certificates.first().ok_or(AuthError::Unauthenticated)?;
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf.as_ref());
+        let mut fingerprint = [0u8; 32];
+        fingerprint.copy_from_slice(digest.as_ref());
+        self.certificate_callers
+            .get(&fingerprint)
+            .cloned()
+            .ok_or(AuthError::Unauthenticated)
     }
 
     /// Authenticates the bearer credential in `metadata`.

@@ -142,6 +142,24 @@ struct FileConfig {
     rotation_check_seconds: Option<u64>,
     bootstrap_admin: Option<bool>,
     log_json: Option<bool>,
+    #[serde(default)]
+    mtls_clients: Vec<MtlsClientConfig>,
+}
+
+/// A client identified by its TLS certificate instead of a bearer credential (config file
+/// only: `[[mtls_clients]]`).
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MtlsClientConfig {
+    /// SHA-256 of the client certificate (DER), hex; `openssl x509 -in c.pem -outform der | sha256sum`.
+    pub fingerprint_sha256: String,
+    /// Name used as the caller's id in the audit log (`mtls:<name>`).
+    pub name: String,
+    /// Scopes, as for API clients.
+    pub scopes: Vec<String>,
+    /// Tenants it may act on; empty means every tenant.
+    #[serde(default)]
+    pub tenants: Vec<String>,
 }
 
 /// Where state lives.
@@ -177,6 +195,8 @@ pub struct TlsConfig {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     pub client_ca_file: Option<PathBuf>,
+    /// Certificate fingerprints accepted as caller identities (needs `client_ca_file`).
+    pub mtls_clients: Vec<MtlsClientConfig>,
 }
 
 /// The validated configuration.
@@ -389,6 +409,7 @@ fn resolve(
             cert_file,
             key_file,
             client_ca_file,
+            mtls_clients: file.mtls_clients.clone(),
         }),
         (None, None, None) => None,
         (None, _, _) => return Err(invalid("tls_cert_file", "required when TLS is configured")),
@@ -399,6 +420,14 @@ fn resolve(
             ));
         }
     };
+    if let Some(tls) = &tls {
+        check_mtls_clients(tls)?;
+    } else if !file.mtls_clients.is_empty() {
+        return Err(invalid(
+            "mtls_clients",
+            "needs tls_cert_file, tls_key_file and tls_client_ca_file",
+        ));
+    }
     let heartbeat_seconds = args
         .heartbeat_seconds
         .or(file.heartbeat_seconds)
@@ -440,6 +469,42 @@ fn resolve(
         log_json: args.log_json.or(file.log_json).unwrap_or(false),
         otlp_endpoint,
     })
+}
+
+fn check_mtls_clients(tls: &TlsConfig) -> Result<(), ConfigError> {
+    if !tls.mtls_clients.is_empty() && tls.client_ca_file.is_none() {
+        return Err(invalid(
+            "mtls_clients",
+            "needs tls_client_ca_file to verify client certificates",
+        ));
+    }
+    for client in &tls.mtls_clients {
+        let hex_ok = client.fingerprint_sha256.len() == 64
+            && client
+                .fingerprint_sha256
+                .chars()
+                .all(|c| c.is_ascii_hexdigit());
+        if !hex_ok {
+            return Err(invalid(
+                "mtls_clients.fingerprint_sha256",
+                "must be 64 hex characters (SHA-256 of the DER certificate)",
+            ));
+        }
+        tessera_common::ids::check_identifier("mtls_clients.name", &client.name)
+            .map_err(|error| invalid("mtls_clients.name", error))?;
+        if client.scopes.is_empty()
+            || client
+                .scopes
+                .iter()
+                .any(|scope| crate::auth::Scope::parse(scope).is_none())
+        {
+            return Err(invalid(
+                "mtls_clients.scopes",
+                "one or more of admin, issue, introspect, bundle:read",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn parse_addr(

@@ -22,7 +22,7 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::app::App;
-use crate::auth::{Authenticator, Scope};
+use crate::auth::{Authenticator, Caller, Scope};
 use crate::config::{IssuerConfig, KekSource, StoreConfig};
 use crate::grpc::admin_service::AdminServiceImpl;
 use crate::grpc::bundle_service::TrustBundleServiceImpl;
@@ -86,12 +86,15 @@ impl Issuer {
             .await
             .context("bootstrapping signing keys")?;
         keys.reload().await?;
-        let auth = Arc::new(Authenticator::new(
-            store.clone(),
-            clock.clone(),
-            kek.derive(PEPPER_LABEL),
-            CLIENT_CACHE_TTL,
-        ));
+        let auth = Arc::new(
+            Authenticator::new(
+                store.clone(),
+                clock.clone(),
+                kek.derive(PEPPER_LABEL),
+                CLIENT_CACHE_TTL,
+            )
+            .with_certificate_callers(certificate_callers(&config)?),
+        );
         let admin_token_path = if config.bootstrap_admin {
             bootstrap_admin(&auth, &store, &config.data_dir).await?
         } else {
@@ -261,6 +264,36 @@ impl Issuer {
         info!("tessera-issuer stopped");
         Ok(())
     }
+}
+
+/// Builds the certificate-identified callers of the mTLS configuration.
+fn certificate_callers(config: &IssuerConfig) -> anyhow::Result<Vec<([u8; 32], Caller)>> {
+    let Some(tls) = &config.tls else {
+        return Ok(Vec::new());
+    };
+    tls.mtls_clients
+        .iter()
+        .map(|client| {
+            let mut fingerprint = [0u8; 32];
+            for (slot, pair) in fingerprint
+                .iter_mut()
+                .zip(client.fingerprint_sha256.as_bytes().chunks(2))
+            {
+                let text = std::str::from_utf8(pair)?;
+                *slot = u8::from_str_radix(text, 16)?;
+            }
+            let caller = Caller {
+                client_id: ClientId::new(format!("mtls:{}", client.name))?,
+                scopes: client
+                    .scopes
+                    .iter()
+                    .filter_map(|scope| Scope::parse(scope))
+                    .collect(),
+                tenants: client.tenants.clone(),
+            };
+            Ok((fingerprint, caller))
+        })
+        .collect()
 }
 
 fn load_kek(source: &KekSource) -> anyhow::Result<Kek> {

@@ -5,3 +5,4 @@ mod harness;
 mod postgres_replicas;
 mod server;
 mod store_suite;
+mod tls;
