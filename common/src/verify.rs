@@ -277,8 +277,7 @@ pub fn check_claims(
     if claims.iss != rules.issuer {
         return Err(Rejection::WrongIssuer);
     }
-    let accepted =
-        rules.audiences.is_empty() || rules.audiences.iter().any(|aud| *aud == claims.aud);
+    let accepted = rules.audiences.is_empty() || rules.audiences.contains(&claims.aud);
     let audience_ok = accepted
         && rules
             .required_audience
@@ -360,6 +359,80 @@ mod tests {
             vec![
                 0x30, 0x09, 0x02, 0x02, 0x00, 0x80, 0x02, 0x03, 0x01, 0x00, 0x01
             ]
+        );
+    }
+
+    fn access_claims(aud: &str) -> AccessClaims {
+        AccessClaims {
+            iss: "tessera".into(),
+            sub: "u1".into(),
+            aud: aud.into(),
+            iat: 1_000,
+            exp: 1_900,
+            nbf: 1_000,
+            jti: "j1".into(),
+            iat_ms: 1_000_000,
+            tenant_id: "t1".into(),
+            role: "viewer".into(),
+            permissions: vec!["a".into()],
+            session_id: "s1".into(),
+            token_type: "access".into(),
+            device_fingerprint: None,
+            ip_address: None,
+            mfa_verified: false,
+            last_password_change: 0,
+            features: vec![],
+            family_id: None,
+        }
+    }
+
+    #[test]
+    fn a_required_audience_must_match_and_be_accepted() {
+        let header = JwsHeader {
+            alg: "EdDSA".into(),
+            kid: Some("k1".into()),
+            typ: Some(ACCESS_TOKEN_TYP.into()),
+        };
+        let accepted = vec!["api".to_owned(), "billing".to_owned()];
+        let rules = |required| ClaimRules {
+            issuer: "tessera",
+            audiences: &accepted,
+            required_audience: required,
+            leeway: Duration::from_secs(30),
+            token_type: "access",
+        };
+        let now = UnixMillis::from_secs(1_500);
+        assert_eq!(
+            check_claims(&header, &access_claims("api"), &rules(None), now),
+            Ok(())
+        );
+        assert_eq!(
+            check_claims(&header, &access_claims("api"), &rules(Some("api")), now),
+            Ok(())
+        );
+        let wrong = Err(Rejection::WrongAudience);
+        assert_eq!(
+            check_claims(&header, &access_claims("api"), &rules(Some("billing")), now),
+            wrong
+        );
+        assert_eq!(
+            check_claims(&header, &access_claims("other"), &rules(Some("other")), now),
+            wrong
+        );
+        assert_eq!(
+            check_claims(&header, &access_claims("other"), &rules(None), now),
+            wrong
+        );
+        // Leeway: 30 s past exp still passes, 30 s more does not.
+        let late = UnixMillis::from_secs(1_929);
+        assert_eq!(
+            check_claims(&header, &access_claims("api"), &rules(None), late),
+            Ok(())
+        );
+        let too_late = UnixMillis::from_secs(1_930);
+        assert_eq!(
+            check_claims(&header, &access_claims("api"), &rules(None), too_late),
+            Err(Rejection::Expired)
         );
     }
 

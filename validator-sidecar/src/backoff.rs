@@ -50,7 +50,11 @@ impl Backoff {
 
     /// Returns a schedule starting at `base` and capped at `cap`.
     pub fn with_bounds(base: Duration, cap: Duration) -> Self {
-        Backoff { attempt: 0, base, cap }
+        Backoff {
+            attempt: 0,
+            base,
+            cap,
+        }
     }
 
     /// Returns the next delay and moves one step up the schedule.
@@ -97,7 +101,10 @@ mod tests {
         let mut backoff = Backoff::new();
         for attempt in 0..100 {
             let delay = backoff.next_delay();
-            assert!(delay <= ceiling(attempt, BASE_DELAY, MAX_DELAY), "{attempt}: {delay:?}");
+            assert!(
+                delay <= ceiling(attempt, BASE_DELAY, MAX_DELAY),
+                "{attempt}: {delay:?}"
+            );
             assert!(delay <= MAX_DELAY);
         }
         backoff.reset();

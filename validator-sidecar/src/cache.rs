@@ -38,7 +38,9 @@ pub struct VerifiedToken {
 impl std::fmt::Debug for VerifiedToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Claims identify users: keep them out of logs.
-        f.debug_struct("VerifiedToken").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("VerifiedToken")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -63,8 +65,15 @@ struct TokenExpiry {
 }
 
 impl Expiry<TokenHash, Arc<VerifiedToken>> for TokenExpiry {
-    fn expire_after_create(&self, _key: &TokenHash, value: &Arc<VerifiedToken>, _created_at: Instant) -> Option<Duration> {
-        Some(time_to_live(value.claims.exp, self.leeway, self.clock.now()).unwrap_or(Duration::ZERO))
+    fn expire_after_create(
+        &self,
+        _key: &TokenHash,
+        value: &Arc<VerifiedToken>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(
+            time_to_live(value.claims.exp, self.leeway, self.clock.now()).unwrap_or(Duration::ZERO),
+        )
     }
 }
 
@@ -90,7 +99,13 @@ impl VerifiedCache {
     }
 
     /// Caches `token` unless it has already expired at `now`.
-    pub fn insert(&self, hash: TokenHash, token: Arc<VerifiedToken>, leeway: Duration, now: UnixMillis) {
+    pub fn insert(
+        &self,
+        hash: TokenHash,
+        token: Arc<VerifiedToken>,
+        leeway: Duration,
+        now: UnixMillis,
+    ) {
         if self.enabled && time_to_live(token.claims.exp, leeway, now).is_some() {
             self.cache.insert(hash, token);
         }
@@ -110,7 +125,9 @@ impl VerifiedCache {
 
 impl std::fmt::Debug for VerifiedCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerifiedCache").field("enabled", &self.enabled).finish_non_exhaustive()
+        f.debug_struct("VerifiedCache")
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
     }
 }
 
@@ -126,7 +143,8 @@ mod tests {
         let key_pair = aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap();
         use aws_lc_rs::signature::KeyPair;
         use base64::Engine;
-        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key_pair.public_key().as_ref());
+        let x =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key_pair.public_key().as_ref());
         let schedule = KeySchedule {
             kid: tessera_common::ids::KeyId::new("k1").unwrap(),
             key_set: KeySetName::Access,
@@ -185,7 +203,10 @@ mod tests {
     fn time_to_live_ends_at_expiry_plus_leeway() {
         let leeway = Duration::from_secs(30);
         let now = UnixMillis::from_secs(1_000);
-        assert_eq!(time_to_live(1_060, leeway, now), Some(Duration::from_secs(90)));
+        assert_eq!(
+            time_to_live(1_060, leeway, now),
+            Some(Duration::from_secs(90))
+        );
         assert_eq!(time_to_live(970, leeway, now), None);
         assert_eq!(time_to_live(969, leeway, now), None);
         assert_eq!(time_to_live(971, leeway, now), Some(Duration::from_secs(1)));
@@ -206,7 +227,10 @@ mod tests {
         assert!(cache.get(&[1; 32]).is_some());
         assert!(cache.get(&[3; 32]).is_none());
         std::thread::sleep(Duration::from_millis(1_100));
-        assert!(cache.get(&[1; 32]).is_none(), "the entry outlived its token");
+        assert!(
+            cache.get(&[1; 32]).is_none(),
+            "the entry outlived its token"
+        );
         assert!(cache.get(&[2; 32]).is_some());
         cache.invalidate(&[2; 32]);
         assert!(cache.get(&[2; 32]).is_none());

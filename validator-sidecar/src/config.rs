@@ -26,10 +26,18 @@ pub enum StalePolicy {
 #[command(name = "tessera-sidecar", version, about = "Tessera validator sidecar")]
 struct Cli {
     /// Issuer gRPC address (`http://` or `https://`).
-    #[arg(long, env = "TESSERA_ISSUER_ADDR", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "TESSERA_ISSUER_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
     issuer_addr: String,
     /// Unix socket the validator serves on.
-    #[arg(long, env = "TESSERA_SIDECAR_SOCKET", default_value = "./tessera-sidecar.sock")]
+    #[arg(
+        long,
+        env = "TESSERA_SIDECAR_SOCKET",
+        default_value = "./tessera-sidecar.sock"
+    )]
     socket: PathBuf,
     /// Permissions of the socket file, octal.
     #[arg(long, env = "TESSERA_SIDECAR_SOCKET_MODE", default_value = "0660")]
@@ -44,25 +52,47 @@ struct Cli {
     #[arg(long, env = "TESSERA_SIDECAR_TOKEN_FILE")]
     issuer_token_file: Option<PathBuf>,
     /// The credential itself (prefer the file: environment variables leak into /proc).
-    #[arg(long = "issuer-token", env = "TESSERA_SIDECAR_TOKEN", hide = true, hide_env_values = true)]
+    #[arg(
+        long = "issuer-token",
+        env = "TESSERA_SIDECAR_TOKEN",
+        hide = true,
+        hide_env_values = true
+    )]
     issuer_token: Option<String>,
     /// File the last bundle is persisted to (mode 0600) and loaded from at start.
     #[arg(long, env = "TESSERA_SIDECAR_BUNDLE_CACHE")]
     bundle_cache: Option<PathBuf>,
     /// Accepted audience; repeat to accept several. Narrows the bundle's audiences.
-    #[arg(long = "audience", env = "TESSERA_SIDECAR_AUDIENCES", value_delimiter = ',')]
+    #[arg(
+        long = "audience",
+        env = "TESSERA_SIDECAR_AUDIENCES",
+        value_delimiter = ','
+    )]
     audiences: Vec<String>,
     /// Clock leeway for exp and nbf, seconds.
     #[arg(long, env = "TESSERA_SIDECAR_LEEWAY_SECONDS", default_value_t = 30)]
     leeway_seconds: u64,
     /// Age of the bundle after which the stale policy applies, seconds.
-    #[arg(long, env = "TESSERA_SIDECAR_MAX_STALENESS_SECONDS", default_value_t = 300)]
+    #[arg(
+        long,
+        env = "TESSERA_SIDECAR_MAX_STALENESS_SECONDS",
+        default_value_t = 300
+    )]
     max_staleness_seconds: u64,
     /// What to do once the bundle is stale.
-    #[arg(long, env = "TESSERA_SIDECAR_STALE_POLICY", value_enum, default_value = "fail-closed")]
+    #[arg(
+        long,
+        env = "TESSERA_SIDECAR_STALE_POLICY",
+        value_enum,
+        default_value = "fail-closed"
+    )]
     stale_policy: StalePolicy,
     /// Most verified tokens kept in the cache (0 disables the cache).
-    #[arg(long, env = "TESSERA_SIDECAR_CACHE_CAPACITY", default_value_t = 100_000)]
+    #[arg(
+        long,
+        env = "TESSERA_SIDECAR_CACHE_CAPACITY",
+        default_value_t = 100_000
+    )]
     cache_capacity: u64,
     /// PEM CA bundle that signs the issuer's certificate (enables TLS checks).
     #[arg(long, env = "TESSERA_SIDECAR_ISSUER_CA_FILE")]
@@ -123,7 +153,9 @@ impl CredentialSource {
         match self {
             CredentialSource::None => Ok(None),
             CredentialSource::Inline(value) => Ok(Some(value.trim().to_owned())),
-            CredentialSource::File(path) => Ok(Some(std::fs::read_to_string(path)?.trim().to_owned())),
+            CredentialSource::File(path) => {
+                Ok(Some(std::fs::read_to_string(path)?.trim().to_owned()))
+            }
         }
     }
 }
@@ -222,7 +254,9 @@ impl Cli {
             addr: validate_issuer_addr(&self.issuer_addr)?,
             credential: self.credential()?,
             subscriber_id: match self.subscriber_id {
-                Some(id) if id.trim().is_empty() => return Err(invalid("subscriber_id", "must not be empty")),
+                Some(id) if id.trim().is_empty() => {
+                    return Err(invalid("subscriber_id", "must not be empty"));
+                }
                 Some(id) => id,
                 None => default_subscriber_id(),
             },
@@ -298,7 +332,8 @@ impl Cli {
 
     fn tls_config(&self) -> Result<Option<TlsConfig>, ConfigError> {
         let read = |field: &'static str, path: &PathBuf| {
-            std::fs::read(path).map_err(|error| invalid(field, format!("cannot read {}: {error}", path.display())))
+            std::fs::read(path)
+                .map_err(|error| invalid(field, format!("cannot read {}: {error}", path.display())))
         };
         let client_identity = match (&self.client_cert_file, &self.client_key_file) {
             (Some(cert), Some(key)) => Some(ClientIdentity {
@@ -306,15 +341,27 @@ impl Cli {
                 key_pem: read("client_key_file", key)?,
             }),
             (None, None) => None,
-            (Some(_), None) => return Err(invalid("client_key_file", "is required with --client-cert-file")),
-            (None, Some(_)) => return Err(invalid("client_cert_file", "is required with --client-key-file")),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "client_key_file",
+                    "is required with --client-cert-file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "client_cert_file",
+                    "is required with --client-key-file",
+                ));
+            }
         };
         match &self.issuer_ca_file {
             Some(path) => Ok(Some(TlsConfig {
                 ca_pem: read("issuer_ca_file", path)?,
                 client_identity,
             })),
-            None if client_identity.is_some() => Err(invalid("issuer_ca_file", "is required for mTLS")),
+            None if client_identity.is_some() => {
+                Err(invalid("issuer_ca_file", "is required for mTLS"))
+            }
             None => Ok(None),
         }
     }
@@ -326,7 +373,10 @@ fn validate_issuer_addr(addr: &str) -> Result<String, ConfigError> {
         .map_err(|error| invalid("issuer_addr", format!("not a URI: {error}")))?;
     match uri.scheme_str() {
         Some("http" | "https") if uri.host().is_some() => Ok(addr.trim_end_matches('/').to_owned()),
-        _ => Err(invalid("issuer_addr", "must be http://host:port or https://host:port")),
+        _ => Err(invalid(
+            "issuer_addr",
+            "must be http://host:port or https://host:port",
+        )),
     }
 }
 
@@ -339,17 +389,22 @@ fn parse_mode(text: &str) -> Result<u32, ConfigError> {
     let digits = text.trim_start_matches("0o");
     match u32::from_str_radix(digits, 8) {
         Ok(mode) if mode <= 0o777 && !digits.is_empty() => Ok(mode),
-        _ => Err(invalid("socket_mode", format!("`{text}` is not an octal mode like 0660"))),
+        _ => Err(invalid(
+            "socket_mode",
+            format!("`{text}` is not an octal mode like 0660"),
+        )),
     }
 }
 
 fn parse_addr(field: &'static str, text: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
     match text.map(str::trim) {
         None | Some("") => Ok(None),
-        Some(text) => text
-            .parse()
-            .map(Some)
-            .map_err(|_| invalid(field, format!("`{text}` is not an address like 127.0.0.1:9090"))),
+        Some(text) => text.parse().map(Some).map_err(|_| {
+            invalid(
+                field,
+                format!("`{text}` is not an address like 127.0.0.1:9090"),
+            )
+        }),
     }
 }
 
@@ -395,7 +450,10 @@ mod tests {
             (&["--http-addr", "1.2.3.4"], "http_addr"),
             (&["--max-staleness-seconds", "0"], "max_staleness_seconds"),
             (&["--client-cert-file", "/nonexistent"], "client_key_file"),
-            (&["--issuer-token-file", "/nonexistent/token"], "issuer_token_file"),
+            (
+                &["--issuer-token-file", "/nonexistent/token"],
+                "issuer_token_file",
+            ),
             (&["--issuer-addr", "https://issuer:443"], "issuer_ca_file"),
             (&["--leeway-seconds", "abc"], "leeway-seconds"),
             (&["--stale-policy", "maybe"], "stale-policy"),
@@ -409,10 +467,24 @@ mod tests {
 
     #[test]
     fn audiences_repeat_and_credential_debug_is_redacted() {
-        let config = parse(&["--audience", "a", "--audience", "b", "--issuer-token", "s3cret"]).unwrap();
-        assert_eq!(config.validation.audiences, vec!["a".to_owned(), "b".to_owned()]);
+        let config = parse(&[
+            "--audience",
+            "a",
+            "--audience",
+            "b",
+            "--issuer-token",
+            "s3cret",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.validation.audiences,
+            vec!["a".to_owned(), "b".to_owned()]
+        );
         assert!(!format!("{config:?}").contains("s3cret"));
-        assert_eq!(config.issuer.credential.load().unwrap().as_deref(), Some("s3cret"));
+        assert_eq!(
+            config.issuer.credential.load().unwrap().as_deref(),
+            Some("s3cret")
+        );
     }
 
     #[test]

@@ -36,8 +36,13 @@ fn invalid(field: &'static str, detail: impl std::fmt::Display) -> ConvertError 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Update {
     Snapshot(TrustBundle),
-    Delta { revision: Revision, events: Vec<BundleEvent> },
-    Heartbeat { revision: Revision },
+    Delta {
+        revision: Revision,
+        events: Vec<BundleEvent>,
+    },
+    Heartbeat {
+        revision: Revision,
+    },
 }
 
 /// Converts a stream message.
@@ -45,7 +50,9 @@ pub fn update_from_proto(update: pb::TrustBundleUpdate) -> Result<Update, Conver
     let revision = Revision(update.revision);
     let sent_at = update.sent_at.as_ref().map(millis).unwrap_or(UnixMillis(0));
     match update.kind.ok_or(ConvertError::Missing("kind"))? {
-        pb::trust_bundle_update::Kind::Snapshot(snapshot) => snapshot_from_proto(revision, snapshot).map(Update::Snapshot),
+        pb::trust_bundle_update::Kind::Snapshot(snapshot) => {
+            snapshot_from_proto(revision, snapshot).map(Update::Snapshot)
+        }
         pb::trust_bundle_update::Kind::Delta(delta) => {
             let events = delta
                 .changes
@@ -58,7 +65,10 @@ pub fn update_from_proto(update: pb::TrustBundleUpdate) -> Result<Update, Conver
     }
 }
 
-fn snapshot_from_proto(revision: Revision, snapshot: pb::TrustBundleSnapshot) -> Result<TrustBundle, ConvertError> {
+fn snapshot_from_proto(
+    revision: Revision,
+    snapshot: pb::TrustBundleSnapshot,
+) -> Result<TrustBundle, ConvertError> {
     let policy = policy_from_proto(snapshot.policy.ok_or(ConvertError::Missing("policy"))?);
     let mut keys = BTreeMap::new();
     for key in snapshot.keys {
@@ -83,7 +93,11 @@ fn snapshot_from_proto(revision: Revision, snapshot: pb::TrustBundleSnapshot) ->
     })
 }
 
-fn event_from_proto(change: pb::BundleChange, update_revision: Revision, at: UnixMillis) -> Result<BundleEvent, ConvertError> {
+fn event_from_proto(
+    change: pb::BundleChange,
+    update_revision: Revision,
+    at: UnixMillis,
+) -> Result<BundleEvent, ConvertError> {
     use pb::bundle_change::Change;
     // An issuer that leaves the per-change revision unset commits the change at the
     // message's revision.
@@ -112,20 +126,31 @@ fn event_from_proto(change: pb::BundleChange, update_revision: Revision, at: Uni
             policy: policy_from_proto(policy),
         },
     };
-    Ok(BundleEvent { revision, at, change })
+    Ok(BundleEvent {
+        revision,
+        at,
+        change,
+    })
 }
 
 fn key_from_proto(key: pb::Key) -> Result<KeySchedule, ConvertError> {
     let kid = KeyId::new(key.kid).map_err(|error| invalid("kid", error))?;
-    let public_jwk: Jwk = serde_json::from_str(&key.public_jwk_json).map_err(|error| invalid("public_jwk_json", error))?;
+    let public_jwk: Jwk = serde_json::from_str(&key.public_jwk_json)
+        .map_err(|error| invalid("public_jwk_json", error))?;
     let revoked_at = key.revoked_at.as_ref().map(millis).or_else(|| {
         // State REVOKED without an instant: revoked since forever.
         (key.state == pb::KeyState::Revoked as i32).then_some(UnixMillis(0))
     });
     Ok(KeySchedule {
         kid,
-        key_set: key.key_set.parse().map_err(|error| invalid("key_set", error))?,
-        algorithm: key.algorithm.parse().map_err(|error| invalid("algorithm", error))?,
+        key_set: key
+            .key_set
+            .parse()
+            .map_err(|error| invalid("key_set", error))?,
+        algorithm: key
+            .algorithm
+            .parse()
+            .map_err(|error| invalid("algorithm", error))?,
         created_at: key.created_at.as_ref().map_or(UnixMillis(0), millis),
         activates_at: key.activates_at.as_ref().map_or(UnixMillis(0), millis),
         deactivates_at: key.deactivates_at.as_ref().map(millis),
@@ -144,16 +169,25 @@ fn revocation_from_proto(entry: pb::RevocationEntry) -> Result<RevocationEntry, 
         Ok(pb::RevocationKind::Family) => RevocationKind::Family,
         Ok(pb::RevocationKind::Key) => RevocationKind::Key,
         Ok(pb::RevocationKind::All) => RevocationKind::All,
-        Ok(pb::RevocationKind::Unspecified) | Err(_) => return Err(invalid("revocation kind", entry.kind)),
+        Ok(pb::RevocationKind::Unspecified) | Err(_) => {
+            return Err(invalid("revocation kind", entry.kind));
+        }
     };
-    let revoked_at = entry.revoked_at.as_ref().map(millis).ok_or(ConvertError::Missing("revoked_at"))?;
+    let revoked_at = entry
+        .revoked_at
+        .as_ref()
+        .map(millis)
+        .ok_or(ConvertError::Missing("revoked_at"))?;
     Ok(RevocationEntry {
         kind,
         value: entry.value,
         tenant_id: Some(entry.tenant_id).filter(|tenant| !tenant.is_empty()),
         revoked_at,
         // Without a drop instant the entry is kept (the bundle prunes it by policy).
-        drop_after: entry.drop_after.as_ref().map_or(UnixMillis(i64::MAX), millis),
+        drop_after: entry
+            .drop_after
+            .as_ref()
+            .map_or(UnixMillis(i64::MAX), millis),
     })
 }
 
@@ -304,7 +338,10 @@ mod tests {
             (Rejection::WrongTokenType, "WRONG_TOKEN_TYPE"),
             (Rejection::Revoked, "REVOKED"),
             (Rejection::KeyRevoked, "KEY_REVOKED"),
-            (Rejection::InsufficientPermissions, "INSUFFICIENT_PERMISSIONS"),
+            (
+                Rejection::InsufficientPermissions,
+                "INSUFFICIENT_PERMISSIONS",
+            ),
             (Rejection::WrongRole, "WRONG_ROLE"),
             (Rejection::BundleStale, "BUNDLE_STALE"),
         ];
@@ -333,12 +370,18 @@ mod tests {
         let converted = revocation_from_proto(entry.clone()).unwrap();
         assert_eq!(converted.tenant_id, None);
         assert_eq!(converted.revoked_at, UnixMillis(5_000));
-        let unspecified = pb::RevocationEntry { kind: 0, ..entry.clone() };
+        let unspecified = pb::RevocationEntry {
+            kind: 0,
+            ..entry.clone()
+        };
         assert!(revocation_from_proto(unspecified).is_err());
         let no_instant = pb::RevocationEntry {
             revoked_at: None,
             ..entry
         };
-        assert_eq!(revocation_from_proto(no_instant), Err(ConvertError::Missing("revoked_at")));
+        assert_eq!(
+            revocation_from_proto(no_instant),
+            Err(ConvertError::Missing("revoked_at"))
+        );
     }
 }

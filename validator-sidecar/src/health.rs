@@ -33,7 +33,9 @@ pub struct ReadinessProbe {
 
 impl std::fmt::Debug for ReadinessProbe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReadinessProbe").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("ReadinessProbe")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -48,7 +50,11 @@ impl ReadinessProbe {
 }
 
 /// Sets `reporter`'s statuses from the probe until `shutdown`, then reports NOT_SERVING.
-pub async fn run_monitor(probe: ReadinessProbe, reporter: HealthReporter, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_monitor(
+    probe: ReadinessProbe,
+    reporter: HealthReporter,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut changes = probe.state.subscribe();
     let mut reported = None;
     loop {

@@ -33,12 +33,17 @@ async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
     }
 }
 
-async fn render_metrics(State(state): State<HttpState>) -> ([(axum::http::HeaderName, &'static str); 1], String) {
+async fn render_metrics(
+    State(state): State<HttpState>,
+) -> ([(axum::http::HeaderName, &'static str); 1], String) {
     // Refresh the staleness gauge at scrape time.
     state.probe.check();
     state.metrics.run_upkeep();
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         state.metrics.render(),
     )
 }

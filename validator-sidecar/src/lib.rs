@@ -102,7 +102,11 @@ pub async fn run_with_clock(
     let routes = grpc_routes(validator, health_service, shutdown_rx.clone())?;
 
     let mut background = JoinSet::new();
-    background.spawn(health::run_monitor(probe.clone(), health_reporter, shutdown_rx.clone()));
+    background.spawn(health::run_monitor(
+        probe.clone(),
+        health_reporter,
+        shutdown_rx.clone(),
+    ));
     background.spawn(
         subscription::Subscription {
             config: config.issuer.clone(),
@@ -114,12 +118,19 @@ pub async fn run_with_clock(
         .run(),
     );
     if let Some(path) = config.bundle_cache.clone() {
-        background.spawn(persist::run_writer(path, state.clone(), shutdown_rx.clone()));
+        background.spawn(persist::run_writer(
+            path,
+            state.clone(),
+            shutdown_rx.clone(),
+        ));
     }
 
     let mut servers: JoinSet<Result<(), SidecarError>> = JoinSet::new();
     let mut unix_socket = listeners.unix.take();
-    if let Some(listener) = unix_socket.as_mut().and_then(server::UnixSocket::take_listener) {
+    if let Some(listener) = unix_socket
+        .as_mut()
+        .and_then(server::UnixSocket::take_listener)
+    {
         tracing::info!(path = ?unix_socket.as_ref().map(server::UnixSocket::path), "serving gRPC on the unix socket");
         let incoming = UnixListenerStream::new(listener);
         let serve = Server::builder()
@@ -138,7 +149,8 @@ pub async fn run_with_clock(
     if let Some(listener) = listeners.http.take() {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving http");
         let router = http::router(probe, prometheus);
-        let serve = axum::serve(listener, router).with_graceful_shutdown(signalled(shutdown_rx.clone()));
+        let serve =
+            axum::serve(listener, router).with_graceful_shutdown(signalled(shutdown_rx.clone()));
         servers.spawn(async move { Ok(serve.await?) });
     }
 
@@ -178,11 +190,14 @@ pub async fn run_with_clock(
 /// Builds the gRPC routes shared by every listener: the validator, health and reflection.
 fn grpc_routes(
     validator: Arc<validator::Validator>,
-    health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Routes, SidecarError> {
-    let validator_service = ValidatorServiceServer::new(service::ValidatorGrpc::new(validator, shutdown))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let validator_service =
+        ValidatorServiceServer::new(service::ValidatorGrpc::new(validator, shutdown))
+            .max_decoding_message_size(MAX_REQUEST_BYTES);
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(tessera_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -205,7 +220,10 @@ async fn signalled(mut shutdown: watch::Receiver<bool>) {
 /// Resolves on SIGTERM or SIGINT.
 pub async fn termination_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut terminate), Ok(mut interrupt)) => {
             tokio::select! {
                 _ = terminate.recv() => {}

@@ -19,7 +19,10 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(code).unwrap_or(1));
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("tessera-sidecar: cannot start the runtime: {error}");
@@ -32,7 +35,8 @@ fn main() -> ExitCode {
 async fn serve(config: SidecarConfig) -> ExitCode {
     let otlp_endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok();
     let json_logs = std::env::var("TESSERA_LOG_FORMAT").is_ok_and(|format| format == "json");
-    let _telemetry = tessera_common::telemetry::init("tessera-sidecar", otlp_endpoint.as_deref(), json_logs);
+    let _telemetry =
+        tessera_common::telemetry::init("tessera-sidecar", otlp_endpoint.as_deref(), json_logs);
     let listeners = match Listeners::bind(&config.serve).await {
         Ok(listeners) => listeners,
         Err(error) => {

@@ -37,9 +37,15 @@ pub struct CachedBundle {
 #[derive(Debug, thiserror::Error)]
 pub enum PersistError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: not a bundle cache: {source}")]
-    Format { path: PathBuf, source: serde_json::Error },
+    Format {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("{path}: unsupported format version {version}")]
     Version { path: PathBuf, version: u32 },
 }
@@ -56,10 +62,11 @@ pub fn load(path: &Path) -> Result<Option<CachedBundle>, PersistError> {
             });
         }
     };
-    let cached: CachedBundle = serde_json::from_slice(&bytes).map_err(|source| PersistError::Format {
-        path: path.to_owned(),
-        source,
-    })?;
+    let cached: CachedBundle =
+        serde_json::from_slice(&bytes).map_err(|source| PersistError::Format {
+            path: path.to_owned(),
+            source,
+        })?;
     if cached.format != FORMAT_VERSION {
         return Err(PersistError::Version {
             path: path.to_owned(),
@@ -79,7 +86,10 @@ pub fn save(path: &Path, cached: &CachedBundle) -> Result<(), PersistError> {
         path: path.to_owned(),
         source,
     })?;
-    let file_name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let temporary = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -116,7 +126,11 @@ pub fn restore(path: &Path, state: &BundleState) {
 /// Writes the bundle after each change (debounced) and at least every
 /// [`CONTACT_REFRESH`] while the issuer keeps in touch, until `shutdown` fires; then
 /// writes once more.
-pub async fn run_writer(path: PathBuf, state: Arc<BundleState>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_writer(
+    path: PathBuf,
+    state: Arc<BundleState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut changes = state.subscribe();
     let mut written: Option<(u64, Option<UnixMillis>)> = None;
     loop {

@@ -53,8 +53,13 @@ impl ResyncLimiter {
             return false;
         }
         let mut state = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let recent = |at: &Instant, interval: Duration| now.saturating_duration_since(*at) < interval;
-        if state.last_by_kid.get(kid).is_some_and(|at| recent(at, self.per_kid_interval)) {
+        let recent =
+            |at: &Instant, interval: Duration| now.saturating_duration_since(*at) < interval;
+        if state
+            .last_by_kid
+            .get(kid)
+            .is_some_and(|at| recent(at, self.per_kid_interval))
+        {
             return false;
         }
         if state.last_by_kid.len() >= MAX_TRACKED_KIDS {
@@ -65,7 +70,10 @@ impl ResyncLimiter {
             }
         }
         state.last_by_kid.insert(kid.to_owned(), now);
-        if state.last_global.is_some_and(|at| recent(&at, self.global_interval)) {
+        if state
+            .last_global
+            .is_some_and(|at| recent(&at, self.global_interval))
+        {
             return false;
         }
         state.last_global = Some(now);
@@ -104,6 +112,9 @@ mod tests {
             .count();
         // 10,000 kids over one second: one resync.
         assert_eq!(n_allowed, 1);
-        assert!(!limiter.allow(&"k".repeat(MAX_ID_BYTES + 1), start + Duration::from_secs(60)));
+        assert!(!limiter.allow(
+            &"k".repeat(MAX_ID_BYTES + 1),
+            start + Duration::from_secs(60)
+        ));
     }
 }

@@ -43,10 +43,12 @@ impl Listeners {
     pub async fn bind(config: &ServeConfig) -> Result<Self, BindError> {
         let unix = UnixSocket::bind(&config.socket, config.socket_mode)?;
         let bind_tcp = |addr: std::net::SocketAddr| async move {
-            TcpListener::bind(addr).await.map_err(|source| BindError::Tcp {
-                addr: addr.to_string(),
-                source,
-            })
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| BindError::Tcp {
+                    addr: addr.to_string(),
+                    source,
+                })
         };
         let grpc_tcp = match config.grpc_addr {
             Some(addr) => Some(bind_tcp(addr).await?),
@@ -77,12 +79,18 @@ impl UnixSocket {
         match std::fs::symlink_metadata(path) {
             Ok(metadata) if metadata.file_type().is_socket() => {
                 if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                    return Err(BindError::InUse { path: path.to_owned() });
+                    return Err(BindError::InUse {
+                        path: path.to_owned(),
+                    });
                 }
                 tracing::info!(path = %path.display(), "replacing a stale socket file");
                 std::fs::remove_file(path).map_err(unix_error)?;
             }
-            Ok(_) => return Err(BindError::NotASocket { path: path.to_owned() }),
+            Ok(_) => {
+                return Err(BindError::NotASocket {
+                    path: path.to_owned(),
+                });
+            }
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
             Err(error) => return Err(unix_error(error)),
         }
@@ -91,7 +99,8 @@ impl UnixSocket {
             listener: Some(listener),
             path: path.to_owned(),
         };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(unix_error)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .map_err(unix_error)?;
         Ok(socket)
     }
 
@@ -111,7 +120,9 @@ impl Drop for UnixSocket {
         match std::fs::remove_file(&self.path) {
             Ok(()) => tracing::debug!(path = %self.path.display(), "removed the socket file"),
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => tracing::warn!(path = %self.path.display(), %error, "could not remove the socket file"),
+            Err(error) => {
+                tracing::warn!(path = %self.path.display(), %error, "could not remove the socket file")
+            }
         }
     }
 }
@@ -130,12 +141,18 @@ mod tests {
         let socket = UnixSocket::bind(&path, 0o660).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o660);
-        assert!(matches!(UnixSocket::bind(&path, 0o660), Err(BindError::InUse { .. })));
+        assert!(matches!(
+            UnixSocket::bind(&path, 0o660),
+            Err(BindError::InUse { .. })
+        ));
         drop(socket);
         assert!(!path.exists());
         let plain = dir.path().join("plain");
         std::fs::write(&plain, b"x").unwrap();
-        assert!(matches!(UnixSocket::bind(&plain, 0o660), Err(BindError::NotASocket { .. })));
+        assert!(matches!(
+            UnixSocket::bind(&plain, 0o660),
+            Err(BindError::NotASocket { .. })
+        ));
         assert!(plain.exists());
     }
 }

@@ -34,11 +34,15 @@ pub struct ValidatorGrpc {
 impl ValidatorGrpc {
     /// Returns the service; open streams end when `shutdown` turns true.
     pub fn new(validator: Arc<Validator>, shutdown: watch::Receiver<bool>) -> Self {
-        ValidatorGrpc { validator, shutdown }
+        ValidatorGrpc {
+            validator,
+            shutdown,
+        }
     }
 }
 
-type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ValidateStreamResponse, Status>> + Send>>;
+type ResponseStream =
+    Pin<Box<dyn Stream<Item = Result<pb::ValidateStreamResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ValidatorService for ValidatorGrpc {
@@ -64,7 +68,12 @@ impl ValidatorService for ValidatorGrpc {
     ) -> Result<Response<Self::ValidateStreamStream>, Status> {
         let inbound = request.into_inner();
         let (outbound, receiver) = mpsc::channel(OUTBOUND_CAPACITY);
-        tokio::spawn(pump(self.validator.clone(), inbound, outbound, self.shutdown.clone()));
+        tokio::spawn(pump(
+            self.validator.clone(),
+            inbound,
+            outbound,
+            self.shutdown.clone(),
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }
@@ -112,7 +121,9 @@ async fn pump(
         let outbound = outbound.clone();
         tokio::spawn(async move {
             let verdict = validator.validate(&convert::stream_query(&request)).await;
-            let _ = outbound.send(Ok(convert::stream_response(request.request_id, &verdict))).await;
+            let _ = outbound
+                .send(Ok(convert::stream_response(request.request_id, &verdict)))
+                .await;
             drop(permit);
         });
     }

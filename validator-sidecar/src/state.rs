@@ -63,7 +63,11 @@ pub struct BundleState {
 impl BundleView {
     /// Builds the view of `bundle`, reusing the parsed keys of `previous` whose schedule
     /// did not change.
-    pub fn build(bundle: TrustBundle, previous: Option<&BundleView>, narrowed_audiences: &[String]) -> Self {
+    pub fn build(
+        bundle: TrustBundle,
+        previous: Option<&BundleView>,
+        narrowed_audiences: &[String],
+    ) -> Self {
         let mut keys = HashMap::with_capacity(bundle.keys.len());
         for (kid, schedule) in &bundle.keys {
             let reused = previous
@@ -98,7 +102,9 @@ impl BundleView {
                 .collect();
             let unsatisfiable = both.is_empty();
             if unsatisfiable {
-                tracing::error!("no configured audience is accepted by the issuer; every token will be refused");
+                tracing::error!(
+                    "no configured audience is accepted by the issuer; every token will be refused"
+                );
             }
             (both, unsatisfiable)
         };
@@ -139,7 +145,10 @@ impl BundleState {
     pub fn view(&self) -> Option<Arc<BundleView>> {
         // A poisoned lock only means a writer panicked between swaps; the Arc inside is
         // always a complete view, so reading it is still sound.
-        self.view.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Returns the current bundle's revision (0 when none).
@@ -194,11 +203,23 @@ impl BundleState {
     }
 
     /// Returns whether validation can proceed at `now`.
-    pub fn readiness(&self, now: UnixMillis, max_staleness: Duration, policy: StalePolicy) -> Readiness {
-        if self.view.read().unwrap_or_else(PoisonError::into_inner).is_none() {
+    pub fn readiness(
+        &self,
+        now: UnixMillis,
+        max_staleness: Duration,
+        policy: StalePolicy,
+    ) -> Readiness {
+        if self
+            .view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+        {
             return Readiness::NoBundle;
         }
-        let stale = self.staleness(now).is_none_or(|staleness| staleness > max_staleness);
+        let stale = self
+            .staleness(now)
+            .is_none_or(|staleness| staleness > max_staleness);
         if stale && policy == StalePolicy::FailClosed {
             Readiness::Stale
         } else {
@@ -243,14 +264,29 @@ mod tests {
         let state = BundleState::new(Vec::new());
         let max = Duration::from_secs(10);
         let now = UnixMillis(100_000);
-        assert_eq!(state.readiness(now, max, StalePolicy::FailClosed), Readiness::NoBundle);
+        assert_eq!(
+            state.readiness(now, max, StalePolicy::FailClosed),
+            Readiness::NoBundle
+        );
         state.replace(TrustBundle::empty(policy(&[])));
-        assert_eq!(state.readiness(now, max, StalePolicy::FailClosed), Readiness::Stale);
+        assert_eq!(
+            state.readiness(now, max, StalePolicy::FailClosed),
+            Readiness::Stale
+        );
         state.touch(UnixMillis(95_000));
-        assert_eq!(state.readiness(now, max, StalePolicy::FailClosed), Readiness::Ready);
+        assert_eq!(
+            state.readiness(now, max, StalePolicy::FailClosed),
+            Readiness::Ready
+        );
         let later = UnixMillis(106_000);
-        assert_eq!(state.readiness(later, max, StalePolicy::FailClosed), Readiness::Stale);
-        assert_eq!(state.readiness(later, max, StalePolicy::Serve), Readiness::Ready);
+        assert_eq!(
+            state.readiness(later, max, StalePolicy::FailClosed),
+            Readiness::Stale
+        );
+        assert_eq!(
+            state.readiness(later, max, StalePolicy::Serve),
+            Readiness::Ready
+        );
         assert_eq!(state.staleness(later), Some(Duration::from_secs(11)));
     }
 }

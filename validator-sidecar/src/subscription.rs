@@ -81,7 +81,9 @@ impl Subscription {
             };
             match &end {
                 StreamEnd::Resync => tracing::info!("resubscribing to the trust bundle"),
-                end => tracing::warn!(error = %end, retry_in_ms = delay.as_millis() as u64, "trust-bundle stream ended"),
+                end => {
+                    tracing::warn!(error = %end, retry_in_ms = delay.as_millis() as u64, "trust-bundle stream ended")
+                }
             }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -107,7 +109,11 @@ impl Subscription {
             Ok(credential) => credential,
             Err(error) => return StreamEnd::Credential(error),
         };
-        let since_revision = if want_snapshot { 0 } else { self.state.revision() };
+        let since_revision = if want_snapshot {
+            0
+        } else {
+            self.state.revision()
+        };
         let mut request = tonic::Request::new(WatchTrustBundleRequest {
             since_revision,
             subscriber_id: self.config.subscriber_id.clone(),
@@ -117,7 +123,9 @@ impl Subscription {
                 Ok(value) => {
                     request.metadata_mut().insert("authorization", value);
                 }
-                Err(_) => return StreamEnd::Credential(std::io::Error::other("not valid in a header")),
+                Err(_) => {
+                    return StreamEnd::Credential(std::io::Error::other("not valid in a header"));
+                }
             }
         }
         let mut client = TrustBundleServiceClient::new(channel);
@@ -187,7 +195,11 @@ impl Subscription {
                     }
                     changed
                 });
-                tracing::debug!(revision = revision.0, n_events, "applied a trust-bundle delta");
+                tracing::debug!(
+                    revision = revision.0,
+                    n_events,
+                    "applied a trust-bundle delta"
+                );
             }
             Update::Heartbeat { revision } => {
                 if revision.0 > self.state.revision() {
@@ -208,9 +220,11 @@ async fn connect(config: &IssuerConfig) -> Result<Channel, StreamEnd> {
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10));
     if let Some(tls) = &config.tls {
-        let mut tls_config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+        let mut tls_config =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
         if let Some(identity) = &tls.client_identity {
-            tls_config = tls_config.identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
+            tls_config =
+                tls_config.identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
         }
         endpoint = endpoint.tls_config(tls_config)?;
     }

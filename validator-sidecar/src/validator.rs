@@ -5,12 +5,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tessera_common::verify::{
-    ClaimRules, Rejection, check_authorization, check_claims, check_revocation, check_signature, decode_claims,
-    parse_compact,
-};
 use tessera_common::keys::KeyState;
 use tessera_common::limits::MAX_TOKEN_BYTES;
+use tessera_common::verify::{
+    ClaimRules, Rejection, check_authorization, check_claims, check_revocation, check_signature,
+    decode_claims, parse_compact,
+};
 use tessera_common::{Clock, UnixMillis};
 use tokio::sync::Notify;
 
@@ -62,7 +62,12 @@ enum Attempt {
 impl Validator {
     /// Returns a validator over `state`; `resync` is notified when an unknown kid warrants
     /// a fresh subscription.
-    pub fn new(state: Arc<BundleState>, resync: Arc<Notify>, config: ValidationConfig, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        state: Arc<BundleState>,
+        resync: Arc<Notify>,
+        config: ValidationConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let cache = VerifiedCache::new(config.cache_capacity, config.leeway, clock.clone());
         Validator {
             state,
@@ -113,12 +118,22 @@ impl Validator {
 
     /// Runs the checks. With `full` false it stops before any signature check or resync
     /// decision; with `may_resync` an unknown kid may start a resync.
-    fn attempt(&self, query: &TokenQuery<'_>, hash: Option<&TokenHash>, full: bool, may_resync: bool) -> Attempt {
+    fn attempt(
+        &self,
+        query: &TokenQuery<'_>,
+        hash: Option<&TokenHash>,
+        full: bool,
+        may_resync: bool,
+    ) -> Attempt {
         let now = self.clock.now();
         let Some(view) = self.state.view() else {
             return Attempt::Done(Err(Rejection::BundleStale));
         };
-        if self.state.readiness(now, self.config.max_staleness, self.config.stale_policy) != Readiness::Ready {
+        if self
+            .state
+            .readiness(now, self.config.max_staleness, self.config.stale_policy)
+            != Readiness::Ready
+        {
             return Attempt::Done(Err(Rejection::BundleStale));
         }
         let Some(hash) = hash else {
@@ -152,7 +167,10 @@ impl Validator {
                 return Attempt::NeedsFullPath;
             }
             if may_resync && self.limiter.allow(kid, Instant::now()) {
-                tracing::info!(kid_len = kid.len(), "unknown kid; resynchronising the bundle");
+                tracing::info!(
+                    kid_len = kid.len(),
+                    "unknown kid; resynchronising the bundle"
+                );
                 metrics::record_resync();
                 self.resync.notify_one();
                 return Attempt::ResyncStarted;
@@ -187,7 +205,8 @@ impl Validator {
             claims_json,
             verifying_key: key.clone(),
         });
-        self.cache.insert(*hash, verified.clone(), self.config.leeway, now);
+        self.cache
+            .insert(*hash, verified.clone(), self.config.leeway, now);
         Attempt::Done(self.check_verified(&view, verified, query, now))
     }
 
@@ -213,15 +232,26 @@ impl Validator {
             _ if unsatisfiable => return Err(Rejection::WrongAudience),
             result => result?,
         }
-        check_revocation(&verified.claims, &verified.kid, &verified.verifying_key, &view.bundle.revocations)?;
-        check_authorization(&verified.claims, query.required_permissions, query.required_role)?;
+        check_revocation(
+            &verified.claims,
+            &verified.kid,
+            &verified.verifying_key,
+            &view.bundle.revocations,
+        )?;
+        check_authorization(
+            &verified.claims,
+            query.required_permissions,
+            query.required_role,
+        )?;
         Ok(verified)
     }
 }
 
 impl std::fmt::Debug for Validator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Validator").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Validator")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 

@@ -12,7 +12,9 @@ use std::time::Duration;
 use futures_util::Stream;
 use prost_types::Timestamp;
 use tessera_proto::v1 as pb;
-use tessera_proto::v1::trust_bundle_service_server::{TrustBundleService, TrustBundleServiceServer};
+use tessera_proto::v1::trust_bundle_service_server::{
+    TrustBundleService, TrustBundleServiceServer,
+};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -62,7 +64,11 @@ fn timestamp(millis: i64) -> Timestamp {
 }
 
 /// A revocation entry of `kind` for `value`, revoked at `revoked_at_ms`.
-pub fn revocation(kind: pb::RevocationKind, value: &str, revoked_at_ms: i64) -> pb::RevocationEntry {
+pub fn revocation(
+    kind: pb::RevocationKind,
+    value: &str,
+    revoked_at_ms: i64,
+) -> pb::RevocationEntry {
     pb::RevocationEntry {
         kind: kind as i32,
         value: value.into(),
@@ -108,14 +114,20 @@ impl FakeIssuer {
         });
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let service = TrustBundleServiceServer::new(Service { shared: shared.clone() });
+        let service = TrustBundleServiceServer::new(Service {
+            shared: shared.clone(),
+        });
         let server = tokio::spawn(async move {
             let _ = Server::builder()
                 .add_service(service)
                 .serve_with_incoming(TcpIncoming::from(listener))
                 .await;
         });
-        FakeIssuer { addr, shared, server }
+        FakeIssuer {
+            addr,
+            shared,
+            server,
+        }
     }
 
     /// Returns the address in the form `--issuer-addr` takes.
@@ -181,7 +193,9 @@ impl FakeIssuer {
             pb::bundle_change::Change::KeyUnpublished(kid) => {
                 bundle.keys.remove(kid);
             }
-            pb::bundle_change::Change::RevocationAdded(entry) => bundle.revocations.push(entry.clone()),
+            pb::bundle_change::Change::RevocationAdded(entry) => {
+                bundle.revocations.push(entry.clone())
+            }
             pb::bundle_change::Change::PolicyChanged(_) => {}
         }
         let change = pb::BundleChange {
@@ -191,7 +205,9 @@ impl FakeIssuer {
         bundle.log.push(change.clone());
         let _ = self.shared.updates.send(update(
             revision,
-            pb::trust_bundle_update::Kind::Delta(pb::TrustBundleDelta { changes: vec![change] }),
+            pb::trust_bundle_update::Kind::Delta(pb::TrustBundleDelta {
+                changes: vec![change],
+            }),
         ));
     }
 
@@ -231,7 +247,10 @@ impl TrustBundleService for Service {
         request: Request<pb::WatchTrustBundleRequest>,
     ) -> Result<Response<UpdateStream>, Status> {
         let expected = format!("Bearer {CREDENTIAL}");
-        let presented = request.metadata().get("authorization").and_then(|value| value.to_str().ok());
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .and_then(|value| value.to_str().ok());
         if presented != Some(expected.as_str()) {
             return Err(Status::unauthenticated("bad credential"));
         }
@@ -248,15 +267,26 @@ impl TrustBundleService for Service {
             let (first, mut updates) = {
                 let bundle = shared.bundle.lock().unwrap();
                 let first = if since > 0 && since <= bundle.revision {
-                    let changes = bundle.log.iter().filter(|change| change.revision > since).cloned().collect();
-                    update(bundle.revision, pb::trust_bundle_update::Kind::Delta(pb::TrustBundleDelta { changes }))
+                    let changes = bundle
+                        .log
+                        .iter()
+                        .filter(|change| change.revision > since)
+                        .cloned()
+                        .collect();
+                    update(
+                        bundle.revision,
+                        pb::trust_bundle_update::Kind::Delta(pb::TrustBundleDelta { changes }),
+                    )
                 } else {
                     let snapshot = pb::TrustBundleSnapshot {
                         keys: bundle.keys.values().cloned().collect(),
                         revocations: bundle.revocations.clone(),
                         policy: Some(shared.policy.clone()),
                     };
-                    update(bundle.revision, pb::trust_bundle_update::Kind::Snapshot(snapshot))
+                    update(
+                        bundle.revision,
+                        pb::trust_bundle_update::Kind::Snapshot(snapshot),
+                    )
                 };
                 (first, shared.updates.subscribe())
             };

@@ -49,13 +49,18 @@ impl Sidecar {
         args.extend(extra.iter().map(|arg| (*arg).to_owned()));
         let config = SidecarConfig::parse_from(args).unwrap();
         let listeners = Listeners::bind(&config.serve).await.unwrap();
-        let http_addr = listeners.http.as_ref().map(|listener| listener.local_addr().unwrap());
+        let http_addr = listeners
+            .http
+            .as_ref()
+            .map(|listener| listener.local_addr().unwrap());
         let (shutdown, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let stopped = async {
                 let _ = stopped.await;
             };
-            tessera_sidecar::run(config, listeners, stopped).await.unwrap();
+            tessera_sidecar::run(config, listeners, stopped)
+                .await
+                .unwrap();
         });
         Sidecar {
             socket,
@@ -107,11 +112,17 @@ impl Sidecar {
 }
 
 /// Validates `token` with default requirements.
-pub async fn validate(client: &mut ValidatorServiceClient<Channel>, token: &str) -> pb::ValidateTokenResponse {
-    validate_with(client, pb::ValidateTokenRequest {
-        token: token.into(),
-        ..Default::default()
-    })
+pub async fn validate(
+    client: &mut ValidatorServiceClient<Channel>,
+    token: &str,
+) -> pb::ValidateTokenResponse {
+    validate_with(
+        client,
+        pb::ValidateTokenRequest {
+            token: token.into(),
+            ..Default::default()
+        },
+    )
     .await
 }
 
@@ -149,7 +160,10 @@ where
 /// Waits until the sidecar reports SERVING.
 pub async fn wait_serving(sidecar: &Sidecar) {
     assert!(
-        eventually(Duration::from_secs(10), || async { sidecar.health().await == ServingStatus::Serving }).await,
+        eventually(Duration::from_secs(10), || async {
+            sidecar.health().await == ServingStatus::Serving
+        })
+        .await,
         "sidecar never became ready"
     );
 }

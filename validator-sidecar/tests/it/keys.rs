@@ -31,7 +31,9 @@ impl TestKey {
     /// An RSA-2048 key; as the issuer does, the pair is loaded from its PKCS#8 form.
     pub fn rs256(kid: &str) -> Self {
         let generated = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
-        let pkcs8 = aws_lc_rs::encoding::AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&generated).unwrap();
+        let pkcs8 =
+            aws_lc_rs::encoding::AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&generated)
+                .unwrap();
         let key_pair = RsaKeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
         let public = key_pair.public_key();
         let jwk = json!({
@@ -80,17 +82,29 @@ impl TestKey {
 
     /// Signs `claims` with the standard access-token header.
     pub fn sign(&self, claims: &Value) -> String {
-        self.sign_with_header(&json!({"alg": self.alg, "kid": self.kid, "typ": "at+jwt"}), claims)
+        self.sign_with_header(
+            &json!({"alg": self.alg, "kid": self.kid, "typ": "at+jwt"}),
+            claims,
+        )
     }
 
     /// Signs `claims` under an arbitrary `header`.
     pub fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
-        let signing_input = format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()));
+        let signing_input = format!(
+            "{}.{}",
+            b64(header.to_string().as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
         let signature = match &self.signer {
             Signer::Rsa(key_pair) => {
                 let mut signature = vec![0; key_pair.public_modulus_len()];
                 key_pair
-                    .sign(&signature::RSA_PKCS1_SHA256, &SystemRandom::new(), signing_input.as_bytes(), &mut signature)
+                    .sign(
+                        &signature::RSA_PKCS1_SHA256,
+                        &SystemRandom::new(),
+                        signing_input.as_bytes(),
+                        &mut signature,
+                    )
                     .unwrap();
                 signature
             }
@@ -111,8 +125,14 @@ impl TestKey {
             key_set: "access".into(),
             algorithm: self.alg.into(),
             state: pb::KeyState::Active as i32,
-            created_at: Some(prost_types::Timestamp { seconds: 0, nanos: 0 }),
-            activates_at: Some(prost_types::Timestamp { seconds: 0, nanos: 0 }),
+            created_at: Some(prost_types::Timestamp {
+                seconds: 0,
+                nanos: 0,
+            }),
+            activates_at: Some(prost_types::Timestamp {
+                seconds: 0,
+                nanos: 0,
+            }),
             deactivates_at: None,
             verify_until: None,
             revoked_at: None,

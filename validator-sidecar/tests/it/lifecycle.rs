@@ -22,9 +22,17 @@ async fn not_serving_until_the_first_bundle() {
     let token = ed.sign(&claims("mia"));
     let mut client = sidecar.client().await;
     // Subscribed, but no message yet.
-    assert!(eventually(Duration::from_secs(5), || async { issuer.n_subscriptions() == 1 }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            issuer.n_subscriptions() == 1
+        })
+        .await
+    );
     assert_eq!(sidecar.health().await, ServingStatus::NotServing);
-    assert_eq!(reason(&validate(&mut client, &token).await), pb::Reason::BundleStale);
+    assert_eq!(
+        reason(&validate(&mut client, &token).await),
+        pb::Reason::BundleStale
+    );
     let http = sidecar.http_addr.unwrap();
     assert_eq!(http_get(http, "/readyz").await.0, 503);
     assert_eq!(http_get(http, "/healthz").await.0, 200);
@@ -67,7 +75,11 @@ async fn persisted_bundle_validates_after_a_restart_with_the_issuer_down() {
     assert_eq!(restarted.health().await, ServingStatus::Serving);
     let mut client = restarted.client().await;
     assert!(validate(&mut client, &token).await.valid);
-    assert!(validate(&mut client, &rsa.sign(&claims("olga"))).await.valid);
+    assert!(
+        validate(&mut client, &rsa.sign(&claims("olga")))
+            .await
+            .valid
+    );
     restarted.stop().await;
 }
 
@@ -94,7 +106,12 @@ async fn reconnect_resumes_from_the_last_revision_and_catches_up() {
     // A change made while the sidecar is away arrives as a delta after the restart.
     issuer.revoke_key("ec-resume");
     let restarted = Sidecar::start(&issuer.url(), dir.path(), &[]).await;
-    assert!(eventually(Duration::from_secs(5), || async { issuer.n_subscriptions() == 2 }).await);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            issuer.n_subscriptions() == 2
+        })
+        .await
+    );
     assert_eq!(issuer.since_revisions(), vec![0, revision]);
     client = restarted.client().await;
     assert!(
@@ -112,7 +129,8 @@ async fn stale_bundle_fails_closed_then_recovers() {
     let ed = TestKey::eddsa("ed-stale");
     let issuer = FakeIssuer::start(&[&ed]).await;
     let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(&issuer.url(), dir.path(), &["--max-staleness-seconds", "1"]).await;
+    let sidecar =
+        Sidecar::start(&issuer.url(), dir.path(), &["--max-staleness-seconds", "1"]).await;
     wait_serving(&sidecar).await;
     let mut client = sidecar.client().await;
     let token = ed.sign(&claims("quinn"));
@@ -156,7 +174,11 @@ async fn socket_has_its_mode_serves_reflection_and_is_removed_at_shutdown() {
     // A stale socket file from a crashed run is replaced.
     drop(std::os::unix::net::UnixListener::bind(dir.path().join("sidecar.sock")).unwrap());
     let sidecar = Sidecar::start(&issuer.url(), dir.path(), &["--socket-mode", "0600"]).await;
-    let mode = std::fs::metadata(&sidecar.socket).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&sidecar.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
 
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
@@ -172,13 +194,25 @@ async fn socket_has_its_mode_serves_reflection_and_is_removed_at_shutdown() {
         .await
         .unwrap()
         .into_inner();
-    let Some(MessageResponse::ListServicesResponse(list)) = responses.message().await.unwrap().unwrap().message_response
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
     else {
         panic!("not a service list");
     };
-    let names: Vec<String> = list.service.into_iter().map(|service| service.name).collect();
-    for name in ["tessera.v1.ValidatorService", "grpc.health.v1.Health", "tessera.v1.TrustBundleService"] {
-        assert!(names.iter().any(|listed| listed == name), "{name} not in {names:?}");
+    let names: Vec<String> = list
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect();
+    for name in [
+        "tessera.v1.ValidatorService",
+        "grpc.health.v1.Health",
+        "tessera.v1.TrustBundleService",
+    ] {
+        assert!(
+            names.iter().any(|listed| listed == name),
+            "{name} not in {names:?}"
+        );
     }
     let socket = sidecar.socket.clone();
     sidecar.stop().await;
@@ -193,6 +227,9 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     let status = response.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
     (status, body)
 }

@@ -33,9 +33,15 @@ async fn key_revocation_rejects_tokens_even_when_cached() {
         async move { reason(&validate(&mut client, &cached).await) == pb::Reason::KeyRevoked }
     })
     .await;
-    assert!(rejected, "the cached token of a revoked key kept validating");
+    assert!(
+        rejected,
+        "the cached token of a revoked key kept validating"
+    );
     // A token of the revoked key never seen before, and the other key's token.
-    assert_eq!(reason(&validate(&mut client, &rsa.sign(&claims("frank"))).await), pb::Reason::KeyRevoked);
+    assert_eq!(
+        reason(&validate(&mut client, &rsa.sign(&claims("frank"))).await),
+        pb::Reason::KeyRevoked
+    );
     assert!(validate(&mut client, &survivor).await.valid);
     sidecar.stop().await;
 }
@@ -53,7 +59,11 @@ async fn revocation_entries_reject_cached_tokens_by_jti_and_user_cutoff() {
     let by_jti = ed.sign(&by_jti_claims);
     let other = ed.sign(&claims("gina"));
     assert!(validate(&mut client, &by_jti).await.valid);
-    issuer.add_revocation(revocation(pb::RevocationKind::Jti, by_jti_claims["jti"].as_str().unwrap(), now_ms()));
+    issuer.add_revocation(revocation(
+        pb::RevocationKind::Jti,
+        by_jti_claims["jti"].as_str().unwrap(),
+        now_ms(),
+    ));
     assert!(
         eventually(Duration::from_secs(5), || {
             let (mut client, token) = (client.clone(), by_jti.clone());
@@ -61,7 +71,10 @@ async fn revocation_entries_reject_cached_tokens_by_jti_and_user_cutoff() {
         })
         .await
     );
-    assert!(validate(&mut client, &other).await.valid, "a jti entry revoked another token");
+    assert!(
+        validate(&mut client, &other).await.valid,
+        "a jti entry revoked another token"
+    );
 
     // User cutoff at millisecond precision: tokens issued at or before it are revoked, a
     // token issued one millisecond later (same second) survives.
@@ -82,7 +95,10 @@ async fn revocation_entries_reject_cached_tokens_by_jti_and_user_cutoff() {
         })
         .await
     );
-    assert!(validate(&mut client, &after).await.valid, "a login right after the logout was revoked");
+    assert!(
+        validate(&mut client, &after).await.valid,
+        "a login right after the logout was revoked"
+    );
     sidecar.stop().await;
 }
 
@@ -97,14 +113,22 @@ async fn ten_thousand_random_kids_cause_a_handful_of_resyncs() {
 
     // 10,000 tokens with random kids, sent over a stream as fast as the sidecar answers.
     let tokens: Vec<String> = (0..10_000)
-        .map(|_| ed.sign_with_header(&json!({"alg": "EdDSA", "kid": format!("kid-{}", rand_u64()), "typ": "at+jwt"}), &claims("ivan")))
+        .map(|_| {
+            ed.sign_with_header(
+                &json!({"alg": "EdDSA", "kid": format!("kid-{}", rand_u64()), "typ": "at+jwt"}),
+                &claims("ivan"),
+            )
+        })
         .collect();
     let started = std::time::Instant::now();
-    let requests = tokens.into_iter().enumerate().map(|(i, token)| pb::ValidateStreamRequest {
-        request_id: i as u64,
-        token,
-        ..Default::default()
-    });
+    let requests = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, token)| pb::ValidateStreamRequest {
+            request_id: i as u64,
+            token,
+            ..Default::default()
+        });
     let mut client = sidecar.client().await;
     let mut responses = client
         .validate_stream(tokio_stream::iter(requests))
@@ -113,7 +137,10 @@ async fn ten_thousand_random_kids_cause_a_handful_of_resyncs() {
         .into_inner();
     let mut n_unknown = 0;
     while let Some(response) = responses.message().await.unwrap() {
-        assert_eq!(pb::Reason::try_from(response.reason).unwrap(), pb::Reason::UnknownKid);
+        assert_eq!(
+            pb::Reason::try_from(response.reason).unwrap(),
+            pb::Reason::UnknownKid
+        );
         n_unknown += 1;
     }
     assert_eq!(n_unknown, 10_000);
@@ -125,9 +152,16 @@ async fn ten_thousand_random_kids_cause_a_handful_of_resyncs() {
     let bound = 1 + (elapsed.as_secs_f64() / 2.0).ceil() as usize;
     println!("{n_resyncs} resyncs for 10,000 random kids in {elapsed:?}");
     assert!(n_resyncs >= 1, "an unknown kid never triggered a resync");
-    assert!(n_resyncs <= bound, "{n_resyncs} resyncs in {elapsed:?} (bound {bound})");
+    assert!(
+        n_resyncs <= bound,
+        "{n_resyncs} resyncs in {elapsed:?} (bound {bound})"
+    );
     // Resyncs ask for a full snapshot.
-    assert!(issuer.since_revisions()[subscriptions_before..].iter().all(|since| *since == 0));
+    assert!(
+        issuer.since_revisions()[subscriptions_before..]
+            .iter()
+            .all(|since| *since == 0)
+    );
 
     // The sidecar still serves known kids.
     let mut client = sidecar.client().await;
@@ -145,7 +179,10 @@ async fn a_key_published_later_validates_without_restart() {
     wait_serving(&sidecar).await;
     let mut client = sidecar.client().await;
     let token = late.sign(&claims("judy"));
-    assert_eq!(reason(&validate(&mut client, &token).await), pb::Reason::UnknownKid);
+    assert_eq!(
+        reason(&validate(&mut client, &token).await),
+        pb::Reason::UnknownKid
+    );
     issuer.upsert_key(late.published());
     assert!(
         eventually(Duration::from_secs(5), || {

@@ -23,7 +23,10 @@ async fn stream_answers_every_request_id_out_of_order() {
     let cached = ed.sign(&claims("kim"));
     let mut requests = vec![pb::ValidateStreamRequest {
         request_id: 1,
-        token: ed.sign_with_header(&json!({"alg": "EdDSA", "kid": "nobody", "typ": "at+jwt"}), &claims("kim")),
+        token: ed.sign_with_header(
+            &json!({"alg": "EdDSA", "kid": "nobody", "typ": "at+jwt"}),
+            &claims("kim"),
+        ),
         ..Default::default()
     }];
     for id in 2..200u64 {
@@ -61,7 +64,11 @@ async fn stream_answers_every_request_id_out_of_order() {
         order.push(response.request_id);
     }
     let answered: HashSet<u64> = order.iter().copied().collect();
-    assert_eq!(order.len(), expected.len(), "an id was answered twice or not at all");
+    assert_eq!(
+        order.len(),
+        expected.len(),
+        "an id was answered twice or not at all"
+    );
     assert_eq!(answered, expected);
     assert_ne!(order[0], 1, "the slow request was not overtaken");
     sidecar.stop().await;
@@ -80,7 +87,11 @@ async fn stream_with_many_requests_in_flight_answers_them_all() {
     let requests: Vec<pb::ValidateStreamRequest> = (0..3_000u64)
         .map(|id| pb::ValidateStreamRequest {
             request_id: id,
-            token: if id % 2 == 0 { repeated.clone() } else { ec.sign(&claims(&format!("u{id}"))) },
+            token: if id % 2 == 0 {
+                repeated.clone()
+            } else {
+                ec.sign(&claims(&format!("u{id}")))
+            },
             ..Default::default()
         })
         .collect();
