@@ -18,8 +18,8 @@ use tessera_proto::v1::trust_bundle_service_server::{
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use crate::keys::{TestKey, now_ms};
@@ -81,15 +81,20 @@ pub fn revocation(
 impl FakeIssuer {
     /// Starts a fake issuer publishing `keys`.
     pub async fn start(keys: &[&TestKey]) -> FakeIssuer {
-        Self::start_on("127.0.0.1:0".parse().unwrap(), keys, true).await
+        Self::start_on(keys, true, None).await
     }
 
     /// Starts a fake issuer whose subscriptions get no message until [`Self::release`].
     pub async fn start_held(keys: &[&TestKey]) -> FakeIssuer {
-        Self::start_on("127.0.0.1:0".parse().unwrap(), keys, false).await
+        Self::start_on(keys, false, None).await
     }
 
-    async fn start_on(addr: SocketAddr, keys: &[&TestKey], open: bool) -> FakeIssuer {
+    /// Starts a fake issuer serving over TLS with `tls`.
+    pub async fn start_tls(keys: &[&TestKey], tls: ServerTlsConfig) -> FakeIssuer {
+        Self::start_on(keys, true, Some(tls)).await
+    }
+
+    async fn start_on(keys: &[&TestKey], open: bool, tls: Option<ServerTlsConfig>) -> FakeIssuer {
         let mut bundle = Bundle {
             revision: 1,
             ..Bundle::default()
@@ -112,13 +117,17 @@ impl FakeIssuer {
             gate: Semaphore::new(if open { Semaphore::MAX_PERMITS } else { 0 }),
             kill: watch::channel(false).0,
         });
-        let listener = TcpListener::bind(addr).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let service = TrustBundleServiceServer::new(Service {
             shared: shared.clone(),
         });
+        let mut builder = Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).unwrap();
+        }
         let server = tokio::spawn(async move {
-            let _ = Server::builder()
+            let _ = builder
                 .add_service(service)
                 .serve_with_incoming(TcpIncoming::from(listener))
                 .await;

@@ -9,4 +9,5 @@ mod keys;
 mod lifecycle;
 mod revocation;
 mod stream;
+mod tls;
 mod validate;
