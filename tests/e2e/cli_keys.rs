@@ -1,0 +1,134 @@
+//! The admin CLI against a live issuer: list, rotate, revoke and emergency-rotate keys,
+//! introspect a token across those changes, and read and verify the audit log.
+
+use serde_json::Value;
+
+use crate::support::issuer::Issuer;
+
+#[test]
+fn cli_keys_rotate_revoke_and_token_introspect() {
+    let root = tempfile::tempdir().unwrap();
+    let issuer = Issuer::start(root.path());
+
+    let first_kid = only_active_access_kid(&issuer);
+    let issued = issuer.cli_json(&["token", "issue", "--subject", "alice", "--tenant", "acme"]);
+    assert_eq!(issued["kid"], first_kid.as_str(), "{issued}");
+    let token = issued["token"].as_str().unwrap().to_owned();
+
+    // Manual rotation: the new key signs at once (the CLI's prepublish defaults to 0), the
+    // old one keeps verifying.
+    let rotated = issuer.cli_json(&["keys", "rotate", "--reason", "test"]);
+    let second_kid = rotated["new_kid"].as_str().expect("new_kid").to_owned();
+    assert_eq!(rotated["previous_kid"], first_kid.as_str(), "{rotated}");
+    assert_ne!(second_kid, first_kid);
+    assert_eq!(key_state(&issuer, &second_kid).as_deref(), Some("active"));
+    assert_eq!(key_state(&issuer, &first_kid).as_deref(), Some("retiring"));
+    assert_eq!(only_active_access_kid(&issuer), second_kid);
+    let introspected = issuer.cli_json(&["token", "introspect", &token]);
+    assert_eq!(
+        introspected["active"], true,
+        "a token of the retiring key must stay active: {introspected}"
+    );
+    assert_eq!(introspected["claims"]["sub"], "alice", "{introspected}");
+    let reissued = issuer.cli_json(&["token", "issue", "--subject", "bob", "--tenant", "acme"]);
+    assert_eq!(reissued["kid"], second_kid.as_str(), "{reissued}");
+
+    // Revoking the old key kills its tokens.
+    issuer.cli_json(&["keys", "revoke", &first_kid, "--reason", "x"]);
+    assert_eq!(key_state(&issuer, &first_kid).as_deref(), Some("revoked"));
+    let introspected = issuer.cli_json(&["token", "introspect", &token]);
+    assert_eq!(introspected["active"], false, "{introspected}");
+    assert_eq!(introspected["reason"], "key_revoked", "{introspected}");
+
+    // Emergency rotation revokes the predecessor at once.
+    let emergency = issuer.cli_json(&[
+        "keys",
+        "rotate",
+        "--emergency",
+        "--reason",
+        "suspected leak",
+    ]);
+    let third_kid = emergency["new_kid"].as_str().expect("new_kid").to_owned();
+    assert_eq!(
+        emergency["previous_kid"],
+        second_kid.as_str(),
+        "{emergency}"
+    );
+    assert_eq!(key_state(&issuer, &second_kid).as_deref(), Some("revoked"));
+    assert_eq!(only_active_access_kid(&issuer), third_kid);
+    let introspected =
+        issuer.cli_json(&["token", "introspect", reissued["token"].as_str().unwrap()]);
+    assert_eq!(introspected["active"], false, "{introspected}");
+    assert_eq!(introspected["reason"], "key_revoked", "{introspected}");
+
+    // The audit log records who did what and why.
+    let audit = issuer.cli_json(&["audit", "list", "--limit", "200"]);
+    let events = audit["events"].as_array().expect("events").clone();
+    let event = |action: &str, target: &str| -> Value {
+        events
+            .iter()
+            .find(|event| event["action"] == action && event["target"] == target)
+            .cloned()
+            .unwrap_or_else(|| panic!("no audit event {action} on {target} in {audit}"))
+    };
+    let created = event("key.create", &second_kid);
+    assert_eq!(created["reason"], "test", "{created}");
+    let rotation = events
+        .iter()
+        .find(|event| event["action"] == "key.rotate")
+        .unwrap_or_else(|| panic!("no key.rotate event in {audit}"));
+    assert_eq!(rotation["reason"], "test", "{rotation}");
+    let revocation = event("key.revoke", &first_kid);
+    assert_eq!(revocation["reason"], "x", "{revocation}");
+    let emergency_revocation = event("key.revoke", &second_kid);
+    assert_eq!(
+        emergency_revocation["reason"], "suspected leak",
+        "{emergency_revocation}"
+    );
+    for recorded in [&created, rotation, &revocation, &emergency_revocation] {
+        let actor = recorded["actor"].as_str().unwrap_or("");
+        assert!(
+            !actor.is_empty() && actor != "system",
+            "an admin action must name the calling client as actor: {recorded}"
+        );
+        assert!(
+            !recorded["request_id"].as_str().unwrap_or("").is_empty(),
+            "{recorded}"
+        );
+    }
+
+    let verified = issuer.cli_json(&["audit", "verify"]);
+    assert_eq!(verified["intact"], true, "{verified}");
+    let plain = issuer.cli(&["audit", "verify"]);
+    plain.assert_success("audit verify");
+    assert!(plain.stdout.contains("intact"), "{}", plain.stdout);
+}
+
+/// The kid of the single active `access` key (asserting there is exactly one).
+fn only_active_access_kid(issuer: &Issuer) -> String {
+    let listed = issuer.cli_json(&["keys", "list", "--key-set", "access"]);
+    let active: Vec<&str> = listed["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter(|key| key["key_set"] == "access" && key["state"] == "active")
+        .filter_map(|key| key["kid"].as_str())
+        .collect();
+    assert_eq!(
+        active.len(),
+        1,
+        "exactly one active access key expected: {listed}"
+    );
+    active[0].to_owned()
+}
+
+/// The state of `kid` as `keys list --all` shows it.
+fn key_state(issuer: &Issuer, kid: &str) -> Option<String> {
+    let listed = issuer.cli_json(&["keys", "list", "--all"]);
+    listed["keys"]
+        .as_array()?
+        .iter()
+        .find(|key| key["kid"] == kid)
+        .and_then(|key| key["state"].as_str())
+        .map(str::to_owned)
+}
