@@ -66,17 +66,15 @@ pub struct TokenFacts<'a> {
     pub issued_at: UnixMillis,
 }
 
-/// Where an entry is filed: (tenant scope, value).
-type EntryKey = (Option<String>, String);
-
-/// The live revocation entries, indexed for matching in a few hash probes.
+/// The live revocation entries, indexed for matching in a few hash probes that allocate
+/// nothing: per kind, by value, then the (usually single) entries of each tenant scope.
 ///
 /// Serialised as a plain list of entries: the index is rebuilt on load (JSON maps need
 /// string keys, and the list is the stable, readable form for bundle cache files).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(from = "Vec<RevocationEntry>", into = "Vec<RevocationEntry>")]
 pub struct RevocationSet {
-    by_kind: Vec<HashMap<EntryKey, RevocationEntry>>,
+    by_kind: Vec<HashMap<String, Vec<RevocationEntry>>>,
     n_entries: usize,
 }
 
@@ -96,16 +94,20 @@ impl RevocationSet {
         if self.by_kind.is_empty() {
             self.by_kind = vec![HashMap::new(); RevocationKind::COUNT];
         }
-        let map = &mut self.by_kind[entry.kind.index()];
-        let key = (entry.tenant_id.clone(), entry.value.clone());
-        match map.get_mut(&key) {
+        let scopes = self.by_kind[entry.kind.index()]
+            .entry(entry.value.clone())
+            .or_default();
+        match scopes
+            .iter_mut()
+            .find(|existing| existing.tenant_id == entry.tenant_id)
+        {
             Some(existing) => {
                 if entry.revoked_at > existing.revoked_at {
                     *existing = entry;
                 }
             }
             None => {
-                map.insert(key, entry);
+                scopes.push(entry);
                 self.n_entries += 1;
             }
         }
@@ -114,14 +116,17 @@ impl RevocationSet {
     /// Forgets entries whose `drop_after` has passed.
     pub fn prune(&mut self, now: UnixMillis) {
         for map in &mut self.by_kind {
-            map.retain(|_, entry| entry.drop_after > now);
+            map.retain(|_, scopes| {
+                scopes.retain(|entry| entry.drop_after > now);
+                !scopes.is_empty()
+            });
         }
-        self.n_entries = self.by_kind.iter().map(HashMap::len).sum();
+        self.n_entries = self.entries().count();
     }
 
     /// Returns every entry (for snapshots).
     pub fn entries(&self) -> impl Iterator<Item = &RevocationEntry> {
-        self.by_kind.iter().flat_map(HashMap::values)
+        self.by_kind.iter().flat_map(HashMap::values).flatten()
     }
 
     /// Returns the entry that revokes the token described by `facts`, if any.
@@ -157,19 +162,21 @@ impl RevocationSet {
         None
     }
 
+    /// Returns the latest entry of `kind` for `value` that applies to `tenant_id`: scoped
+    /// to that tenant or platform-wide. The later revocation wins, so a cutoff is never
+    /// moved backwards.
     fn find(&self, kind: RevocationKind, tenant_id: &str, value: &str) -> Option<&RevocationEntry> {
-        let map = &self.by_kind[kind.index()];
-        if map.is_empty() {
-            return None;
-        }
-        // Probe the tenant-scoped entry first, then the platform-wide one; the later
-        // revocation wins so a cutoff is never moved backwards.
-        let scoped = map.get(&(Some(tenant_id.to_owned()), value.to_owned()));
-        let global = map.get(&(None, value.to_owned()));
-        match (scoped, global) {
-            (Some(a), Some(b)) => Some(if a.revoked_at >= b.revoked_at { a } else { b }),
-            (a, b) => a.or(b),
-        }
+        self.by_kind
+            .get(kind.index())?
+            .get(value)?
+            .iter()
+            .filter(|entry| {
+                entry
+                    .tenant_id
+                    .as_deref()
+                    .is_none_or(|scope| scope == tenant_id)
+            })
+            .max_by_key(|entry| entry.revoked_at)
     }
 }
 
@@ -181,8 +188,8 @@ impl PartialEq for RevocationSet {
                 other
                     .by_kind
                     .get(entry.kind.index())
-                    .and_then(|map| map.get(&(entry.tenant_id.clone(), entry.value.clone())))
-                    == Some(entry)
+                    .and_then(|map| map.get(&entry.value))
+                    .is_some_and(|scopes| scopes.contains(entry))
             })
     }
 }
@@ -204,6 +211,7 @@ impl From<RevocationSet> for Vec<RevocationEntry> {
         set.by_kind
             .into_iter()
             .flat_map(HashMap::into_values)
+            .flatten()
             .collect()
     }
 }
@@ -294,6 +302,33 @@ mod tests {
         assert_eq!(back.len(), 2);
         assert!(back.matching(&facts(1_000)).is_some());
         assert_eq!(back.entries().count(), 2);
+    }
+
+    #[test]
+    fn the_later_of_a_scoped_and_a_global_entry_applies() {
+        let mut set = RevocationSet::default();
+        set.insert(RevocationEntry {
+            tenant_id: Some("t1".into()),
+            ..entry(RevocationKind::User, "u1", 3_000)
+        });
+        set.insert(entry(RevocationKind::User, "u1", 6_000));
+        set.insert(RevocationEntry {
+            tenant_id: Some("t1".into()),
+            ..entry(RevocationKind::User, "u1", 2_000)
+        });
+        assert_eq!(set.len(), 2);
+        assert_eq!(
+            set.matching(&facts(5_000)).map(|entry| entry.revoked_at),
+            Some(UnixMillis(6_000))
+        );
+        assert!(set.matching(&facts(6_001)).is_none());
+        let mut pruned = set.clone();
+        pruned.prune(UnixMillis(1_003_500));
+        assert_eq!(pruned.len(), 1);
+        assert_ne!(pruned, set);
+        let mut emptied = set.clone();
+        emptied.prune(UnixMillis(i64::MAX));
+        assert_eq!(emptied, RevocationSet::default());
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub fn install() -> PrometheusHandle {
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
             }
+            // Present from the first scrape, so rate() has a starting point.
+            metrics::counter!(VALIDATION_ATTEMPTS, "outcome" => "valid").absolute(0);
             handle
         })
         .clone()

@@ -27,7 +27,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why a subscription ended.
 #[derive(Debug, thiserror::Error)]
 enum StreamEnd {
-    #[error("cannot connect: {0}")]
+    #[error("cannot connect")]
     Connect(#[from] tonic::transport::Error),
     #[error("issuer refused the subscription: {0}")]
     Refused(tonic::Status),
@@ -37,7 +37,7 @@ enum StreamEnd {
     Closed,
     #[error("no message for {0:?}")]
     Idle(Duration),
-    #[error("unusable message: {0}")]
+    #[error("unusable message")]
     Protocol(#[from] crate::convert::ConvertError),
     #[error("resync requested")]
     Resync,
@@ -81,9 +81,11 @@ impl Subscription {
             };
             match &end {
                 StreamEnd::Resync => tracing::info!("resubscribing to the trust bundle"),
-                end => {
-                    tracing::warn!(error = %end, retry_in_ms = delay.as_millis() as u64, "trust-bundle stream ended")
-                }
+                end => tracing::warn!(
+                    error = %error_chain(end),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "trust-bundle stream ended"
+                ),
             }
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -229,4 +231,16 @@ async fn connect(config: &IssuerConfig) -> Result<Channel, StreamEnd> {
         endpoint = endpoint.tls_config(tls_config)?;
     }
     Ok(endpoint.connect().await?)
+}
+
+/// Renders `error` with its sources ("cannot connect: transport error: …").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

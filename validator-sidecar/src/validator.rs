@@ -15,10 +15,10 @@ use tessera_common::{Clock, UnixMillis};
 use tokio::sync::Notify;
 
 use crate::cache::{TokenHash, VerifiedCache, VerifiedToken, token_hash};
-use crate::config::ValidationConfig;
+use crate::config::{StalePolicy, ValidationConfig};
 use crate::metrics;
 use crate::resync::ResyncLimiter;
-use crate::state::{BundleState, BundleView, Readiness};
+use crate::state::{BundleState, BundleView};
 
 /// How long the request that triggered a resync waits for the bundle to change.
 pub const RESYNC_WAIT: Duration = Duration::from_millis(250);
@@ -129,10 +129,11 @@ impl Validator {
         let Some(view) = self.state.view() else {
             return Attempt::Done(Err(Rejection::BundleStale));
         };
-        if self
-            .state
-            .readiness(now, self.config.max_staleness, self.config.stale_policy)
-            != Readiness::Ready
+        if self.config.stale_policy == StalePolicy::FailClosed
+            && self
+                .state
+                .staleness(now)
+                .is_none_or(|staleness| staleness > self.config.max_staleness)
         {
             return Attempt::Done(Err(Rejection::BundleStale));
         }
