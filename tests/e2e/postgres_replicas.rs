@@ -75,6 +75,7 @@ fn postgres_two_replicas_share_keys_and_stream() {
         })
         .expect("B's stream starts with a snapshot");
 
+    let rotate_started = Instant::now();
     let rotated = a.cli_json(&["keys", "rotate", "--reason", "replica test"]);
     let rotated_at = Instant::now();
     let new_kid = rotated["new_kid"].as_str().expect("new_kid").to_owned();
@@ -98,9 +99,11 @@ fn postgres_two_replicas_share_keys_and_stream() {
             )
         });
     eprintln!(
-        "delta rev {} reached B's subscriber {:?} after the rotate command returned",
+        "delta rev {} reached B's subscriber {:?} after `keys rotate` on A started (the \
+         command took {:?})",
         delta.revision,
-        seen_at.saturating_duration_since(rotated_at)
+        seen_at.saturating_duration_since(rotate_started),
+        rotated_at.duration_since(rotate_started)
     );
 
     let signed_by_new = poll_until(SIGNER_RELOAD_LIMIT, Duration::from_millis(100), || {
