@@ -33,6 +33,7 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
+use tracing::Instrument;
 
 pub use config::{ConfigError, SidecarConfig, StalePolicy};
 pub use server::{BindError, Listeners};
@@ -102,57 +103,30 @@ pub async fn run_with_clock(
     let routes = grpc_routes(validator, health_service, shutdown_rx.clone())?;
 
     let mut background = JoinSet::new();
-    background.spawn(health::run_monitor(
-        probe.clone(),
-        health_reporter,
-        shutdown_rx.clone(),
-    ));
-    background.spawn(
-        subscription::Subscription {
-            config: config.issuer.clone(),
-            state: state.clone(),
-            clock,
-            resync,
-            shutdown: shutdown_rx.clone(),
-        }
-        .run(),
-    );
+    let monitor = health::run_monitor(probe.clone(), health_reporter, shutdown_rx.clone());
+    background.spawn(monitor.instrument(tracing::info_span!("health")));
+    let subscription = subscription::Subscription {
+        config: config.issuer.clone(),
+        state: state.clone(),
+        clock,
+        resync,
+        shutdown: shutdown_rx.clone(),
+    };
+    let subscription_span = tracing::info_span!("subscription", issuer = %config.issuer.addr);
+    background.spawn(subscription.run().instrument(subscription_span));
     if let Some(path) = config.bundle_cache.clone() {
-        background.spawn(persist::run_writer(
-            path,
-            state.clone(),
-            shutdown_rx.clone(),
-        ));
+        let writer = persist::run_writer(path, state.clone(), shutdown_rx.clone());
+        background.spawn(writer.instrument(tracing::info_span!("bundle_cache")));
     }
 
-    let mut servers: JoinSet<Result<(), SidecarError>> = JoinSet::new();
+    // The socket file stays owned here and is removed once everything has stopped.
     let mut unix_socket = listeners.unix.take();
-    if let Some(listener) = unix_socket
-        .as_mut()
-        .and_then(server::UnixSocket::take_listener)
-    {
-        tracing::info!(path = ?unix_socket.as_ref().map(server::UnixSocket::path), "serving gRPC on the unix socket");
-        let incoming = UnixListenerStream::new(listener);
-        let serve = Server::builder()
-            .add_routes(routes.clone())
-            .serve_with_incoming_shutdown(incoming, signalled(shutdown_rx.clone()));
-        servers.spawn(async move { Ok(serve.await?) });
-    }
-    if let Some(listener) = listeners.grpc_tcp.take() {
-        tracing::info!(addr = ?listener.local_addr().ok(), "serving gRPC on tcp");
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let serve = Server::builder()
-            .add_routes(routes.clone())
-            .serve_with_incoming_shutdown(incoming, signalled(shutdown_rx.clone()));
-        servers.spawn(async move { Ok(serve.await?) });
-    }
-    if let Some(listener) = listeners.http.take() {
-        tracing::info!(addr = ?listener.local_addr().ok(), "serving http");
-        let router = http::router(probe, prometheus);
-        let serve =
-            axum::serve(listener, router).with_graceful_shutdown(signalled(shutdown_rx.clone()));
-        servers.spawn(async move { Ok(serve.await?) });
-    }
+    let unix_listener = unix_socket.as_mut().and_then(|socket| {
+        let path = socket.path().to_owned();
+        socket.take_listener().map(|listener| (listener, path))
+    });
+    let http_router = http::router(probe, prometheus);
+    let mut servers = spawn_servers(unix_listener, listeners, &routes, http_router, &shutdown_rx);
 
     // Stop on the caller's signal, or when a server fails.
     let mut failure = None;
@@ -166,6 +140,55 @@ pub async fn run_with_clock(
         }
     }
     let _ = shutdown_tx.send(true);
+    drain(servers, background).await;
+    drop(unix_socket);
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Serves `routes` on the Unix socket and the TCP port, and `http_router` on the HTTP
+/// port, each until `shutdown` turns true.
+fn spawn_servers(
+    unix_listener: Option<(tokio::net::UnixListener, std::path::PathBuf)>,
+    mut listeners: Listeners,
+    routes: &Routes,
+    http_router: axum::Router,
+    shutdown: &watch::Receiver<bool>,
+) -> JoinSet<Result<(), SidecarError>> {
+    let mut servers = JoinSet::new();
+    if let Some((listener, path)) = unix_listener {
+        tracing::info!(path = %path.display(), "serving gRPC on the unix socket");
+        let serve = Server::builder()
+            .add_routes(routes.clone())
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener),
+                signalled(shutdown.clone()),
+            );
+        servers.spawn(async move { Ok(serve.await?) });
+    }
+    if let Some(listener) = listeners.grpc_tcp.take() {
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving gRPC on tcp");
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let serve = Server::builder()
+            .add_routes(routes.clone())
+            .serve_with_incoming_shutdown(incoming, signalled(shutdown.clone()));
+        servers.spawn(async move { Ok(serve.await?) });
+    }
+    if let Some(listener) = listeners.http.take() {
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving http");
+        let serve =
+            axum::serve(listener, http_router).with_graceful_shutdown(signalled(shutdown.clone()));
+        servers.spawn(async move { Ok(serve.await?) });
+    }
+    servers
+}
+
+/// Waits for the servers to finish their in-flight RPCs and the background tasks to
+/// finish (the bundle writer writes once more); aborts what is left after the grace
+/// period.
+async fn drain(mut servers: JoinSet<Result<(), SidecarError>>, mut background: JoinSet<()>) {
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         while let Some(result) = servers.join_next().await {
             if let Ok(Err(error)) = result {
@@ -179,11 +202,6 @@ pub async fn run_with_clock(
         tracing::warn!("grace period over; aborting what is left");
         servers.abort_all();
         background.abort_all();
-    }
-    drop(unix_socket);
-    match failure {
-        Some(error) => Err(error),
-        None => Ok(()),
     }
 }
 

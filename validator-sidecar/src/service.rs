@@ -46,7 +46,7 @@ type ResponseStream =
 
 #[tonic::async_trait]
 impl ValidatorService for ValidatorGrpc {
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn validate_token(
         &self,
         request: Request<pb::ValidateTokenRequest>,
@@ -61,7 +61,7 @@ impl ValidatorService for ValidatorGrpc {
 
     type ValidateStreamStream = ResponseStream;
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn validate_stream(
         &self,
         request: Request<Streaming<pb::ValidateStreamRequest>>,
