@@ -1,1 +1,240 @@
-fn main(){}
+//! `tessera-bench`: Tessera's load generator and in-process baselines. Each subcommand
+//! prints a human table and one JSON line; `all-issue` (and `all-validate`) measure a
+//! path and its limits in one run, as DESIGN §10 asks.
+
+mod fixtures;
+mod issue_suite;
+mod issuer_server;
+mod latency;
+mod load;
+mod noop;
+mod raw;
+mod report;
+mod rpc;
+#[cfg(feature = "sidecar")]
+mod sidecar_server;
+#[cfg(feature = "sidecar")]
+mod stream_load;
+mod transport;
+#[cfg(feature = "sidecar")]
+mod validate;
+#[cfg(feature = "sidecar")]
+mod validate_suite;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tessera_common::keys::Algorithm;
+
+use crate::raw::RawPlan;
+use crate::report::{Measurement, print_json, print_table};
+use crate::rpc::{EmptyService, RpcPlan};
+use crate::transport::Transport;
+
+/// Tessera benchmarks: raw crypto rates, empty-RPC rates on the same server stack, and
+/// the real issuance and validation paths, with the limits of DESIGN §10.
+#[derive(Parser, Debug)]
+#[command(name = "tessera-bench", version)]
+struct Cli {
+    /// Worker threads of the async runtime shared by servers and load generator
+    /// [default: all cores].
+    #[arg(long, global = true)]
+    runtime_threads: Option<usize>,
+    /// Do not install the issuer's tracing subscriber (the binary installs it).
+    #[arg(long, global = true)]
+    no_telemetry: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// In-process signing rate with the issuer's parsed-key Signer (and jsonwebtoken).
+    RawSign(RawArgs),
+    /// In-process verification rate (tessera_common::verify).
+    RawVerify(RawArgs),
+    /// Rate of an RPC doing no work on the same tonic server stack.
+    EmptyRpc {
+        #[arg(long, value_enum, default_value = "tcp")]
+        transport: Transport,
+        #[arg(long, value_enum, default_value = "token")]
+        service: EmptyService,
+        /// Algorithm whose token sizes the canned answers.
+        #[arg(long, value_parser = parse_algorithm, default_value = "RS256")]
+        alg: Algorithm,
+        #[command(flatten)]
+        rpc: RpcArgs,
+    },
+    /// IssueAccessToken throughput and latency against an in-process issuer.
+    Issue {
+        #[arg(long, value_parser = parse_algorithm, default_value = "RS256")]
+        alg: Algorithm,
+        #[command(flatten)]
+        rpc: RpcArgs,
+    },
+    /// For each algorithm: raw signing, empty RPC, issuance, the limit and the ratios.
+    AllIssue {
+        /// Algorithms, comma-separated.
+        #[arg(long, value_parser = parse_algorithm, value_delimiter = ',', default_value = "RS256,ES256,EdDSA")]
+        algs: Vec<Algorithm>,
+        /// Signing threads for the raw rate [default: all cores].
+        #[arg(long)]
+        threads: Option<usize>,
+        #[command(flatten)]
+        rpc: RpcArgs,
+    },
+    /// ValidateToken / ValidateStream against an in-process sidecar over its Unix socket.
+    #[cfg(feature = "sidecar")]
+    Validate(validate::ValidateArgs),
+    /// The sidecar suite: raw verify, empty unary and stream, validation, limits, ratios.
+    #[cfg(feature = "sidecar")]
+    AllValidate(validate_suite::AllValidateArgs),
+}
+
+/// Options of the in-process crypto measurements.
+#[derive(Args, Debug)]
+struct RawArgs {
+    #[arg(long, value_parser = parse_algorithm, default_value = "RS256")]
+    alg: Algorithm,
+    /// Threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    #[command(flatten)]
+    timing: Timing,
+}
+
+/// Options of the RPC measurements.
+#[derive(Args, Debug, Clone, Copy)]
+struct RpcArgs {
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections the calls are spread over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Empty servers set TCP_NODELAY on accepted connections (the issuer does not, so
+    /// the default mirrors it).
+    #[arg(long)]
+    server_nodelay: bool,
+    #[command(flatten)]
+    timing: Timing,
+}
+
+/// How long to warm up and to measure.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct Timing {
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Seconds run before measuring (not counted).
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+}
+
+impl Timing {
+    fn warmup(self) -> Duration {
+        Duration::from_secs_f64(self.warmup.max(0.0))
+    }
+
+    fn measure(self) -> Duration {
+        Duration::from_secs_f64(self.seconds.max(0.1))
+    }
+}
+
+impl RpcArgs {
+    fn plan(self) -> RpcPlan {
+        RpcPlan {
+            concurrency: self.concurrency.max(1),
+            connections: self.connections.max(1),
+            warmup: self.timing.warmup(),
+            measure: self.timing.measure(),
+            server_nodelay: self.server_nodelay,
+        }
+    }
+}
+
+fn parse_algorithm(text: &str) -> Result<Algorithm, String> {
+    text.parse::<Algorithm>()
+        .map_err(|_| format!("`{text}` is not one of RS256, ES256, EdDSA"))
+}
+
+/// Returns the number of cores this process may use.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+fn raw_plan(threads: Option<usize>, timing: Timing) -> RawPlan {
+    RawPlan {
+        threads: threads.unwrap_or_else(cores).max(1),
+        warmup: timing.warmup(),
+        measure: timing.measure(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.runtime_threads.unwrap_or_else(cores).max(1))
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let _telemetry = (!cli.no_telemetry)
+            .then(|| tessera_common::telemetry::init("tessera-bench", None, false));
+        run(cli.command).await
+    })
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::RawSign(args) => {
+            let plan = raw_plan(args.threads, args.timing);
+            let alg = args.alg;
+            let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                Ok(vec![
+                    raw::sign(alg, plan)?,
+                    raw::sign_jsonwebtoken(alg, plan)?,
+                ])
+            })
+            .await??;
+            emit("raw-sign", &rows);
+        }
+        Command::RawVerify(args) => {
+            let plan = raw_plan(args.threads, args.timing);
+            let alg = args.alg;
+            let row = tokio::task::spawn_blocking(move || raw::verify(alg, plan)).await??;
+            emit("raw-verify", &[row]);
+        }
+        Command::EmptyRpc {
+            transport,
+            service,
+            alg,
+            rpc,
+        } => {
+            let row = rpc::empty(transport, service, alg, rpc.plan()).await?;
+            emit("empty-rpc", &[row]);
+        }
+        Command::Issue { alg, rpc } => {
+            let row = rpc::issue(alg, rpc.plan()).await?;
+            emit("issue", &[row]);
+        }
+        Command::AllIssue { algs, threads, rpc } => {
+            issue_suite::run(&algs, raw_plan(threads, rpc.timing), rpc.plan()).await?;
+        }
+        #[cfg(feature = "sidecar")]
+        Command::Validate(args) => {
+            let row = validate::run(&args).await?;
+            emit("validate", &[row]);
+        }
+        #[cfg(feature = "sidecar")]
+        Command::AllValidate(args) => {
+            validate_suite::run(&args).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints `rows` as a table and as one JSON line.
+fn emit(bench: &str, rows: &[Measurement]) {
+    print_table(bench, rows);
+    print_json(&serde_json::json!({ "bench": bench, "results": rows }));
+}

@@ -1,0 +1,151 @@
+//! `all-issue`: for each algorithm, in one process run, the raw signing rate, the empty
+//! `IssueAccessToken` rate over TCP at the same concurrency, and real issuance; then the
+//! additive limit `1/(1/raw + 1/empty)` and the ratios issue/limit and issue/raw
+//! (DESIGN §10, issue 2 point 15).
+
+use serde::Serialize;
+use tessera_common::keys::Algorithm;
+
+use crate::issuer_server::InProcessIssuer;
+use crate::latency::Percentiles;
+use crate::raw::{self, RawPlan};
+use crate::report::{self, Measurement, additive_limit};
+use crate::rpc::{self, EmptyService, RpcPlan};
+use crate::transport::Transport;
+
+/// Target share of the limit (DESIGN §10).
+const TARGET_RATIO: f64 = 0.80;
+
+/// One algorithm's line of the summary.
+#[derive(Debug, Serialize)]
+pub struct IssueSummary {
+    pub algorithm: String,
+    pub raw_sign_rate: f64,
+    pub jsonwebtoken_sign_rate: f64,
+    pub empty_rpc_rate: f64,
+    pub issuer_health_rate: f64,
+    pub limit: f64,
+    pub issue_rate: f64,
+    pub issue_over_limit: f64,
+    pub issue_over_raw: f64,
+    pub meets_limit_target: bool,
+    pub meets_raw_target: bool,
+    pub issue_latency: Option<Percentiles>,
+    pub measurements: Vec<Measurement>,
+}
+
+/// Runs the suite for `algorithms` and prints every table, the summary and a JSON line.
+pub async fn run(
+    algorithms: &[Algorithm],
+    raw_plan: RawPlan,
+    rpc_plan: RpcPlan,
+) -> anyhow::Result<Vec<IssueSummary>> {
+    let mut summaries = Vec::new();
+    for &algorithm in algorithms {
+        let summary = run_one(algorithm, raw_plan, rpc_plan).await?;
+        report::print_table(&format!("all-issue {algorithm}"), &summary.measurements);
+        summaries.push(summary);
+    }
+    print_summary(&summaries, raw_plan, rpc_plan);
+    report::print_json(&serde_json::json!({
+        "bench": "all-issue",
+        "threads": raw_plan.threads,
+        "concurrency": rpc_plan.concurrency,
+        "connections": rpc_plan.connections,
+        "seconds": rpc_plan.measure.as_secs_f64(),
+        "results": summaries,
+    }));
+    Ok(summaries)
+}
+
+async fn run_one(
+    algorithm: Algorithm,
+    raw_plan: RawPlan,
+    rpc_plan: RpcPlan,
+) -> anyhow::Result<IssueSummary> {
+    eprintln!("[all-issue {algorithm}] raw signing…");
+    let raw_sign = tokio::task::spawn_blocking(move || raw::sign(algorithm, raw_plan)).await??;
+    let jwt_sign =
+        tokio::task::spawn_blocking(move || raw::sign_jsonwebtoken(algorithm, raw_plan)).await??;
+    eprintln!("[all-issue {algorithm}] empty RPC…");
+    let empty = rpc::empty(Transport::Tcp, EmptyService::Token, algorithm, rpc_plan).await?;
+    eprintln!("[all-issue {algorithm}] issuance…");
+    let issuer = InProcessIssuer::start(algorithm).await?;
+    let health = rpc::health_on_issuer(&issuer, rpc_plan).await?;
+    let issue = rpc::issue_against(&issuer, algorithm, rpc_plan).await?;
+    issuer.stop().await?;
+
+    let limit = additive_limit(raw_sign.rate, empty.rate);
+    let issue_over_limit = ratio(issue.rate, limit);
+    let issue_over_raw = ratio(issue.rate, raw_sign.rate);
+    Ok(IssueSummary {
+        algorithm: algorithm.to_string(),
+        raw_sign_rate: raw_sign.rate,
+        jsonwebtoken_sign_rate: jwt_sign.rate,
+        empty_rpc_rate: empty.rate,
+        issuer_health_rate: health.rate,
+        limit,
+        issue_rate: issue.rate,
+        issue_over_limit,
+        issue_over_raw,
+        meets_limit_target: issue_over_limit >= TARGET_RATIO && issue.errors == 0,
+        meets_raw_target: issue_over_raw >= TARGET_RATIO && issue.errors == 0,
+        issue_latency: issue.latency,
+        measurements: vec![raw_sign, jwt_sign, empty, health, issue],
+    })
+}
+
+fn ratio(numerator: f64, denominator: f64) -> f64 {
+    if denominator > 0.0 {
+        numerator / denominator
+    } else {
+        0.0
+    }
+}
+
+fn print_summary(summaries: &[IssueSummary], raw_plan: RawPlan, rpc_plan: RpcPlan) {
+    println!(
+        "\n== issuance summary ({} signing threads; RPC: tcp, concurrency {}, {} connections, {} s) ==",
+        raw_plan.threads,
+        rpc_plan.concurrency,
+        rpc_plan.connections,
+        rpc_plan.measure.as_secs()
+    );
+    println!(
+        "{:<6} {:>10} {:>10} {:>10} {:>10} {:>12} {:>10} {:>8} {:>8} {:>8}",
+        "alg",
+        "raw/s",
+        "empty/s",
+        "limit/s",
+        "issue/s",
+        "issue/limit",
+        "issue/raw",
+        "p50 µs",
+        "p99 µs",
+        "p999 µs"
+    );
+    for summary in summaries {
+        let (p50, p99, p999) = summary
+            .issue_latency
+            .map_or((0.0, 0.0, 0.0), |l| (l.p50_us, l.p99_us, l.p999_us));
+        let mark = |met: bool| if met { "✓" } else { "✗" };
+        println!(
+            "{:<6} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10.1}%{} {:>8.1}%{} {:>8.0} {:>8.0} {:>8.0}",
+            summary.algorithm,
+            summary.raw_sign_rate,
+            summary.empty_rpc_rate,
+            summary.limit,
+            summary.issue_rate,
+            summary.issue_over_limit * 100.0,
+            mark(summary.meets_limit_target),
+            summary.issue_over_raw * 100.0,
+            mark(summary.meets_raw_target),
+            p50,
+            p99,
+            p999
+        );
+    }
+    println!(
+        "target: issue ≥ 80 % of the limit (DESIGN §10); issue 2 point 15 words it as ≥ 80 % of raw signing"
+    );
+}
