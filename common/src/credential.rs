@@ -98,6 +98,15 @@ impl Credential {
         }
     }
 
+    /// Builds a credential from an id and a secret made elsewhere (e.g. derived).
+    pub fn from_parts(kind: CredentialKind, id: String, secret: String) -> Credential {
+        Credential {
+            kind,
+            id,
+            secret: Secret(secret),
+        }
+    }
+
     /// Parses `text`, checking the prefix, shape and checksum.
     pub fn parse(text: &str) -> Result<Credential, CredentialError> {
         if text.len() > MAX_CREDENTIAL_BYTES || !text.is_ascii() {

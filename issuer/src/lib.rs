@@ -15,5 +15,6 @@ pub mod keys;
 pub mod metrics;
 pub mod scheduler;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod tokens;

@@ -14,7 +14,12 @@ use tessera_common::keys::{KeySchedule, KeySetName};
 use tokio::sync::Notify;
 
 pub mod postgres;
+pub mod sessions;
 pub mod sqlite;
+
+pub use sessions::{
+    RefreshState, RefreshTokenRecord, RevocationEffect, SessionRecord, SessionStore,
+};
 
 /// A storage failure, already translated from the backend's own error type.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,490 @@
+//! The session service: login (CreateSession), refresh with rotation and reuse detection,
+//! and revocation by jti, session, user, tenant, family or all.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lc_rs::hmac;
+use serde::{Deserialize, Serialize};
+use tessera_common::bundle::Revision;
+use tessera_common::credential::{self, Credential, CredentialKind};
+use tessera_common::ids::{SessionId, Subject, TenantId};
+use tessera_common::keys::KeySetName;
+use tessera_common::revocation::{RevocationEntry, RevocationKind};
+use tessera_common::{Clock, UnixMillis};
+use tracing::warn;
+use zeroize::Zeroizing;
+
+use super::decision::{self, RefreshDecision, RefreshRejection, SessionPolicy};
+use crate::auth::PEPPER_VERSION;
+use crate::keys::KeyManager;
+use crate::keys::manager::KeyError;
+use crate::store::{
+    AuditEntry, RefreshState, RefreshTokenRecord, RevocationEffect, SessionRecord, SessionStore,
+    StoreError,
+};
+use crate::tokens::{self, AccessTokenRequest, IssueError, IssuedToken, TokenPolicy};
+
+/// Attempts at a refresh before a persistent race is reported.
+const MAX_REFRESH_ATTEMPTS: usize = 4;
+
+/// Why a session operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Rejected(#[from] RefreshRejection),
+    #[error("refresh token reuse detected; the session has been revoked")]
+    ReuseDetected,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error(transparent)]
+    Issue(#[from] IssueError),
+    #[error("stored session is unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// The tokens handed to a client at login or refresh.
+#[derive(Debug)]
+pub struct SessionTokens {
+    pub session_id: SessionId,
+    pub family_id: String,
+    pub access: IssuedToken,
+    /// Show once; never log.
+    pub refresh: Credential,
+    pub refresh_expires_at: UnixMillis,
+}
+
+/// The non-secret claims a session's access tokens repeat.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ClaimsTemplate {
+    role: String,
+    permissions: Vec<String>,
+    audience: Option<String>,
+    mfa_verified: bool,
+    features: Vec<String>,
+    device_fingerprint: Option<String>,
+    ip_address: Option<String>,
+    last_password_change: i64,
+}
+
+/// What a revocation targets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RevocationTarget {
+    Jti(String),
+    Session(SessionId),
+    User(Subject),
+    Tenant(TenantId),
+    Family(String),
+    All,
+}
+
+/// Who asks, and why.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    pub actor: String,
+    pub request_id: String,
+    pub reason: String,
+}
+
+/// A committed revocation.
+#[derive(Clone, Debug)]
+pub struct Revoked {
+    pub revision: Revision,
+    pub drop_after: UnixMillis,
+    pub n_sessions: u64,
+}
+
+/// Sessions, refresh tokens and revocations.
+pub struct SessionService {
+    store: Arc<dyn SessionStore>,
+    keys: Arc<KeyManager>,
+    tokens: TokenPolicy,
+    policy: SessionPolicy,
+    pepper: Zeroizing<Vec<u8>>,
+    successor_key: hmac::Key,
+    clock: Arc<dyn Clock>,
+}
+
+impl SessionService {
+    /// Builds the service. `successor_secret` keys the successor derivation.
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        keys: Arc<KeyManager>,
+        tokens: TokenPolicy,
+        policy: SessionPolicy,
+        pepper: Zeroizing<Vec<u8>>,
+        successor_secret: &[u8],
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        SessionService {
+            store,
+            keys,
+            tokens,
+            policy,
+            pepper,
+            successor_key: hmac::Key::new(hmac::HMAC_SHA256, successor_secret),
+            clock,
+        }
+    }
+
+    /// Returns the session policy.
+    pub fn policy(&self) -> &SessionPolicy {
+        &self.policy
+    }
+
+    /// Starts a session for `request` and returns its first tokens.
+    pub async fn create(
+        &self,
+        request: AccessTokenRequest,
+        max_session: Option<Duration>,
+        actor: &Actor,
+    ) -> Result<SessionTokens, SessionError> {
+        let now = self.clock.now();
+        let session_id = match &request.session_id {
+            Some(session_id) => session_id.clone(),
+            None => SessionId::new(uuid::Uuid::now_v7().to_string())
+                .map_err(|error| SessionError::Corrupt(error.to_string()))?,
+        };
+        let family_id = uuid::Uuid::now_v7().simple().to_string();
+        let template = ClaimsTemplate {
+            role: request.role.clone(),
+            permissions: request.permissions.clone(),
+            audience: request.audience.clone(),
+            mfa_verified: request.mfa_verified,
+            features: request.features.clone(),
+            device_fingerprint: request.device_fingerprint.clone(),
+            ip_address: request.ip_address.clone(),
+            last_password_change: request.last_password_change,
+        };
+        let session = SessionRecord {
+            session_id: session_id.clone(),
+            tenant_id: request.tenant_id.clone(),
+            subject: request.subject.clone(),
+            family_id: family_id.clone(),
+            created_at: now,
+            expires_at: max_session.map(|lifetime| now.plus(lifetime)),
+            revoked_at: None,
+            claims_template: serde_json::to_string(&template)
+                .map_err(|error| SessionError::Corrupt(error.to_string()))?,
+        };
+        // Sign first: a login that cannot get an access token should leave no session.
+        let access = self.issue_access(&session, &template, now)?;
+        let refresh = Credential::generate(CredentialKind::Refresh);
+        let record = self.refresh_record(&refresh, &session, None, now);
+        let audit = AuditEntry {
+            at: now,
+            actor: actor.actor.clone(),
+            action: "session.create".into(),
+            target: session_id.to_string(),
+            request_id: actor.request_id.clone(),
+            reason: format!("tenant={} subject={}", session.tenant_id, session.subject),
+            outcome: "ok".into(),
+        };
+        self.store
+            .create_session(session, record.clone(), audit)
+            .await?;
+        Ok(SessionTokens {
+            session_id,
+            family_id,
+            access,
+            refresh,
+            refresh_expires_at: record.expires_at,
+        })
+    }
+
+    /// Exchanges a refresh token. On reuse the family and session are revoked (and a
+    /// revocation event published) before `ReuseDetected` is returned.
+    pub async fn refresh(
+        &self,
+        presented_text: &str,
+        actor: &Actor,
+    ) -> Result<SessionTokens, SessionError> {
+        let presented =
+            Credential::parse(presented_text.trim()).map_err(|_| RefreshRejection::Invalid)?;
+        if presented.kind != CredentialKind::Refresh {
+            return Err(RefreshRejection::Invalid.into());
+        }
+        for _ in 0..MAX_REFRESH_ATTEMPTS {
+            let now = self.clock.now();
+            let token = self
+                .store
+                .refresh_token(&presented.id)
+                .await?
+                .ok_or(RefreshRejection::Invalid)?;
+            if !credential::secret_matches(&self.pepper, &presented.secret, &token.secret_hash) {
+                return Err(RefreshRejection::Invalid.into());
+            }
+            let session = self
+                .store
+                .session(&token.session_id)
+                .await?
+                .ok_or(RefreshRejection::Invalid)?;
+            let successor_record = match &token.state {
+                RefreshState::Rotated { successor_id, .. } => {
+                    self.store.refresh_token(successor_id).await?
+                }
+                _ => None,
+            };
+            let successor = decision::successor_credential(&self.successor_key, &presented);
+            match decision::decide(
+                &token,
+                successor_record.as_ref(),
+                &session,
+                &self.policy,
+                now,
+            ) {
+                RefreshDecision::Rotate => {
+                    let record = self.refresh_record(
+                        &successor,
+                        &session,
+                        Some(token.token_id.clone()),
+                        now,
+                    );
+                    let expires_at = record.expires_at;
+                    if !self
+                        .store
+                        .rotate_refresh_token(&token.token_id, record, now)
+                        .await?
+                    {
+                        // Another exchange won the race: re-read and treat this call as
+                        // a repeat of it.
+                        continue;
+                    }
+                    return self.tokens_for(&session, successor, expires_at, now);
+                }
+                RefreshDecision::ReturnSuccessor => {
+                    let Some(record) =
+                        successor_record.filter(|record| record.token_id == successor.id)
+                    else {
+                        // A successor that is not the derived one: treat as reuse.
+                        return Err(self.reuse(&token, &session, actor).await);
+                    };
+                    return self.tokens_for(&session, successor, record.expires_at, now);
+                }
+                RefreshDecision::Reuse => return Err(self.reuse(&token, &session, actor).await),
+                RefreshDecision::Refuse(rejection) => return Err(rejection.into()),
+            }
+        }
+        Err(StoreError::Conflict.into())
+    }
+
+    /// Returns the record and session of an authentic refresh token (for introspection).
+    pub async fn inspect(
+        &self,
+        presented_text: &str,
+    ) -> Result<Option<(RefreshTokenRecord, SessionRecord)>, SessionError> {
+        let Ok(presented) = Credential::parse(presented_text.trim()) else {
+            return Ok(None);
+        };
+        if presented.kind != CredentialKind::Refresh {
+            return Ok(None);
+        }
+        let Some(token) = self.store.refresh_token(&presented.id).await? else {
+            return Ok(None);
+        };
+        if !credential::secret_matches(&self.pepper, &presented.secret, &token.secret_hash) {
+            return Ok(None);
+        }
+        let Some(session) = self.store.session(&token.session_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some((token, session)))
+    }
+
+    /// Revokes `target` (confined to `scope_tenant` when given), ending matching sessions.
+    pub async fn revoke(
+        &self,
+        target: RevocationTarget,
+        scope_tenant: Option<TenantId>,
+        actor: &Actor,
+    ) -> Result<Revoked, SessionError> {
+        let now = self.clock.now();
+        let drop_after = now.plus(self.policy.revocation_horizon);
+        let tenant = scope_tenant.as_ref().map(ToString::to_string);
+        let (kind, value, effect) = match &target {
+            RevocationTarget::Jti(jti) => (RevocationKind::Jti, jti.clone(), None),
+            RevocationTarget::Session(session_id) => (
+                RevocationKind::Session,
+                session_id.to_string(),
+                Some(RevocationEffect::Session(session_id.clone())),
+            ),
+            RevocationTarget::User(subject) => (
+                RevocationKind::User,
+                subject.to_string(),
+                Some(RevocationEffect::User {
+                    tenant_id: scope_tenant.clone(),
+                    subject: subject.clone(),
+                }),
+            ),
+            RevocationTarget::Tenant(tenant_id) => (
+                RevocationKind::Tenant,
+                tenant_id.to_string(),
+                Some(RevocationEffect::Tenant(tenant_id.clone())),
+            ),
+            RevocationTarget::Family(family_id) => (
+                RevocationKind::Family,
+                family_id.clone(),
+                Some(RevocationEffect::Family(family_id.clone())),
+            ),
+            RevocationTarget::All => (
+                RevocationKind::All,
+                String::new(),
+                Some(RevocationEffect::All),
+            ),
+        };
+        let entry = RevocationEntry {
+            kind,
+            value: value.clone(),
+            tenant_id: tenant,
+            revoked_at: now,
+            drop_after,
+        };
+        let audit = AuditEntry {
+            at: now,
+            actor: actor.actor.clone(),
+            action: format!("revoke.{}", kind_name(kind)),
+            target: value,
+            request_id: actor.request_id.clone(),
+            reason: actor.reason.clone(),
+            outcome: "ok".into(),
+        };
+        let (revision, n_sessions) = self
+            .store
+            .revoke(vec![entry], effect.into_iter().collect(), now, vec![audit])
+            .await?;
+        metrics::counter!("tessera_token_invalidation_total", "reason" => kind_name(kind))
+            .increment(1);
+        Ok(Revoked {
+            revision,
+            drop_after,
+            n_sessions,
+        })
+    }
+
+    async fn reuse(
+        &self,
+        token: &RefreshTokenRecord,
+        session: &SessionRecord,
+        actor: &Actor,
+    ) -> SessionError {
+        warn!(family_id = %token.family_id, session_id = %session.session_id, "refresh token reuse detected; revoking the family");
+        metrics::counter!("tessera_token_invalidation_total", "reason" => "refresh_reuse")
+            .increment(1);
+        let now = self.clock.now();
+        let entry = RevocationEntry {
+            kind: RevocationKind::Family,
+            value: token.family_id.clone(),
+            tenant_id: Some(session.tenant_id.to_string()),
+            revoked_at: now,
+            drop_after: now.plus(self.policy.revocation_horizon),
+        };
+        let audit = AuditEntry {
+            at: now,
+            actor: actor.actor.clone(),
+            action: "refresh.reuse_detected".into(),
+            target: token.family_id.clone(),
+            request_id: actor.request_id.clone(),
+            reason: format!(
+                "rotated token {} presented again; session {} revoked",
+                token.token_id, session.session_id
+            ),
+            outcome: "denied".into(),
+        };
+        match self
+            .store
+            .revoke(
+                vec![entry],
+                vec![RevocationEffect::Family(token.family_id.clone())],
+                now,
+                vec![audit],
+            )
+            .await
+        {
+            Ok(_) => SessionError::ReuseDetected,
+            Err(error) => error.into(),
+        }
+    }
+
+    fn tokens_for(
+        &self,
+        session: &SessionRecord,
+        refresh: Credential,
+        refresh_expires_at: UnixMillis,
+        now: UnixMillis,
+    ) -> Result<SessionTokens, SessionError> {
+        let template: ClaimsTemplate = serde_json::from_str(&session.claims_template)
+            .map_err(|error| SessionError::Corrupt(error.to_string()))?;
+        let access = self.issue_access(session, &template, now)?;
+        Ok(SessionTokens {
+            session_id: session.session_id.clone(),
+            family_id: session.family_id.clone(),
+            access,
+            refresh,
+            refresh_expires_at,
+        })
+    }
+
+    fn issue_access(
+        &self,
+        session: &SessionRecord,
+        template: &ClaimsTemplate,
+        now: UnixMillis,
+    ) -> Result<IssuedToken, SessionError> {
+        let request = AccessTokenRequest {
+            subject: session.subject.clone(),
+            tenant_id: session.tenant_id.clone(),
+            role: template.role.clone(),
+            permissions: template.permissions.clone(),
+            session_id: Some(session.session_id.clone()),
+            audience: template.audience.clone(),
+            ttl: None,
+            mfa_verified: template.mfa_verified,
+            features: template.features.clone(),
+            device_fingerprint: template.device_fingerprint.clone(),
+            ip_address: template.ip_address.clone(),
+            last_password_change: template.last_password_change,
+            family_id: Some(session.family_id.clone()),
+        };
+        let signer = self.keys.signer(KeySetName::Access, now)?;
+        Ok(tokens::issue(&signer, &request, &self.tokens, now)?)
+    }
+
+    fn refresh_record(
+        &self,
+        credential: &Credential,
+        session: &SessionRecord,
+        parent_id: Option<String>,
+        now: UnixMillis,
+    ) -> RefreshTokenRecord {
+        let mut expires_at = now.plus(self.policy.refresh_ttl);
+        if let Some(end) = session.expires_at {
+            expires_at = expires_at.min(end);
+        }
+        RefreshTokenRecord {
+            token_id: credential.id.clone(),
+            family_id: session.family_id.clone(),
+            session_id: session.session_id.clone(),
+            tenant_id: session.tenant_id.clone(),
+            parent_id,
+            secret_hash: credential::hash_secret(&self.pepper, &credential.secret).to_vec(),
+            pepper_version: PEPPER_VERSION,
+            issued_at: now,
+            expires_at,
+            state: RefreshState::Active,
+        }
+    }
+}
+
+fn kind_name(kind: RevocationKind) -> &'static str {
+    match kind {
+        RevocationKind::Jti => "jti",
+        RevocationKind::Session => "session",
+        RevocationKind::User => "user",
+        RevocationKind::Tenant => "tenant",
+        RevocationKind::Family => "family",
+        RevocationKind::Key => "key",
+        RevocationKind::All => "all",
+    }
+}
