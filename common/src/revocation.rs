@@ -339,4 +339,45 @@ mod tests {
         set.prune(UnixMillis(2_000_000));
         assert_eq!(set.len(), 1);
     }
+
+    #[test]
+    fn a_million_jti_revocations_over_simulated_time_stay_bounded() {
+        // One revocation every 10 ms for 10,000 s of simulated time (1,000,000 entries),
+        // each dropped 15.5 minutes after its instant, pruned once a simulated minute:
+        // the live set never exceeds the entries of one horizon plus one prune interval.
+        let horizon_ms = 930_000;
+        let prune_every_ms = 60_000;
+        let mut set = RevocationSet::default();
+        let mut largest = 0;
+        for i in 0..1_000_000i64 {
+            let now = i * 10;
+            set.insert(RevocationEntry {
+                kind: RevocationKind::Jti,
+                value: format!("jti-{i}"),
+                tenant_id: None,
+                revoked_at: UnixMillis(now),
+                drop_after: UnixMillis(now + horizon_ms),
+            });
+            if now % prune_every_ms == 0 {
+                set.prune(UnixMillis(now));
+            }
+            largest = largest.max(set.len());
+        }
+        let bound = ((horizon_ms + prune_every_ms) / 10) as usize + 1;
+        assert!(
+            largest <= bound,
+            "live set grew to {largest} (bound {bound})"
+        );
+        set.prune(UnixMillis(10_000_000 + horizon_ms));
+        assert!(set.is_empty());
+        // The newest entries still match until dropped.
+        set.insert(entry(RevocationKind::Jti, "late", 0));
+        assert!(
+            set.matching(&TokenFacts {
+                jti: "late",
+                ..facts(1)
+            })
+            .is_some()
+        );
+    }
 }
