@@ -1,0 +1,133 @@
+//! The PostgreSQL schema, embedded in the binary, and the migrator that brings a
+//! database up to date. Safe when several replicas start at once: the whole migration
+//! runs in one transaction under an advisory lock.
+
+use deadpool_postgres::Pool;
+
+use super::error::PgFailure;
+use crate::store::StoreError;
+
+/// The advisory lock held while migrating (`"tessmigr"` as a big-endian integer).
+const MIGRATION_LOCK: i64 = 0x7465_7373_6d69_6772;
+
+/// Every migration, oldest first, with its version.
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1_INITIAL)];
+
+/// Timestamps are unix milliseconds; JSON values are stored as text.
+const V1_INITIAL: &str = r#"
+CREATE TABLE key_sets (
+    name       TEXT PRIMARY KEY,
+    generation BIGINT NOT NULL
+);
+
+CREATE TABLE signing_keys (
+    kid             TEXT PRIMARY KEY,
+    key_set         TEXT NOT NULL REFERENCES key_sets (name),
+    algorithm       TEXT NOT NULL,
+    created_at      BIGINT NOT NULL,
+    activates_at    BIGINT NOT NULL,
+    deactivates_at  BIGINT,
+    verify_until    BIGINT,
+    revoked_at      BIGINT,
+    public_jwk      TEXT NOT NULL,
+    wrapped_private BYTEA
+);
+CREATE INDEX signing_keys_by_set ON signing_keys (key_set, created_at);
+
+CREATE TABLE events (
+    revision BIGSERIAL PRIMARY KEY,
+    at       BIGINT NOT NULL,
+    payload  TEXT NOT NULL
+);
+
+CREATE TABLE audit_log (
+    seq        BIGINT PRIMARY KEY,
+    at         BIGINT NOT NULL,
+    actor      TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    target     TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    outcome    TEXT NOT NULL,
+    prev_hash  BYTEA NOT NULL,
+    hash       BYTEA NOT NULL
+);
+CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'audit_log is append-only';
+END
+$$;
+CREATE TRIGGER audit_log_no_update_or_delete BEFORE UPDATE OR DELETE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only();
+
+CREATE TABLE api_clients (
+    client_id      TEXT PRIMARY KEY,
+    name           TEXT NOT NULL,
+    scopes         TEXT NOT NULL,
+    tenants        TEXT NOT NULL,
+    secret_hash    BYTEA NOT NULL,
+    pepper_version INTEGER NOT NULL,
+    created_at     BIGINT NOT NULL,
+    disabled_at    BIGINT
+);
+
+CREATE TABLE meta (
+    name  TEXT PRIMARY KEY,
+    value BYTEA NOT NULL
+);
+"#;
+
+/// Applies every migration not yet recorded in `schema_migrations`, in one transaction
+/// holding [`MIGRATION_LOCK`]: a replica starting at the same time waits, then finds
+/// nothing left to do.
+pub(super) async fn apply(pool: &Pool) -> Result<(), StoreError> {
+    apply_inner(pool).await.map_err(PgFailure::into_store)
+}
+
+async fn apply_inner(pool: &Pool) -> Result<(), PgFailure> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (\
+             version    BIGINT PRIMARY KEY, \
+             applied_at BIGINT NOT NULL)",
+    )
+    .await?;
+    let applied: Vec<i64> = tx
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let newest_known = MIGRATIONS.last().map_or(0, |(version, _)| *version);
+    if let Some(newest_applied) = applied.last()
+        && *newest_applied > newest_known
+    {
+        return Err(StoreError::Unavailable(format!(
+            "postgres schema version {newest_applied} is newer than this build knows ({newest_known})"
+        ))
+        .into());
+    }
+    for (version, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) \
+             VALUES ($1, (extract(epoch FROM now()) * 1000)::bigint)",
+            &[version],
+        )
+        .await?;
+        tracing::info!(version, "applied postgres migration");
+    }
+    tx.commit().await?;
+    Ok(())
+}

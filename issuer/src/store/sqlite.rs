@@ -1,0 +1,469 @@
+//! The SQLite backend: the embedded default store for a single issuer replica. One
+//! connection behind a mutex; every call runs on tokio's blocking pool.
+
+mod error;
+mod migrations;
+mod queries;
+mod rows;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use tessera_common::UnixMillis;
+use tessera_common::bundle::{BundleChange, BundleEvent, Revision};
+use tessera_common::ids::ClientId;
+use tessera_common::keys::KeySetName;
+use tokio::sync::Notify;
+
+use self::error::SqliteFailure;
+use self::queries::{insert_audit, insert_events, latest_revision, write_key};
+use self::rows::{
+    AUDIT_COLUMNS, CLIENT_COLUMNS, KEY_COLUMNS, audit_from_row, client_from_row, event_from_row,
+    key_from_row, limit_to_column, revision_from_column, revision_to_column, to_column, to_json,
+};
+use crate::store::{
+    AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeySetState, Store, StoreError,
+};
+
+/// How long a write waits for another process's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The SQLite store. Cheap to share behind an `Arc<dyn Store>`; not `Clone`.
+pub struct SqliteStore {
+    connection: Arc<Mutex<Connection>>,
+    change_signal: Arc<Notify>,
+    location: String,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl SqliteStore ===
+
+impl SqliteStore {
+    /// Opens the database file at `path`, creating it if needed, with the WAL journal,
+    /// foreign keys on and a busy timeout, and applies the embedded migrations.
+    ///
+    /// Blocks on file I/O: call it at start-up (or from `spawn_blocking`).
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let connection = Connection::open(path).map_err(open_error)?;
+        Self::configure(connection, true, path.display().to_string())
+    }
+
+    /// Opens a private in-memory database with the embedded migrations applied; its
+    /// contents vanish with the store. For tests and throwaway runs.
+    pub fn open_in_memory() -> Result<SqliteStore, StoreError> {
+        let connection = Connection::open_in_memory().map_err(open_error)?;
+        Self::configure(connection, false, ":memory:".to_owned())
+    }
+
+    fn configure(
+        mut connection: Connection,
+        wal: bool,
+        location: String,
+    ) -> Result<SqliteStore, StoreError> {
+        let setup = |connection: &Connection| -> Result<(), SqliteFailure> {
+            connection.busy_timeout(BUSY_TIMEOUT)?;
+            connection.pragma_update(None, "foreign_keys", true)?;
+            if wal {
+                let mode: String =
+                    connection
+                        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+                if !mode.eq_ignore_ascii_case("wal") {
+                    return Err(StoreError::Unavailable(format!(
+                        "sqlite refused the WAL journal (got `{mode}`)"
+                    ))
+                    .into());
+                }
+            }
+            Ok(())
+        };
+        setup(&connection).map_err(SqliteFailure::into_store)?;
+        migrations::apply(&mut connection)?;
+        tracing::info!(location = %location, "sqlite store open");
+        Ok(SqliteStore {
+            connection: Arc::new(Mutex::new(connection)),
+            change_signal: Arc::new(Notify::new()),
+            location,
+        })
+    }
+
+    /// Runs `operation` on the connection, on the blocking pool.
+    async fn with_connection<T, F>(&self, operation: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, SqliteFailure> + Send + 'static,
+    {
+        let connection = Arc::clone(&self.connection);
+        let joined = tokio::task::spawn_blocking(move || {
+            // A panic while the lock was held leaves no open transaction behind (a dropped
+            // `Transaction` rolls back), so a poisoned connection is still consistent.
+            let mut connection = connection.lock().unwrap_or_else(PoisonError::into_inner);
+            operation(&mut connection)
+        })
+        .await;
+        match joined {
+            Ok(result) => result.map_err(SqliteFailure::into_store),
+            Err(join_error) => {
+                tracing::error!(error = %join_error, "sqlite task failed");
+                Err(StoreError::Unavailable("sqlite task failed".to_owned()))
+            }
+        }
+    }
+
+    /// Runs `body` in one `BEGIN IMMEDIATE` transaction, committed when `body` returns
+    /// `Ok` and rolled back otherwise. Every multi-statement write goes through here.
+    async fn write<T, F>(&self, body: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, SqliteFailure> + Send + 'static,
+    {
+        self.with_connection(move |connection| {
+            let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = body(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+        .await
+    }
+
+    /// Pokes the change signal after a commit that appended events.
+    fn signal_change(&self) {
+        self.change_signal.notify_one();
+    }
+}
+
+fn open_error(error: rusqlite::Error) -> StoreError {
+    SqliteFailure::from(error).into_store()
+}
+
+// === impl Store for SqliteStore ===
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn change_signal(&self) -> Arc<Notify> {
+        Arc::clone(&self.change_signal)
+    }
+
+    async fn key_set(&self, key_set: KeySetName) -> Result<KeySetState, StoreError> {
+        self.with_connection(move |connection| {
+            let generation: Option<i64> = connection
+                .prepare_cached("SELECT generation FROM key_sets WHERE name = ?1")?
+                .query_row([key_set.as_str()], |row| row.get(0))
+                .optional()?;
+            let sql = format!(
+                "SELECT {KEY_COLUMNS} FROM signing_keys WHERE key_set = ?1 ORDER BY created_at, kid"
+            );
+            let mut statement = connection.prepare_cached(&sql)?;
+            let mut rows = statement.query([key_set.as_str()])?;
+            let mut keys = Vec::new();
+            while let Some(row) = rows.next()? {
+                keys.push(key_from_row(row)?);
+            }
+            Ok(KeySetState {
+                generation: generation.unwrap_or(0),
+                keys,
+            })
+        })
+        .await
+    }
+
+    async fn commit_keys(&self, commit: KeyCommit) -> Result<Revision, StoreError> {
+        let appends_events = !commit.changes.is_empty();
+        let revision = self
+            .write(move |tx| {
+                let key_set = commit.key_set.as_str();
+                tx.prepare_cached(
+                    "INSERT INTO key_sets (name, generation) VALUES (?1, 0) \
+                     ON CONFLICT (name) DO NOTHING",
+                )?
+                .execute([key_set])?;
+                let n_bumped = tx
+                    .prepare_cached(
+                        "UPDATE key_sets SET generation = generation + 1 \
+                         WHERE name = ?1 AND generation = ?2",
+                    )?
+                    .execute(params![key_set, commit.expected_generation])?;
+                if n_bumped == 0 {
+                    return Err(StoreError::Conflict.into());
+                }
+                for write in &commit.writes {
+                    write_key(tx, write)?;
+                }
+                let revision = match insert_events(tx, &commit.changes, commit.at)? {
+                    Some(revision) => revision,
+                    None => latest_revision(tx)?,
+                };
+                for entry in &commit.audit {
+                    insert_audit(tx, entry)?;
+                }
+                Ok(revision)
+            })
+            .await?;
+        if appends_events {
+            self.signal_change();
+        }
+        Ok(revision)
+    }
+
+    async fn append_events(
+        &self,
+        changes: Vec<BundleChange>,
+        at: UnixMillis,
+    ) -> Result<Revision, StoreError> {
+        let revision = self
+            .write(move |tx| insert_events(tx, &changes, at))
+            .await?;
+        match revision {
+            Some(revision) => {
+                self.signal_change();
+                Ok(revision)
+            }
+            None => self.latest_revision().await,
+        }
+    }
+
+    async fn events_after(
+        &self,
+        after: Revision,
+        limit: usize,
+    ) -> Result<Vec<BundleEvent>, StoreError> {
+        self.with_connection(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT revision, at, payload FROM events WHERE revision > ?1 \
+                 ORDER BY revision LIMIT ?2",
+            )?;
+            let mut rows =
+                statement.query(params![revision_to_column(after), limit_to_column(limit)])?;
+            let mut events = Vec::new();
+            while let Some(row) = rows.next()? {
+                events.push(event_from_row(row)?);
+            }
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn latest_revision(&self) -> Result<Revision, StoreError> {
+        self.with_connection(|connection| latest_revision(connection))
+            .await
+    }
+
+    async fn oldest_revision(&self) -> Result<Revision, StoreError> {
+        self.with_connection(|connection| {
+            let oldest: i64 = connection
+                .prepare_cached("SELECT COALESCE(MIN(revision), 0) FROM events")?
+                .query_row([], |row| row.get(0))?;
+            revision_from_column(oldest)
+        })
+        .await
+    }
+
+    async fn prune_events(&self, before: Revision) -> Result<u64, StoreError> {
+        self.write(move |tx| {
+            let n_deleted = tx
+                .prepare_cached("DELETE FROM events WHERE revision < ?1")?
+                .execute([revision_to_column(before)])?;
+            Ok(n_deleted as u64)
+        })
+        .await
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
+        self.write(move |tx| insert_audit(tx, &entry)).await
+    }
+
+    async fn audit_page(
+        &self,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let before = before_seq.map_or(i64::MAX, to_column);
+        self.with_connection(move |connection| {
+            let sql = format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2"
+            );
+            let mut statement = connection.prepare_cached(&sql)?;
+            let mut rows = statement.query(params![before, limit_to_column(limit)])?;
+            let mut records = Vec::new();
+            while let Some(row) = rows.next()? {
+                records.push(audit_from_row(row)?);
+            }
+            Ok(records)
+        })
+        .await
+    }
+
+    async fn audit_after(
+        &self,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        let after = to_column(after_seq);
+        self.with_connection(move |connection| {
+            let sql = format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            );
+            let mut statement = connection.prepare_cached(&sql)?;
+            let mut rows = statement.query(params![after, limit_to_column(limit)])?;
+            let mut records = Vec::new();
+            while let Some(row) = rows.next()? {
+                records.push(audit_from_row(row)?);
+            }
+            Ok(records)
+        })
+        .await
+    }
+
+    async fn insert_client(
+        &self,
+        client: ClientRecord,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            tx.prepare_cached(
+                "INSERT INTO api_clients (client_id, name, scopes, tenants, secret_hash, \
+                 pepper_version, created_at, disabled_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                client.client_id.as_str(),
+                client.name,
+                to_json(&client.scopes)?,
+                to_json(&client.tenants)?,
+                client.secret_hash,
+                client.pepper_version,
+                client.created_at.0,
+                client.disabled_at.map(|at| at.0),
+            ])?;
+            insert_audit(tx, &audit)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn client(&self, client_id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
+        let client_id = client_id.clone();
+        self.with_connection(move |connection| {
+            let sql = format!("SELECT {CLIENT_COLUMNS} FROM api_clients WHERE client_id = ?1");
+            let mut statement = connection.prepare_cached(&sql)?;
+            let mut rows = statement.query([client_id.as_str()])?;
+            match rows.next()? {
+                Some(row) => Ok(Some(client_from_row(row)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        self.with_connection(|connection| {
+            let sql =
+                format!("SELECT {CLIENT_COLUMNS} FROM api_clients ORDER BY created_at, client_id");
+            let mut statement = connection.prepare_cached(&sql)?;
+            let mut rows = statement.query([])?;
+            let mut clients = Vec::new();
+            while let Some(row) = rows.next()? {
+                clients.push(client_from_row(row)?);
+            }
+            Ok(clients)
+        })
+        .await
+    }
+
+    async fn disable_client(
+        &self,
+        client_id: &ClientId,
+        at: UnixMillis,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError> {
+        let client_id = client_id.clone();
+        self.write(move |tx| {
+            // COALESCE keeps the first disabling instant: disabling twice changes nothing.
+            let n_matched = tx
+                .prepare_cached(
+                    "UPDATE api_clients SET disabled_at = COALESCE(disabled_at, ?2) \
+                     WHERE client_id = ?1",
+                )?
+                .execute(params![client_id.as_str(), at.0])?;
+            if n_matched == 0 {
+                return Err(StoreError::NotFound.into());
+            }
+            insert_audit(tx, &audit)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let name = name.to_owned();
+        self.with_connection(move |connection| {
+            let value = connection
+                .prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+                .query_row([&name], |row| row.get(0))
+                .optional()?;
+            Ok(value)
+        })
+        .await
+    }
+
+    async fn put_meta_if_absent(&self, name: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+        let name = name.to_owned();
+        self.write(move |tx| {
+            tx.prepare_cached(
+                "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
+            )?
+            .execute(params![name, value])?;
+            let stored = tx
+                .prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+                .query_row([&name], |row| row.get(0))?;
+            Ok(stored)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn in_memory_store_is_migrated_and_empty() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        assert_eq!(store.latest_revision().await.unwrap(), Revision(0));
+        assert_eq!(
+            store.key_set(KeySetName::Access).await.unwrap().generation,
+            0
+        );
+        let version: i64 = store
+            .with_connection(|connection| {
+                Ok(connection.pragma_query_value(None, "user_version", |row| row.get(0))?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(version, 1);
+    }
+
+    #[tokio::test]
+    async fn reopening_a_file_does_not_migrate_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tessera.db");
+        let first = SqliteStore::open(&path).unwrap();
+        first.put_meta_if_absent("k", b"v".to_vec()).await.unwrap();
+        drop(first);
+        let second = SqliteStore::open(&path).unwrap();
+        assert_eq!(second.meta("k").await.unwrap(), Some(b"v".to_vec()));
+    }
+}

@@ -1,0 +1,102 @@
+//! The SQLite schema, embedded in the binary, and the migrator that brings a database
+//! up to date (tracked in `PRAGMA user_version`).
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::error::SqliteFailure;
+use crate::store::StoreError;
+
+/// Every migration, oldest first; migration `i` brings the schema to version `i + 1`.
+const MIGRATIONS: &[&str] = &[V1_INITIAL];
+
+/// Timestamps are unix milliseconds; JSON values are stored as text.
+const V1_INITIAL: &str = r#"
+CREATE TABLE key_sets (
+    name       TEXT PRIMARY KEY NOT NULL,
+    generation INTEGER NOT NULL
+);
+
+CREATE TABLE signing_keys (
+    kid             TEXT PRIMARY KEY NOT NULL,
+    key_set         TEXT NOT NULL REFERENCES key_sets (name),
+    algorithm       TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    activates_at    INTEGER NOT NULL,
+    deactivates_at  INTEGER,
+    verify_until    INTEGER,
+    revoked_at      INTEGER,
+    public_jwk      TEXT NOT NULL,
+    wrapped_private BLOB
+);
+CREATE INDEX signing_keys_by_set ON signing_keys (key_set, created_at);
+
+CREATE TABLE events (
+    revision INTEGER PRIMARY KEY AUTOINCREMENT,
+    at       INTEGER NOT NULL,
+    payload  TEXT NOT NULL
+);
+
+CREATE TABLE audit_log (
+    seq        INTEGER PRIMARY KEY NOT NULL,
+    at         INTEGER NOT NULL,
+    actor      TEXT NOT NULL,
+    action     TEXT NOT NULL,
+    target     TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    outcome    TEXT NOT NULL,
+    prev_hash  BLOB NOT NULL,
+    hash       BLOB NOT NULL
+);
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'audit_log is append-only');
+END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN
+    SELECT RAISE(ABORT, 'audit_log is append-only');
+END;
+
+CREATE TABLE api_clients (
+    client_id      TEXT PRIMARY KEY NOT NULL,
+    name           TEXT NOT NULL,
+    scopes         TEXT NOT NULL,
+    tenants        TEXT NOT NULL,
+    secret_hash    BLOB NOT NULL,
+    pepper_version INTEGER NOT NULL,
+    created_at     INTEGER NOT NULL,
+    disabled_at    INTEGER
+);
+
+CREATE TABLE meta (
+    name  TEXT PRIMARY KEY NOT NULL,
+    value BLOB NOT NULL
+);
+"#;
+
+/// Applies every migration newer than the database's `user_version`, all in one
+/// `BEGIN IMMEDIATE` transaction, so two processes opening one file cannot both migrate.
+pub(super) fn apply(connection: &mut Connection) -> Result<(), StoreError> {
+    apply_inner(connection).map_err(SqliteFailure::into_store)
+}
+
+fn apply_inner(connection: &mut Connection) -> Result<(), SqliteFailure> {
+    let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let known = MIGRATIONS.len();
+    let applied = usize::try_from(version)
+        .map_err(|_| StoreError::Corrupt(format!("negative sqlite schema version {version}")))?;
+    if applied > known {
+        return Err(StoreError::Unavailable(format!(
+            "sqlite schema version {applied} is newer than this build knows ({known})"
+        ))
+        .into());
+    }
+    for (version, sql) in (1_i64..).zip(MIGRATIONS.iter()).skip(applied) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version)?;
+        tracing::info!(version, "applied sqlite migration");
+    }
+    tx.commit()?;
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! The statements several SQLite transactions share: key writes, event appends and
+//! audit appends. Callers hold the write lock (`BEGIN IMMEDIATE`).
+
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use tessera_common::UnixMillis;
+use tessera_common::bundle::{BundleChange, Revision};
+
+use super::error::SqliteFailure;
+use super::rows::{revision_from_column, to_column, to_json};
+use crate::audit::{GENESIS_HASH, chain_hash};
+use crate::store::{AuditEntry, AuditRecord, KeyWrite, StoreError, StoredKey};
+
+/// Inserts or updates one key row. An update of a key that does not exist in its set
+/// fails with [`StoreError::NotFound`].
+pub(super) fn write_key(tx: &Transaction<'_>, write: &KeyWrite) -> Result<(), SqliteFailure> {
+    match write {
+        KeyWrite::Insert(key) => {
+            let schedule = &key.schedule;
+            tx.prepare_cached(
+                "INSERT INTO signing_keys (kid, key_set, algorithm, created_at, activates_at, \
+                 deactivates_at, verify_until, revoked_at, public_jwk, wrapped_private) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                schedule.kid.as_str(),
+                schedule.key_set.as_str(),
+                schedule.algorithm.as_str(),
+                schedule.created_at.0,
+                schedule.activates_at.0,
+                schedule.deactivates_at.map(|at| at.0),
+                schedule.verify_until.map(|at| at.0),
+                schedule.revoked_at.map(|at| at.0),
+                to_json(&schedule.public_jwk)?,
+                wrapped_bytes(key),
+            ])?;
+        }
+        KeyWrite::Update(key) => {
+            let schedule = &key.schedule;
+            let n_updated = tx
+                .prepare_cached(
+                    "UPDATE signing_keys SET algorithm = ?3, created_at = ?4, activates_at = ?5, \
+                     deactivates_at = ?6, verify_until = ?7, revoked_at = ?8, public_jwk = ?9, \
+                     wrapped_private = ?10 \
+                     WHERE kid = ?1 AND key_set = ?2",
+                )?
+                .execute(params![
+                    schedule.kid.as_str(),
+                    schedule.key_set.as_str(),
+                    schedule.algorithm.as_str(),
+                    schedule.created_at.0,
+                    schedule.activates_at.0,
+                    schedule.deactivates_at.map(|at| at.0),
+                    schedule.verify_until.map(|at| at.0),
+                    schedule.revoked_at.map(|at| at.0),
+                    to_json(&schedule.public_jwk)?,
+                    wrapped_bytes(key),
+                ])?;
+            if n_updated == 0 {
+                return Err(StoreError::NotFound.into());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn wrapped_bytes(key: &StoredKey) -> Option<&[u8]> {
+    key.wrapped_private
+        .as_ref()
+        .map(|wrapped| wrapped.0.as_slice())
+}
+
+/// Appends one event per change; returns the last revision, `None` if there was none.
+/// The caller holds the write lock (`BEGIN IMMEDIATE`), so revisions are consecutive.
+pub(super) fn insert_events(
+    connection: &Connection,
+    changes: &[BundleChange],
+    at: UnixMillis,
+) -> Result<Option<Revision>, SqliteFailure> {
+    let mut last = None;
+    let mut statement =
+        connection.prepare_cached("INSERT INTO events (at, payload) VALUES (?1, ?2)")?;
+    for change in changes {
+        statement.execute(params![at.0, to_json(change)?])?;
+        last = Some(revision_from_column(connection.last_insert_rowid())?);
+    }
+    Ok(last)
+}
+
+pub(super) fn latest_revision(connection: &Connection) -> Result<Revision, SqliteFailure> {
+    let latest: i64 = connection
+        .prepare_cached("SELECT COALESCE(MAX(revision), 0) FROM events")?
+        .query_row([], |row| row.get(0))?;
+    revision_from_column(latest)
+}
+
+/// Appends `entry` to the audit chain: reads the last link, hashes, inserts.
+pub(super) fn insert_audit(
+    connection: &Connection,
+    entry: &AuditEntry,
+) -> Result<AuditRecord, SqliteFailure> {
+    let last: Option<(i64, Vec<u8>)> = connection
+        .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let (seq, prev_hash) = match last {
+        None => (1_u64, GENESIS_HASH),
+        Some((seq, hash)) => {
+            let seq = u64::try_from(seq)
+                .map_err(|_| StoreError::Corrupt(format!("negative audit seq {seq}")))?;
+            let hash = <[u8; 32]>::try_from(hash.as_slice())
+                .map_err(|_| StoreError::Corrupt("audit hash is not 32 bytes".to_owned()))?;
+            (seq + 1, hash)
+        }
+    };
+    let hash = chain_hash(&prev_hash, seq, entry);
+    connection
+        .prepare_cached(
+            "INSERT INTO audit_log (seq, at, actor, action, target, request_id, reason, outcome, \
+             prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?
+        .execute(params![
+            to_column(seq),
+            entry.at.0,
+            entry.actor,
+            entry.action,
+            entry.target,
+            entry.request_id,
+            entry.reason,
+            entry.outcome,
+            prev_hash.as_slice(),
+            hash.as_slice(),
+        ])?;
+    Ok(AuditRecord {
+        seq,
+        entry: entry.clone(),
+        prev_hash,
+        hash,
+    })
+}

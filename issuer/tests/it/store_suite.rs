@@ -1,0 +1,65 @@
+//! The storage conformance suite: the same cases, stamped out per backend by
+//! [`store_test_suite!`] (after Quickwit's `metastore_test_suite!`).
+//!
+//! SQLite always runs, on a temp file per test. PostgreSQL runs whenever
+//! `TESSERA_TEST_DATABASE_URL` is set, each test in a fresh `tessera_test_<uuid>`
+//! schema dropped afterwards; unset, its tests print that they were skipped, unless
+//! `TESSERA_REQUIRE_POSTGRES=1`, which makes them fail.
+
+mod events;
+mod fixture;
+mod keys;
+mod records;
+mod replicas;
+
+/// Stamps out one `#[tokio::test]` per case for a backend, each on a fresh fixture.
+macro_rules! store_test_suite {
+    ($backend:ident, $fixture:path) => {
+        store_test_suite!(@cases $backend, $fixture, [
+            keys::{
+                key_round_trip_keeps_every_field,
+                commit_keys_bumps_generation_and_refuses_a_stale_one,
+                concurrent_commits_with_one_generation_let_exactly_one_win,
+            },
+            events::{
+                events_get_consecutive_revisions_in_order,
+                latest_and_oldest_revisions_follow_appends_and_pruning,
+                change_signal_fires_after_a_local_commit,
+            },
+            records::{
+                audit_entries_chain_their_hashes,
+                concurrent_audit_appends_form_one_chain,
+                audit_pages_run_newest_first_and_after_runs_oldest_first,
+                audit_log_rejects_update_and_delete,
+                clients_insert_get_list_disable,
+                meta_put_if_absent_keeps_the_first_value,
+                a_reopened_store_sees_the_same_state,
+            },
+        ]);
+    };
+    (@cases $backend:ident, $fixture:path, [$($group:ident::{$($case:ident),* $(,)?}),* $(,)?]) => {
+        mod $backend {
+            $($(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(fixture) = $fixture().await else {
+                        return;
+                    };
+                    super::$group::$case(&fixture).await;
+                }
+            )*)*
+        }
+    };
+}
+
+store_test_suite!(sqlite, crate::store_suite::fixture::sqlite);
+store_test_suite!(postgres, crate::store_suite::fixture::postgres);
+store_test_suite!(@cases postgres_replicas, crate::store_suite::fixture::postgres, [
+    replicas::{
+        a_commit_on_one_replica_wakes_the_other,
+        concurrent_appends_from_two_replicas_leave_no_gaps,
+        replicas_starting_together_migrate_once,
+        tls_refuses_a_server_the_ca_did_not_sign,
+        the_listener_reconnects_after_its_connection_drops,
+    },
+]);
