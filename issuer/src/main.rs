@@ -33,7 +33,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the issuer.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Inspect, rotate and revoke signing keys.
     Keys {
         #[command(flatten)]
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         let result = match cli.command {
-            Command::Serve(args) => return serve(args).await,
+            Command::Serve(args) => return serve(*args).await,
             Command::Keys { connect, command } => cli::keys(&connect, command).await,
             Command::Token { connect, command } => cli::token(&connect, command).await,
             Command::Clients { connect, command } => cli::clients(&connect, command).await,
