@@ -9,6 +9,7 @@ mod migrations;
 mod options;
 mod queries;
 mod rows;
+mod sessions;
 mod tls;
 
 use std::future::Future;

@@ -5,6 +5,7 @@ mod error;
 mod migrations;
 mod queries;
 mod rows;
+mod sessions;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -453,7 +454,7 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(version, 1);
+        assert_eq!(version, 2);
     }
 
     #[tokio::test]

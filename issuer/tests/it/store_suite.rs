@@ -11,6 +11,7 @@ mod fixture;
 mod keys;
 mod records;
 mod replicas;
+mod sessions;
 
 /// Stamps out one `#[tokio::test]` per case for a backend, each on a fresh fixture.
 macro_rules! store_test_suite {
@@ -34,6 +35,16 @@ macro_rules! store_test_suite {
                 clients_insert_get_list_disable,
                 meta_put_if_absent_keeps_the_first_value,
                 a_reopened_store_sees_the_same_state,
+            },
+            sessions::{
+                session_and_token_round_trip_keeps_every_field,
+                rotation_marks_the_old_token_and_inserts_the_successor,
+                concurrent_rotations_let_exactly_one_win,
+                rotation_is_refused_when_the_session_is_revoked,
+                revoke_effects_end_exactly_the_selected_sessions,
+                revoke_publishes_entries_events_and_audit,
+                prune_revocations_drops_only_expired_entries,
+                change_signal_fires_after_revoke,
             },
         ]);
     };

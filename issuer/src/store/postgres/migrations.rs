@@ -11,7 +11,7 @@ use crate::store::StoreError;
 const MIGRATION_LOCK: i64 = 0x7465_7373_6d69_6772;
 
 /// Every migration, oldest first, with its version.
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1_INITIAL)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1_INITIAL), (2, V2_SESSIONS)];
 
 /// Timestamps are unix milliseconds; JSON values are stored as text.
 const V1_INITIAL: &str = r#"
@@ -77,6 +77,49 @@ CREATE TABLE meta (
     name  TEXT PRIMARY KEY,
     value BYTEA NOT NULL
 );
+"#;
+
+/// Sessions, their rotating refresh tokens, and revocation entries (DESIGN §4, §5).
+const V2_SESSIONS: &str = r#"
+CREATE TABLE sessions (
+    session_id      TEXT PRIMARY KEY,
+    tenant_id       TEXT NOT NULL,
+    subject         TEXT NOT NULL,
+    family_id       TEXT NOT NULL UNIQUE,
+    created_at      BIGINT NOT NULL,
+    expires_at      BIGINT,
+    revoked_at      BIGINT,
+    claims_template TEXT NOT NULL
+);
+CREATE INDEX sessions_by_subject ON sessions (tenant_id, subject);
+CREATE INDEX sessions_by_tenant ON sessions (tenant_id);
+
+CREATE TABLE refresh_tokens (
+    token_id       TEXT PRIMARY KEY,
+    family_id      TEXT NOT NULL,
+    session_id     TEXT NOT NULL REFERENCES sessions (session_id),
+    tenant_id      TEXT NOT NULL,
+    parent_id      TEXT,
+    secret_hash    BYTEA NOT NULL,
+    pepper_version INTEGER NOT NULL,
+    issued_at      BIGINT NOT NULL,
+    expires_at     BIGINT NOT NULL,
+    state          TEXT NOT NULL CHECK (state IN ('active', 'rotated', 'revoked')),
+    state_at       BIGINT,
+    successor_id   TEXT
+);
+CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family_id);
+CREATE INDEX refresh_tokens_by_session ON refresh_tokens (session_id);
+
+CREATE TABLE revocations (
+    id         BIGSERIAL PRIMARY KEY,
+    kind       TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    tenant_id  TEXT,
+    revoked_at BIGINT NOT NULL,
+    drop_after BIGINT NOT NULL
+);
+CREATE INDEX revocations_by_drop_after ON revocations (drop_after);
 "#;
 
 /// Applies every migration not yet recorded in `schema_migrations`, in one transaction

@@ -245,7 +245,7 @@ fn wrapped_bytes(key: &StoredKey) -> Option<&[u8]> {
 
 /// Appends one event per change under [`EVENTS_LOCK`] and NOTIFYs [`CHANNEL`] (delivered
 /// at commit); returns the last revision, `None` if there was no change.
-async fn insert_events(
+pub(super) async fn insert_events(
     tx: &Transaction<'_>,
     changes: &[BundleChange],
     at: UnixMillis,
@@ -279,7 +279,10 @@ pub(super) async fn latest_revision<C: GenericClient>(client: &C) -> Result<Revi
 
 /// Appends `entry` to the audit chain under [`AUDIT_LOCK`]: reads the last link,
 /// hashes, inserts.
-async fn insert_audit(tx: &Transaction<'_>, entry: &AuditEntry) -> Result<AuditRecord, PgFailure> {
+pub(super) async fn insert_audit(
+    tx: &Transaction<'_>,
+    entry: &AuditEntry,
+) -> Result<AuditRecord, PgFailure> {
     execute(tx, "SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]).await?;
     let last = query_opt(
         tx,

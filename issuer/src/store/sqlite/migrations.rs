@@ -7,7 +7,7 @@ use super::error::SqliteFailure;
 use crate::store::StoreError;
 
 /// Every migration, oldest first; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[V1_INITIAL];
+const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_SESSIONS];
 
 /// Timestamps are unix milliseconds; JSON values are stored as text.
 const V1_INITIAL: &str = r#"
@@ -72,6 +72,49 @@ CREATE TABLE meta (
     name  TEXT PRIMARY KEY NOT NULL,
     value BLOB NOT NULL
 );
+"#;
+
+/// Sessions, their rotating refresh tokens, and revocation entries (DESIGN §4, §5).
+const V2_SESSIONS: &str = r#"
+CREATE TABLE sessions (
+    session_id      TEXT PRIMARY KEY NOT NULL,
+    tenant_id       TEXT NOT NULL,
+    subject         TEXT NOT NULL,
+    family_id       TEXT NOT NULL UNIQUE,
+    created_at      INTEGER NOT NULL,
+    expires_at      INTEGER,
+    revoked_at      INTEGER,
+    claims_template TEXT NOT NULL
+);
+CREATE INDEX sessions_by_subject ON sessions (tenant_id, subject);
+CREATE INDEX sessions_by_tenant ON sessions (tenant_id);
+
+CREATE TABLE refresh_tokens (
+    token_id       TEXT PRIMARY KEY NOT NULL,
+    family_id      TEXT NOT NULL,
+    session_id     TEXT NOT NULL REFERENCES sessions (session_id),
+    tenant_id      TEXT NOT NULL,
+    parent_id      TEXT,
+    secret_hash    BLOB NOT NULL,
+    pepper_version INTEGER NOT NULL,
+    issued_at      INTEGER NOT NULL,
+    expires_at     INTEGER NOT NULL,
+    state          TEXT NOT NULL CHECK (state IN ('active', 'rotated', 'revoked')),
+    state_at       INTEGER,
+    successor_id   TEXT
+);
+CREATE INDEX refresh_tokens_by_family ON refresh_tokens (family_id);
+CREATE INDEX refresh_tokens_by_session ON refresh_tokens (session_id);
+
+CREATE TABLE revocations (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind       TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    tenant_id  TEXT,
+    revoked_at INTEGER NOT NULL,
+    drop_after INTEGER NOT NULL
+);
+CREATE INDEX revocations_by_drop_after ON revocations (drop_after);
 "#;
 
 /// Applies every migration newer than the database's `user_version`, all in one

@@ -17,7 +17,8 @@ use tessera_issuer::audit::{GENESIS_HASH, chain_hash};
 use tessera_issuer::store::postgres::{PostgresOptions, PostgresStore};
 use tessera_issuer::store::sqlite::SqliteStore;
 use tessera_issuer::store::{
-    AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeyWrite, Store, StoredKey, WrappedKey,
+    AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeyWrite, SessionStore, Store, StoredKey,
+    WrappedKey,
 };
 use tokio::sync::Notify;
 
@@ -29,6 +30,8 @@ pub const REQUIRE_POSTGRES_VAR: &str = "TESSERA_REQUIRE_POSTGRES";
 /// One test's store and the database behind it.
 pub struct Fixture {
     pub store: Arc<dyn Store>,
+    /// The same store, seen through its session aggregate.
+    pub sessions: Arc<dyn SessionStore>,
     target: Target,
 }
 
@@ -41,9 +44,10 @@ enum Target {
 pub async fn sqlite() -> Option<Fixture> {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("tessera.db");
-    let store = SqliteStore::open(&path).expect("open sqlite store");
+    let store = Arc::new(SqliteStore::open(&path).expect("open sqlite store"));
     Some(Fixture {
-        store: Arc::new(store),
+        store: Arc::clone(&store) as Arc<dyn Store>,
+        sessions: store,
         target: Target::Sqlite { path, _dir: dir },
     })
 }
@@ -53,9 +57,10 @@ pub async fn sqlite() -> Option<Fixture> {
 pub async fn postgres() -> Option<Fixture> {
     let url = postgres_url()?;
     let schema = fresh_schema(&url).await;
-    let store = connect_postgres(&schema).await;
+    let store = Arc::new(connect_postgres(&schema).await);
     Some(Fixture {
-        store: Arc::new(store),
+        store: Arc::clone(&store) as Arc<dyn Store>,
+        sessions: store,
         target: Target::Postgres { schema },
     })
 }
@@ -96,6 +101,21 @@ impl Fixture {
                 Arc::new(SqliteStore::open(path).expect("reopen sqlite store"))
             }
             Target::Postgres { schema } => Arc::new(connect_postgres(schema).await),
+        }
+    }
+
+    /// Opens a second store on the same database, like [`Fixture::open_replica`], and
+    /// returns it through both of its traits.
+    pub async fn open_session_replica(&self) -> (Arc<dyn Store>, Arc<dyn SessionStore>) {
+        match &self.target {
+            Target::Sqlite { path, .. } => {
+                let store = Arc::new(SqliteStore::open(path).expect("reopen sqlite store"));
+                (Arc::clone(&store) as Arc<dyn Store>, store)
+            }
+            Target::Postgres { schema } => {
+                let store = Arc::new(connect_postgres(schema).await);
+                (Arc::clone(&store) as Arc<dyn Store>, store)
+            }
         }
     }
 

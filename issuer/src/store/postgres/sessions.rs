@@ -1,0 +1,457 @@
+//! The session aggregate on PostgreSQL: sessions, rotating refresh tokens and revocation
+//! entries.
+//!
+//! A rotation is one statement (one round trip, no advisory lock, no event): the
+//! conditional update of the old token and the insert of its successor, atomic together.
+//! It takes a share lock on the session row, and a revocation updates that row before it
+//! revokes the session's tokens (in a later statement, with a fresh snapshot), so a
+//! rotation racing a revocation either sees the session ended and writes nothing, or
+//! commits first and has its successor revoked with the rest.
+
+use async_trait::async_trait;
+use deadpool_postgres::Transaction;
+use tessera_common::UnixMillis;
+use tessera_common::bundle::{BundleChange, Revision};
+use tessera_common::ids::{SessionId, Subject, TenantId};
+use tessera_common::revocation::{RevocationEntry, RevocationKind};
+use tokio_postgres::Row;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+
+use super::PostgresStore;
+use super::error::{PgFailure, corrupt};
+use super::queries::{execute, insert_audit, insert_events, latest_revision, query, query_opt};
+use crate::store::{
+    AuditEntry, RefreshState, RefreshTokenRecord, RevocationEffect, SessionRecord, SessionStore,
+    StoreError,
+};
+
+/// The columns [`session_from_row`] reads, in order.
+const SESSION_COLUMNS: &str = "session_id, tenant_id, subject, family_id, created_at, \
+     expires_at, revoked_at, claims_template";
+
+/// The columns [`token_from_row`] reads, in order.
+const TOKEN_COLUMNS: &str = "token_id, family_id, session_id, tenant_id, parent_id, \
+     secret_hash, pepper_version, issued_at, expires_at, state, state_at, successor_id";
+
+/// Refresh tokens are kept this long past their expiry before pruning deletes them.
+const EXPIRED_TOKEN_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Marks `$1` rotated into `$3` if it is active and its session open (share-locking the
+/// session row), and inserts the successor `$3..$14` only if it did. Returns the
+/// successor's id when the rotation happened, no row otherwise.
+const ROTATE: &str = "\
+WITH rotated AS (
+    UPDATE refresh_tokens SET state = 'rotated', state_at = $2, successor_id = $3
+    WHERE token_id = $1 AND state = 'active' AND EXISTS (
+        SELECT 1 FROM sessions
+        WHERE sessions.session_id = refresh_tokens.session_id AND sessions.revoked_at IS NULL
+        FOR SHARE)
+    RETURNING token_id
+)
+INSERT INTO refresh_tokens (token_id, family_id, session_id, tenant_id, parent_id, secret_hash,
+    pepper_version, issued_at, expires_at, state, state_at, successor_id)
+SELECT $3::text, $4::text, $5::text, $6::text, $7::text, $8::bytea, $9::integer, $10::bigint,
+    $11::bigint, $12::text, $13::bigint, $14::text
+FROM rotated
+RETURNING token_id";
+
+// === impl SessionStore for PostgresStore ===
+
+#[async_trait]
+impl SessionStore for PostgresStore {
+    async fn create_session(
+        &self,
+        session: SessionRecord,
+        first_token: RefreshTokenRecord,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            Box::pin(create_session(
+                tx,
+                session.clone(),
+                first_token.clone(),
+                audit.clone(),
+            ))
+        })
+        .await
+    }
+
+    async fn session(&self, session_id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1");
+        let read = async {
+            query_opt(&client, &sql, &[&session_id.as_str()])
+                .await?
+                .as_ref()
+                .map(session_from_row)
+                .transpose()
+        };
+        read.await.map_err(PgFailure::into_store)
+    }
+
+    async fn refresh_token(
+        &self,
+        token_id: &str,
+    ) -> Result<Option<RefreshTokenRecord>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM refresh_tokens WHERE token_id = $1");
+        let read = async {
+            query_opt(&client, &sql, &[&token_id])
+                .await?
+                .as_ref()
+                .map(token_from_row)
+                .transpose()
+        };
+        read.await.map_err(PgFailure::into_store)
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        old_token_id: &str,
+        successor: RefreshTokenRecord,
+        at: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let (state, state_at, successor_id) = state_to_columns(&successor.state);
+        // One statement is one (implicit) transaction: on any error nothing is written.
+        let rotated = query(
+            &client,
+            ROTATE,
+            &[
+                &old_token_id,
+                &at.0,
+                &successor.token_id,
+                &successor.family_id,
+                &successor.session_id.as_str(),
+                &successor.tenant_id.as_str(),
+                &successor.parent_id,
+                &successor.secret_hash,
+                &successor.pepper_version,
+                &successor.issued_at.0,
+                &successor.expires_at.0,
+                &state,
+                &state_at,
+                &successor_id,
+            ],
+        )
+        .await;
+        match rotated {
+            Ok(rows) => Ok(!rows.is_empty()),
+            // Someone else inserted this successor first: nothing was written, they won.
+            Err(PgFailure::Db(error)) if error.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                Ok(false)
+            }
+            Err(failure) => Err(failure.into_store()),
+        }
+    }
+
+    async fn revoke(
+        &self,
+        entries: Vec<RevocationEntry>,
+        effects: Vec<RevocationEffect>,
+        at: UnixMillis,
+        audit: Vec<AuditEntry>,
+    ) -> Result<(Revision, u64), StoreError> {
+        let appends_events = !entries.is_empty();
+        let outcome = self
+            .write(|tx| {
+                Box::pin(revoke(
+                    tx,
+                    entries.clone(),
+                    effects.clone(),
+                    at,
+                    audit.clone(),
+                ))
+            })
+            .await?;
+        if appends_events {
+            self.signal_change();
+        }
+        Ok(outcome)
+    }
+
+    async fn live_revocations(&self, now: UnixMillis) -> Result<Vec<RevocationEntry>, StoreError> {
+        let client = self.client().await?;
+        let read = async {
+            query(
+                &client,
+                "SELECT kind, value, tenant_id, revoked_at, drop_after FROM revocations \
+                 WHERE drop_after > $1 ORDER BY id",
+                &[&now.0],
+            )
+            .await?
+            .iter()
+            .map(revocation_from_row)
+            .collect::<Result<Vec<_>, _>>()
+        };
+        read.await.map_err(PgFailure::into_store)
+    }
+
+    async fn prune_revocations(&self, now: UnixMillis) -> Result<u64, StoreError> {
+        self.write(|tx| Box::pin(prune_revocations(tx, now))).await
+    }
+}
+
+// === transaction bodies ===
+
+async fn create_session(
+    tx: &Transaction<'_>,
+    session: SessionRecord,
+    first_token: RefreshTokenRecord,
+    audit: AuditEntry,
+) -> Result<(), PgFailure> {
+    let expires_at = session.expires_at.map(|at| at.0);
+    let revoked_at = session.revoked_at.map(|at| at.0);
+    execute(
+        tx,
+        "INSERT INTO sessions (session_id, tenant_id, subject, family_id, created_at, \
+         expires_at, revoked_at, claims_template) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            &session.session_id.as_str(),
+            &session.tenant_id.as_str(),
+            &session.subject.as_str(),
+            &session.family_id,
+            &session.created_at.0,
+            &expires_at,
+            &revoked_at,
+            &session.claims_template,
+        ],
+    )
+    .await?;
+    insert_token(tx, &first_token).await?;
+    insert_audit(tx, &audit).await?;
+    Ok(())
+}
+
+/// Ends sessions, revokes their tokens, stores the entries, then appends their events
+/// (under the events lock) and the audit entries (under the audit lock), in that order.
+async fn revoke(
+    tx: &Transaction<'_>,
+    entries: Vec<RevocationEntry>,
+    effects: Vec<RevocationEffect>,
+    at: UnixMillis,
+    audit: Vec<AuditEntry>,
+) -> Result<(Revision, u64), PgFailure> {
+    let mut n_sessions_revoked = 0_u64;
+    for effect in &effects {
+        n_sessions_revoked += end_sessions(tx, effect, at).await?;
+    }
+    for entry in &entries {
+        execute(
+            tx,
+            "INSERT INTO revocations (kind, value, tenant_id, revoked_at, drop_after) \
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &kind_to_column(entry.kind),
+                &entry.value,
+                &entry.tenant_id,
+                &entry.revoked_at.0,
+                &entry.drop_after.0,
+            ],
+        )
+        .await?;
+    }
+    let changes: Vec<BundleChange> = entries
+        .into_iter()
+        .map(|entry| BundleChange::RevocationAdded { entry })
+        .collect();
+    let revision = match insert_events(tx, &changes, at).await? {
+        Some(revision) => revision,
+        None => latest_revision(tx).await?,
+    };
+    for entry in &audit {
+        insert_audit(tx, entry).await?;
+    }
+    Ok((revision, n_sessions_revoked))
+}
+
+async fn prune_revocations(tx: &Transaction<'_>, now: UnixMillis) -> Result<u64, PgFailure> {
+    let n_entries = execute(
+        tx,
+        "DELETE FROM revocations WHERE drop_after <= $1",
+        &[&now.0],
+    )
+    .await?;
+    let expired_before = now.0.saturating_sub(EXPIRED_TOKEN_RETENTION_MS);
+    execute(
+        tx,
+        "DELETE FROM refresh_tokens WHERE expires_at <= $1",
+        &[&expired_before],
+    )
+    .await?;
+    Ok(n_entries)
+}
+
+// === statements ===
+
+async fn insert_token(tx: &Transaction<'_>, token: &RefreshTokenRecord) -> Result<(), PgFailure> {
+    let (state, state_at, successor_id) = state_to_columns(&token.state);
+    execute(
+        tx,
+        "INSERT INTO refresh_tokens (token_id, family_id, session_id, tenant_id, parent_id, \
+         secret_hash, pepper_version, issued_at, expires_at, state, state_at, successor_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        &[
+            &token.token_id,
+            &token.family_id,
+            &token.session_id.as_str(),
+            &token.tenant_id.as_str(),
+            &token.parent_id,
+            &token.secret_hash,
+            &token.pepper_version,
+            &token.issued_at.0,
+            &token.expires_at.0,
+            &state,
+            &state_at,
+            &successor_id,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Ends the sessions `effect` selects that are still open (taking their row locks), then
+/// revokes the active and rotated refresh tokens of every session it selects; returns
+/// how many sessions ended.
+///
+/// The token update is a second statement on purpose: under READ COMMITTED its snapshot
+/// is taken after the session row locks were granted, so it sees the successor of any
+/// rotation that held the session's share lock first.
+async fn end_sessions(
+    tx: &Transaction<'_>,
+    effect: &RevocationEffect,
+    at: UnixMillis,
+) -> Result<u64, PgFailure> {
+    let (selector, values): (&str, Vec<&str>) = match effect {
+        RevocationEffect::Session(session_id) => ("session_id = $2", vec![session_id.as_str()]),
+        RevocationEffect::Family(family_id) => ("family_id = $2", vec![family_id.as_str()]),
+        RevocationEffect::User {
+            tenant_id: Some(tenant_id),
+            subject,
+        } => (
+            "tenant_id = $2 AND subject = $3",
+            vec![tenant_id.as_str(), subject.as_str()],
+        ),
+        RevocationEffect::User {
+            tenant_id: None,
+            subject,
+        } => ("subject = $2", vec![subject.as_str()]),
+        RevocationEffect::Tenant(tenant_id) => ("tenant_id = $2", vec![tenant_id.as_str()]),
+        RevocationEffect::All => ("TRUE", Vec::new()),
+    };
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&at.0];
+    params.extend(values.iter().map(|value| value as &(dyn ToSql + Sync)));
+    let n_ended = execute(
+        tx,
+        &format!("UPDATE sessions SET revoked_at = $1 WHERE revoked_at IS NULL AND {selector}"),
+        &params,
+    )
+    .await?;
+    // Every selected session, not only the ones ended now: a token a racing rotation
+    // left active in an already-ended session is revoked too.
+    execute(
+        tx,
+        &format!(
+            "UPDATE refresh_tokens SET state = 'revoked', state_at = $1 \
+             WHERE state IN ('active', 'rotated') \
+             AND session_id IN (SELECT session_id FROM sessions WHERE {selector})"
+        ),
+        &params,
+    )
+    .await?;
+    Ok(n_ended)
+}
+
+// === rows ===
+
+fn session_from_row(row: &Row) -> Result<SessionRecord, PgFailure> {
+    Ok(SessionRecord {
+        session_id: SessionId::new(row.try_get::<_, String>(0)?).map_err(corrupt)?,
+        tenant_id: TenantId::new(row.try_get::<_, String>(1)?).map_err(corrupt)?,
+        subject: Subject::new(row.try_get::<_, String>(2)?).map_err(corrupt)?,
+        family_id: row.try_get(3)?,
+        created_at: UnixMillis(row.try_get(4)?),
+        expires_at: row.try_get::<_, Option<i64>>(5)?.map(UnixMillis),
+        revoked_at: row.try_get::<_, Option<i64>>(6)?.map(UnixMillis),
+        claims_template: row.try_get(7)?,
+    })
+}
+
+fn token_from_row(row: &Row) -> Result<RefreshTokenRecord, PgFailure> {
+    let state: String = row.try_get(9)?;
+    Ok(RefreshTokenRecord {
+        token_id: row.try_get(0)?,
+        family_id: row.try_get(1)?,
+        session_id: SessionId::new(row.try_get::<_, String>(2)?).map_err(corrupt)?,
+        tenant_id: TenantId::new(row.try_get::<_, String>(3)?).map_err(corrupt)?,
+        parent_id: row.try_get(4)?,
+        secret_hash: row.try_get(5)?,
+        pepper_version: row.try_get(6)?,
+        issued_at: UnixMillis(row.try_get(7)?),
+        expires_at: UnixMillis(row.try_get(8)?),
+        state: state_from_columns(&state, row.try_get(10)?, row.try_get(11)?)?,
+    })
+}
+
+fn revocation_from_row(row: &Row) -> Result<RevocationEntry, PgFailure> {
+    let kind: String = row.try_get(0)?;
+    Ok(RevocationEntry {
+        kind: kind_from_column(&kind)?,
+        value: row.try_get(1)?,
+        tenant_id: row.try_get(2)?,
+        revoked_at: UnixMillis(row.try_get(3)?),
+        drop_after: UnixMillis(row.try_get(4)?),
+    })
+}
+
+fn state_to_columns(state: &RefreshState) -> (&'static str, Option<i64>, Option<&str>) {
+    match state {
+        RefreshState::Active => ("active", None, None),
+        RefreshState::Rotated { at, successor_id } => {
+            ("rotated", Some(at.0), Some(successor_id.as_str()))
+        }
+        RefreshState::Revoked { at } => ("revoked", Some(at.0), None),
+    }
+}
+
+fn state_from_columns(
+    state: &str,
+    state_at: Option<i64>,
+    successor_id: Option<String>,
+) -> Result<RefreshState, PgFailure> {
+    match (state, state_at, successor_id) {
+        ("active", _, _) => Ok(RefreshState::Active),
+        ("rotated", Some(at), Some(successor_id)) => Ok(RefreshState::Rotated {
+            at: UnixMillis(at),
+            successor_id,
+        }),
+        ("revoked", Some(at), _) => Ok(RefreshState::Revoked { at: UnixMillis(at) }),
+        (state, _, _) => Err(corrupt(format!("refresh token state `{state}` incomplete"))),
+    }
+}
+
+fn kind_to_column(kind: RevocationKind) -> &'static str {
+    match kind {
+        RevocationKind::Jti => "jti",
+        RevocationKind::Session => "session",
+        RevocationKind::User => "user",
+        RevocationKind::Tenant => "tenant",
+        RevocationKind::Family => "family",
+        RevocationKind::Key => "key",
+        RevocationKind::All => "all",
+    }
+}
+
+fn kind_from_column(kind: &str) -> Result<RevocationKind, PgFailure> {
+    Ok(match kind {
+        "jti" => RevocationKind::Jti,
+        "session" => RevocationKind::Session,
+        "user" => RevocationKind::User,
+        "tenant" => RevocationKind::Tenant,
+        "family" => RevocationKind::Family,
+        "key" => RevocationKind::Key,
+        "all" => RevocationKind::All,
+        other => return Err(corrupt(format!("unknown revocation kind `{other}`"))),
+    })
+}

@@ -1,0 +1,370 @@
+//! The session aggregate on SQLite: sessions, rotating refresh tokens and revocation
+//! entries. Every write is one `BEGIN IMMEDIATE` transaction, so of any number of
+//! concurrent rotations of one token (on any connection to the file) exactly one wins.
+
+use async_trait::async_trait;
+use rusqlite::{Connection, Row, ToSql, params};
+use tessera_common::UnixMillis;
+use tessera_common::bundle::{BundleChange, Revision};
+use tessera_common::ids::{SessionId, Subject, TenantId};
+use tessera_common::revocation::{RevocationEntry, RevocationKind};
+
+use super::SqliteStore;
+use super::error::SqliteFailure;
+use super::queries::{insert_audit, insert_events, latest_revision};
+use crate::store::{
+    AuditEntry, RefreshState, RefreshTokenRecord, RevocationEffect, SessionRecord, SessionStore,
+    StoreError,
+};
+
+/// The columns [`session_from_row`] reads, in order.
+const SESSION_COLUMNS: &str = "session_id, tenant_id, subject, family_id, created_at, \
+     expires_at, revoked_at, claims_template";
+
+/// The columns [`token_from_row`] reads, in order.
+const TOKEN_COLUMNS: &str = "token_id, family_id, session_id, tenant_id, parent_id, \
+     secret_hash, pepper_version, issued_at, expires_at, state, state_at, successor_id";
+
+/// Refresh tokens are kept this long past their expiry before pruning deletes them.
+const EXPIRED_TOKEN_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
+
+// === impl SessionStore for SqliteStore ===
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn create_session(
+        &self,
+        session: SessionRecord,
+        first_token: RefreshTokenRecord,
+        audit: AuditEntry,
+    ) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            tx.prepare_cached(
+                "INSERT INTO sessions (session_id, tenant_id, subject, family_id, created_at, \
+                 expires_at, revoked_at, claims_template) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                session.session_id.as_str(),
+                session.tenant_id.as_str(),
+                session.subject.as_str(),
+                session.family_id,
+                session.created_at.0,
+                session.expires_at.map(|at| at.0),
+                session.revoked_at.map(|at| at.0),
+                session.claims_template,
+            ])?;
+            insert_token(tx, &first_token)?;
+            insert_audit(tx, &audit)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, session_id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let session_id = session_id.clone();
+        self.with_connection(move |connection| {
+            let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1");
+            let mut statement = connection.prepare_cached(&sql)?;
+            let mut rows = statement.query([session_id.as_str()])?;
+            match rows.next()? {
+                Some(row) => Ok(Some(session_from_row(row)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn refresh_token(
+        &self,
+        token_id: &str,
+    ) -> Result<Option<RefreshTokenRecord>, StoreError> {
+        let token_id = token_id.to_owned();
+        self.with_connection(move |connection| {
+            let sql = format!("SELECT {TOKEN_COLUMNS} FROM refresh_tokens WHERE token_id = ?1");
+            let mut statement = connection.prepare_cached(&sql)?;
+            let mut rows = statement.query([&token_id])?;
+            match rows.next()? {
+                Some(row) => Ok(Some(token_from_row(row)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        old_token_id: &str,
+        successor: RefreshTokenRecord,
+        at: UnixMillis,
+    ) -> Result<bool, StoreError> {
+        let old_token_id = old_token_id.to_owned();
+        let rotated = self
+            .write(move |tx| {
+                let n_rotated = tx
+                    .prepare_cached(
+                        "UPDATE refresh_tokens SET state = 'rotated', state_at = ?2, \
+                         successor_id = ?3 \
+                         WHERE token_id = ?1 AND state = 'active' AND EXISTS (\
+                             SELECT 1 FROM sessions \
+                             WHERE sessions.session_id = refresh_tokens.session_id \
+                             AND sessions.revoked_at IS NULL)",
+                    )?
+                    .execute(params![old_token_id, at.0, successor.token_id])?;
+                if n_rotated == 0 {
+                    return Ok(false);
+                }
+                // A duplicate successor fails with `Conflict`, rolling the rotation back.
+                insert_token(tx, &successor)?;
+                Ok(true)
+            })
+            .await;
+        match rotated {
+            // Someone else inserted this successor first: nothing was written, they won.
+            Err(StoreError::Conflict) => Ok(false),
+            other => other,
+        }
+    }
+
+    async fn revoke(
+        &self,
+        entries: Vec<RevocationEntry>,
+        effects: Vec<RevocationEffect>,
+        at: UnixMillis,
+        audit: Vec<AuditEntry>,
+    ) -> Result<(Revision, u64), StoreError> {
+        let appends_events = !entries.is_empty();
+        let outcome = self
+            .write(move |tx| {
+                let mut n_sessions_revoked = 0_u64;
+                for effect in &effects {
+                    n_sessions_revoked += end_sessions(tx, effect, at)?;
+                }
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO revocations (kind, value, tenant_id, revoked_at, drop_after) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for entry in &entries {
+                    insert.execute(params![
+                        kind_to_column(entry.kind),
+                        entry.value,
+                        entry.tenant_id,
+                        entry.revoked_at.0,
+                        entry.drop_after.0,
+                    ])?;
+                }
+                let changes: Vec<BundleChange> = entries
+                    .into_iter()
+                    .map(|entry| BundleChange::RevocationAdded { entry })
+                    .collect();
+                let revision = match insert_events(tx, &changes, at)? {
+                    Some(revision) => revision,
+                    None => latest_revision(tx)?,
+                };
+                for entry in &audit {
+                    insert_audit(tx, entry)?;
+                }
+                Ok((revision, n_sessions_revoked))
+            })
+            .await?;
+        if appends_events {
+            self.signal_change();
+        }
+        Ok(outcome)
+    }
+
+    async fn live_revocations(&self, now: UnixMillis) -> Result<Vec<RevocationEntry>, StoreError> {
+        self.with_connection(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT kind, value, tenant_id, revoked_at, drop_after FROM revocations \
+                 WHERE drop_after > ?1 ORDER BY id",
+            )?;
+            let mut rows = statement.query([now.0])?;
+            let mut entries = Vec::new();
+            while let Some(row) = rows.next()? {
+                entries.push(revocation_from_row(row)?);
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn prune_revocations(&self, now: UnixMillis) -> Result<u64, StoreError> {
+        self.write(move |tx| {
+            let n_entries = tx
+                .prepare_cached("DELETE FROM revocations WHERE drop_after <= ?1")?
+                .execute([now.0])?;
+            tx.prepare_cached("DELETE FROM refresh_tokens WHERE expires_at <= ?1")?
+                .execute([now.0.saturating_sub(EXPIRED_TOKEN_RETENTION_MS)])?;
+            Ok(n_entries as u64)
+        })
+        .await
+    }
+}
+
+// === statements ===
+
+fn insert_token(connection: &Connection, token: &RefreshTokenRecord) -> Result<(), SqliteFailure> {
+    let (state, state_at, successor_id) = state_to_columns(&token.state);
+    connection
+        .prepare_cached(
+            "INSERT INTO refresh_tokens (token_id, family_id, session_id, tenant_id, parent_id, \
+             secret_hash, pepper_version, issued_at, expires_at, state, state_at, successor_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        )?
+        .execute(params![
+            token.token_id,
+            token.family_id,
+            token.session_id.as_str(),
+            token.tenant_id.as_str(),
+            token.parent_id,
+            token.secret_hash,
+            token.pepper_version,
+            token.issued_at.0,
+            token.expires_at.0,
+            state,
+            state_at,
+            successor_id,
+        ])?;
+    Ok(())
+}
+
+/// Ends the sessions `effect` selects that are still open, and revokes the active and
+/// rotated refresh tokens of every session it selects; returns how many sessions ended.
+fn end_sessions(
+    connection: &Connection,
+    effect: &RevocationEffect,
+    at: UnixMillis,
+) -> Result<u64, SqliteFailure> {
+    let (selector, values): (&str, Vec<&str>) = match effect {
+        RevocationEffect::Session(session_id) => ("session_id = ?2", vec![session_id.as_str()]),
+        RevocationEffect::Family(family_id) => ("family_id = ?2", vec![family_id.as_str()]),
+        RevocationEffect::User {
+            tenant_id: Some(tenant_id),
+            subject,
+        } => (
+            "tenant_id = ?2 AND subject = ?3",
+            vec![tenant_id.as_str(), subject.as_str()],
+        ),
+        RevocationEffect::User {
+            tenant_id: None,
+            subject,
+        } => ("subject = ?2", vec![subject.as_str()]),
+        RevocationEffect::Tenant(tenant_id) => ("tenant_id = ?2", vec![tenant_id.as_str()]),
+        RevocationEffect::All => ("1 = 1", Vec::new()),
+    };
+    let mut bound: Vec<&dyn ToSql> = vec![&at.0];
+    bound.extend(values.iter().map(|value| value as &dyn ToSql));
+    let n_ended = connection
+        .prepare_cached(&format!(
+            "UPDATE sessions SET revoked_at = ?1 WHERE revoked_at IS NULL AND {selector}"
+        ))?
+        .execute(bound.as_slice())?;
+    // Every selected session, not only the ones ended now: a token a racing rotation
+    // left active in an already-ended session is revoked too.
+    connection
+        .prepare_cached(&format!(
+            "UPDATE refresh_tokens SET state = 'revoked', state_at = ?1 \
+             WHERE state IN ('active', 'rotated') \
+             AND session_id IN (SELECT session_id FROM sessions WHERE {selector})"
+        ))?
+        .execute(bound.as_slice())?;
+    Ok(n_ended as u64)
+}
+
+// === rows ===
+
+fn session_from_row(row: &Row<'_>) -> Result<SessionRecord, SqliteFailure> {
+    Ok(SessionRecord {
+        session_id: SessionId::new(row.get::<_, String>(0)?).map_err(corrupt)?,
+        tenant_id: TenantId::new(row.get::<_, String>(1)?).map_err(corrupt)?,
+        subject: Subject::new(row.get::<_, String>(2)?).map_err(corrupt)?,
+        family_id: row.get(3)?,
+        created_at: UnixMillis(row.get(4)?),
+        expires_at: row.get::<_, Option<i64>>(5)?.map(UnixMillis),
+        revoked_at: row.get::<_, Option<i64>>(6)?.map(UnixMillis),
+        claims_template: row.get(7)?,
+    })
+}
+
+fn token_from_row(row: &Row<'_>) -> Result<RefreshTokenRecord, SqliteFailure> {
+    let state: String = row.get(9)?;
+    Ok(RefreshTokenRecord {
+        token_id: row.get(0)?,
+        family_id: row.get(1)?,
+        session_id: SessionId::new(row.get::<_, String>(2)?).map_err(corrupt)?,
+        tenant_id: TenantId::new(row.get::<_, String>(3)?).map_err(corrupt)?,
+        parent_id: row.get(4)?,
+        secret_hash: row.get(5)?,
+        pepper_version: row.get(6)?,
+        issued_at: UnixMillis(row.get(7)?),
+        expires_at: UnixMillis(row.get(8)?),
+        state: state_from_columns(&state, row.get(10)?, row.get(11)?)?,
+    })
+}
+
+fn revocation_from_row(row: &Row<'_>) -> Result<RevocationEntry, SqliteFailure> {
+    let kind: String = row.get(0)?;
+    Ok(RevocationEntry {
+        kind: kind_from_column(&kind)?,
+        value: row.get(1)?,
+        tenant_id: row.get(2)?,
+        revoked_at: UnixMillis(row.get(3)?),
+        drop_after: UnixMillis(row.get(4)?),
+    })
+}
+
+fn state_to_columns(state: &RefreshState) -> (&'static str, Option<i64>, Option<&str>) {
+    match state {
+        RefreshState::Active => ("active", None, None),
+        RefreshState::Rotated { at, successor_id } => {
+            ("rotated", Some(at.0), Some(successor_id.as_str()))
+        }
+        RefreshState::Revoked { at } => ("revoked", Some(at.0), None),
+    }
+}
+
+fn state_from_columns(
+    state: &str,
+    state_at: Option<i64>,
+    successor_id: Option<String>,
+) -> Result<RefreshState, SqliteFailure> {
+    match (state, state_at, successor_id) {
+        ("active", _, _) => Ok(RefreshState::Active),
+        ("rotated", Some(at), Some(successor_id)) => Ok(RefreshState::Rotated {
+            at: UnixMillis(at),
+            successor_id,
+        }),
+        ("revoked", Some(at), _) => Ok(RefreshState::Revoked { at: UnixMillis(at) }),
+        (state, _, _) => Err(corrupt(format!("refresh token state `{state}` incomplete"))),
+    }
+}
+
+fn kind_to_column(kind: RevocationKind) -> &'static str {
+    match kind {
+        RevocationKind::Jti => "jti",
+        RevocationKind::Session => "session",
+        RevocationKind::User => "user",
+        RevocationKind::Tenant => "tenant",
+        RevocationKind::Family => "family",
+        RevocationKind::Key => "key",
+        RevocationKind::All => "all",
+    }
+}
+
+fn kind_from_column(kind: &str) -> Result<RevocationKind, SqliteFailure> {
+    Ok(match kind {
+        "jti" => RevocationKind::Jti,
+        "session" => RevocationKind::Session,
+        "user" => RevocationKind::User,
+        "tenant" => RevocationKind::Tenant,
+        "family" => RevocationKind::Family,
+        "key" => RevocationKind::Key,
+        "all" => RevocationKind::All,
+        other => return Err(corrupt(format!("unknown revocation kind `{other}`"))),
+    })
+}
+
+fn corrupt(error: impl std::fmt::Display) -> SqliteFailure {
+    SqliteFailure::Store(StoreError::Corrupt(error.to_string()))
+}
