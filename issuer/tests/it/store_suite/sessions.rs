@@ -13,7 +13,7 @@ use tessera_issuer::store::{
     RefreshState, RefreshTokenRecord, RevocationEffect, SessionRecord, SessionStore, StoreError,
 };
 
-use super::fixture::{Fixture, assert_chain, audit_entry, drain, notified_within, tagged_change};
+use super::fixture::{Fixture, assert_chain, audit_entry, notified_within, tagged_change};
 
 const T0: i64 = 1_700_000_000_000;
 const DAY_MS: i64 = 86_400_000;
