@@ -12,7 +12,8 @@ use tracing::warn;
 use crate::auth::{AuthError, Authenticator, Caller, Scope};
 use crate::hub::BundleHub;
 use crate::keys::KeyManager;
-use crate::store::{AuditEntry, Store};
+use crate::sessions::SessionService;
+use crate::store::{AuditEntry, SessionStore, Store};
 use crate::tokens::TokenPolicy;
 
 /// Everything a request handler needs.
@@ -21,6 +22,8 @@ pub struct App {
     pub keys: Arc<KeyManager>,
     pub hub: Arc<BundleHub>,
     pub auth: Arc<Authenticator>,
+    pub sessions: Arc<SessionService>,
+    pub session_store: Arc<dyn SessionStore>,
     pub clock: Arc<dyn Clock>,
     pub tokens: TokenPolicy,
     pub heartbeat: Duration,

@@ -500,3 +500,245 @@ pub async fn audit(args: &ConnectArgs, command: AuditCommand) -> anyhow::Result<
     }
     Ok(())
 }
+
+/// `tessera-issuer session …`
+#[derive(Subcommand, Debug)]
+pub enum SessionCommand {
+    /// Log a user in: prints an access token and a refresh token.
+    Create {
+        /// Subject (user id).
+        #[arg(long)]
+        subject: String,
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Role.
+        #[arg(long, default_value = "viewer")]
+        role: String,
+        /// A permission (repeatable).
+        #[arg(long = "permission")]
+        permissions: Vec<String>,
+        /// Absolute session lifetime in seconds (0: none).
+        #[arg(long, default_value_t = 0)]
+        max_session_seconds: u32,
+    },
+    /// Exchange a refresh token for a new pair (`-` reads it from standard input).
+    Refresh {
+        /// The refresh token (`tbf_…`).
+        refresh_token: String,
+    },
+    /// Log out one session: its tokens are rejected everywhere within milliseconds.
+    Logout {
+        /// Session id.
+        session_id: String,
+        /// Tenant of the session (required for tenant-confined credentials).
+        #[arg(long, default_value = "")]
+        tenant: String,
+    },
+    /// Log a user out everywhere.
+    LogoutEverywhere {
+        /// User id (subject).
+        user_id: String,
+        /// Tenant (recommended: user ids are per tenant).
+        #[arg(long, default_value = "")]
+        tenant: String,
+    },
+}
+
+/// What `tessera-issuer revoke` targets: exactly one.
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false)]
+pub struct RevokeTarget {
+    /// One access token, by jti.
+    #[arg(long)]
+    pub jti: Option<String>,
+    /// Every token of a session.
+    #[arg(long)]
+    pub session: Option<String>,
+    /// Every token of a user.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Every token of a tenant.
+    #[arg(long = "tenant-wide")]
+    pub tenant_wide: Option<String>,
+    /// Every token of a refresh family.
+    #[arg(long)]
+    pub family: Option<String>,
+    /// Every token issued so far.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Runs `session …`.
+pub async fn session(args: &ConnectArgs, command: SessionCommand) -> anyhow::Result<()> {
+    let client = Client::connect(args).await?;
+    let mut service = pb::token_service_client::TokenServiceClient::new(client.channel.clone());
+    let tokens = match command {
+        SessionCommand::Create {
+            subject,
+            tenant,
+            role,
+            permissions,
+            max_session_seconds,
+        } => service
+            .create_session(client.request(pb::CreateSessionRequest {
+                subject,
+                tenant_id: tenant,
+                role,
+                permissions,
+                max_session_seconds,
+                ..Default::default()
+            })?)
+            .await?
+            .into_inner(),
+        SessionCommand::Refresh { refresh_token } => {
+            let refresh_token = read_argument(refresh_token)?;
+            service
+                .refresh_session(client.request(pb::RefreshSessionRequest { refresh_token })?)
+                .await?
+                .into_inner()
+        }
+        SessionCommand::Logout { session_id, tenant } => {
+            return revoke_with(
+                &client,
+                pb::revoke_tokens_request::Target::SessionId(session_id),
+                tenant,
+                "logout".into(),
+            )
+            .await;
+        }
+        SessionCommand::LogoutEverywhere { user_id, tenant } => {
+            return revoke_with(
+                &client,
+                pb::revoke_tokens_request::Target::UserId(user_id),
+                tenant,
+                "logout everywhere".into(),
+            )
+            .await;
+        }
+    };
+    let value = json!({
+        "session_id": tokens.session_id,
+        "family_id": tokens.family_id,
+        "access_token": tokens.access_token,
+        "access_jti": tokens.access_jti,
+        "access_expires_at": time(&tokens.access_expires_at),
+        "refresh_token": tokens.refresh_token,
+        "refresh_expires_at": time(&tokens.refresh_expires_at),
+    });
+    client.print(value, |value| {
+        format!(
+            "session_id:    {}\naccess_token:  {}\nrefresh_token: {}",
+            value["session_id"].as_str().unwrap_or(""),
+            value["access_token"].as_str().unwrap_or(""),
+            value["refresh_token"].as_str().unwrap_or("")
+        )
+    });
+    Ok(())
+}
+
+/// Runs `revoke …`.
+pub async fn revoke(
+    args: &ConnectArgs,
+    target: RevokeTarget,
+    tenant: String,
+    reason: String,
+) -> anyhow::Result<()> {
+    use pb::revoke_tokens_request::Target;
+    let client = Client::connect(args).await?;
+    let target = if let Some(jti) = target.jti {
+        Target::Jti(jti)
+    } else if let Some(session) = target.session {
+        Target::SessionId(session)
+    } else if let Some(user) = target.user {
+        Target::UserId(user)
+    } else if let Some(tenant) = target.tenant_wide {
+        Target::TenantId(tenant)
+    } else if let Some(family) = target.family {
+        Target::FamilyId(family)
+    } else {
+        Target::All(target.all)
+    };
+    revoke_with(&client, target, tenant, reason).await
+}
+
+async fn revoke_with(
+    client: &Client,
+    target: pb::revoke_tokens_request::Target,
+    scope_tenant_id: String,
+    reason: String,
+) -> anyhow::Result<()> {
+    let mut service = pb::token_service_client::TokenServiceClient::new(client.channel.clone());
+    let response = service
+        .revoke_tokens(client.request(pb::RevokeTokensRequest {
+            target: Some(target),
+            scope_tenant_id,
+            reason,
+        })?)
+        .await?
+        .into_inner();
+    let value = json!({
+        "revision": response.revision,
+        "drop_after": time(&response.drop_after),
+        "n_sessions_revoked": response.n_sessions_revoked,
+    });
+    client.print(value, |value| {
+        format!(
+            "revoked (revision {}, {} sessions ended)",
+            value["revision"], value["n_sessions_revoked"]
+        )
+    });
+    Ok(())
+}
+
+/// Runs `emergency …`: one tenant, or everything.
+pub async fn emergency(
+    args: &ConnectArgs,
+    tenant: Option<String>,
+    global: bool,
+    incident: String,
+    reason: String,
+) -> anyhow::Result<()> {
+    use pb::emergency_revoke_request::Scope;
+    let scope = match (tenant, global) {
+        (Some(tenant), false) => Scope::TenantId(tenant),
+        (None, true) => Scope::Global(true),
+        _ => bail!("give exactly one of --tenant or --global"),
+    };
+    let client = Client::connect(args).await?;
+    let mut service = pb::token_service_client::TokenServiceClient::new(client.channel.clone());
+    let response = service
+        .emergency_revoke(client.request(pb::EmergencyRevokeRequest {
+            scope: Some(scope),
+            incident_id: incident,
+            reason,
+        })?)
+        .await?
+        .into_inner();
+    let value = json!({
+        "revision": response.revision,
+        "n_sessions_revoked": response.n_sessions_revoked,
+        "new_kids": response.new_kids,
+        "replayed": response.replayed,
+    });
+    client.print(value, |value| {
+        if value["replayed"].as_bool() == Some(true) {
+            "incident already handled; nothing changed".to_owned()
+        } else {
+            format!(
+                "emergency revocation committed (revision {}, {} sessions ended, new keys {})",
+                value["revision"], value["n_sessions_revoked"], value["new_kids"]
+            )
+        }
+    });
+    Ok(())
+}
+
+fn read_argument(value: String) -> anyhow::Result<String> {
+    if value != "-" {
+        return Ok(value);
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+    Ok(text.trim().to_owned())
+}

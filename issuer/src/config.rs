@@ -106,6 +106,13 @@ pub struct ServeArgs {
     /// Seconds between rotation-scheduler runs [default: 60].
     #[arg(long, env = "TESSERA_ROTATION_CHECK_SECONDS")]
     pub rotation_check_seconds: Option<u64>,
+    /// Lifetime of each refresh token, seconds [default: 2592000 = 30 days].
+    #[arg(long, env = "TESSERA_REFRESH_TTL_SECONDS")]
+    pub refresh_ttl_seconds: Option<u64>,
+    /// Seconds a just-rotated refresh token still returns the same successor (concurrent
+    /// tabs); 0 disables [default: 30].
+    #[arg(long, env = "TESSERA_REFRESH_REUSE_GRACE_SECONDS")]
+    pub refresh_reuse_grace_seconds: Option<u64>,
     /// Create <data-dir>/admin.token on first start when it is missing [default: true].
     #[arg(long, env = "TESSERA_BOOTSTRAP_ADMIN")]
     pub bootstrap_admin: Option<bool>,
@@ -140,6 +147,8 @@ struct FileConfig {
     tls_client_ca_file: Option<PathBuf>,
     heartbeat_seconds: Option<u64>,
     rotation_check_seconds: Option<u64>,
+    refresh_ttl_seconds: Option<u64>,
+    refresh_reuse_grace_seconds: Option<u64>,
     bootstrap_admin: Option<bool>,
     log_json: Option<bool>,
     #[serde(default)]
@@ -213,6 +222,10 @@ pub struct IssuerConfig {
     pub tls: Option<TlsConfig>,
     pub heartbeat: Duration,
     pub rotation_check: Duration,
+    /// Lifetime of each refresh token.
+    pub refresh_ttl: Duration,
+    /// Window in which a just-rotated refresh token returns the same successor.
+    pub refresh_reuse_grace: Duration,
     pub bootstrap_admin: bool,
     pub log_json: bool,
     pub otlp_endpoint: Option<String>,
@@ -435,6 +448,23 @@ fn resolve(
     if heartbeat_seconds == 0 || heartbeat_seconds > 3600 {
         return Err(invalid("heartbeat_seconds", "must be between 1 and 3600"));
     }
+    let refresh_ttl_seconds = args
+        .refresh_ttl_seconds
+        .or(file.refresh_ttl_seconds)
+        .unwrap_or(30 * 24 * 3600);
+    if refresh_ttl_seconds < 60 {
+        return Err(invalid("refresh_ttl_seconds", "must be at least 60"));
+    }
+    let refresh_reuse_grace_seconds = args
+        .refresh_reuse_grace_seconds
+        .or(file.refresh_reuse_grace_seconds)
+        .unwrap_or(30);
+    if refresh_reuse_grace_seconds > 600 {
+        return Err(invalid(
+            "refresh_reuse_grace_seconds",
+            "must be at most 600",
+        ));
+    }
     let rotation_check_seconds = args
         .rotation_check_seconds
         .or(file.rotation_check_seconds)
@@ -461,6 +491,8 @@ fn resolve(
         tokens,
         tls,
         heartbeat: Duration::from_secs(heartbeat_seconds),
+        refresh_ttl: Duration::from_secs(refresh_ttl_seconds),
+        refresh_reuse_grace: Duration::from_secs(refresh_reuse_grace_seconds),
         rotation_check: Duration::from_secs(rotation_check_seconds),
         bootstrap_admin: args
             .bootstrap_admin

@@ -5,6 +5,7 @@
 pub mod admin_service;
 pub mod bundle_service;
 pub mod convert;
+pub mod emergency;
 pub mod key_service;
 pub mod status;
 pub mod token_service;

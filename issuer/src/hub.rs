@@ -12,6 +12,7 @@ use std::time::Duration;
 use tessera_common::Clock;
 use tessera_common::bundle::{BundleChange, BundleEvent, Revision, TrustBundle, ValidationPolicy};
 use tessera_common::keys::KeySetName;
+use tessera_common::revocation::RevocationEntry;
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
@@ -54,6 +55,7 @@ impl BundleHub {
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         policy: ValidationPolicy,
+        live_revocations: Vec<RevocationEntry>,
     ) -> Result<Arc<BundleHub>, StoreError> {
         let now = clock.now();
         // Read the revision before the keys: replaying events past it is idempotent.
@@ -66,6 +68,9 @@ impl BundleHub {
                     bundle.keys.insert(key.schedule.kid.clone(), key.schedule);
                 }
             }
+        }
+        for entry in live_revocations {
+            bundle.revocations.insert(entry);
         }
         bundle.revision = revision;
         bundle.prune(now);

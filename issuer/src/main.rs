@@ -8,7 +8,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tessera_common::SystemClock;
 use tessera_issuer::cli::{
-    self, AuditCommand, ClientsCommand, ConnectArgs, KeysCommand, TokenCommand,
+    self, AuditCommand, ClientsCommand, ConnectArgs, KeysCommand, RevokeTarget, SessionCommand,
+    TokenCommand,
 };
 use tessera_issuer::config::{IssuerConfig, ServeArgs};
 use tessera_issuer::server::Issuer;
@@ -48,6 +49,44 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Log in (sessions with rotating refresh tokens), refresh, log out.
+    Session {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(subcommand)]
+        command: SessionCommand,
+    },
+    /// Revoke tokens by jti, session, user, tenant, refresh family or all; sidecars
+    /// reject them within milliseconds.
+    Revoke {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(flatten)]
+        target: RevokeTarget,
+        /// Tenant the jti/session/user/family belongs to (confines the entry).
+        #[arg(long, default_value = "")]
+        tenant: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Emergency revocation: one tenant, or everything (every key set rotated too).
+    Emergency {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        /// Revoke every token and session of this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Revoke everything and rotate every key set.
+        #[arg(long)]
+        global: bool,
+        /// Incident id: repeating the command with the same id changes nothing.
+        #[arg(long)]
+        incident: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
     /// Create, list and disable API clients (callers of the issuer).
     Clients {
         #[command(flatten)]
@@ -79,6 +118,20 @@ fn main() -> ExitCode {
             Command::Keys { connect, command } => cli::keys(&connect, command).await,
             Command::Token { connect, command } => cli::token(&connect, command).await,
             Command::Clients { connect, command } => cli::clients(&connect, command).await,
+            Command::Session { connect, command } => cli::session(&connect, command).await,
+            Command::Revoke {
+                connect,
+                target,
+                tenant,
+                reason,
+            } => cli::revoke(&connect, target, tenant, reason).await,
+            Command::Emergency {
+                connect,
+                tenant,
+                global,
+                incident,
+                reason,
+            } => cli::emergency(&connect, tenant, global, incident, reason).await,
             Command::Audit { connect, command } => cli::audit(&connect, command).await,
         };
         match result {

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use crate::hub::RETAINED_EVENTS;
 use crate::keys::KeyManager;
 use crate::keys::rotation::{KeyView, signer_at};
-use crate::store::{AuditEntry, Store};
+use crate::store::{AuditEntry, SessionStore, Store};
 
 /// Events kept in the store beyond the in-memory window (for resumption after restarts).
 const EVENTS_KEPT: u64 = 10 * RETAINED_EVENTS as u64;
@@ -22,6 +22,7 @@ const EVENTS_KEPT: u64 = 10 * RETAINED_EVENTS as u64;
 pub async fn run(
     keys: Arc<KeyManager>,
     store: Arc<dyn Store>,
+    sessions: Arc<dyn SessionStore>,
     clock: Arc<dyn Clock>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -34,6 +35,9 @@ pub async fn run(
             _ = shutdown.changed() => return,
         }
         run_once(&keys, &store, clock.as_ref()).await;
+        if let Err(error) = sessions.prune_revocations(clock.now()).await {
+            warn!(%error, "revocation pruning failed");
+        }
     }
 }
 

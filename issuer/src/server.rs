@@ -32,14 +32,17 @@ use crate::http::{self, HttpState};
 use crate::hub::BundleHub;
 use crate::kek::Kek;
 use crate::keys::KeyManager;
+use crate::sessions::{SessionPolicy, SessionService};
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{AuditEntry, Store};
+use crate::store::{AuditEntry, SessionStore, Store};
 
 /// How long a disabled client may keep working on other replicas.
 const CLIENT_CACHE_TTL: Duration = Duration::from_secs(5);
 /// Label of the KEK-derived credential pepper, version 1.
 const PEPPER_LABEL: &str = "tessera-credential-pepper-v1";
+/// Label of the KEK-derived key that derives refresh-token successors.
+const SUCCESSOR_LABEL: &str = "tessera-refresh-successor-v1";
 /// How long in-flight work may take to finish after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -58,18 +61,20 @@ impl Issuer {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
             format!("cannot create data directory {}", config.data_dir.display())
         })?;
-        let store: Arc<dyn Store> = match &config.store {
+        let (store, session_store): (Arc<dyn Store>, Arc<dyn SessionStore>) = match &config.store {
             StoreConfig::Sqlite { path } => {
                 info!(path = %path.display(), "using embedded SQLite store");
-                Arc::new(SqliteStore::open(path).context("opening the SQLite store")?)
+                let sqlite = Arc::new(SqliteStore::open(path).context("opening the SQLite store")?);
+                (sqlite.clone(), sqlite)
             }
             StoreConfig::Postgres(options) => {
                 info!(pool_size = options.pool_size, "using PostgreSQL store");
-                Arc::new(
+                let postgres = Arc::new(
                     PostgresStore::connect(options)
                         .await
                         .context("connecting to PostgreSQL")?,
-                )
+                );
+                (postgres.clone(), postgres)
             }
         };
         let kek = Arc::new(load_kek(&config.kek)?);
@@ -107,13 +112,29 @@ impl Issuer {
             max_token_ttl_seconds: u32::try_from(config.tokens.max_ttl.as_secs())
                 .unwrap_or(u32::MAX),
         };
-        let hub = BundleHub::load(store.clone(), clock.clone(), policy).await?;
+        let sessions = Arc::new(SessionService::new(
+            session_store.clone(),
+            keys.clone(),
+            config.tokens.clone(),
+            SessionPolicy {
+                refresh_ttl: config.refresh_ttl,
+                reuse_grace: config.refresh_reuse_grace,
+                revocation_horizon: config.tokens.max_ttl + config.tokens.leeway,
+            },
+            kek.derive(PEPPER_LABEL),
+            &kek.derive(SUCCESSOR_LABEL),
+            clock.clone(),
+        ));
+        let live_revocations = session_store.live_revocations(clock.now()).await?;
+        let hub = BundleHub::load(store.clone(), clock.clone(), policy, live_revocations).await?;
         let (shutdown_sender, shutdown) = watch::channel(false);
         let app = Arc::new(App {
             store,
             keys,
             hub,
             auth,
+            sessions,
+            session_store,
             clock,
             tokens: config.tokens.clone(),
             heartbeat: config.heartbeat,
@@ -144,6 +165,7 @@ impl Issuer {
         let scheduler = tokio::spawn(crate::scheduler::run(
             app.keys.clone(),
             app.store.clone(),
+            app.session_store.clone(),
             app.clock.clone(),
             self.config.rotation_check,
             app.shutdown.clone(),

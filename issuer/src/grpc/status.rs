@@ -6,6 +6,7 @@ use tracing::error;
 
 use crate::keys::manager::KeyError;
 use crate::keys::rotation::PlanError;
+use crate::sessions::SessionError;
 use crate::store::StoreError;
 use crate::tokens::IssueError;
 
@@ -48,6 +49,24 @@ pub fn from_key(error: KeyError) -> Status {
         }
         KeyError::Material(error) => {
             error!(%error, "key material error");
+            Status::internal("internal error")
+        }
+    }
+}
+
+/// Maps a session error. Refresh-token refusals are `Unauthenticated` (the grant is
+/// not valid), distinct from the caller's own credential by their message.
+pub fn from_session(error: SessionError) -> Status {
+    match error {
+        SessionError::Rejected(rejection) => {
+            Status::unauthenticated(format!("refresh_token: {rejection}"))
+        }
+        SessionError::ReuseDetected => Status::permission_denied(error.to_string()),
+        SessionError::Store(error) => from_store(error),
+        SessionError::Key(error) => from_key(error),
+        SessionError::Issue(error) => from_issue(error),
+        SessionError::Corrupt(detail) => {
+            error!(%detail, "corrupt session");
             Status::internal("internal error")
         }
     }

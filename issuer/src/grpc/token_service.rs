@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera_common::ids::{SessionId, Subject, TenantId, check_identifier};
+
 use tessera_common::keys::KeySetName;
 use tessera_common::limits::{MAX_LIST_ENTRIES, MAX_LIST_ENTRY_BYTES};
 use tessera_proto::v1 as pb;
@@ -11,9 +12,13 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::convert;
-use super::status::{from_issue, from_key};
+use super::emergency;
+use super::status::{from_issue, from_key, from_session};
 use crate::app::{App, request_id};
 use crate::auth::Scope;
+use crate::sessions::service::{Actor, RevocationTarget};
+use crate::sessions::{RefreshRejection, SessionError, SessionTokens};
+use crate::store::RefreshState;
 use crate::tokens::{self, AccessTokenRequest};
 
 /// The TokenService implementation.
@@ -85,6 +90,60 @@ impl TryFrom<pb::IssueAccessTokenRequest> for AccessTokenRequest {
     }
 }
 
+impl TokenServiceImpl {
+    async fn introspect_refresh(
+        &self,
+        caller: &crate::auth::Caller,
+        token: &str,
+    ) -> Result<Response<pb::IntrospectTokenResponse>, Status> {
+        let now = self.app.now();
+        let found = self
+            .app
+            .sessions
+            .inspect(token)
+            .await
+            .map_err(from_session)?;
+        let reason = match &found {
+            None => Some("invalid"),
+            Some((record, _)) if !caller.may_act_on(record.tenant_id.as_str()) => {
+                Some("not_active")
+            }
+            Some((_, session)) if session.revoked_at.is_some() => Some("revoked"),
+            Some((record, _)) => match record.state {
+                RefreshState::Revoked { .. } => Some("revoked"),
+                RefreshState::Rotated { .. } => Some("rotated"),
+                RefreshState::Active if now >= record.expires_at => Some("expired"),
+                RefreshState::Active => None,
+            },
+        };
+        let response = match (reason, found) {
+            (None, Some((record, session))) => pb::IntrospectTokenResponse {
+                active: true,
+                reason: String::new(),
+                claims: None,
+                claims_json: String::new(),
+                token_type: "refresh".into(),
+                refresh: Some(pb::RefreshTokenInfo {
+                    session_id: session.session_id.to_string(),
+                    family_id: record.family_id.clone(),
+                    subject: session.subject.to_string(),
+                    tenant_id: session.tenant_id.to_string(),
+                    expires_at: Some(convert::timestamp(record.expires_at)),
+                }),
+            },
+            (reason, _) => pb::IntrospectTokenResponse {
+                active: false,
+                reason: reason.unwrap_or("invalid").to_owned(),
+                claims: None,
+                claims_json: String::new(),
+                token_type: "refresh".into(),
+                refresh: None,
+            },
+        };
+        Ok(Response::new(response))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::token_service_server::TokenService for TokenServiceImpl {
     #[instrument(skip_all, name = "TokenService/IssueAccessToken")]
@@ -137,12 +196,17 @@ impl pb::token_service_server::TokenService for TokenServiceImpl {
             .authorize(&request, "TokenService/IntrospectToken", Scope::Introspect)
             .await?;
         let token = request.into_inner().token;
+        if token.starts_with(tessera_common::credential::CredentialKind::Refresh.prefix()) {
+            return self.introspect_refresh(&caller, &token).await;
+        }
         let bundle = self.app.hub.current();
         let inactive = |reason: &str| pb::IntrospectTokenResponse {
             active: false,
             reason: reason.to_owned(),
             claims: None,
             claims_json: String::new(),
+            token_type: String::new(),
+            refresh: None,
         };
         let response = match tokens::introspect(&token, &bundle, self.app.now()) {
             // RFC 7662: a token of a tenant the caller may not see is simply not active.
@@ -152,9 +216,265 @@ impl pb::token_service_server::TokenService for TokenServiceImpl {
                 reason: String::new(),
                 claims: Some(convert::claims(&found.claims, &found.kid)),
                 claims_json: found.claims_json,
+                token_type: "access".into(),
+                refresh: None,
             },
             Err(rejection) => inactive(rejection.as_str()),
         };
         Ok(Response::new(response))
+    }
+
+    #[instrument(skip_all, name = "TokenService/CreateSession")]
+    async fn create_session(
+        &self,
+        request: Request<pb::CreateSessionRequest>,
+    ) -> Result<Response<pb::SessionTokens>, Status> {
+        let caller = self
+            .app
+            .authorize(&request, "TokenService/CreateSession", Scope::Issue)
+            .await?;
+        let request_id = request_id(&request);
+        let message = request.into_inner();
+        let max_session = (message.max_session_seconds > 0)
+            .then(|| Duration::from_secs(u64::from(message.max_session_seconds)));
+        let token_request = AccessTokenRequest::try_from(pb::IssueAccessTokenRequest {
+            subject: message.subject,
+            tenant_id: message.tenant_id,
+            role: message.role,
+            permissions: message.permissions,
+            audience: message.audience,
+            mfa_verified: message.mfa_verified,
+            features: message.features,
+            device_fingerprint: message.device_fingerprint,
+            ip_address: message.ip_address,
+            ..Default::default()
+        })?;
+        self.app
+            .check_tenant(
+                &caller,
+                token_request.tenant_id.as_str(),
+                "TokenService/CreateSession",
+                &request_id,
+            )
+            .await?;
+        let actor = Actor {
+            actor: caller.client_id.to_string(),
+            request_id,
+            reason: String::new(),
+        };
+        let tokens = self
+            .app
+            .sessions
+            .create(token_request, max_session, &actor)
+            .await
+            .map_err(from_session)?;
+        metrics::counter!("tessera_token_generation_total", "method" => "session").increment(1);
+        Ok(Response::new(session_tokens(tokens)))
+    }
+
+    #[instrument(skip_all, name = "TokenService/RefreshSession")]
+    async fn refresh_session(
+        &self,
+        request: Request<pb::RefreshSessionRequest>,
+    ) -> Result<Response<pb::SessionTokens>, Status> {
+        let caller = self
+            .app
+            .authorize(&request, "TokenService/RefreshSession", Scope::Issue)
+            .await?;
+        let request_id = request_id(&request);
+        let message = request.into_inner();
+        if message.refresh_token.len() > tessera_common::credential::MAX_CREDENTIAL_BYTES {
+            return Err(Status::invalid_argument("refresh_token: too long"));
+        }
+        // A tenant-confined caller may only refresh its own tenants' sessions.
+        if !caller.tenants.is_empty() {
+            match self
+                .app
+                .sessions
+                .inspect(&message.refresh_token)
+                .await
+                .map_err(from_session)?
+            {
+                Some((token, _)) => {
+                    self.app
+                        .check_tenant(
+                            &caller,
+                            token.tenant_id.as_str(),
+                            "TokenService/RefreshSession",
+                            &request_id,
+                        )
+                        .await?
+                }
+                None => return Err(from_session(RefreshRejection::Invalid.into())),
+            }
+        }
+        let actor = Actor {
+            actor: caller.client_id.to_string(),
+            request_id,
+            reason: String::new(),
+        };
+        let tokens = self
+            .app
+            .sessions
+            .refresh(&message.refresh_token, &actor)
+            .await;
+        if matches!(tokens, Err(SessionError::ReuseDetected)) {
+            let _ = self.app.hub.catch_up().await;
+        }
+        let tokens = tokens.map_err(from_session)?;
+        metrics::counter!("tessera_token_generation_total", "method" => "refresh").increment(1);
+        Ok(Response::new(session_tokens(tokens)))
+    }
+
+    #[instrument(skip_all, name = "TokenService/RevokeTokens")]
+    async fn revoke_tokens(
+        &self,
+        request: Request<pb::RevokeTokensRequest>,
+    ) -> Result<Response<pb::RevokeTokensResponse>, Status> {
+        use pb::revoke_tokens_request::Target;
+        let caller = self
+            .app
+            .authorize(&request, "TokenService/RevokeTokens", Scope::Issue)
+            .await?;
+        let request_id = request_id(&request);
+        let message = request.into_inner();
+        let reason = required_reason(&message.reason)?;
+        let scope_tenant = optional("scope_tenant_id", message.scope_tenant_id)?
+            .map(TenantId::new)
+            .transpose()
+            .map_err(invalid)?;
+        let target = match message.target {
+            Some(Target::Jti(jti)) => RevocationTarget::Jti(required("jti", jti)?),
+            Some(Target::SessionId(id)) => {
+                RevocationTarget::Session(SessionId::new(id).map_err(invalid)?)
+            }
+            Some(Target::UserId(id)) => RevocationTarget::User(Subject::new(id).map_err(|_| {
+                Status::invalid_argument("user_id: required, at most 256 printable bytes")
+            })?),
+            Some(Target::TenantId(id)) => {
+                RevocationTarget::Tenant(TenantId::new(id).map_err(invalid)?)
+            }
+            Some(Target::FamilyId(id)) => RevocationTarget::Family(required("family_id", id)?),
+            Some(Target::All(true)) => RevocationTarget::All,
+            Some(Target::All(false)) | None => {
+                return Err(Status::invalid_argument(
+                    "target: one of jti, session_id, user_id, tenant_id, family_id, all",
+                ));
+            }
+        };
+        // Only admins act across tenants; others must name (and own) the tenant.
+        if !caller.has(Scope::Admin) {
+            let tenant = match (&target, &scope_tenant) {
+                (RevocationTarget::All, _) => {
+                    return Err(Status::permission_denied(
+                        "revoking all tokens needs the `admin` scope",
+                    ));
+                }
+                (RevocationTarget::Tenant(tenant), _) => tenant.clone(),
+                (_, Some(tenant)) => tenant.clone(),
+                (_, None) => {
+                    return Err(Status::invalid_argument(
+                        "scope_tenant_id: required for tenant-scoped callers",
+                    ));
+                }
+            };
+            self.app
+                .check_tenant(
+                    &caller,
+                    tenant.as_str(),
+                    "TokenService/RevokeTokens",
+                    &request_id,
+                )
+                .await?;
+        }
+        let scope_tenant = match (&target, scope_tenant) {
+            (RevocationTarget::Tenant(tenant), _) => Some(tenant.clone()),
+            (_, scope) => scope,
+        };
+        let actor = Actor {
+            actor: caller.client_id.to_string(),
+            request_id,
+            reason,
+        };
+        let revoked = self
+            .app
+            .sessions
+            .revoke(target, scope_tenant, &actor)
+            .await
+            .map_err(from_session)?;
+        // Publish to this replica's subscribers before answering.
+        let _ = self.app.hub.catch_up().await;
+        Ok(Response::new(pb::RevokeTokensResponse {
+            revision: revoked.revision.0,
+            drop_after: Some(convert::timestamp(revoked.drop_after)),
+            n_sessions_revoked: revoked.n_sessions,
+        }))
+    }
+
+    #[instrument(skip_all, name = "TokenService/EmergencyRevoke")]
+    async fn emergency_revoke(
+        &self,
+        request: Request<pb::EmergencyRevokeRequest>,
+    ) -> Result<Response<pb::EmergencyRevokeResponse>, Status> {
+        use pb::emergency_revoke_request::Scope as EmergencyScope;
+        let caller = self
+            .app
+            .authorize(&request, "TokenService/EmergencyRevoke", Scope::Admin)
+            .await?;
+        let request_id = request_id(&request);
+        let message = request.into_inner();
+        let reason = required_reason(&message.reason)?;
+        let incident_id = required("incident_id", message.incident_id)?;
+        check_identifier("incident_id", &incident_id).map_err(invalid)?;
+        let actor = Actor {
+            actor: caller.client_id.to_string(),
+            request_id,
+            reason,
+        };
+        let outcome = match message.scope {
+            Some(EmergencyScope::TenantId(tenant)) => {
+                let tenant = TenantId::new(tenant).map_err(invalid)?;
+                emergency::revoke_tenant(&self.app, &incident_id, tenant, &actor).await?
+            }
+            Some(EmergencyScope::Global(true)) => {
+                emergency::revoke_everything(&self.app, &incident_id, &actor).await?
+            }
+            _ => return Err(Status::invalid_argument("scope: tenant_id or global")),
+        };
+        let _ = self.app.hub.catch_up().await;
+        Ok(Response::new(outcome))
+    }
+}
+
+fn required(field: &'static str, value: String) -> Result<String, Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("{field}: required")));
+    }
+    check_identifier(field, &value).map_err(invalid)?;
+    Ok(value)
+}
+
+fn required_reason(reason: &str) -> Result<String, Status> {
+    if reason.trim().is_empty() {
+        return Err(Status::invalid_argument(
+            "reason: required (it goes to the audit log)",
+        ));
+    }
+    if reason.len() > tessera_common::limits::MAX_REASON_BYTES {
+        return Err(Status::invalid_argument("reason: longer than 1024 bytes"));
+    }
+    Ok(reason.to_owned())
+}
+
+fn session_tokens(tokens: SessionTokens) -> pb::SessionTokens {
+    pb::SessionTokens {
+        session_id: tokens.session_id.to_string(),
+        access_token: tokens.access.token,
+        access_jti: tokens.access.jti,
+        access_expires_at: Some(convert::timestamp(tokens.access.expires_at)),
+        refresh_after: Some(convert::timestamp(tokens.access.refresh_after)),
+        refresh_token: tokens.refresh.expose(),
+        refresh_expires_at: Some(convert::timestamp(tokens.refresh_expires_at)),
+        family_id: tokens.family_id,
     }
 }

@@ -4,5 +4,6 @@
 mod harness;
 mod postgres_replicas;
 mod server;
+mod sessions;
 mod store_suite;
 mod tls;

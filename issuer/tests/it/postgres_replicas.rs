@@ -16,7 +16,7 @@ use crate::assert_eventually;
 use crate::harness::{TestIssuer, issue_request};
 
 /// Returns the database URL, or `None` (after saying so) when PostgreSQL tests are off.
-fn database_url() -> Option<String> {
+pub fn database_url() -> Option<String> {
     match std::env::var("TESSERA_TEST_DATABASE_URL") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
@@ -31,7 +31,7 @@ fn database_url() -> Option<String> {
 }
 
 /// Creates a fresh schema and returns its name.
-async fn fresh_schema(url: &str) -> String {
+pub async fn fresh_schema(url: &str) -> String {
     let name = format!("tessera_it_{}", uuid::Uuid::new_v4().simple());
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -45,7 +45,7 @@ async fn fresh_schema(url: &str) -> String {
 }
 
 /// Two replica configs sharing one schema and one KEK.
-fn replica_configs(
+pub fn replica_configs(
     url: &str,
     schema: &str,
     kek_dir: &std::path::Path,
