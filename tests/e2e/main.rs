@@ -11,3 +11,4 @@ mod jwks_pyjwt;
 mod key_secrecy;
 mod postgres_replicas;
 mod shutdown;
+mod sidecar;
