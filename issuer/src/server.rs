@@ -37,6 +37,17 @@ use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{AuditEntry, SessionStore, Store};
 
+/// The gRPC services this server answers (and lists over reflection).
+const SERVED_SERVICES: &[&str] = &[
+    "tessera.v1.KeyService",
+    "tessera.v1.TokenService",
+    "tessera.v1.TrustBundleService",
+    "tessera.v1.AdminService",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
 /// How long a disabled client may keep working on other replicas.
 const CLIENT_CACHE_TTL: Duration = Duration::from_secs(5);
 /// Label of the KEK-derived credential pepper, version 1.
@@ -181,14 +192,19 @@ impl Issuer {
         health_reporter
             .set_serving::<pb::trust_bundle_service_server::TrustBundleServiceServer<TrustBundleServiceImpl>>()
             .await;
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(tessera_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(tessera_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        // Reflection lists only what this server answers; the shared descriptor set also
+        // describes the sidecar's ValidatorService.
+        let reflection = || {
+            let mut builder = tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tessera_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+            for name in SERVED_SERVICES {
+                builder = builder.with_service_name(*name);
+            }
+            builder
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let mut builder = Server::builder();
         if let Some(tls) = &self.config.tls {
