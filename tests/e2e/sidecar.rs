@@ -8,4 +8,5 @@ mod harness;
 mod clients;
 mod outage;
 mod rotation;
+mod sessions;
 mod validate;
