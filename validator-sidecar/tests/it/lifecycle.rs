@@ -215,14 +215,22 @@ async fn socket_has_its_mode_serves_reflection_and_is_removed_at_shutdown() {
         .into_iter()
         .map(|service| service.name)
         .collect();
-    for name in [
-        "tessera.v1.ValidatorService",
-        "grpc.health.v1.Health",
-        "tessera.v1.TrustBundleService",
-    ] {
+    for name in ["tessera.v1.ValidatorService", "grpc.health.v1.Health"] {
         assert!(
             names.iter().any(|listed| listed == name),
             "{name} not in {names:?}"
+        );
+    }
+    // The shared descriptor set also describes the issuer's services; the sidecar must
+    // not advertise what it does not answer.
+    for name in [
+        "tessera.v1.TrustBundleService",
+        "tessera.v1.KeyService",
+        "tessera.v1.TokenService",
+    ] {
+        assert!(
+            !names.iter().any(|listed| listed == name),
+            "{name} listed: {names:?}"
         );
     }
     let socket = sidecar.socket.clone();
