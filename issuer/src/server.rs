@@ -270,7 +270,7 @@ impl Issuer {
         info!(grpc = %grpc_listener.local_addr()?, http = %http_listener.local_addr()?, "tessera-issuer serving");
         let mut grpc_stop = stop.clone();
         let grpc = grpc_router.serve_with_incoming_shutdown(
-            TcpIncoming::from(grpc_listener),
+            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             async move {
                 let _ = grpc_stop.wait_for(|stopped| *stopped).await;
             },
