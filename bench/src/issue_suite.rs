@@ -11,6 +11,7 @@ use crate::latency::Percentiles;
 use crate::raw::{self, RawPlan};
 use crate::report::{self, Measurement, additive_limit};
 use crate::rpc::{self, EmptyService, RpcPlan};
+use crate::sampling::{Quiet, quietest};
 use crate::transport::Transport;
 
 /// Target share of the limit (DESIGN §10).
@@ -31,6 +32,8 @@ pub struct IssueSummary {
     pub meets_limit_target: bool,
     pub meets_raw_target: bool,
     pub issue_latency: Option<Percentiles>,
+    /// Largest share of the CPU other processes used during any of these measurements.
+    pub max_foreign_cpu: f64,
     pub measurements: Vec<Measurement>,
 }
 
@@ -39,10 +42,11 @@ pub async fn run(
     algorithms: &[Algorithm],
     raw_plan: RawPlan,
     rpc_plan: RpcPlan,
+    quiet: Quiet,
 ) -> anyhow::Result<Vec<IssueSummary>> {
     let mut summaries = Vec::new();
     for &algorithm in algorithms {
-        let summary = run_one(algorithm, raw_plan, rpc_plan).await?;
+        let summary = run_one(algorithm, raw_plan, rpc_plan, quiet).await?;
         report::print_table(&format!("all-issue {algorithm}"), &summary.measurements);
         summaries.push(summary);
     }
@@ -62,17 +66,26 @@ async fn run_one(
     algorithm: Algorithm,
     raw_plan: RawPlan,
     rpc_plan: RpcPlan,
+    quiet: Quiet,
 ) -> anyhow::Result<IssueSummary> {
     eprintln!("[all-issue {algorithm}] raw signing…");
-    let raw_sign = tokio::task::spawn_blocking(move || raw::sign(algorithm, raw_plan)).await??;
-    let jwt_sign =
-        tokio::task::spawn_blocking(move || raw::sign_jsonwebtoken(algorithm, raw_plan)).await??;
+    let raw_sign = quietest(quiet, || async {
+        tokio::task::spawn_blocking(move || raw::sign(algorithm, raw_plan)).await?
+    })
+    .await?;
+    let jwt_sign = quietest(quiet, || async {
+        tokio::task::spawn_blocking(move || raw::sign_jsonwebtoken(algorithm, raw_plan)).await?
+    })
+    .await?;
     eprintln!("[all-issue {algorithm}] empty RPC…");
-    let empty = rpc::empty(Transport::Tcp, EmptyService::Token, algorithm, rpc_plan).await?;
+    let empty = quietest(quiet, || {
+        rpc::empty(Transport::Tcp, EmptyService::Token, algorithm, rpc_plan)
+    })
+    .await?;
     eprintln!("[all-issue {algorithm}] issuance…");
     let issuer = InProcessIssuer::start(algorithm).await?;
-    let health = rpc::health_on_issuer(&issuer, rpc_plan).await?;
-    let issue = rpc::issue_against(&issuer, algorithm, rpc_plan).await?;
+    let health = quietest(quiet, || rpc::health_on_issuer(&issuer, rpc_plan)).await?;
+    let issue = quietest(quiet, || rpc::issue_against(&issuer, algorithm, rpc_plan)).await?;
     issuer.stop().await?;
 
     let limit = additive_limit(raw_sign.rate, empty.rate);
@@ -91,6 +104,10 @@ async fn run_one(
         meets_limit_target: issue_over_limit >= TARGET_RATIO && issue.errors == 0,
         meets_raw_target: issue_over_raw >= TARGET_RATIO && issue.errors == 0,
         issue_latency: issue.latency,
+        max_foreign_cpu: [&raw_sign, &empty, &issue]
+            .iter()
+            .filter_map(|m| m.foreign_cpu)
+            .fold(0.0, f64::max),
         measurements: vec![raw_sign, jwt_sign, empty, health, issue],
     })
 }
@@ -112,7 +129,7 @@ fn print_summary(summaries: &[IssueSummary], raw_plan: RawPlan, rpc_plan: RpcPla
         rpc_plan.measure.as_secs()
     );
     println!(
-        "{:<6} {:>10} {:>10} {:>10} {:>10} {:>12} {:>10} {:>8} {:>8} {:>8}",
+        "{:<6} {:>10} {:>10} {:>10} {:>10} {:>12} {:>10} {:>8} {:>8} {:>8} {:>6}",
         "alg",
         "raw/s",
         "empty/s",
@@ -122,7 +139,8 @@ fn print_summary(summaries: &[IssueSummary], raw_plan: RawPlan, rpc_plan: RpcPla
         "issue/raw",
         "p50 µs",
         "p99 µs",
-        "p999 µs"
+        "p999 µs",
+        "other"
     );
     for summary in summaries {
         let (p50, p99, p999) = summary
@@ -130,7 +148,7 @@ fn print_summary(summaries: &[IssueSummary], raw_plan: RawPlan, rpc_plan: RpcPla
             .map_or((0.0, 0.0, 0.0), |l| (l.p50_us, l.p99_us, l.p999_us));
         let mark = |met: bool| if met { "✓" } else { "✗" };
         println!(
-            "{:<6} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10.1}%{} {:>8.1}%{} {:>8.0} {:>8.0} {:>8.0}",
+            "{:<6} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>10.1}%{} {:>8.1}%{} {:>8.0} {:>8.0} {:>8.0} {:>5.0}%",
             summary.algorithm,
             summary.raw_sign_rate,
             summary.empty_rpc_rate,
@@ -142,7 +160,8 @@ fn print_summary(summaries: &[IssueSummary], raw_plan: RawPlan, rpc_plan: RpcPla
             mark(summary.meets_raw_target),
             p50,
             p99,
-            p999
+            p999,
+            summary.max_foreign_cpu * 100.0
         );
     }
     println!(

@@ -93,6 +93,7 @@ where
             }
         }));
     }
+    let foreign_cpu = crate::cpu::watch_window(window_start, window_end).await;
     let mut total = TaskTally::default();
     for task in tasks {
         match task.await {
@@ -114,5 +115,6 @@ where
         .with_latencies(total.latencies);
     measurement.errors = total.n_errors;
     measurement.first_error = total.first_error;
+    measurement.foreign_cpu = foreign_cpu;
     measurement
 }

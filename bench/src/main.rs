@@ -2,6 +2,7 @@
 //! prints a human table and one JSON line; `all-issue` (and `all-validate`) measure a
 //! path and its limits in one run, as DESIGN §10 asks.
 
+mod cpu;
 mod fixtures;
 mod issue_suite;
 mod issuer_server;
@@ -11,6 +12,7 @@ mod noop;
 mod raw;
 mod report;
 mod rpc;
+mod sampling;
 #[cfg(feature = "sidecar")]
 mod sidecar_server;
 #[cfg(feature = "sidecar")]
@@ -81,6 +83,8 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
         #[command(flatten)]
+        sampling: SamplingArgs,
+        #[command(flatten)]
         rpc: RpcArgs,
     },
     /// ValidateToken / ValidateStream against an in-process sidecar over its Unix socket.
@@ -101,6 +105,33 @@ struct RawArgs {
     threads: Option<usize>,
     #[command(flatten)]
     timing: Timing,
+}
+
+/// How the suites sample each quantity on a shared machine.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct SamplingArgs {
+    /// A sample during which other processes used more than this share of the CPU (0–1)
+    /// is taken again (the machine is shared).
+    #[arg(long, default_value_t = 0.10)]
+    max_foreign_cpu: f64,
+    /// Attempts per sample before keeping the least disturbed one.
+    #[arg(long, default_value_t = 4)]
+    attempts: usize,
+    /// Samples per quantity; the median is reported (runs vary by up to ±25 % on 2
+    /// shared cores, with the scheduler's placement of connections).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+}
+
+impl SamplingArgs {
+    /// Returns the sampling policy.
+    pub fn quiet(self) -> sampling::Quiet {
+        sampling::Quiet {
+            max_foreign_cpu: self.max_foreign_cpu,
+            attempts: self.attempts,
+            repeats: self.repeats,
+        }
+    }
 }
 
 /// Options of the RPC measurements.
@@ -217,8 +248,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let row = rpc::issue(alg, rpc.plan()).await?;
             emit("issue", &[row]);
         }
-        Command::AllIssue { algs, threads, rpc } => {
-            issue_suite::run(&algs, raw_plan(threads, rpc.timing), rpc.plan()).await?;
+        Command::AllIssue {
+            algs,
+            threads,
+            sampling,
+            rpc,
+        } => {
+            let plan = raw_plan(threads, rpc.timing);
+            issue_suite::run(&algs, plan, rpc.plan(), sampling.quiet()).await?;
         }
         #[cfg(feature = "sidecar")]
         Command::Validate(args) => {

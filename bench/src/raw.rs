@@ -98,7 +98,8 @@ where
     let started = Instant::now();
     let window_start = started + plan.warmup;
     let window_end = window_start + plan.measure;
-    let counts = std::thread::scope(|scope| {
+    let (counts, foreign_cpu) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| crate::cpu::watch_window_blocking(window_start, window_end));
         let workers: Vec<_> = (0..plan.threads.max(1))
             .map(|_| {
                 scope.spawn(|| -> anyhow::Result<u64> {
@@ -116,19 +117,18 @@ where
                 })
             })
             .collect();
-        workers
+        let counts = workers
             .into_iter()
             .map(|worker| {
                 worker
                     .join()
                     .map_err(|_| anyhow::anyhow!("a benchmark thread panicked"))?
             })
-            .collect::<anyhow::Result<Vec<u64>>>()
+            .collect::<anyhow::Result<Vec<u64>>>();
+        counts.map(|counts| (counts, watcher.join().ok().flatten()))
     })
     .with_context(|| format!("running {name}"))?;
-    Ok(Measurement::new(
-        name,
-        counts.iter().sum(),
-        plan.measure.as_secs_f64(),
-    ))
+    let mut measurement = Measurement::new(name, counts.iter().sum(), plan.measure.as_secs_f64());
+    measurement.foreign_cpu = foreign_cpu;
+    Ok(measurement)
 }

@@ -21,6 +21,12 @@ pub struct Measurement {
     pub first_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<Percentiles>,
+    /// Share of all cores busy in *other* processes during the window (0–1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub foreign_cpu: Option<f64>,
+    /// Rates of every sample when this is the median of several.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<f64>,
 }
 
 impl Measurement {
@@ -38,6 +44,8 @@ impl Measurement {
             errors: 0,
             first_error: None,
             latency: None,
+            foreign_cpu: None,
+            samples: Vec::new(),
         }
     }
 
@@ -48,12 +56,13 @@ impl Measurement {
     }
 }
 
-/// Prints `rows` under `title` as an aligned table.
+/// Prints `rows` under `title` as an aligned table. `other` is the share of the machine's
+/// CPU used by other processes during the window: a disturbed number when it is large.
 pub fn print_table(title: &str, rows: &[Measurement]) {
     println!("\n== {title} ==");
     println!(
-        "{:<44} {:>12} {:>10} {:>9} {:>9} {:>9} {:>7}",
-        "measurement", "ops/s", "ops", "p50 µs", "p99 µs", "p99.9 µs", "errors"
+        "{:<60} {:>10} {:>10} {:>9} {:>9} {:>9} {:>6} {:>6}",
+        "measurement", "ops/s", "ops", "p50 µs", "p99 µs", "p99.9 µs", "errors", "other"
     );
     for row in rows {
         let (p50, p99, p999) = match &row.latency {
@@ -64,10 +73,21 @@ pub fn print_table(title: &str, rows: &[Measurement]) {
             ),
             None => ("-".into(), "-".into(), "-".into()),
         };
+        let foreign = row
+            .foreign_cpu
+            .map_or("-".to_owned(), |share| format!("{:.0}%", share * 100.0));
         println!(
-            "{:<44} {:>12.0} {:>10} {:>9} {:>9} {:>9} {:>7}",
-            row.name, row.rate, row.operations, p50, p99, p999, row.errors
+            "{:<60} {:>10.0} {:>10} {:>9} {:>9} {:>9} {:>6} {:>6}",
+            row.name, row.rate, row.operations, p50, p99, p999, row.errors, foreign
         );
+        if row.samples.len() > 1 {
+            let rates: Vec<String> = row.samples.iter().map(|r| format!("{r:.0}")).collect();
+            println!(
+                "    median of {} samples: {}",
+                rates.len(),
+                rates.join(", ")
+            );
+        }
         if let Some(error) = &row.first_error {
             println!("    first error: {error}");
         }

@@ -64,6 +64,7 @@ pub async fn run_stream(
             expect_valid,
         )));
     }
+    let foreign_cpu = crate::cpu::watch_window(window_start, window_end).await;
     let mut total = StreamTally::default();
     for stream in streams {
         let tally = stream.await??;
@@ -78,6 +79,7 @@ pub async fn run_stream(
         .with_latencies(total.latencies);
     measurement.errors = total.n_invalid;
     measurement.first_error = total.first_error;
+    measurement.foreign_cpu = foreign_cpu;
     Ok(measurement)
 }
 

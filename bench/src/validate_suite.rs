@@ -13,6 +13,7 @@ use crate::noop::EmptyServer;
 use crate::raw::{self, RawPlan};
 use crate::report::{self, Measurement, additive_limit};
 use crate::rpc::{self, EmptyService, RpcPlan};
+use crate::sampling::quietest;
 use crate::stream_load::run_stream;
 use crate::transport::{self, Transport};
 use crate::validate::{self, Setup, Tokens, ValidateArgs};
@@ -27,9 +28,16 @@ const P99_TARGET_US: f64 = 250.0;
 pub struct AllValidateArgs {
     #[command(flatten)]
     pub validate: ValidateArgs,
+    #[command(flatten)]
+    pub sampling: crate::SamplingArgs,
     /// Threads for the raw verify rate [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Calls in flight at most during the half-load latency runs. Few tasks keep the
+    /// paced load smooth: each task wakes on tokio's 1 ms timer, so 64 paced tasks would
+    /// send in bursts and measure their own queueing.
+    #[arg(long, default_value_t = 4)]
+    pub paced_concurrency: usize,
 }
 
 /// One target: the measured value, its bound and whether it is met.
@@ -56,42 +64,51 @@ pub async fn run(args: &AllValidateArgs) -> anyhow::Result<()> {
         measure: v.timing.measure(),
         server_nodelay: false,
     };
+    let quiet = args.sampling.quiet();
     eprintln!("[all-validate] raw verify…");
-    let raw_verify =
-        tokio::task::spawn_blocking(move || raw::verify(Algorithm::Rs256, raw_plan)).await??;
-    eprintln!("[all-validate] empty unary and stream…");
-    let empty_unary = rpc::empty(
-        Transport::Uds,
-        EmptyService::Validate,
-        Algorithm::Rs256,
-        rpc_plan,
-    )
+    let raw_verify = quietest(quiet, || async {
+        tokio::task::spawn_blocking(move || raw::verify(Algorithm::Rs256, raw_plan)).await?
+    })
     .await?;
-    let empty_stream = empty_stream(v).await?;
+    eprintln!("[all-validate] empty unary and stream…");
+    let empty_unary = quietest(quiet, || {
+        rpc::empty(
+            Transport::Uds,
+            EmptyService::Validate,
+            Algorithm::Rs256,
+            rpc_plan,
+        )
+    })
+    .await?;
+    let empty_stream = quietest(quiet, || empty_stream(v)).await?;
 
     eprintln!("[all-validate] distinct tokens…");
     let setup = Setup::start(Tokens::Distinct, v.connections).await?;
-    let unary_distinct =
-        validate::unary(&setup, Tokens::Distinct, validate::unary_plan(v, None)).await?;
-    let half = unary_distinct.rate / 2.0;
-    let paced_distinct = validate::unary(
-        &setup,
-        Tokens::Distinct,
-        validate::unary_plan(v, Some(half)),
-    )
+    let saturating = validate::unary_plan(v, None);
+    let unary_distinct = quietest(quiet, || {
+        validate::unary(&setup, Tokens::Distinct, saturating)
+    })
     .await?;
-    let stream_distinct =
-        validate::stream(&setup, Tokens::Distinct, validate::stream_plan(v)).await?;
+    let half = paced(args, unary_distinct.rate / 2.0);
+    let paced_distinct =
+        quietest(quiet, || validate::unary(&setup, Tokens::Distinct, half)).await?;
+    let streamed = validate::stream_plan(v);
+    let stream_distinct = quietest(quiet, || {
+        validate::stream(&setup, Tokens::Distinct, streamed)
+    })
+    .await?;
     setup.stop().await?;
 
     eprintln!("[all-validate] repeat tokens…");
     let setup = Setup::start(Tokens::Repeat, v.connections).await?;
-    let unary_repeat =
-        validate::unary(&setup, Tokens::Repeat, validate::unary_plan(v, None)).await?;
-    let half = unary_repeat.rate / 2.0;
-    let paced_repeat =
-        validate::unary(&setup, Tokens::Repeat, validate::unary_plan(v, Some(half))).await?;
-    let stream_repeat = validate::stream(&setup, Tokens::Repeat, validate::stream_plan(v)).await?;
+    let unary_repeat = quietest(quiet, || {
+        validate::unary(&setup, Tokens::Repeat, saturating)
+    })
+    .await?;
+    let half = paced(args, unary_repeat.rate / 2.0);
+    let paced_repeat = quietest(quiet, || validate::unary(&setup, Tokens::Repeat, half)).await?;
+    let stream_repeat =
+        quietest(quiet, || validate::stream(&setup, Tokens::Repeat, streamed)).await?;
     setup.stop().await?;
 
     let unary_limit = additive_limit(raw_verify.rate, empty_unary.rate);
@@ -178,6 +195,13 @@ async fn empty_stream(v: &ValidateArgs) -> anyhow::Result<Measurement> {
     drop(channels);
     server.stop().await;
     measurement
+}
+
+/// The half-load plan: `rate` calls per second from `paced_concurrency` tasks.
+fn paced(args: &AllValidateArgs, rate: f64) -> crate::load::UnaryPlan {
+    let mut plan = validate::unary_plan(&args.validate, Some(rate));
+    plan.concurrency = args.paced_concurrency.max(1);
+    plan
 }
 
 fn check(target: &'static str, measured: f64, bound: f64, m: &Measurement) -> Check {
