@@ -55,6 +55,11 @@ const PEPPER_LABEL: &str = "tessera-credential-pepper-v1";
 /// Label of the KEK-derived key that derives refresh-token successors.
 const SUCCESSOR_LABEL: &str = "tessera-refresh-successor-v1";
 /// How long in-flight work may take to finish after shutdown begins.
+/// The largest request message any issuer RPC accepts (tonic's default is 4 MiB). The
+/// biggest legitimate request, an access token with many permissions and features or a
+/// policy update, is a few KiB; anything near this is an attack or a bug.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// A started issuer, ready to serve.
@@ -226,20 +231,28 @@ impl Issuer {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(pb::key_service_server::KeyServiceServer::new(
-                KeyServiceImpl { app: app.clone() },
-            ))
-            .add_service(pb::token_service_server::TokenServiceServer::new(
-                TokenServiceImpl { app: app.clone() },
-            ))
+            .add_service(
+                pb::key_service_server::KeyServiceServer::new(KeyServiceImpl { app: app.clone() })
+                    .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
+            .add_service(
+                pb::token_service_server::TokenServiceServer::new(TokenServiceImpl {
+                    app: app.clone(),
+                })
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+            )
             .add_service(
                 pb::trust_bundle_service_server::TrustBundleServiceServer::new(
                     TrustBundleServiceImpl { app: app.clone() },
-                ),
+                )
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
             )
-            .add_service(pb::admin_service_server::AdminServiceServer::new(
-                AdminServiceImpl { app: app.clone() },
-            ));
+            .add_service(
+                pb::admin_service_server::AdminServiceServer::new(AdminServiceImpl {
+                    app: app.clone(),
+                })
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+            );
 
         let jwks_max_age = self
             .config

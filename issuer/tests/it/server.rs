@@ -248,6 +248,22 @@ async fn bad_issuance_input_is_invalid_argument_naming_the_field() {
         .await
         .expect_err("reason required");
     assert!(status.message().contains("reason"), "{}", status.message());
+
+    // A message over the hard request limit is refused before it is decoded, and the
+    // connection stays usable.
+    let oversized = pb::IssueAccessTokenRequest {
+        subject: "x".repeat(tessera_issuer::server::MAX_REQUEST_BYTES + 1),
+        ..issue_request("acme")
+    };
+    let status = tokens
+        .issue_access_token(issuer.as_admin(oversized))
+        .await
+        .expect_err("oversized request refused");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    tokens
+        .issue_access_token(issuer.as_admin(issue_request("acme")))
+        .await
+        .expect("a normal request after the oversized one");
     issuer.stop().await;
 }
 
