@@ -18,7 +18,7 @@ pub mod sessions;
 pub mod sqlite;
 
 pub use sessions::{
-    RefreshState, RefreshTokenRecord, RevocationEffect, SessionRecord, SessionStore,
+    RefreshContext, RefreshState, RefreshTokenRecord, RevocationEffect, SessionRecord, SessionStore,
 };
 
 /// A storage failure, already translated from the backend's own error type.

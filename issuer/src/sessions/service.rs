@@ -20,8 +20,8 @@ use crate::auth::PEPPER_VERSION;
 use crate::keys::KeyManager;
 use crate::keys::manager::KeyError;
 use crate::store::{
-    AuditEntry, RefreshState, RefreshTokenRecord, RevocationEffect, SessionRecord, SessionStore,
-    StoreError,
+    AuditEntry, RefreshContext, RefreshState, RefreshTokenRecord, RevocationEffect, SessionRecord,
+    SessionStore, StoreError,
 };
 use crate::tokens::{self, AccessTokenRequest, IssueError, IssuedToken, TokenPolicy};
 
@@ -208,25 +208,18 @@ impl SessionService {
         }
         for _ in 0..MAX_REFRESH_ATTEMPTS {
             let now = self.clock.now();
-            let token = self
+            let RefreshContext {
+                token,
+                session,
+                successor: successor_record,
+            } = self
                 .store
-                .refresh_token(&presented.id)
+                .refresh_context(&presented.id)
                 .await?
                 .ok_or(RefreshRejection::Invalid)?;
             if !credential::secret_matches(&self.pepper, &presented.secret, &token.secret_hash) {
                 return Err(RefreshRejection::Invalid.into());
             }
-            let session = self
-                .store
-                .session(&token.session_id)
-                .await?
-                .ok_or(RefreshRejection::Invalid)?;
-            let successor_record = match &token.state {
-                RefreshState::Rotated { successor_id, .. } => {
-                    self.store.refresh_token(successor_id).await?
-                }
-                _ => None,
-            };
             let successor = decision::successor_credential(&self.successor_key, &presented);
             match decision::decide(
                 &token,

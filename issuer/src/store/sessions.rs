@@ -89,6 +89,14 @@ pub enum RevocationEffect {
     All,
 }
 
+/// A presented refresh token with its session and, once rotated, its successor.
+#[derive(Clone, Debug)]
+pub struct RefreshContext {
+    pub token: RefreshTokenRecord,
+    pub session: SessionRecord,
+    pub successor: Option<RefreshTokenRecord>,
+}
+
 /// The session aggregate's storage.
 #[async_trait]
 pub trait SessionStore: Send + Sync + 'static {
@@ -106,6 +114,27 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Returns one refresh token by its public id.
     async fn refresh_token(&self, token_id: &str)
     -> Result<Option<RefreshTokenRecord>, StoreError>;
+
+    /// Returns what a refresh decision reads: the token, its session and, once the token
+    /// was rotated, its successor; `None` when the token or its session is unknown. The
+    /// default makes up to three reads; a networked store answers in one round trip.
+    async fn refresh_context(&self, token_id: &str) -> Result<Option<RefreshContext>, StoreError> {
+        let Some(token) = self.refresh_token(token_id).await? else {
+            return Ok(None);
+        };
+        let Some(session) = self.session(&token.session_id).await? else {
+            return Ok(None);
+        };
+        let successor = match &token.state {
+            RefreshState::Rotated { successor_id, .. } => self.refresh_token(successor_id).await?,
+            _ => None,
+        };
+        Ok(Some(RefreshContext {
+            token,
+            session,
+            successor,
+        }))
+    }
 
     /// Exchanges `old_token_id` for `successor` in one transaction, by a conditional
     /// write: marks the old token `Rotated { at, successor_id }` only if it is still

@@ -38,6 +38,7 @@ macro_rules! store_test_suite {
             },
             sessions::{
                 session_and_token_round_trip_keeps_every_field,
+                refresh_context_reads_token_session_and_successor,
                 rotation_marks_the_old_token_and_inserts_the_successor,
                 concurrent_rotations_let_exactly_one_win,
                 rotation_is_refused_when_the_session_is_revoked,

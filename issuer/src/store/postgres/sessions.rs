@@ -8,6 +8,8 @@
 //! rotation racing a revocation either sees the session ended and writes nothing, or
 //! commits first and has its successor revoked with the rest.
 
+use std::sync::LazyLock;
+
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 use tessera_common::UnixMillis;
@@ -22,8 +24,8 @@ use super::PostgresStore;
 use super::error::{PgFailure, corrupt};
 use super::queries::{execute, insert_audit, insert_events, latest_revision, query, query_opt};
 use crate::store::{
-    AuditEntry, RefreshState, RefreshTokenRecord, RevocationEffect, SessionRecord, SessionStore,
-    StoreError,
+    AuditEntry, RefreshContext, RefreshState, RefreshTokenRecord, RevocationEffect, SessionRecord,
+    SessionStore, StoreError,
 };
 
 /// The columns [`session_from_row`] reads, in order.
@@ -33,6 +35,35 @@ const SESSION_COLUMNS: &str = "session_id, tenant_id, subject, family_id, create
 /// The columns [`token_from_row`] reads, in order.
 const TOKEN_COLUMNS: &str = "token_id, family_id, session_id, tenant_id, parent_id, \
      secret_hash, pepper_version, issued_at, expires_at, state, state_at, successor_id";
+
+/// The token, its session and its successor (if any), in one statement: the columns of
+/// [`TOKEN_COLUMNS`], then [`SESSION_COLUMNS`], then [`TOKEN_COLUMNS`] again (all null when
+/// there is no successor).
+static REFRESH_CONTEXT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {}, {}, {} FROM refresh_tokens t \
+         JOIN sessions s ON s.session_id = t.session_id \
+         LEFT JOIN refresh_tokens u ON u.token_id = t.successor_id \
+         WHERE t.token_id = $1",
+        qualified("t", TOKEN_COLUMNS),
+        qualified("s", SESSION_COLUMNS),
+        qualified("u", TOKEN_COLUMNS),
+    )
+});
+
+/// Where the session's columns start in a [`REFRESH_CONTEXT`] row.
+const CONTEXT_SESSION_AT: usize = 12;
+/// Where the successor's columns start in a [`REFRESH_CONTEXT`] row.
+const CONTEXT_SUCCESSOR_AT: usize = CONTEXT_SESSION_AT + 8;
+
+/// `a, b` → `alias.a, alias.b`.
+fn qualified(alias: &str, columns: &str) -> String {
+    columns
+        .split(',')
+        .map(|column| format!("{alias}.{}", column.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 /// Refresh tokens are kept this long past their expiry before pruning deletes them.
 const EXPIRED_TOKEN_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
@@ -102,6 +133,25 @@ impl SessionStore for PostgresStore {
                 .as_ref()
                 .map(token_from_row)
                 .transpose()
+        };
+        read.await.map_err(PgFailure::into_store)
+    }
+
+    async fn refresh_context(&self, token_id: &str) -> Result<Option<RefreshContext>, StoreError> {
+        let client = self.client().await?;
+        let read = async {
+            let Some(row) = query_opt(&client, &REFRESH_CONTEXT, &[&token_id]).await? else {
+                return Ok(None);
+            };
+            let successor = match row.try_get::<_, Option<String>>(CONTEXT_SUCCESSOR_AT)? {
+                Some(_) => Some(token_from_row_at(&row, CONTEXT_SUCCESSOR_AT)?),
+                None => None,
+            };
+            Ok(Some(RefreshContext {
+                token: token_from_row_at(&row, 0)?,
+                session: session_from_row_at(&row, CONTEXT_SESSION_AT)?,
+                successor,
+            }))
         };
         read.await.map_err(PgFailure::into_store)
     }
@@ -366,31 +416,41 @@ async fn end_sessions(
 // === rows ===
 
 fn session_from_row(row: &Row) -> Result<SessionRecord, PgFailure> {
+    session_from_row_at(row, 0)
+}
+
+/// Reads [`SESSION_COLUMNS`] starting at column `at`.
+fn session_from_row_at(row: &Row, at: usize) -> Result<SessionRecord, PgFailure> {
     Ok(SessionRecord {
-        session_id: SessionId::new(row.try_get::<_, String>(0)?).map_err(corrupt)?,
-        tenant_id: TenantId::new(row.try_get::<_, String>(1)?).map_err(corrupt)?,
-        subject: Subject::new(row.try_get::<_, String>(2)?).map_err(corrupt)?,
-        family_id: row.try_get(3)?,
-        created_at: UnixMillis(row.try_get(4)?),
-        expires_at: row.try_get::<_, Option<i64>>(5)?.map(UnixMillis),
-        revoked_at: row.try_get::<_, Option<i64>>(6)?.map(UnixMillis),
-        claims_template: row.try_get(7)?,
+        session_id: SessionId::new(row.try_get::<_, String>(at)?).map_err(corrupt)?,
+        tenant_id: TenantId::new(row.try_get::<_, String>(at + 1)?).map_err(corrupt)?,
+        subject: Subject::new(row.try_get::<_, String>(at + 2)?).map_err(corrupt)?,
+        family_id: row.try_get(at + 3)?,
+        created_at: UnixMillis(row.try_get(at + 4)?),
+        expires_at: row.try_get::<_, Option<i64>>(at + 5)?.map(UnixMillis),
+        revoked_at: row.try_get::<_, Option<i64>>(at + 6)?.map(UnixMillis),
+        claims_template: row.try_get(at + 7)?,
     })
 }
 
 fn token_from_row(row: &Row) -> Result<RefreshTokenRecord, PgFailure> {
-    let state: String = row.try_get(9)?;
+    token_from_row_at(row, 0)
+}
+
+/// Reads [`TOKEN_COLUMNS`] starting at column `at`.
+fn token_from_row_at(row: &Row, at: usize) -> Result<RefreshTokenRecord, PgFailure> {
+    let state: String = row.try_get(at + 9)?;
     Ok(RefreshTokenRecord {
-        token_id: row.try_get(0)?,
-        family_id: row.try_get(1)?,
-        session_id: SessionId::new(row.try_get::<_, String>(2)?).map_err(corrupt)?,
-        tenant_id: TenantId::new(row.try_get::<_, String>(3)?).map_err(corrupt)?,
-        parent_id: row.try_get(4)?,
-        secret_hash: row.try_get(5)?,
-        pepper_version: row.try_get(6)?,
-        issued_at: UnixMillis(row.try_get(7)?),
-        expires_at: UnixMillis(row.try_get(8)?),
-        state: state_from_columns(&state, row.try_get(10)?, row.try_get(11)?)?,
+        token_id: row.try_get(at)?,
+        family_id: row.try_get(at + 1)?,
+        session_id: SessionId::new(row.try_get::<_, String>(at + 2)?).map_err(corrupt)?,
+        tenant_id: TenantId::new(row.try_get::<_, String>(at + 3)?).map_err(corrupt)?,
+        parent_id: row.try_get(at + 4)?,
+        secret_hash: row.try_get(at + 5)?,
+        pepper_version: row.try_get(at + 6)?,
+        issued_at: UnixMillis(row.try_get(at + 7)?),
+        expires_at: UnixMillis(row.try_get(at + 8)?),
+        state: state_from_columns(&state, row.try_get(at + 10)?, row.try_get(at + 11)?)?,
     })
 }
 

@@ -170,6 +170,46 @@ pub async fn session_and_token_round_trip_keeps_every_field(fixture: &Fixture) {
 /// Rotating once marks the old token `Rotated` with its successor and stores the
 /// successor `Active`; rotating the same token again is refused and writes nothing, as
 /// is a rotation whose successor id already exists.
+pub async fn refresh_context_reads_token_session_and_successor(fixture: &Fixture) {
+    let store = &fixture.sessions;
+    let alice = session("s1", "acme", "alice");
+    let first = create(store, &alice, 1).await;
+    assert!(store.refresh_context("nobody").await.unwrap().is_none());
+
+    let context = store
+        .refresh_context(&first.token_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(context.token, first);
+    assert_eq!(context.session, alice);
+    assert_eq!(context.successor, None);
+
+    let successor = token("s1-t1", &alice, Some("s1-t0"), T0 + 10);
+    assert!(
+        store
+            .rotate_refresh_token(&first.token_id, successor.clone(), UnixMillis(T0 + 10))
+            .await
+            .unwrap()
+    );
+    let context = store
+        .refresh_context(&first.token_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        context.token.state,
+        RefreshState::Rotated {
+            at: UnixMillis(T0 + 10),
+            successor_id: "s1-t1".into()
+        }
+    );
+    assert_eq!(context.successor, Some(successor.clone()));
+    let context = store.refresh_context("s1-t1").await.unwrap().unwrap();
+    assert_eq!(context.token, successor);
+    assert_eq!(context.successor, None);
+}
+
 pub async fn rotation_marks_the_old_token_and_inserts_the_successor(fixture: &Fixture) {
     let store = &fixture.sessions;
     let alice = session("s1", "acme", "alice");
