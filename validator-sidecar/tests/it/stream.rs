@@ -1,6 +1,9 @@
 //! ValidateStream: caller-chosen request ids, answers as each completes.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tessera_proto::v1 as pb;
@@ -101,12 +104,72 @@ async fn stream_with_many_requests_in_flight_answers_them_all() {
         .await
         .unwrap()
         .into_inner();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut seen = HashSet::new();
     while let Some(response) = responses.message().await.unwrap() {
         assert!(response.valid);
         assert!(seen.insert(response.request_id));
     }
     assert_eq!(seen.len(), 3_000);
+    sidecar.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_stops_the_sidecar_reading_its_requests() {
+    let ec = TestKey::es256("ec-backpressure");
+    let issuer = FakeIssuer::start(&[&ec]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::start(&issuer.url(), dir.path(), &[]).await;
+    wait_serving(&sidecar).await;
+
+    // The client offers far more requests than any bounded buffer holds and reads no
+    // answer. The sidecar must stop taking requests once its in-flight permits and its
+    // outbound buffer are full; HTTP/2 flow control then stops the client. Counting the
+    // requests the client's transport has pulled shows the plateau.
+    const OFFERED: usize = 50_000;
+    let token = ec.sign(&claims("backpressure"));
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counter = pulled.clone();
+    let requests = (0..OFFERED as u64).map(move |id| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        pb::ValidateStreamRequest {
+            request_id: id,
+            token: token.clone(),
+            ..Default::default()
+        }
+    });
+    let mut client = sidecar.client().await;
+    let mut responses = client
+        .validate_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Wait until the count stops moving for half a second.
+    let mut last = usize::MAX;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = pulled.load(Ordering::Relaxed);
+        if now == last || Instant::now() > deadline {
+            break;
+        }
+        last = now;
+    }
+    let plateau = pulled.load(Ordering::Relaxed);
+    eprintln!("backpressure: the client's transport stopped after {plateau} of {OFFERED} requests");
+    assert_eq!(plateau, last, "the client kept sending: no backpressure");
+    assert!(
+        plateau < OFFERED / 4,
+        "the sidecar took {plateau} of {OFFERED} requests without answers being read"
+    );
+
+    // Reading resumes the flow: every request is answered exactly once.
+    let mut seen = HashSet::new();
+    while let Some(response) = responses.message().await.unwrap() {
+        assert!(response.valid);
+        assert!(seen.insert(response.request_id));
+    }
+    assert_eq!(seen.len(), OFFERED);
     sidecar.stop().await;
 }
