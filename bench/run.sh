@@ -6,8 +6,8 @@
 #
 # Environment: BENCH_SECONDS (measured seconds per measurement, default 10),
 # BENCH_WARMUP (default 2), BENCH_CONCURRENCY (default 64), BENCH_CONNECTIONS
-# (default 4), BENCH_SERVER_NODELAY=1 (the empty-RPC server sets TCP_NODELAY: use it once
-# the issuer's gRPC listener does, so the baseline keeps mirroring the issuer),
+# (default 4), BENCH_SERVER_NODELAY (default 1: the empty-RPC server sets TCP_NODELAY as the
+# issuer's gRPC listener does; 0 shows what Nagle costs),
 # CARGO_TARGET_DIR (as cargo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ warmup_seconds=${BENCH_WARMUP:-2}
 concurrency=${BENCH_CONCURRENCY:-64}
 connections=${BENCH_CONNECTIONS:-4}
 nodelay=()
-if [[ "${BENCH_SERVER_NODELAY:-0}" == 1 ]]; then nodelay=(--server-nodelay); fi
+if [[ "${BENCH_SERVER_NODELAY:-1}" == 1 ]]; then nodelay=(--server-nodelay); fi
 run_validate=false
 for argument in "$@"; do
   case "$argument" in

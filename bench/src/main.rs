@@ -9,7 +9,9 @@ mod issuer_server;
 mod latency;
 mod load;
 mod noop;
+mod propagation;
 mod raw;
+mod refresh;
 mod report;
 mod rpc;
 mod sampling;
@@ -87,6 +89,10 @@ enum Command {
         #[command(flatten)]
         rpc: RpcArgs,
     },
+    /// Time from `RevokeTokens` returning to N stream subscribers having the entry.
+    Propagation(propagation::PropagationArgs),
+    /// RefreshSession throughput on PostgreSQL, and exactly-one-successor checks.
+    Refresh(refresh::RefreshArgs),
     /// ValidateToken / ValidateStream against an in-process sidecar over its Unix socket.
     #[cfg(feature = "sidecar")]
     Validate(validate::ValidateArgs),
@@ -143,8 +149,8 @@ struct RpcArgs {
     /// HTTP/2 connections the calls are spread over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
-    /// Empty servers set TCP_NODELAY on accepted connections (the issuer does not, so
-    /// the default mirrors it).
+    /// Empty servers set TCP_NODELAY on accepted connections, as the issuer's gRPC
+    /// listener does (bench/run.sh passes it; off, the baseline shows Nagle's cost).
     #[arg(long)]
     server_nodelay: bool,
     #[command(flatten)]
@@ -256,6 +262,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let plan = raw_plan(threads, rpc.timing);
             issue_suite::run(&algs, plan, rpc.plan(), sampling.quiet()).await?;
+        }
+        Command::Propagation(args) => {
+            print_json(&propagation::run(args).await?);
+        }
+        Command::Refresh(args) => {
+            print_json(&refresh::run(args).await?);
         }
         #[cfg(feature = "sidecar")]
         Command::Validate(args) => {
