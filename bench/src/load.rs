@@ -1,8 +1,15 @@
 //! The unary load generator shared by every RPC scenario, so empty and real paths are
 //! measured the same way: `concurrency` tasks on the shared runtime, each looping one call
-//! at a time (closed loop) or on a fixed schedule (`rate`: open loop, for latency at a
-//! given load). Only calls that complete inside the measurement window count; each is
-//! timed from the moment it is sent.
+//! at a time (closed loop), or an open loop at a fixed `rate` for latency at a given load.
+//! Only calls that complete inside the measurement window count; each is timed from the
+//! moment it is sent.
+//!
+//! The open loop is paced by a dedicated OS thread that sleeps to each call's scheduled
+//! instant (nanosleep, tens of µs of slack) and hands the call to the next of the tasks
+//! round robin. Tokio's timer has 1 ms granularity, so tasks pacing themselves would send
+//! in bursts every millisecond and measure their own queueing, not the server's latency.
+//! A paced measurement also reports latency from each call's scheduled instant, which
+//! counts any time a call waited for a busy task (no coordinated omission).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,17 +48,15 @@ where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
+    if let Some(rate) = plan.rate.filter(|rate| *rate > 0.0) {
+        return run_paced(name, plan, rate, call).await;
+    }
     let call = Arc::new(call);
     let started = Instant::now();
     let window_start = started + plan.warmup;
     let window_end = window_start + plan.measure;
     let n_tasks = plan.concurrency.max(1);
-    // Each task's schedule, when paced: one call every `interval`, staggered by task.
-    let interval = plan
-        .rate
-        .filter(|rate| *rate > 0.0)
-        .map(|rate| Duration::from_secs_f64(n_tasks as f64 / rate));
-    let expected = plan.rate.unwrap_or(50_000.0) * plan.measure.as_secs_f64();
+    let expected = 50_000.0 * plan.measure.as_secs_f64();
     let per_task_capacity = (expected as usize / n_tasks).clamp(1024, 4 << 20);
 
     let mut tasks = Vec::with_capacity(n_tasks);
@@ -62,14 +67,8 @@ where
                 latencies: Latencies::with_capacity(per_task_capacity),
                 ..TaskTally::default()
             };
-            let mut next_send = interval
-                .map(|interval| started + interval.mul_f64(task_index as f64 / n_tasks as f64));
             let mut sequence = 0u64;
             loop {
-                if let (Some(at), Some(interval)) = (next_send.as_mut(), interval) {
-                    tokio::time::sleep_until(*at).await;
-                    *at += interval;
-                }
                 let sent = Instant::now();
                 if sent >= window_end {
                     return tally;
@@ -113,6 +112,124 @@ where
     }
     let mut measurement = Measurement::new(name, total.n_done, plan.measure.as_secs_f64())
         .with_latencies(total.latencies);
+    measurement.errors = total.n_errors;
+    measurement.first_error = total.first_error;
+    measurement.foreign_cpu = foreign_cpu;
+    measurement
+}
+
+/// One call the pacer scheduled.
+struct Ticket {
+    scheduled: std::time::Instant,
+    sequence: u64,
+}
+
+/// The open loop: see the module comment.
+async fn run_paced<F, Fut>(name: &str, plan: UnaryPlan, rate: f64, call: F) -> Measurement
+where
+    F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let call = Arc::new(call);
+    let n_tasks = plan.concurrency.max(1);
+    let started = std::time::Instant::now();
+    let window_start = started + plan.warmup;
+    let window_end = window_start + plan.measure;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let per_task_capacity = ((rate * plan.measure.as_secs_f64()) as usize / n_tasks).max(1024);
+
+    let mut senders = Vec::with_capacity(n_tasks);
+    let mut tasks = Vec::with_capacity(n_tasks);
+    for task_index in 0..n_tasks {
+        let (sender, mut tickets) = tokio::sync::mpsc::unbounded_channel::<Ticket>();
+        senders.push(sender);
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tally = TaskTally {
+                latencies: Latencies::with_capacity(per_task_capacity),
+                ..TaskTally::default()
+            };
+            let mut from_schedule = Latencies::with_capacity(per_task_capacity);
+            while let Some(ticket) = tickets.recv().await {
+                let sent = std::time::Instant::now();
+                let result = call(task_index, ticket.sequence).await;
+                let finished = std::time::Instant::now();
+                if ticket.scheduled < window_start || finished >= window_end {
+                    continue;
+                }
+                match result {
+                    Ok(()) => {
+                        tally.n_done += 1;
+                        tally.latencies.record(finished - sent);
+                        from_schedule.record(finished.saturating_duration_since(ticket.scheduled));
+                    }
+                    Err(error) => {
+                        tally.n_errors += 1;
+                        tally.first_error.get_or_insert(error);
+                    }
+                }
+            }
+            (tally, from_schedule)
+        }));
+    }
+    let pacer = std::thread::Builder::new()
+        .name("bench-pacer".into())
+        .spawn(move || {
+            let mut sequence = 0u64;
+            loop {
+                let scheduled = started + interval.mul_f64(sequence as f64);
+                if scheduled >= window_end {
+                    break;
+                }
+                let now = std::time::Instant::now();
+                if scheduled > now {
+                    std::thread::sleep(scheduled - now);
+                }
+                let task = (sequence % senders.len() as u64) as usize;
+                if senders[task]
+                    .send(Ticket {
+                        scheduled,
+                        sequence,
+                    })
+                    .is_err()
+                {
+                    break;
+                }
+                sequence += 1;
+            }
+            // Dropping the senders ends every task once its queue is drained.
+        })
+        .expect("spawning the pacer thread");
+
+    let tokio_started = Instant::now();
+    let foreign_cpu = crate::cpu::watch_window(
+        tokio_started + plan.warmup,
+        tokio_started + plan.warmup + plan.measure,
+    )
+    .await;
+    let mut total = TaskTally::default();
+    let mut from_schedule = Latencies::with_capacity(per_task_capacity * n_tasks);
+    for task in tasks {
+        match task.await {
+            Ok((tally, scheduled)) => {
+                total.n_done += tally.n_done;
+                total.n_errors += tally.n_errors;
+                if total.first_error.is_none() {
+                    total.first_error = tally.first_error;
+                }
+                total.latencies.merge(tally.latencies);
+                from_schedule.merge(scheduled);
+            }
+            Err(error) => {
+                total.n_errors += 1;
+                total.first_error.get_or_insert(error.to_string());
+            }
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
+    let mut measurement = Measurement::new(name, total.n_done, plan.measure.as_secs_f64())
+        .with_latencies(total.latencies);
+    measurement.latency_from_schedule = from_schedule.percentiles();
     measurement.errors = total.n_errors;
     measurement.first_error = total.first_error;
     measurement.foreign_cpu = foreign_cpu;

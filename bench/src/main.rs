@@ -153,6 +153,9 @@ struct RpcArgs {
     /// listener does (bench/run.sh passes it; off, the baseline shows Nagle's cost).
     #[arg(long)]
     server_nodelay: bool,
+    /// Calls per second, paced by a dedicated thread (open loop), instead of flat out.
+    #[arg(long)]
+    rate: Option<f64>,
     #[command(flatten)]
     timing: Timing,
 }
@@ -186,6 +189,7 @@ impl RpcArgs {
             warmup: self.timing.warmup(),
             measure: self.timing.measure(),
             server_nodelay: self.server_nodelay,
+            rate: self.rate,
         }
     }
 }

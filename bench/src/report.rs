@@ -21,6 +21,10 @@ pub struct Measurement {
     pub first_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub latency: Option<Percentiles>,
+    /// Paced runs: latency from each call's scheduled instant (includes waiting for a
+    /// busy task).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_from_schedule: Option<Percentiles>,
     /// Share of all cores busy in *other* processes during the window (0–1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub foreign_cpu: Option<f64>,
@@ -44,6 +48,7 @@ impl Measurement {
             errors: 0,
             first_error: None,
             latency: None,
+            latency_from_schedule: None,
             foreign_cpu: None,
             samples: Vec::new(),
         }
@@ -86,6 +91,12 @@ pub fn print_table(title: &str, rows: &[Measurement]) {
                 "    median of {} samples: {}",
                 rates.len(),
                 rates.join(", ")
+            );
+        }
+        if let Some(latency) = &row.latency_from_schedule {
+            println!(
+                "    from the scheduled instant: p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs",
+                latency.p50_us, latency.p99_us, latency.p999_us
             );
         }
         if let Some(error) = &row.first_error {

@@ -32,8 +32,10 @@ pub struct RpcPlan {
     pub connections: usize,
     pub warmup: Duration,
     pub measure: Duration,
-    /// Empty servers set TCP_NODELAY on accepted connections (the issuer does not).
+    /// Empty servers set TCP_NODELAY on accepted connections (as the issuer does).
     pub server_nodelay: bool,
+    /// Calls per second for an open-loop (paced) run; `None` runs flat out.
+    pub rate: Option<f64>,
 }
 
 impl RpcPlan {
@@ -42,7 +44,7 @@ impl RpcPlan {
             concurrency: self.concurrency,
             warmup: self.warmup,
             measure: self.measure,
-            rate: None,
+            rate: self.rate,
         }
     }
 }
@@ -94,8 +96,11 @@ pub async fn empty(
     } else {
         ""
     };
+    let paced = plan
+        .rate
+        .map_or(String::new(), |rate| format!(" paced {rate:.0}/s"));
     let name = format!(
-        "empty {} {algorithm}-sized ({}{nodelay}, c={}, k={})",
+        "empty {} {algorithm}-sized{paced} ({}{nodelay}, c={}, k={})",
         service_name(service),
         transport.as_str(),
         plan.concurrency,

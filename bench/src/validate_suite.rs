@@ -33,10 +33,9 @@ pub struct AllValidateArgs {
     /// Threads for the raw verify rate [default: all cores].
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Calls in flight at most during the half-load latency runs. Few tasks keep the
-    /// paced load smooth: each task wakes on tokio's 1 ms timer, so 64 paced tasks would
-    /// send in bursts and measure their own queueing.
-    #[arg(long, default_value_t = 4)]
+    /// Tasks sharing the half-load (paced, open-loop) calls; a call waits when all are
+    /// busy, which the from-schedule latency shows.
+    #[arg(long, default_value_t = 16)]
     pub paced_concurrency: usize,
 }
 
@@ -63,6 +62,7 @@ pub async fn run(args: &AllValidateArgs) -> anyhow::Result<()> {
         warmup: v.timing.warmup(),
         measure: v.timing.measure(),
         server_nodelay: false,
+        rate: None,
     };
     let quiet = args.sampling.quiet();
     eprintln!("[all-validate] raw verify…");
@@ -92,6 +92,21 @@ pub async fn run(args: &AllValidateArgs) -> anyhow::Result<()> {
     let half = paced(args, unary_distinct.rate / 2.0);
     let paced_distinct =
         quietest(quiet, || validate::unary(&setup, Tokens::Distinct, half)).await?;
+    // The transport's own latency at the same paced load: the floor under the p99 target.
+    let paced_empty_plan = RpcPlan {
+        concurrency: half.concurrency,
+        rate: half.rate,
+        ..rpc_plan
+    };
+    let paced_empty = quietest(quiet, || {
+        rpc::empty(
+            Transport::Uds,
+            EmptyService::Validate,
+            Algorithm::Rs256,
+            paced_empty_plan,
+        )
+    })
+    .await?;
     let streamed = validate::stream_plan(v);
     let stream_distinct = quietest(quiet, || {
         validate::stream(&setup, Tokens::Distinct, streamed)
@@ -155,6 +170,7 @@ pub async fn run(args: &AllValidateArgs) -> anyhow::Result<()> {
         empty_stream,
         unary_distinct,
         paced_distinct,
+        paced_empty,
         stream_distinct,
         unary_repeat,
         paced_repeat,
