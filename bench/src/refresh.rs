@@ -69,19 +69,16 @@ pub async fn run(args: RefreshArgs) -> anyhow::Result<serde_json::Value> {
     let client = |index: usize| {
         pb::token_service_client::TokenServiceClient::new(channels[index % channels.len()].clone())
     };
-    let authorize = |message| authorized(message, &issuer.authorization);
-    let authorize_refresh = |message| authorized(message, &issuer.authorization);
+    let login = |index: usize, subject: String| {
+        let mut service = client(index);
+        let request = authorized(session_request(subject), &issuer.authorization);
+        async move { service.create_session(request).await }
+    };
 
     // Sessions to refresh.
     let mut tokens = Vec::new();
     for index in 0..args.workers {
-        let session = client(index)
-            .create_session(authorize(pb::CreateSessionRequest {
-                subject: format!("bench-user-{index}"),
-                tenant_id: "bench".into(),
-                role: "staff".into(),
-                ..Default::default()
-            }))
+        let session = login(index, format!("bench-user-{index}"))
             .await?
             .into_inner();
         tokens.push(session.refresh_token);
@@ -124,21 +121,18 @@ pub async fn run(args: RefreshArgs) -> anyhow::Result<serde_json::Value> {
     // Contention: many concurrent exchanges of one token, exactly one successor each round.
     let mut contention_violations = 0;
     for round in 0..args.contention_rounds {
-        let session = client(round)
-            .create_session(authorize(pb::CreateSessionRequest {
-                subject: format!("contended-{round}"),
-                tenant_id: "bench".into(),
-                role: "staff".into(),
-                ..Default::default()
-            }))
+        let session = login(round, format!("contended-{round}"))
             .await?
             .into_inner();
         let mut calls = Vec::new();
         for index in 0..args.contention {
             let mut service = client(index);
-            let request = authorize_refresh(pb::RefreshSessionRequest {
-                refresh_token: session.refresh_token.clone(),
-            });
+            let request = authorized(
+                pb::RefreshSessionRequest {
+                    refresh_token: session.refresh_token.clone(),
+                },
+                &issuer.authorization,
+            );
             calls.push(tokio::spawn(async move {
                 service.refresh_session(request).await
             }));
@@ -181,6 +175,16 @@ pub async fn run(args: RefreshArgs) -> anyhow::Result<serde_json::Value> {
         "contention_rounds": args.contention_rounds,
         "contention_violations": contention_violations,
     }))
+}
+
+/// A login of `subject` in the benchmark's tenant.
+fn session_request(subject: String) -> pb::CreateSessionRequest {
+    pb::CreateSessionRequest {
+        subject,
+        tenant_id: "bench".into(),
+        role: "staff".into(),
+        ..Default::default()
+    }
 }
 
 fn authorized<T>(message: T, authorization: &MetadataValue<Ascii>) -> tonic::Request<T> {

@@ -28,6 +28,20 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
+    /// Opens a `ValidateStream` that sends `requests` and returns its answers.
+    pub async fn stream<I>(&self, requests: I) -> tonic::Streaming<pb::ValidateStreamResponse>
+    where
+        I: IntoIterator<Item = pb::ValidateStreamRequest>,
+        I::IntoIter: Send + 'static,
+    {
+        self.client()
+            .await
+            .validate_stream(tokio_stream::iter(requests))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// Starts a sidecar subscribed to `issuer_url`, with its socket and bundle cache in
     /// `dir`, plus `extra` flags.
     pub async fn start(issuer_url: &str, dir: &Path, extra: &[&str]) -> Sidecar {
@@ -166,4 +180,13 @@ pub async fn wait_serving(sidecar: &Sidecar) {
         .await,
         "sidecar never became ready"
     );
+}
+
+/// A sidecar with default flags subscribed to `issuer`, in a fresh temporary directory,
+/// once it reports SERVING. The directory must live as long as the sidecar.
+pub async fn serving(issuer: &crate::fake_issuer::FakeIssuer) -> (Sidecar, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::start(&issuer.url(), dir.path(), &[]).await;
+    wait_serving(&sidecar).await;
+    (sidecar, dir)
 }

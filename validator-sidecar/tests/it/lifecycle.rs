@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::fake_issuer::FakeIssuer;
-use crate::harness::{Sidecar, eventually, reason, validate, wait_serving};
+use crate::harness::{Sidecar, eventually, reason, serving, validate, wait_serving};
 use crate::keys::{TestKey, claims};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,9 +58,7 @@ async fn not_serving_until_the_first_bundle() {
 async fn persisted_bundle_validates_after_a_restart_with_the_issuer_down() {
     let rsa = TestKey::rs256("rsa-persisted");
     let issuer = FakeIssuer::start(&[&rsa]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(&issuer.url(), dir.path(), &[]).await;
-    wait_serving(&sidecar).await;
+    let (sidecar, dir) = serving(&issuer).await;
     let token = rsa.sign(&claims("noah"));
     assert!(validate(&mut sidecar.client().await, &token).await.valid);
     let cache_file = sidecar.bundle_cache.clone();
@@ -88,9 +86,7 @@ async fn reconnect_resumes_from_the_last_revision_and_catches_up() {
     let ed = TestKey::eddsa("ed-resume");
     let later = TestKey::es256("ec-resume");
     let issuer = FakeIssuer::start(&[&ed]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(&issuer.url(), dir.path(), &[]).await;
-    wait_serving(&sidecar).await;
+    let (sidecar, dir) = serving(&issuer).await;
     issuer.upsert_key(later.published());
     let revision = issuer.revision();
     let mut client = sidecar.client().await;
@@ -154,7 +150,14 @@ async fn stale_bundle_fails_closed_then_recovers() {
         })
         .await
     );
-    assert_eq!(sidecar.health().await, ServingStatus::NotServing);
+    // Health follows on the monitor's next check (it polls), not with the same call.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sidecar.health().await == ServingStatus::NotServing
+        })
+        .await,
+        "health never reported NOT_SERVING while stale"
+    );
     issuer.set_heartbeats(true);
     wait_serving(&sidecar).await;
     assert!(validate(&mut client, &token).await.valid);

@@ -8,7 +8,7 @@ use serde_json::json;
 use tessera_proto::v1 as pb;
 
 use crate::fake_issuer::{FakeIssuer, revocation};
-use crate::harness::{Sidecar, eventually, reason, validate, wait_serving};
+use crate::harness::{eventually, reason, serving, validate};
 use crate::keys::{TestKey, claims, now_ms, rand_u64};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,9 +16,7 @@ async fn key_revocation_rejects_tokens_even_when_cached() {
     let rsa = TestKey::rs256("rsa-revoked");
     let ec = TestKey::es256("ec-survivor");
     let issuer = FakeIssuer::start(&[&rsa, &ec]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(&issuer.url(), dir.path(), &[]).await;
-    wait_serving(&sidecar).await;
+    let (sidecar, _dir) = serving(&issuer).await;
     let mut client = sidecar.client().await;
     let cached = rsa.sign(&claims("erin"));
     let survivor = ec.sign(&claims("erin"));
@@ -50,9 +48,7 @@ async fn key_revocation_rejects_tokens_even_when_cached() {
 async fn revocation_entries_reject_cached_tokens_by_jti_and_user_cutoff() {
     let ed = TestKey::eddsa("ed-entries");
     let issuer = FakeIssuer::start(&[&ed]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(&issuer.url(), dir.path(), &[]).await;
-    wait_serving(&sidecar).await;
+    let (sidecar, _dir) = serving(&issuer).await;
     let mut client = sidecar.client().await;
 
     let by_jti_claims = claims("gina");
@@ -106,9 +102,7 @@ async fn revocation_entries_reject_cached_tokens_by_jti_and_user_cutoff() {
 async fn ten_thousand_random_kids_cause_a_handful_of_resyncs() {
     let ed = TestKey::eddsa("ed-known");
     let issuer = FakeIssuer::start(&[&ed]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(&issuer.url(), dir.path(), &[]).await;
-    wait_serving(&sidecar).await;
+    let (sidecar, _dir) = serving(&issuer).await;
     let subscriptions_before = issuer.n_subscriptions();
 
     // 10,000 tokens with random kids, sent over a stream as fast as the sidecar answers.
@@ -174,9 +168,7 @@ async fn a_key_published_later_validates_without_restart() {
     let ed = TestKey::eddsa("ed-first");
     let late = TestKey::es256("ec-late");
     let issuer = FakeIssuer::start(&[&ed]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(&issuer.url(), dir.path(), &[]).await;
-    wait_serving(&sidecar).await;
+    let (sidecar, _dir) = serving(&issuer).await;
     let mut client = sidecar.client().await;
     let token = late.sign(&claims("judy"));
     assert_eq!(

@@ -9,7 +9,7 @@ use serde_json::json;
 use tessera_proto::v1 as pb;
 
 use crate::fake_issuer::FakeIssuer;
-use crate::harness::{Sidecar, wait_serving};
+use crate::harness::serving;
 use crate::keys::{TestKey, claims};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,9 +17,7 @@ async fn stream_answers_every_request_id_out_of_order() {
     let rsa = TestKey::rs256("rsa-stream");
     let ed = TestKey::eddsa("ed-stream");
     let issuer = FakeIssuer::start(&[&rsa, &ed]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(&issuer.url(), dir.path(), &[]).await;
-    wait_serving(&sidecar).await;
+    let (sidecar, _dir) = serving(&issuer).await;
 
     // Request 1 carries an unknown kid and starts a resync, so its answer waits for the
     // bundle; the cheap requests behind it (garbage, cached tokens) overtake it.
@@ -46,12 +44,7 @@ async fn stream_answers_every_request_id_out_of_order() {
         });
     }
     let expected: HashSet<u64> = requests.iter().map(|request| request.request_id).collect();
-    let mut client = sidecar.client().await;
-    let mut responses = client
-        .validate_stream(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut responses = sidecar.stream(requests).await;
     let mut order = Vec::new();
     while let Some(response) = responses.message().await.unwrap() {
         let reason = pb::Reason::try_from(response.reason).unwrap();
@@ -81,9 +74,7 @@ async fn stream_answers_every_request_id_out_of_order() {
 async fn stream_with_many_requests_in_flight_answers_them_all() {
     let ec = TestKey::es256("ec-volume");
     let issuer = FakeIssuer::start(&[&ec]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(&issuer.url(), dir.path(), &[]).await;
-    wait_serving(&sidecar).await;
+    let (sidecar, _dir) = serving(&issuer).await;
     // Far more requests than the per-stream in-flight bound, mixing distinct and repeated
     // tokens; the client reads answers only after a pause, so the sidecar must hold back.
     let repeated = ec.sign(&claims("leo"));
@@ -98,12 +89,7 @@ async fn stream_with_many_requests_in_flight_answers_them_all() {
             ..Default::default()
         })
         .collect();
-    let mut client = sidecar.client().await;
-    let mut responses = client
-        .validate_stream(tokio_stream::iter(requests))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut responses = sidecar.stream(requests).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut seen = HashSet::new();
     while let Some(response) = responses.message().await.unwrap() {
@@ -118,9 +104,7 @@ async fn stream_with_many_requests_in_flight_answers_them_all() {
 async fn a_client_that_stops_reading_stops_the_sidecar_reading_its_requests() {
     let ec = TestKey::es256("ec-backpressure");
     let issuer = FakeIssuer::start(&[&ec]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(&issuer.url(), dir.path(), &[]).await;
-    wait_serving(&sidecar).await;
+    let (sidecar, _dir) = serving(&issuer).await;
 
     // The client offers far more requests than any bounded buffer holds and reads no
     // answer. The sidecar must stop taking requests once its in-flight permits and its

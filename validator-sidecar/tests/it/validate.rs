@@ -7,7 +7,7 @@ use serde_json::json;
 use tessera_proto::v1 as pb;
 
 use crate::fake_issuer::FakeIssuer;
-use crate::harness::{Sidecar, reason, validate, validate_with, wait_serving};
+use crate::harness::{Sidecar, reason, serving, validate, validate_with, wait_serving};
 use crate::keys::{TestKey, claims, now_ms};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -16,9 +16,7 @@ async fn valid_tokens_of_every_algorithm_return_typed_claims_and_json() {
     let ec = TestKey::es256("ec-1");
     let ed = TestKey::eddsa("ed-1");
     let issuer = FakeIssuer::start(&[&rsa, &ec, &ed]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(&issuer.url(), dir.path(), &[]).await;
-    wait_serving(&sidecar).await;
+    let (sidecar, _dir) = serving(&issuer).await;
     let mut client = sidecar.client().await;
     for key in [&rsa, &ec, &ed] {
         let claims = claims("alice");
@@ -60,9 +58,7 @@ async fn each_failed_check_has_its_reason() {
     let rsa = TestKey::rs256("rsa-reasons");
     let ec = TestKey::es256("ec-reasons");
     let issuer = FakeIssuer::start(&[&rsa, &ec]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(&issuer.url(), dir.path(), &[]).await;
-    wait_serving(&sidecar).await;
+    let (sidecar, _dir) = serving(&issuer).await;
     let mut client = sidecar.client().await;
     let now_s = now_ms() / 1000;
 
@@ -210,9 +206,7 @@ async fn each_failed_check_has_its_reason() {
 async fn permissions_and_role_are_enforced() {
     let ed = TestKey::eddsa("ed-authz");
     let issuer = FakeIssuer::start(&[&ed]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(&issuer.url(), dir.path(), &[]).await;
-    wait_serving(&sidecar).await;
+    let (sidecar, _dir) = serving(&issuer).await;
     let mut client = sidecar.client().await;
     let token = ed.sign(&claims("carol"));
     let ask = |permissions: &[&str], role: &str| pb::ValidateTokenRequest {
