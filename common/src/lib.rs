@@ -13,6 +13,7 @@ pub mod keys;
 pub mod limits;
 pub mod revocation;
 pub mod telemetry;
+pub mod trace_context;
 pub mod verify;
 
 pub use clock::{Clock, ManualClock, SystemClock, UnixMillis};

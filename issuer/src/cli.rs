@@ -194,6 +194,7 @@ impl Client {
             .parse()
             .context("credential contains characters not allowed in a header")?;
         request.metadata_mut().insert("authorization", value);
+        tessera_common::trace_context::inject_current(request.metadata_mut());
         Ok(request)
     }
 

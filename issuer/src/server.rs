@@ -36,6 +36,7 @@ use crate::sessions::{SessionPolicy, SessionService};
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{AuditEntry, SessionStore, Store};
+use tessera_common::trace_context::TraceContextLayer;
 
 /// The gRPC services this server answers (and lists over reflection).
 const SERVED_SERVICES: &[&str] = &[
@@ -211,7 +212,8 @@ impl Issuer {
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
-        let mut builder = Server::builder();
+        // Requests carrying a W3C `traceparent` continue the caller's trace (DESIGN §9).
+        let mut builder = Server::builder().layer(TraceContextLayer);
         if let Some(tls) = &self.config.tls {
             let cert = std::fs::read(&tls.cert_file)
                 .with_context(|| format!("reading {}", tls.cert_file.display()))?;

@@ -24,6 +24,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tessera_common::trace_context::TraceContextLayer;
 use tessera_common::{Clock, SystemClock};
 use tessera_proto::v1::validator_service_server::ValidatorServiceServer;
 use tokio::sync::{Notify, watch};
@@ -161,6 +162,7 @@ fn spawn_servers(
     if let Some((listener, path)) = unix_listener {
         tracing::info!(path = %path.display(), "serving gRPC on the unix socket");
         let serve = Server::builder()
+            .layer(TraceContextLayer)
             .add_routes(routes.clone())
             .serve_with_incoming_shutdown(
                 UnixListenerStream::new(listener),
@@ -172,6 +174,7 @@ fn spawn_servers(
         tracing::info!(addr = ?listener.local_addr().ok(), "serving gRPC on tcp");
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let serve = Server::builder()
+            .layer(TraceContextLayer)
             .add_routes(routes.clone())
             .serve_with_incoming_shutdown(incoming, signalled(shutdown.clone()));
         servers.spawn(async move { Ok(serve.await?) });

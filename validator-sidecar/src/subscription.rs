@@ -130,6 +130,8 @@ impl Subscription {
                 }
             }
         }
+        // The subscription joins the sidecar's trace on the issuer (DESIGN §9).
+        tessera_common::trace_context::inject_current(request.metadata_mut());
         let mut client = TrustBundleServiceClient::new(channel);
         let response = tokio::select! {
             response = client.watch_trust_bundle(request) => response,

@@ -28,10 +28,18 @@ async fn issued_token_verifies_with_jsonwebtoken_and_carries_the_seed_claims() {
     request.ttl_seconds = 600;
     request.features = vec!["beta".into()];
     request.mfa_verified = true;
+    // The caller's W3C trace context is accepted (and continued when tracing exports).
+    let mut traced = issuer.as_admin(request);
+    traced.metadata_mut().insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap(),
+    );
     let issued = issuer
         .tokens()
         .await
-        .issue_access_token(issuer.as_admin(request))
+        .issue_access_token(traced)
         .await
         .expect("issue")
         .into_inner();
