@@ -6,6 +6,7 @@ mod support;
 mod auth_scopes;
 mod cli_keys;
 mod config_errors;
+mod deploy;
 mod grpcurl;
 mod jwks_pyjwt;
 mod key_secrecy;
