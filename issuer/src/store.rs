@@ -13,6 +13,7 @@ use tessera_common::ids::ClientId;
 use tessera_common::keys::{KeySchedule, KeySetName};
 use tokio::sync::Notify;
 
+mod columns;
 pub mod postgres;
 pub mod sessions;
 pub mod sqlite;

@@ -297,7 +297,7 @@ impl Store for PostgresStore {
                 &[],
             )
             .await?;
-            revision_from_column(row.try_get(0)?)
+            Ok::<_, PgFailure>(revision_from_column(row.try_get(0)?)?)
         };
         read.await.map_err(PgFailure::into_store)
     }

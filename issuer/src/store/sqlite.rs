@@ -267,7 +267,7 @@ impl Store for SqliteStore {
             let oldest: i64 = connection
                 .prepare_cached("SELECT COALESCE(MIN(revision), 0) FROM events")?
                 .query_row([], |row| row.get(0))?;
-            revision_from_column(oldest)
+            Ok(revision_from_column(oldest)?)
         })
         .await
     }

@@ -274,7 +274,7 @@ pub(super) async fn insert_events(
 
 pub(super) async fn latest_revision<C: GenericClient>(client: &C) -> Result<Revision, PgFailure> {
     let row = query_one(client, "SELECT COALESCE(MAX(revision), 0) FROM events", &[]).await?;
-    revision_from_column(row.try_get(0)?)
+    Ok(revision_from_column(row.try_get(0)?)?)
 }
 
 /// Appends `entry` to the audit chain under [`AUDIT_LOCK`]: reads the last link,

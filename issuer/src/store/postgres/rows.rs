@@ -1,7 +1,7 @@
 //! Conversions between PostgreSQL rows and the store's domain records.
 
 use tessera_common::UnixMillis;
-use tessera_common::bundle::{BundleChange, BundleEvent, Revision};
+use tessera_common::bundle::{BundleChange, BundleEvent};
 use tessera_common::ids::{ClientId, KeyId};
 use tessera_common::jwk::Jwk;
 use tessera_common::keys::KeySchedule;
@@ -9,6 +9,8 @@ use tokio_postgres::Row;
 
 use super::error::{PgFailure, corrupt};
 use crate::store::{AuditEntry, AuditRecord, ClientRecord, StoredKey, WrappedKey};
+
+pub(super) use crate::store::columns::{hash_from_column, limit_to_column, revision_from_column};
 
 /// The columns [`key_from_row`] reads, in order.
 pub(super) const KEY_COLUMNS: &str = "kid, key_set, algorithm, created_at, activates_at, \
@@ -96,18 +98,4 @@ pub(super) fn to_json<T: serde::Serialize>(value: &T) -> Result<String, PgFailur
 /// stored value can exceed it).
 pub(super) fn to_column(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-/// Returns a row limit as stored, clamped to `i64::MAX`.
-pub(super) fn limit_to_column(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX)
-}
-
-pub(super) fn revision_from_column(value: i64) -> Result<Revision, PgFailure> {
-    Ok(Revision(u64::try_from(value).map_err(corrupt)?))
-}
-
-pub(super) fn hash_from_column(value: Vec<u8>) -> Result<[u8; 32], PgFailure> {
-    <[u8; 32]>::try_from(value.as_slice())
-        .map_err(|_| corrupt(format!("audit hash of {} bytes", value.len())))
 }

@@ -15,7 +15,7 @@ use deadpool_postgres::Transaction;
 use tessera_common::UnixMillis;
 use tessera_common::bundle::{BundleChange, Revision};
 use tessera_common::ids::{SessionId, Subject, TenantId};
-use tessera_common::revocation::{RevocationEntry, RevocationKind};
+use tessera_common::revocation::RevocationEntry;
 use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -23,9 +23,13 @@ use tokio_postgres::types::ToSql;
 use super::PostgresStore;
 use super::error::{PgFailure, corrupt};
 use super::queries::{execute, insert_audit, insert_events, latest_revision, query, query_opt};
+use crate::store::columns::{
+    refresh_state_from_columns, refresh_state_to_columns, revocation_kind_from_column,
+    revocation_kind_to_column,
+};
 use crate::store::{
-    AuditEntry, RefreshContext, RefreshState, RefreshTokenRecord, RevocationEffect, SessionRecord,
-    SessionStore, StoreError,
+    AuditEntry, RefreshContext, RefreshTokenRecord, RevocationEffect, SessionRecord, SessionStore,
+    StoreError,
 };
 
 /// The columns [`session_from_row`] reads, in order.
@@ -163,7 +167,7 @@ impl SessionStore for PostgresStore {
         at: UnixMillis,
     ) -> Result<bool, StoreError> {
         let client = self.client().await?;
-        let (state, state_at, successor_id) = state_to_columns(&successor.state);
+        let (state, state_at, successor_id) = refresh_state_to_columns(&successor.state);
         // One statement is one (implicit) transaction: on any error nothing is written.
         let rotated = query(
             &client,
@@ -293,7 +297,7 @@ async fn revoke(
             "INSERT INTO revocations (kind, value, tenant_id, revoked_at, drop_after) \
              VALUES ($1, $2, $3, $4, $5)",
             &[
-                &kind_to_column(entry.kind),
+                &revocation_kind_to_column(entry.kind),
                 &entry.value,
                 &entry.tenant_id,
                 &entry.revoked_at.0,
@@ -336,7 +340,7 @@ async fn prune_revocations(tx: &Transaction<'_>, now: UnixMillis) -> Result<u64,
 // === statements ===
 
 async fn insert_token(tx: &Transaction<'_>, token: &RefreshTokenRecord) -> Result<(), PgFailure> {
-    let (state, state_at, successor_id) = state_to_columns(&token.state);
+    let (state, state_at, successor_id) = refresh_state_to_columns(&token.state);
     execute(
         tx,
         "INSERT INTO refresh_tokens (token_id, family_id, session_id, tenant_id, parent_id, \
@@ -450,68 +454,17 @@ fn token_from_row_at(row: &Row, at: usize) -> Result<RefreshTokenRecord, PgFailu
         pepper_version: row.try_get(at + 6)?,
         issued_at: UnixMillis(row.try_get(at + 7)?),
         expires_at: UnixMillis(row.try_get(at + 8)?),
-        state: state_from_columns(&state, row.try_get(at + 10)?, row.try_get(at + 11)?)?,
+        state: refresh_state_from_columns(&state, row.try_get(at + 10)?, row.try_get(at + 11)?)?,
     })
 }
 
 fn revocation_from_row(row: &Row) -> Result<RevocationEntry, PgFailure> {
     let kind: String = row.try_get(0)?;
     Ok(RevocationEntry {
-        kind: kind_from_column(&kind)?,
+        kind: revocation_kind_from_column(&kind)?,
         value: row.try_get(1)?,
         tenant_id: row.try_get(2)?,
         revoked_at: UnixMillis(row.try_get(3)?),
         drop_after: UnixMillis(row.try_get(4)?),
-    })
-}
-
-fn state_to_columns(state: &RefreshState) -> (&'static str, Option<i64>, Option<&str>) {
-    match state {
-        RefreshState::Active => ("active", None, None),
-        RefreshState::Rotated { at, successor_id } => {
-            ("rotated", Some(at.0), Some(successor_id.as_str()))
-        }
-        RefreshState::Revoked { at } => ("revoked", Some(at.0), None),
-    }
-}
-
-fn state_from_columns(
-    state: &str,
-    state_at: Option<i64>,
-    successor_id: Option<String>,
-) -> Result<RefreshState, PgFailure> {
-    match (state, state_at, successor_id) {
-        ("active", _, _) => Ok(RefreshState::Active),
-        ("rotated", Some(at), Some(successor_id)) => Ok(RefreshState::Rotated {
-            at: UnixMillis(at),
-            successor_id,
-        }),
-        ("revoked", Some(at), _) => Ok(RefreshState::Revoked { at: UnixMillis(at) }),
-        (state, _, _) => Err(corrupt(format!("refresh token state `{state}` incomplete"))),
-    }
-}
-
-fn kind_to_column(kind: RevocationKind) -> &'static str {
-    match kind {
-        RevocationKind::Jti => "jti",
-        RevocationKind::Session => "session",
-        RevocationKind::User => "user",
-        RevocationKind::Tenant => "tenant",
-        RevocationKind::Family => "family",
-        RevocationKind::Key => "key",
-        RevocationKind::All => "all",
-    }
-}
-
-fn kind_from_column(kind: &str) -> Result<RevocationKind, PgFailure> {
-    Ok(match kind {
-        "jti" => RevocationKind::Jti,
-        "session" => RevocationKind::Session,
-        "user" => RevocationKind::User,
-        "tenant" => RevocationKind::Tenant,
-        "family" => RevocationKind::Family,
-        "key" => RevocationKind::Key,
-        "all" => RevocationKind::All,
-        other => return Err(corrupt(format!("unknown revocation kind `{other}`"))),
     })
 }

@@ -90,7 +90,7 @@ pub(super) fn latest_revision(connection: &Connection) -> Result<Revision, Sqlit
     let latest: i64 = connection
         .prepare_cached("SELECT COALESCE(MAX(revision), 0) FROM events")?
         .query_row([], |row| row.get(0))?;
-    revision_from_column(latest)
+    Ok(revision_from_column(latest)?)
 }
 
 /// Appends `entry` to the audit chain: reads the last link, hashes, inserts.

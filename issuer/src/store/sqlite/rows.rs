@@ -10,6 +10,8 @@ use tessera_common::keys::KeySchedule;
 use super::error::SqliteFailure;
 use crate::store::{AuditEntry, AuditRecord, ClientRecord, StoreError, StoredKey, WrappedKey};
 
+pub(super) use crate::store::columns::{hash_from_column, limit_to_column, revision_from_column};
+
 /// The columns [`key_from_row`] reads, in order.
 pub(super) const KEY_COLUMNS: &str = "kid, key_set, algorithm, created_at, activates_at, \
      deactivates_at, verify_until, revoked_at, public_jwk, wrapped_private";
@@ -101,20 +103,6 @@ pub(super) fn revision_to_column(revision: Revision) -> i64 {
 /// Returns a count or sequence number as stored, clamped to `i64::MAX`.
 pub(super) fn to_column(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
-}
-
-/// Returns a row limit as stored, clamped to `i64::MAX`.
-pub(super) fn limit_to_column(limit: usize) -> i64 {
-    i64::try_from(limit).unwrap_or(i64::MAX)
-}
-
-pub(super) fn revision_from_column(value: i64) -> Result<Revision, SqliteFailure> {
-    Ok(Revision(u64::try_from(value).map_err(corrupt)?))
-}
-
-fn hash_from_column(value: Vec<u8>) -> Result<[u8; 32], SqliteFailure> {
-    <[u8; 32]>::try_from(value.as_slice())
-        .map_err(|_| corrupt(format!("audit hash of {} bytes", value.len())))
 }
 
 fn corrupt(error: impl std::fmt::Display) -> SqliteFailure {

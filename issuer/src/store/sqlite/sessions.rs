@@ -7,14 +7,17 @@ use rusqlite::{Connection, Row, ToSql, params};
 use tessera_common::UnixMillis;
 use tessera_common::bundle::{BundleChange, Revision};
 use tessera_common::ids::{SessionId, Subject, TenantId};
-use tessera_common::revocation::{RevocationEntry, RevocationKind};
+use tessera_common::revocation::RevocationEntry;
 
 use super::SqliteStore;
 use super::error::SqliteFailure;
 use super::queries::{insert_audit, insert_events, latest_revision};
+use crate::store::columns::{
+    refresh_state_from_columns, refresh_state_to_columns, revocation_kind_from_column,
+    revocation_kind_to_column,
+};
 use crate::store::{
-    AuditEntry, RefreshState, RefreshTokenRecord, RevocationEffect, SessionRecord, SessionStore,
-    StoreError,
+    AuditEntry, RefreshTokenRecord, RevocationEffect, SessionRecord, SessionStore, StoreError,
 };
 
 /// The columns [`session_from_row`] reads, in order.
@@ -146,7 +149,7 @@ impl SessionStore for SqliteStore {
                 )?;
                 for entry in &entries {
                     insert.execute(params![
-                        kind_to_column(entry.kind),
+                        revocation_kind_to_column(entry.kind),
                         entry.value,
                         entry.tenant_id,
                         entry.revoked_at.0,
@@ -205,7 +208,7 @@ impl SessionStore for SqliteStore {
 // === statements ===
 
 fn insert_token(connection: &Connection, token: &RefreshTokenRecord) -> Result<(), SqliteFailure> {
-    let (state, state_at, successor_id) = state_to_columns(&token.state);
+    let (state, state_at, successor_id) = refresh_state_to_columns(&token.state);
     connection
         .prepare_cached(
             "INSERT INTO refresh_tokens (token_id, family_id, session_id, tenant_id, parent_id, \
@@ -299,69 +302,18 @@ fn token_from_row(row: &Row<'_>) -> Result<RefreshTokenRecord, SqliteFailure> {
         pepper_version: row.get(6)?,
         issued_at: UnixMillis(row.get(7)?),
         expires_at: UnixMillis(row.get(8)?),
-        state: state_from_columns(&state, row.get(10)?, row.get(11)?)?,
+        state: refresh_state_from_columns(&state, row.get(10)?, row.get(11)?)?,
     })
 }
 
 fn revocation_from_row(row: &Row<'_>) -> Result<RevocationEntry, SqliteFailure> {
     let kind: String = row.get(0)?;
     Ok(RevocationEntry {
-        kind: kind_from_column(&kind)?,
+        kind: revocation_kind_from_column(&kind)?,
         value: row.get(1)?,
         tenant_id: row.get(2)?,
         revoked_at: UnixMillis(row.get(3)?),
         drop_after: UnixMillis(row.get(4)?),
-    })
-}
-
-fn state_to_columns(state: &RefreshState) -> (&'static str, Option<i64>, Option<&str>) {
-    match state {
-        RefreshState::Active => ("active", None, None),
-        RefreshState::Rotated { at, successor_id } => {
-            ("rotated", Some(at.0), Some(successor_id.as_str()))
-        }
-        RefreshState::Revoked { at } => ("revoked", Some(at.0), None),
-    }
-}
-
-fn state_from_columns(
-    state: &str,
-    state_at: Option<i64>,
-    successor_id: Option<String>,
-) -> Result<RefreshState, SqliteFailure> {
-    match (state, state_at, successor_id) {
-        ("active", _, _) => Ok(RefreshState::Active),
-        ("rotated", Some(at), Some(successor_id)) => Ok(RefreshState::Rotated {
-            at: UnixMillis(at),
-            successor_id,
-        }),
-        ("revoked", Some(at), _) => Ok(RefreshState::Revoked { at: UnixMillis(at) }),
-        (state, _, _) => Err(corrupt(format!("refresh token state `{state}` incomplete"))),
-    }
-}
-
-fn kind_to_column(kind: RevocationKind) -> &'static str {
-    match kind {
-        RevocationKind::Jti => "jti",
-        RevocationKind::Session => "session",
-        RevocationKind::User => "user",
-        RevocationKind::Tenant => "tenant",
-        RevocationKind::Family => "family",
-        RevocationKind::Key => "key",
-        RevocationKind::All => "all",
-    }
-}
-
-fn kind_from_column(kind: &str) -> Result<RevocationKind, SqliteFailure> {
-    Ok(match kind {
-        "jti" => RevocationKind::Jti,
-        "session" => RevocationKind::Session,
-        "user" => RevocationKind::User,
-        "tenant" => RevocationKind::Tenant,
-        "family" => RevocationKind::Family,
-        "key" => RevocationKind::Key,
-        "all" => RevocationKind::All,
-        other => return Err(corrupt(format!("unknown revocation kind `{other}`"))),
     })
 }
 

@@ -1,0 +1,123 @@
+//! How domain values are written in database columns, shared by both backends (the row
+//! readers differ by driver; these encodings must not). A value the code does not know
+//! is a corrupt row, reported as [`StoreError::Corrupt`] naming it.
+
+use tessera_common::UnixMillis;
+use tessera_common::bundle::Revision;
+use tessera_common::revocation::RevocationKind;
+
+use super::{RefreshState, StoreError};
+
+fn corrupt(message: String) -> StoreError {
+    StoreError::Corrupt(message)
+}
+
+/// `(state, state_at, successor_id)` of a refresh token.
+pub(crate) fn refresh_state_to_columns(
+    state: &RefreshState,
+) -> (&'static str, Option<i64>, Option<&str>) {
+    match state {
+        RefreshState::Active => ("active", None, None),
+        RefreshState::Rotated { at, successor_id } => {
+            ("rotated", Some(at.0), Some(successor_id.as_str()))
+        }
+        RefreshState::Revoked { at } => ("revoked", Some(at.0), None),
+    }
+}
+
+/// The inverse of [`refresh_state_to_columns`].
+pub(crate) fn refresh_state_from_columns(
+    state: &str,
+    state_at: Option<i64>,
+    successor_id: Option<String>,
+) -> Result<RefreshState, StoreError> {
+    match (state, state_at, successor_id) {
+        ("active", _, _) => Ok(RefreshState::Active),
+        ("rotated", Some(at), Some(successor_id)) => Ok(RefreshState::Rotated {
+            at: UnixMillis(at),
+            successor_id,
+        }),
+        ("revoked", Some(at), _) => Ok(RefreshState::Revoked { at: UnixMillis(at) }),
+        (state, _, _) => Err(corrupt(format!("refresh token state `{state}` incomplete"))),
+    }
+}
+
+pub(crate) fn revocation_kind_to_column(kind: RevocationKind) -> &'static str {
+    match kind {
+        RevocationKind::Jti => "jti",
+        RevocationKind::Session => "session",
+        RevocationKind::User => "user",
+        RevocationKind::Tenant => "tenant",
+        RevocationKind::Family => "family",
+        RevocationKind::Key => "key",
+        RevocationKind::All => "all",
+    }
+}
+
+/// The inverse of [`revocation_kind_to_column`].
+pub(crate) fn revocation_kind_from_column(kind: &str) -> Result<RevocationKind, StoreError> {
+    Ok(match kind {
+        "jti" => RevocationKind::Jti,
+        "session" => RevocationKind::Session,
+        "user" => RevocationKind::User,
+        "tenant" => RevocationKind::Tenant,
+        "family" => RevocationKind::Family,
+        "key" => RevocationKind::Key,
+        "all" => RevocationKind::All,
+        other => return Err(corrupt(format!("unknown revocation kind `{other}`"))),
+    })
+}
+
+/// Returns a row limit as stored, clamped to `i64::MAX`.
+pub(crate) fn limit_to_column(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn revision_from_column(value: i64) -> Result<Revision, StoreError> {
+    u64::try_from(value)
+        .map(Revision)
+        .map_err(|_| corrupt(format!("negative revision {value}")))
+}
+
+pub(crate) fn hash_from_column(value: Vec<u8>) -> Result<[u8; 32], StoreError> {
+    <[u8; 32]>::try_from(value.as_slice())
+        .map_err(|_| corrupt(format!("audit hash of {} bytes", value.len())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodings_round_trip_and_unknown_values_are_corrupt() {
+        for state in [
+            RefreshState::Active,
+            RefreshState::Rotated {
+                at: UnixMillis(5),
+                successor_id: "t1".into(),
+            },
+            RefreshState::Revoked { at: UnixMillis(7) },
+        ] {
+            let (name, at, successor) = refresh_state_to_columns(&state);
+            let back = refresh_state_from_columns(name, at, successor.map(str::to_owned));
+            assert_eq!(back.unwrap(), state);
+        }
+        assert!(refresh_state_from_columns("rotated", Some(1), None).is_err());
+        for kind in [
+            RevocationKind::Jti,
+            RevocationKind::Session,
+            RevocationKind::User,
+            RevocationKind::Tenant,
+            RevocationKind::Family,
+            RevocationKind::Key,
+            RevocationKind::All,
+        ] {
+            let column = revocation_kind_to_column(kind);
+            assert_eq!(revocation_kind_from_column(column).unwrap(), kind);
+        }
+        assert!(revocation_kind_from_column("nobody").is_err());
+        assert!(revision_from_column(-1).is_err());
+        assert!(hash_from_column(vec![0; 31]).is_err());
+        assert_eq!(limit_to_column(usize::MAX), i64::MAX);
+    }
+}
