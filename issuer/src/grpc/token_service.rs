@@ -15,7 +15,7 @@ use super::convert;
 use super::emergency;
 use super::status::{from_issue, from_key, from_session};
 use crate::app::{App, request_id};
-use crate::auth::Scope;
+use crate::auth::{Caller, Scope};
 use crate::sessions::service::{Actor, RevocationTarget};
 use crate::sessions::{RefreshRejection, SessionError, SessionTokens};
 use crate::store::RefreshState;
@@ -257,11 +257,7 @@ impl pb::token_service_server::TokenService for TokenServiceImpl {
                 &request_id,
             )
             .await?;
-        let actor = Actor {
-            actor: caller.client_id.to_string(),
-            request_id,
-            reason: String::new(),
-        };
+        let actor = actor(&caller, request_id, String::new());
         let tokens = self
             .app
             .sessions
@@ -308,11 +304,7 @@ impl pb::token_service_server::TokenService for TokenServiceImpl {
                 None => return Err(from_session(RefreshRejection::Invalid.into())),
             }
         }
-        let actor = Actor {
-            actor: caller.client_id.to_string(),
-            request_id,
-            reason: String::new(),
-        };
+        let actor = actor(&caller, request_id, String::new());
         let tokens = self
             .app
             .sessions
@@ -391,11 +383,7 @@ impl pb::token_service_server::TokenService for TokenServiceImpl {
             (RevocationTarget::Tenant(tenant), _) => Some(tenant.clone()),
             (_, scope) => scope,
         };
-        let actor = Actor {
-            actor: caller.client_id.to_string(),
-            request_id,
-            reason,
-        };
+        let actor = actor(&caller, request_id, reason);
         let revoked = self
             .app
             .sessions
@@ -426,11 +414,7 @@ impl pb::token_service_server::TokenService for TokenServiceImpl {
         let reason = required_reason(&message.reason)?;
         let incident_id = required("incident_id", message.incident_id)?;
         check_identifier("incident_id", &incident_id).map_err(invalid)?;
-        let actor = Actor {
-            actor: caller.client_id.to_string(),
-            request_id,
-            reason,
-        };
+        let actor = actor(&caller, request_id, reason);
         let outcome = match message.scope {
             Some(EmergencyScope::TenantId(tenant)) => {
                 let tenant = TenantId::new(tenant).map_err(invalid)?;
@@ -476,5 +460,14 @@ fn session_tokens(tokens: SessionTokens) -> pb::SessionTokens {
         refresh_token: tokens.refresh.expose(),
         refresh_expires_at: Some(convert::timestamp(tokens.refresh_expires_at)),
         family_id: tokens.family_id,
+    }
+}
+
+/// Who does what, for the audit log: the authenticated client and this request.
+fn actor(caller: &Caller, request_id: String, reason: String) -> Actor {
+    Actor {
+        actor: caller.client_id.to_string(),
+        request_id,
+        reason,
     }
 }
