@@ -27,6 +27,35 @@ pub enum RevocationKind {
 impl RevocationKind {
     const COUNT: usize = 7;
 
+    /// Every kind, in a fixed order.
+    pub const ALL: [RevocationKind; Self::COUNT] = [
+        RevocationKind::Jti,
+        RevocationKind::Session,
+        RevocationKind::User,
+        RevocationKind::Tenant,
+        RevocationKind::Family,
+        RevocationKind::Key,
+        RevocationKind::All,
+    ];
+
+    /// The snake_case name (as in JSON, database columns and metric labels).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RevocationKind::Jti => "jti",
+            RevocationKind::Session => "session",
+            RevocationKind::User => "user",
+            RevocationKind::Tenant => "tenant",
+            RevocationKind::Family => "family",
+            RevocationKind::Key => "key",
+            RevocationKind::All => "all",
+        }
+    }
+
+    /// The kind named `name` by [`RevocationKind::as_str`].
+    pub fn from_name(name: &str) -> Option<RevocationKind> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+
     const fn index(self) -> usize {
         match self {
             RevocationKind::Jti => 0,

@@ -337,7 +337,7 @@ impl SessionService {
         let audit = AuditEntry {
             at: now,
             actor: actor.actor.clone(),
-            action: format!("revoke.{}", kind_name(kind)),
+            action: format!("revoke.{}", kind.as_str()),
             target: value,
             request_id: actor.request_id.clone(),
             reason: actor.reason.clone(),
@@ -347,7 +347,7 @@ impl SessionService {
             .store
             .revoke(vec![entry], effect.into_iter().collect(), now, vec![audit])
             .await?;
-        metrics::counter!("tessera_token_invalidation_total", "reason" => kind_name(kind))
+        metrics::counter!("tessera_token_invalidation_total", "reason" => kind.as_str())
             .increment(1);
         Ok(Revoked {
             revision,
@@ -467,17 +467,5 @@ impl SessionService {
             expires_at,
             state: RefreshState::Active,
         }
-    }
-}
-
-fn kind_name(kind: RevocationKind) -> &'static str {
-    match kind {
-        RevocationKind::Jti => "jti",
-        RevocationKind::Session => "session",
-        RevocationKind::User => "user",
-        RevocationKind::Tenant => "tenant",
-        RevocationKind::Family => "family",
-        RevocationKind::Key => "key",
-        RevocationKind::All => "all",
     }
 }

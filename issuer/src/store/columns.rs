@@ -43,29 +43,13 @@ pub(crate) fn refresh_state_from_columns(
 }
 
 pub(crate) fn revocation_kind_to_column(kind: RevocationKind) -> &'static str {
-    match kind {
-        RevocationKind::Jti => "jti",
-        RevocationKind::Session => "session",
-        RevocationKind::User => "user",
-        RevocationKind::Tenant => "tenant",
-        RevocationKind::Family => "family",
-        RevocationKind::Key => "key",
-        RevocationKind::All => "all",
-    }
+    kind.as_str()
 }
 
 /// The inverse of [`revocation_kind_to_column`].
 pub(crate) fn revocation_kind_from_column(kind: &str) -> Result<RevocationKind, StoreError> {
-    Ok(match kind {
-        "jti" => RevocationKind::Jti,
-        "session" => RevocationKind::Session,
-        "user" => RevocationKind::User,
-        "tenant" => RevocationKind::Tenant,
-        "family" => RevocationKind::Family,
-        "key" => RevocationKind::Key,
-        "all" => RevocationKind::All,
-        other => return Err(corrupt(format!("unknown revocation kind `{other}`"))),
-    })
+    RevocationKind::from_name(kind)
+        .ok_or_else(|| corrupt(format!("unknown revocation kind `{kind}`")))
 }
 
 /// Returns a row limit as stored, clamped to `i64::MAX`.
@@ -103,15 +87,7 @@ mod tests {
             assert_eq!(back.unwrap(), state);
         }
         assert!(refresh_state_from_columns("rotated", Some(1), None).is_err());
-        for kind in [
-            RevocationKind::Jti,
-            RevocationKind::Session,
-            RevocationKind::User,
-            RevocationKind::Tenant,
-            RevocationKind::Family,
-            RevocationKind::Key,
-            RevocationKind::All,
-        ] {
+        for kind in RevocationKind::ALL {
             let column = revocation_kind_to_column(kind);
             assert_eq!(revocation_kind_from_column(column).unwrap(), kind);
         }
