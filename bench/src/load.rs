@@ -40,6 +40,24 @@ struct TaskTally {
     latencies: Latencies,
 }
 
+impl TaskTally {
+    /// Adds another task's tally to this one (keeping the first error seen).
+    fn absorb(&mut self, other: TaskTally) {
+        self.n_done += other.n_done;
+        self.n_errors += other.n_errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.latencies.merge(other.latencies);
+    }
+
+    /// Counts one failure.
+    fn failed(&mut self, error: String) {
+        self.n_errors += 1;
+        self.first_error.get_or_insert(error);
+    }
+}
+
 /// Drives `call(task_index, sequence)` per `plan` and returns the measurement named
 /// `name`. A call's `Err` counts as an error (the first message is kept) and does not
 /// stop the run.
@@ -84,10 +102,7 @@ where
                         tally.n_done += 1;
                         tally.latencies.record(finished - sent);
                     }
-                    Err(error) => {
-                        tally.n_errors += 1;
-                        tally.first_error.get_or_insert(error);
-                    }
+                    Err(error) => tally.failed(error),
                 }
             }
         }));
@@ -96,18 +111,8 @@ where
     let mut total = TaskTally::default();
     for task in tasks {
         match task.await {
-            Ok(tally) => {
-                total.n_done += tally.n_done;
-                total.n_errors += tally.n_errors;
-                if total.first_error.is_none() {
-                    total.first_error = tally.first_error;
-                }
-                total.latencies.merge(tally.latencies);
-            }
-            Err(error) => {
-                total.n_errors += 1;
-                total.first_error.get_or_insert(error.to_string());
-            }
+            Ok(tally) => total.absorb(tally),
+            Err(error) => total.failed(error.to_string()),
         }
     }
     let mut measurement = Measurement::new(name, total.n_done, plan.measure.as_secs_f64())
@@ -163,10 +168,7 @@ where
                         tally.latencies.record(finished - sent);
                         from_schedule.record(finished.saturating_duration_since(ticket.scheduled));
                     }
-                    Err(error) => {
-                        tally.n_errors += 1;
-                        tally.first_error.get_or_insert(error);
-                    }
+                    Err(error) => tally.failed(error),
                 }
             }
             (tally, from_schedule)
@@ -212,18 +214,10 @@ where
     for task in tasks {
         match task.await {
             Ok((tally, scheduled)) => {
-                total.n_done += tally.n_done;
-                total.n_errors += tally.n_errors;
-                if total.first_error.is_none() {
-                    total.first_error = tally.first_error;
-                }
-                total.latencies.merge(tally.latencies);
+                total.absorb(tally);
                 from_schedule.merge(scheduled);
             }
-            Err(error) => {
-                total.n_errors += 1;
-                total.first_error.get_or_insert(error.to_string());
-            }
+            Err(error) => total.failed(error.to_string()),
         }
     }
     let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
