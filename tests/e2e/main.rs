@@ -3,6 +3,7 @@
 
 mod support;
 
+mod attack;
 mod auth_scopes;
 mod cli_keys;
 mod config_errors;

@@ -1,0 +1,1 @@
+//! Attack cases: abuse (filled in by the security round).

@@ -1,0 +1,1 @@
+//! Attack cases: emergency (filled in by the security round).

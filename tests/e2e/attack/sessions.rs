@@ -1,0 +1,1 @@
+//! Attack cases: sessions (filled in by the security round).

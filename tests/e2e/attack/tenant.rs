@@ -1,0 +1,1 @@
+//! Attack cases: tenant (filled in by the security round).

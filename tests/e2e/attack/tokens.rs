@@ -1,0 +1,1 @@
+//! Attack cases: tokens (filled in by the security round).
