@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::limits::MAX_ID_BYTES;
+use crate::limits::{MAX_ID_BYTES, is_bidi_control, is_line_breaking};
 
 /// Why an identifier was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -14,9 +14,13 @@ pub enum IdError {
     TooLong { field: &'static str, max: usize },
     #[error("{field} contains a control character")]
     ControlCharacter { field: &'static str },
+    #[error("{field} contains a bidirectional-text control character")]
+    BidiControl { field: &'static str },
 }
 
-/// Checks the rules every identifier shares: non-empty, at most `MAX_ID_BYTES`, printable.
+/// Checks the rules every identifier shares: non-empty, at most `MAX_ID_BYTES`, printable
+/// and free of bidirectional controls (identifiers reach the audit log too; see
+/// `limits::check_text`).
 pub fn check_identifier(field: &'static str, value: &str) -> Result<(), IdError> {
     if value.is_empty() {
         return Err(IdError::Empty { field });
@@ -27,8 +31,11 @@ pub fn check_identifier(field: &'static str, value: &str) -> Result<(), IdError>
             max: MAX_ID_BYTES,
         });
     }
-    if value.chars().any(char::is_control) {
+    if value.chars().any(is_line_breaking) {
         return Err(IdError::ControlCharacter { field });
+    }
+    if value.chars().any(is_bidi_control) {
+        return Err(IdError::BidiControl { field });
     }
     Ok(())
 }
@@ -113,6 +120,10 @@ mod tests {
         assert!(matches!(
             KeyId::new("a\nb"),
             Err(IdError::ControlCharacter { field: "kid" })
+        ));
+        assert!(matches!(
+            TenantId::new("acme\u{202E}emca"),
+            Err(IdError::BidiControl { field: "tenant_id" })
         ));
         assert_eq!(
             TenantId::new("acme").map(|t| t.to_string()),
