@@ -5,6 +5,10 @@ use serde::{Deserialize, Serialize};
 /// JWS `typ` of access tokens (RFC 9068).
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 
+/// `token_type`s of the tokens the `action` key set signs: action links, password-reset
+/// and email-verification tokens (DESIGN §4). Never `access`.
+pub const ACTION_TOKEN_TYPES: [&str; 3] = ["action", "reset", "verification"];
+
 /// The claims object of an access token.
 ///
 /// `iat` is the standard second-resolution issuance time; `iat_ms` is the same instant
@@ -24,7 +28,8 @@ pub struct AccessClaims {
     #[serde(default)]
     pub permissions: Vec<String>,
     pub session_id: String,
-    /// `access`, `refresh` or `service`.
+    /// `access` for access tokens; the action set's tokens carry one of
+    /// [`ACTION_TOKEN_TYPES`].
     pub token_type: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_fingerprint: Option<String>,

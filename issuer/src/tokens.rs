@@ -7,6 +7,7 @@ use tessera_common::UnixMillis;
 use tessera_common::bundle::TrustBundle;
 use tessera_common::claims::{ACCESS_TOKEN_TYP, AccessClaims};
 use tessera_common::ids::{KeyId, SessionId, Subject, TenantId};
+use tessera_common::keys::KeyState;
 use tessera_common::verify::{self, ClaimRules, Rejection, VerifyingKey};
 
 use crate::keys::signer::{SignError, Signer};
@@ -159,12 +160,20 @@ pub struct Introspection {
     pub kid: String,
 }
 
-/// Checks `token` against `bundle` at `now` exactly as a sidecar would (signature, pinned
-/// algorithm, issuer, lifetime, type, revocation), accepting any of the policy audiences.
+/// Checks `token` against `bundle` at `now` exactly as a sidecar would (the checks of
+/// `tessera_common::verify`, in its order), accepting any of the policy audiences.
+///
+/// `may_see_tenant` says whether the caller may learn about a token of a tenant. It is
+/// asked right after the signature is verified and the claims decoded, before anything
+/// about the token's state: a token of a tenant the caller may not see is
+/// [`Rejection::WrongTenant`] whether it is live, expired or revoked, so its state never
+/// leaks across tenants. (Rejections before that point depend only on the token's bytes
+/// and the published keys, which the caller already has.)
 pub fn introspect(
     token: &str,
     bundle: &TrustBundle,
     now: UnixMillis,
+    may_see_tenant: impl Fn(&str) -> bool,
 ) -> Result<Introspection, Rejection> {
     let jws = verify::parse_compact(token)?;
     let kid = jws.header.kid.clone().ok_or(Rejection::Malformed)?;
@@ -173,14 +182,22 @@ pub fn introspect(
     let key = VerifyingKey::from_schedule(schedule).map_err(|_| Rejection::UnknownKid)?;
     verify::check_signature(&jws, &key)?;
     let (claims, claims_json) = verify::decode_claims(&jws)?;
+    if !may_see_tenant(&claims.tenant_id) {
+        return Err(Rejection::WrongTenant);
+    }
+    if matches!(schedule.state_at(now), KeyState::Retired { .. }) {
+        // Past its overlap window the key verifies nothing, as at the sidecar.
+        return Err(Rejection::UnknownKid);
+    }
     let rules = ClaimRules {
         issuer: &bundle.policy.issuer,
         audiences: &bundle.policy.audiences,
         required_audience: None,
         leeway: Duration::from_secs(u64::from(bundle.policy.leeway_seconds)),
         token_type: "access",
+        max_access_ttl: Duration::from_secs(u64::from(bundle.policy.max_token_ttl_seconds)),
     };
-    verify::check_claims(&jws.header, &claims, &rules, now)?;
+    verify::check_claims(&jws.header, &claims, &key, &rules, now)?;
     verify::check_revocation(&claims, &kid, &key, &bundle.revocations)?;
     Ok(Introspection {
         claims,
@@ -191,7 +208,12 @@ pub fn introspect(
 
 #[cfg(test)]
 mod tests {
+    use tessera_common::bundle::ValidationPolicy;
+    use tessera_common::keys::{Algorithm, KeySchedule, KeySetName};
+    use tessera_common::revocation::{RevocationEntry, RevocationKind};
+
     use super::*;
+    use crate::keys::material;
 
     fn request() -> AccessTokenRequest {
         AccessTokenRequest {
@@ -246,5 +268,96 @@ mod tests {
             build_claims(&stranger, &policy, now, "j".into()),
             Err(IssueError::UnknownAudience(_))
         ));
+    }
+
+    /// A bundle holding one active EdDSA access key, and its signer.
+    fn bundle_and_signer() -> (TrustBundle, Signer) {
+        let generated = material::generate(Algorithm::EdDsa, "k1").unwrap();
+        let kid = KeyId::new("k1").unwrap();
+        let signer = Signer::from_pkcs8(kid.clone(), Algorithm::EdDsa, &generated.pkcs8).unwrap();
+        let mut bundle = TrustBundle::empty(ValidationPolicy {
+            issuer: "tessera".into(),
+            audiences: vec!["tessera-api".into()],
+            leeway_seconds: 30,
+            max_token_ttl_seconds: 900,
+        });
+        bundle.keys.insert(
+            kid.clone(),
+            KeySchedule {
+                kid,
+                key_set: KeySetName::Access,
+                algorithm: Algorithm::EdDsa,
+                created_at: UnixMillis(0),
+                activates_at: UnixMillis(0),
+                deactivates_at: None,
+                verify_until: None,
+                revoked_at: None,
+                public_jwk: generated.public_jwk,
+            },
+        );
+        (bundle, signer)
+    }
+
+    #[test]
+    fn introspection_hides_the_state_of_another_tenants_token() {
+        let (mut bundle, signer) = bundle_and_signer();
+        let issued_at = UnixMillis(1_700_000_000_000);
+        let token = issue(&signer, &request(), &TokenPolicy::default(), issued_at).unwrap();
+        let only_globex = |tenant: &str| tenant == "globex";
+        let only_acme = |tenant: &str| tenant == "acme";
+        let live = issued_at.plus(Duration::from_secs(60));
+        assert!(introspect(&token.token, &bundle, live, only_acme).is_ok());
+        assert_eq!(
+            introspect(&token.token, &bundle, live, only_globex).unwrap_err(),
+            Rejection::WrongTenant
+        );
+        // Expired: the owner learns it, another tenant does not.
+        let late = issued_at.plus(Duration::from_secs(3_600));
+        assert_eq!(
+            introspect(&token.token, &bundle, late, only_acme).unwrap_err(),
+            Rejection::Expired
+        );
+        assert_eq!(
+            introspect(&token.token, &bundle, late, only_globex).unwrap_err(),
+            Rejection::WrongTenant
+        );
+        // Revoked: likewise.
+        bundle.revocations.insert(RevocationEntry {
+            kind: RevocationKind::Jti,
+            value: token.jti.clone(),
+            tenant_id: None,
+            revoked_at: live,
+            drop_after: late,
+        });
+        assert_eq!(
+            introspect(&token.token, &bundle, live, only_acme).unwrap_err(),
+            Rejection::Revoked
+        );
+        assert_eq!(
+            introspect(&token.token, &bundle, live, only_globex).unwrap_err(),
+            Rejection::WrongTenant
+        );
+    }
+
+    #[test]
+    fn introspection_applies_the_shared_validity_bounds() {
+        let (bundle, signer) = bundle_and_signer();
+        let now = UnixMillis(1_700_000_000_000);
+        let any = |_: &str| true;
+        let sign = |claims: &AccessClaims| signer.sign_jws(ACCESS_TOKEN_TYP, claims).unwrap();
+        let mut claims =
+            build_claims(&request(), &TokenPolicy::default(), now, "j".into()).unwrap();
+        assert!(introspect(&sign(&claims), &bundle, now, any).is_ok());
+        claims.exp = claims.iat + 10 * 365 * 86_400;
+        assert_eq!(
+            introspect(&sign(&claims), &bundle, now, any).unwrap_err(),
+            Rejection::LifetimeTooLong
+        );
+        let future = now.plus(Duration::from_secs(3_600));
+        let claims = build_claims(&request(), &TokenPolicy::default(), future, "j".into()).unwrap();
+        assert_eq!(
+            introspect(&sign(&claims), &bundle, now, any).unwrap_err(),
+            Rejection::NotYetValid
+        );
     }
 }

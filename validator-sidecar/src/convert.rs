@@ -234,6 +234,9 @@ pub fn reason(rejection: Rejection) -> pb::Reason {
         Rejection::InsufficientPermissions => pb::Reason::InsufficientPermissions,
         Rejection::WrongRole => pb::Reason::WrongRole,
         Rejection::BundleStale => pb::Reason::BundleStale,
+        Rejection::LifetimeTooLong => pb::Reason::LifetimeTooLong,
+        Rejection::KeyNotActive => pb::Reason::KeyNotActive,
+        Rejection::WrongTenant => pb::Reason::WrongTenant,
     }
 }
 
@@ -305,6 +308,7 @@ pub fn query(request: &pb::ValidateTokenRequest) -> TokenQuery<'_> {
         required_permissions: &request.required_permissions,
         required_role: non_empty(&request.required_role),
         token_type: non_empty(&request.token_type),
+        tenant_id: non_empty(&request.tenant_id),
     }
 }
 
@@ -316,6 +320,7 @@ pub fn stream_query(request: &pb::ValidateStreamRequest) -> TokenQuery<'_> {
         required_permissions: &request.required_permissions,
         required_role: non_empty(&request.required_role),
         token_type: non_empty(&request.token_type),
+        tenant_id: non_empty(&request.tenant_id),
     }
 }
 
@@ -344,6 +349,9 @@ mod tests {
             ),
             (Rejection::WrongRole, "WRONG_ROLE"),
             (Rejection::BundleStale, "BUNDLE_STALE"),
+            (Rejection::LifetimeTooLong, "LIFETIME_TOO_LONG"),
+            (Rejection::KeyNotActive, "KEY_NOT_ACTIVE"),
+            (Rejection::WrongTenant, "WRONG_TENANT"),
         ];
         for (rejection, name) in table {
             assert_eq!(reason(rejection).as_str_name(), name);

@@ -1,6 +1,9 @@
-//! Token validation against the bundle in memory, in DESIGN §7's order: staleness, size,
-//! header, kid, algorithm pinned by the key, signature, iss/aud/exp/nbf, token type,
-//! revocation, permissions and role. Domain types only; the gRPC edge converts.
+//! Token validation against the bundle in memory, in DESIGN §7's order (detailed in
+//! `tessera_common::verify`): staleness, size, header, kid, algorithm pinned by the key,
+//! signature, then iss/aud/exp/nbf/iat, lifetime bound, token type, the key's signing
+//! window, the required tenant, revocation, permissions and role. Only the signature work
+//! is cached: everything after it depends on the instant or the query and runs on every
+//! cache hit. Domain types only; the gRPC edge converts.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,7 +12,7 @@ use tessera_common::keys::KeyState;
 use tessera_common::limits::MAX_TOKEN_BYTES;
 use tessera_common::verify::{
     ClaimRules, Rejection, check_authorization, check_claims, check_revocation, check_signature,
-    decode_claims, parse_compact,
+    check_tenant, decode_claims, parse_compact,
 };
 use tessera_common::{Clock, UnixMillis};
 use tokio::sync::Notify;
@@ -33,6 +36,8 @@ pub struct TokenQuery<'a> {
     pub required_role: Option<&'a str>,
     /// Required `token_type` (`None`: `access`).
     pub token_type: Option<&'a str>,
+    /// Tenant the token must belong to (`None`: any).
+    pub tenant_id: Option<&'a str>,
 }
 
 /// The verdict on a token.
@@ -211,8 +216,9 @@ impl Validator {
         Attempt::Done(self.check_verified(&view, verified, query, now))
     }
 
-    /// Runs the checks that follow the signature: claims, token type, revocation (entries
-    /// and the key's own), permissions and role.
+    /// Runs the checks that follow the signature: claims, token type, the key's signing
+    /// window, the required tenant, revocation (entries and the key's own), permissions
+    /// and role. Runs on every cache hit: all of it depends on `now` or on the query.
     fn check_verified(
         &self,
         view: &BundleView,
@@ -227,12 +233,25 @@ impl Validator {
             required_audience: query.audience,
             leeway: self.config.leeway,
             token_type: query.token_type.unwrap_or("access"),
+            max_access_ttl: Duration::from_secs(u64::from(
+                view.bundle.policy.max_token_ttl_seconds,
+            )),
         };
-        match check_claims(&verified.header, &verified.claims, &rules, now) {
+        let claims_checked = check_claims(
+            &verified.header,
+            &verified.claims,
+            &verified.verifying_key,
+            &rules,
+            now,
+        );
+        match claims_checked {
             Err(Rejection::WrongIssuer) => return Err(Rejection::WrongIssuer),
             _ if unsatisfiable => return Err(Rejection::WrongAudience),
             result => result?,
         }
+        // Before revocation: a caller asking for its own tenant must not learn whether
+        // another tenant's token is revoked.
+        check_tenant(&verified.claims, query.tenant_id)?;
         check_revocation(
             &verified.claims,
             &verified.kid,

@@ -208,9 +208,12 @@ impl pb::token_service_server::TokenService for TokenServiceImpl {
             token_type: String::new(),
             refresh: None,
         };
-        let response = match tokens::introspect(&token, &bundle, self.app.now()) {
-            // RFC 7662: a token of a tenant the caller may not see is simply not active.
-            Ok(found) if !caller.may_act_on(&found.claims.tenant_id) => inactive("not_active"),
+        let may_see_tenant = |tenant: &str| caller.may_act_on(tenant);
+        let response = match tokens::introspect(&token, &bundle, self.app.now(), may_see_tenant) {
+            // RFC 7662: a token of a tenant the caller may not see is simply not active,
+            // whatever its state (introspect checks the tenant before expiry and
+            // revocation, so that state does not leak).
+            Err(tessera_common::verify::Rejection::WrongTenant) => inactive("not_active"),
             Ok(found) => pb::IntrospectTokenResponse {
                 active: true,
                 reason: String::new(),
