@@ -9,7 +9,8 @@ use tokio::sync::watch;
 use tonic::Status;
 use tracing::warn;
 
-use crate::auth::{AuthError, Authenticator, Caller, Scope};
+use crate::abuse::{self, Peer, Refusal};
+use crate::auth::{AuthError, Authenticator, Caller, Scope, StoreAccess};
 use crate::hub::BundleHub;
 use crate::keys::KeyManager;
 use crate::sessions::SessionService;
@@ -37,50 +38,51 @@ impl App {
         self.clock.now()
     }
 
-    /// Authenticates the caller of `rpc` and checks `scope`; refusals of admin calls, and
-    /// every refusal for a missing scope, are written to the audit log.
+    /// Authenticates the caller of `rpc` and checks `scope`. A call without a valid
+    /// credential takes from its peer's failure budget and is counted in the peer's burst,
+    /// summarised later in one audit row (`abuse`); once the peer is over budget such calls
+    /// are `RESOURCE_EXHAUSTED` and its credentials are checked against the caches only.
+    /// Refusals of an authenticated caller for a missing scope are audited one by one.
     pub async fn authorize<T>(
         &self,
         request: &tonic::Request<T>,
         rpc: &str,
         scope: Scope,
     ) -> Result<Caller, Status> {
-        let request_id = request_id(request);
-        let outcome = self.auth.authenticate_request(request).await;
-        let caller = match outcome {
-            Ok(caller) if caller.has(scope) => return Ok(caller),
+        let peer = Peer::of(request);
+        let now = self.now();
+        let access = match self.auth.abuse().over_budget(peer, now) {
+            Some(_) => StoreAccess::KnownClientsOnly,
+            None => StoreAccess::Any,
+        };
+        match self.auth.authenticate_request_with(request, access).await {
+            Ok(caller) if caller.has(scope) => Ok(caller),
             Ok(caller) => {
                 self.audit_denial(
                     &caller.client_id.to_string(),
                     rpc,
-                    &request_id,
+                    &request_id(request),
                     &format!("missing scope {}", scope.as_str()),
                 )
                 .await;
-                return Err(Status::permission_denied(format!(
+                Err(Status::permission_denied(format!(
                     "this credential lacks the `{}` scope",
                     scope.as_str()
-                )));
+                )))
             }
             Err(AuthError::Store(error)) => {
                 warn!(%error, rpc, "credential lookup failed");
-                return Err(Status::unavailable("credential store unavailable"));
+                Err(Status::unavailable("credential store unavailable"))
             }
-            Err(_) => None::<Caller>,
-        };
-        debug_assert!(caller.is_none());
-        if scope == Scope::Admin {
-            self.audit_denial(
-                "anonymous",
-                rpc,
-                &request_id,
-                "missing or invalid credential",
-            )
-            .await;
+            Err(_) => Err(self.refuse_unauthenticated(peer, rpc, now)),
         }
-        Err(Status::unauthenticated(
-            "missing or invalid credential: send `authorization: Bearer <credential>`",
-        ))
+    }
+
+    /// Writes every open burst of refused anonymous calls to the audit log now, instead of
+    /// when it ends (for tests and operators' tools that read the log at once).
+    pub async fn flush_denial_summaries(&self) {
+        let summaries = self.auth.abuse().take_all();
+        abuse::write_summaries(self.store.as_ref(), summaries, self.now()).await;
     }
 
     /// Checks that `caller` may act on `tenant_id`.
@@ -113,6 +115,24 @@ impl App {
         }
     }
 
+    /// Charges a call without a valid credential to its peer and answers it; the audit row
+    /// comes later, in the peer's burst summary.
+    fn refuse_unauthenticated(&self, peer: Peer, rpc: &str, now: UnixMillis) -> Status {
+        metrics::counter!("tessera_auth_denied_total", "rpc" => rpc.to_owned()).increment(1);
+        let abuse = self.auth.abuse();
+        abuse.start_flusher(
+            self.store.clone(),
+            self.clock.clone(),
+            self.shutdown.clone(),
+        );
+        match abuse.refuse(peer, rpc, now) {
+            Refusal::Unauthenticated => Status::unauthenticated(
+                "missing or invalid credential: send `authorization: Bearer <credential>`",
+            ),
+            Refusal::RateLimited { retry_after } => rate_limited(retry_after),
+        }
+    }
+
     async fn audit_denial(&self, actor: &str, rpc: &str, request_id: &str, reason: &str) {
         metrics::counter!("tessera_auth_denied_total", "rpc" => rpc.to_owned()).increment(1);
         self.audit(AuditEntry {
@@ -126,6 +146,23 @@ impl App {
         })
         .await;
     }
+}
+
+/// Returns `RESOURCE_EXHAUSTED` with `retry-after` (whole seconds, at least 1) in the
+/// response metadata, as HTTP's header of that name.
+fn rate_limited(retry_after: Duration) -> Status {
+    let seconds = retry_after
+        .as_secs()
+        .saturating_add(u64::from(retry_after.subsec_nanos() > 0))
+        .max(1);
+    let mut status = Status::resource_exhausted(format!(
+        "too many refused calls from this address: retry after {seconds} s"
+    ));
+    // Digits always make a valid header value.
+    if let Ok(value) = seconds.to_string().parse() {
+        status.metadata_mut().insert("retry-after", value);
+    }
+    status
 }
 
 /// Returns the caller's `x-request-id` (if short and printable) or a fresh one.

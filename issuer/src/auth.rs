@@ -12,6 +12,7 @@ use tessera_common::{Clock, UnixMillis};
 use tonic::metadata::MetadataMap;
 use zeroize::Zeroizing;
 
+use crate::abuse::AbuseGuard;
 use crate::store::{AuditEntry, ClientRecord, Store, StoreError};
 
 /// The pepper version credentials are hashed with today.
@@ -89,8 +90,28 @@ pub enum AuthError {
     Store(#[from] StoreError),
 }
 
+/// How long an unknown client id is remembered as unknown. Client ids are random, so a
+/// real client created meanwhile on another replica is refused for at most this long only
+/// if someone presented its id before it existed.
+const UNKNOWN_ID_TTL: Duration = Duration::from_secs(30);
+/// How long a client id found in the store counts as known (see `StoreAccess`).
+const KNOWN_ID_TTL: Duration = Duration::from_secs(600);
+/// Most ids in each id cache; they hold no secret and only short strings.
+const MAX_CACHED_IDS: u64 = 100_000;
+
+/// Which credentials may cost a store lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreAccess {
+    /// Any well-formed credential whose id is not known to be unknown.
+    Any,
+    /// Only credentials of a client this replica found in the store recently: for peers
+    /// over their failure budget, whose guesses must cost no query.
+    KnownClientsOnly,
+}
+
 /// Verifies credentials against the store, with a short-lived cache of client records so
-/// a busy client costs one HMAC per call, not one query.
+/// a busy client costs one HMAC per call, not one query, and a cache of ids the store does
+/// not hold so a flood of invented ids costs no query either.
 pub struct Authenticator {
     store: Arc<dyn Store>,
     /// Callers identified by a verified client certificate, by SHA-256 of its DER.
@@ -98,6 +119,11 @@ pub struct Authenticator {
     clock: Arc<dyn Clock>,
     pepper: Zeroizing<Vec<u8>>,
     cache: moka::future::Cache<String, Arc<ClientRecord>>,
+    /// Client ids the store did not hold (negative cache).
+    unknown_ids: moka::future::Cache<String, ()>,
+    /// Client ids the store held recently, disabled or not.
+    known_ids: moka::future::Cache<String, ()>,
+    abuse: Arc<AbuseGuard>,
 }
 
 impl Authenticator {
@@ -118,7 +144,21 @@ impl Authenticator {
                 .max_capacity(10_000)
                 .time_to_live(cache_ttl)
                 .build(),
+            unknown_ids: id_cache(UNKNOWN_ID_TTL),
+            known_ids: id_cache(KNOWN_ID_TTL),
+            abuse: Arc::new(AbuseGuard::default()),
         }
+    }
+
+    /// Replaces the default per-peer budgets and burst summaries.
+    pub fn with_abuse_guard(mut self, abuse: Arc<AbuseGuard>) -> Self {
+        self.abuse = abuse;
+        self
+    }
+
+    /// Returns the per-peer budgets and burst summaries of refused calls.
+    pub fn abuse(&self) -> &Arc<AbuseGuard> {
+        &self.abuse
     }
 
     /// Accepts callers that present a client certificate with one of these fingerprints
@@ -134,8 +174,18 @@ impl Authenticator {
         &self,
         request: &tonic::Request<T>,
     ) -> Result<Caller, AuthError> {
+        self.authenticate_request_with(request, StoreAccess::Any)
+            .await
+    }
+
+    /// Like [`Authenticator::authenticate_request`], looking up only what `access` allows.
+    pub async fn authenticate_request_with<T>(
+        &self,
+        request: &tonic::Request<T>,
+        access: StoreAccess,
+    ) -> Result<Caller, AuthError> {
         if request.metadata().contains_key("authorization") || self.certificate_callers.is_empty() {
-            return self.authenticate(request.metadata()).await;
+            return self.authenticate_with(request.metadata(), access).await;
         }
         let certificates = request.peer_certs().ok_or(AuthError::Unauthenticated)?;
         let leaf = certificates.first().ok_or(AuthError::Unauthenticated)?;
@@ -150,6 +200,16 @@ impl Authenticator {
 
     /// Authenticates the bearer credential in `metadata`.
     pub async fn authenticate(&self, metadata: &MetadataMap) -> Result<Caller, AuthError> {
+        self.authenticate_with(metadata, StoreAccess::Any).await
+    }
+
+    /// Authenticates the bearer credential in `metadata`, looking up only what `access`
+    /// allows.
+    pub async fn authenticate_with(
+        &self,
+        metadata: &MetadataMap,
+        access: StoreAccess,
+    ) -> Result<Caller, AuthError> {
         let header = metadata
             .get("authorization")
             .and_then(|value| value.to_str().ok())
@@ -165,21 +225,7 @@ impl Authenticator {
         }
         let client_id =
             ClientId::new(credential.id.clone()).map_err(|_| AuthError::Unauthenticated)?;
-        let record = match self.cache.get(client_id.as_str()).await {
-            Some(record) => record,
-            None => {
-                let record = Arc::new(
-                    self.store
-                        .client(&client_id)
-                        .await?
-                        .ok_or(AuthError::Unauthenticated)?,
-                );
-                self.cache
-                    .insert(client_id.to_string(), record.clone())
-                    .await;
-                record
-            }
-        };
+        let record = self.client_record(&client_id, access).await?;
         if record.disabled_at.is_some_and(|at| at <= self.clock.now()) {
             return Err(AuthError::Unauthenticated);
         }
@@ -195,6 +241,36 @@ impl Authenticator {
                 .collect(),
             tenants: record.tenants.clone(),
         })
+    }
+
+    /// Returns the record of `client_id` from the cache, or from the store when `access`
+    /// allows and the id is not known to be unknown.
+    async fn client_record(
+        &self,
+        client_id: &ClientId,
+        access: StoreAccess,
+    ) -> Result<Arc<ClientRecord>, AuthError> {
+        if let Some(record) = self.cache.get(client_id.as_str()).await {
+            return Ok(record);
+        }
+        if self.unknown_ids.contains_key(client_id.as_str()) {
+            return Err(AuthError::Unauthenticated);
+        }
+        if access == StoreAccess::KnownClientsOnly
+            && !self.known_ids.contains_key(client_id.as_str())
+        {
+            return Err(AuthError::Unauthenticated);
+        }
+        let Some(record) = self.store.client(client_id).await? else {
+            self.unknown_ids.insert(client_id.to_string(), ()).await;
+            return Err(AuthError::Unauthenticated);
+        };
+        let record = Arc::new(record);
+        self.known_ids.insert(client_id.to_string(), ()).await;
+        self.cache
+            .insert(client_id.to_string(), record.clone())
+            .await;
+        Ok(record)
     }
 
     /// Forgets a cached client (after it is disabled on this replica).
@@ -231,6 +307,12 @@ impl Authenticator {
             ..audit
         };
         self.store.insert_client(record.clone(), audit).await?;
+        // The new id is random, but if it was ever presented (and cached as unknown) the
+        // new client must work at once on this replica.
+        self.unknown_ids.invalidate(record.client_id.as_str()).await;
+        self.known_ids
+            .insert(record.client_id.to_string(), ())
+            .await;
         Ok((record, credential))
     }
 
@@ -238,4 +320,11 @@ impl Authenticator {
     pub fn now(&self) -> UnixMillis {
         self.clock.now()
     }
+}
+
+fn id_cache(time_to_live: Duration) -> moka::future::Cache<String, ()> {
+    moka::future::Cache::builder()
+        .max_capacity(MAX_CACHED_IDS)
+        .time_to_live(time_to_live)
+        .build()
 }

@@ -1,6 +1,7 @@
 //! Tessera issuer: holds every private key and all token state, signs tokens, rotates
 //! keys on schedule and streams the trust bundle to verifiers.
 
+pub mod abuse;
 pub mod app;
 pub mod audit;
 pub mod auth;

@@ -32,6 +32,7 @@ fn replayed(app: &App) -> pb::EmergencyRevokeResponse {
         n_sessions_revoked: 0,
         new_kids: Vec::new(),
         replayed: true,
+        revoked_kids: Vec::new(),
     }
 }
 
@@ -63,6 +64,7 @@ pub async fn revoke_tenant(
         n_sessions_revoked: revoked.n_sessions,
         new_kids: Vec::new(),
         replayed: false,
+        revoked_kids: Vec::new(),
     })
 }
 
@@ -81,6 +83,7 @@ pub async fn revoke_everything(
         reason: format!("emergency {incident_id}: {}", actor.reason),
     };
     let mut new_kids = Vec::new();
+    let mut revoked_kids = Vec::new();
     for key_set in KeySetName::ALL {
         let outcome = app
             .keys
@@ -88,6 +91,7 @@ pub async fn revoke_everything(
             .await
             .map_err(from_key)?;
         new_kids.extend(outcome.new_kid.map(|kid| kid.to_string()));
+        revoked_kids.extend(outcome.revoked_kids.iter().map(ToString::to_string));
     }
     let actor = Actor {
         reason: context.reason.clone(),
@@ -103,5 +107,6 @@ pub async fn revoke_everything(
         n_sessions_revoked: revoked.n_sessions,
         new_kids,
         replayed: false,
+        revoked_kids,
     })
 }

@@ -120,6 +120,11 @@ impl pb::key_service_server::KeyService for KeyServiceImpl {
             activates_at: outcome.activates_at.map(convert::timestamp),
             previous_verify_until: outcome.previous_verify_until.map(convert::timestamp),
             revision: outcome.revision.0,
+            revoked_kids: outcome
+                .revoked_kids
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }))
     }
 

@@ -68,6 +68,9 @@ pub struct RotationOutcome {
     pub previous_kid: Option<KeyId>,
     pub activates_at: Option<UnixMillis>,
     pub previous_verify_until: Option<UnixMillis>,
+    /// Every key this change revoked (an emergency rotation revokes the signer, retiring
+    /// and pending keys alike), so callers can name them to the operator.
+    pub revoked_kids: Vec<KeyId>,
     pub revision: Revision,
 }
 
@@ -473,6 +476,7 @@ fn outcome_of(key_set: KeySetName, plan: &Plan, revision: Revision) -> RotationO
         previous_kid: plan.previous_signer.clone(),
         activates_at,
         previous_verify_until,
+        revoked_kids: plan.revoked.clone(),
         revision,
     }
 }

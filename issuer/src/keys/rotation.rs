@@ -28,7 +28,8 @@ pub enum Trigger {
     Scheduled,
     /// An operator's rotation: the successor signs after `prepublish`.
     Manual { prepublish: Duration },
-    /// Compromise: the signer (and any pending key) is revoked, a successor signs now.
+    /// Compromise: every key the issuer held that verifiers still trust (signer, retiring
+    /// and pending keys) is revoked, leftover material is dropped, a successor signs now.
     Emergency,
     /// Revocation of one key; if it is the signer, a successor signs now.
     Revoke { kid: KeyId },
@@ -128,17 +129,7 @@ pub fn plan(
                 }
                 Some(_) => {}
             }
-            for key in keys {
-                let schedule = &key.schedule;
-                if !key.has_private {
-                    continue;
-                }
-                match schedule.state_at(now) {
-                    KeyState::Retired { .. } => plan.retired.push(schedule.kid.clone()),
-                    KeyState::Revoked { .. } => plan.drop_private.push(schedule.kid.clone()),
-                    _ => {}
-                }
-            }
+            collect_leftover_private_keys(keys, now, &mut plan);
         }
         Trigger::Manual { prepublish } => {
             let activates_at = now.plus(*prepublish);
@@ -163,10 +154,17 @@ pub fn plan(
             }
         }
         Trigger::Emergency => {
-            for schedule in signer.iter().chain(pending.iter().copied()) {
-                plan.rescheduled.push(revoke(schedule, now));
-                plan.revoked.push(schedule.kid.clone());
+            // The issuer may be compromised, so every key whose private part it held is
+            // suspect: the signer, every retiring key (a stolen one would otherwise mint
+            // trusted tokens until its overlap ends) and every pending key.
+            for schedule in keys.iter().map(|key| &key.schedule) {
+                if schedule.state_at(now).is_published() {
+                    plan.rescheduled.push(revoke(schedule, now));
+                    plan.revoked.push(schedule.kid.clone());
+                }
             }
+            // Material the scheduler has not cleaned up yet goes in the same commit.
+            collect_leftover_private_keys(keys, now, &mut plan);
             plan.create = Some(successor(now));
         }
         Trigger::Revoke { kid } => {
@@ -193,6 +191,19 @@ pub fn plan(
         }
     }
     Ok(plan)
+}
+
+/// Adds the keys past their overlap (to retire) and the revoked keys whose wrapped private
+/// key is still stored (to drop it): a key that can no longer sign keeps no material.
+fn collect_leftover_private_keys(keys: &[KeyView], now: UnixMillis, plan: &mut Plan) {
+    for key in keys.iter().filter(|key| key.has_private) {
+        let kid = key.schedule.kid.clone();
+        match key.schedule.state_at(now) {
+            KeyState::Retired { .. } => plan.retired.push(kid),
+            KeyState::Revoked { .. } => plan.drop_private.push(kid),
+            _ => {}
+        }
+    }
 }
 
 fn hand_over(
@@ -247,7 +258,12 @@ mod tests {
                 key.schedule = schedule.clone();
             }
         }
-        for kid in plan.retired.iter().chain(&plan.drop_private) {
+        for kid in plan
+            .retired
+            .iter()
+            .chain(&plan.drop_private)
+            .chain(&plan.revoked)
+        {
             if let Some(key) = keys.iter_mut().find(|key| &key.schedule.kid == kid) {
                 key.has_private = false;
             }
@@ -448,6 +464,104 @@ mod tests {
         apply(&mut keys, &plan, start);
         assert_eq!(signer_at(&keys, start).unwrap().kid.as_str(), "k1");
         assert_eq!(published(&keys, start), BTreeSet::from(["k1".to_owned()]));
+    }
+
+    fn kids(kids: &[KeyId]) -> BTreeSet<String> {
+        kids.iter().map(KeyId::to_string).collect()
+    }
+
+    fn names(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|name| (*name).to_owned()).collect()
+    }
+
+    /// k0 retiring, k1 signing, k2 pending (published, signs in an hour).
+    fn retiring_active_and_pending(policy: &KeySetPolicy, now: UnixMillis) -> Vec<KeyView> {
+        let mut keys = bootstrap(policy, now);
+        for (kid, prepublish) in [("k1", Duration::ZERO), ("k2", HOUR)] {
+            let trigger = Trigger::Manual { prepublish };
+            let manual = plan(&keys, policy, &trigger, now, KeyId::new(kid).unwrap()).unwrap();
+            apply(&mut keys, &manual, now);
+        }
+        let state = |kid: &str| {
+            keys.iter()
+                .find(|key| key.schedule.kid.as_str() == kid)
+                .map(|key| key.schedule.state_at(now).name())
+        };
+        assert_eq!(
+            [state("k0"), state("k1"), state("k2")],
+            [Some("retiring"), Some("active"), Some("pending")]
+        );
+        keys
+    }
+
+    #[test]
+    fn emergency_rotation_revokes_retiring_and_pending_keys_too() {
+        let policy = KeySetPolicy::default_for(KeySetName::Access);
+        let now = UnixMillis::from_secs(1_000);
+        let mut keys = retiring_active_and_pending(&policy, now);
+        let emergency = plan(
+            &keys,
+            &policy,
+            &Trigger::Emergency,
+            now,
+            KeyId::new("k3").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(kids(&emergency.revoked), names(&["k0", "k1", "k2"]));
+        assert_eq!(emergency.previous_signer, Some(KeyId::new("k1").unwrap()));
+        apply(&mut keys, &emergency, now);
+        // Only the fresh key is trusted, and only it still has a private key.
+        assert_eq!(published(&keys, now), names(&["k3"]));
+        assert_eq!(signer_at(&keys, now).unwrap().kid.as_str(), "k3");
+        let with_private: Vec<&str> = keys
+            .iter()
+            .filter(|key| key.has_private)
+            .map(|key| key.schedule.kid.as_str())
+            .collect();
+        assert_eq!(with_private, vec!["k3"]);
+        // Later, the former retiring key stays revoked rather than retiring quietly.
+        let later = now.plus(8 * DAY);
+        for key in keys.iter().filter(|key| key.schedule.kid.as_str() != "k3") {
+            assert!(matches!(
+                key.schedule.state_at(later),
+                KeyState::Revoked { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn emergency_rotation_drops_material_a_late_scheduler_left_behind() {
+        let policy = KeySetPolicy::default_for(KeySetName::Access);
+        let start = UnixMillis::from_secs(1_000);
+        let mut keys = bootstrap(&policy, start);
+        let manual = plan(
+            &keys,
+            &policy,
+            &Trigger::Manual {
+                prepublish: Duration::ZERO,
+            },
+            start,
+            KeyId::new("k1").unwrap(),
+        )
+        .unwrap();
+        apply(&mut keys, &manual, start);
+        // Past k0's overlap, but no scheduled run has retired it yet.
+        let now = start.plus(policy.overlap + HOUR);
+        let emergency = plan(
+            &keys,
+            &policy,
+            &Trigger::Emergency,
+            now,
+            KeyId::new("k2").unwrap(),
+        )
+        .unwrap();
+        assert_eq!(kids(&emergency.revoked), names(&["k1"]));
+        assert_eq!(kids(&emergency.retired), names(&["k0"]));
+        apply(&mut keys, &emergency, now);
+        assert!(
+            keys.iter()
+                .all(|key| key.has_private == (key.schedule.kid.as_str() == "k2"))
+        );
     }
 
     #[test]
