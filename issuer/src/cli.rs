@@ -1,7 +1,7 @@
 //! The admin CLI: subcommands that talk gRPC to a running issuer, with human-readable or
 //! `--json` output.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -109,8 +109,11 @@ pub enum TokenCommand {
         /// A feature flag (repeatable).
         #[arg(long = "feature")]
         features: Vec<String>,
+        /// Write the token to this file (mode 0600) instead of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
-    /// Introspect a token (`-` reads it from standard input).
+    /// Introspect a token (`-` reads it from standard input, `@FILE` from a file).
     Introspect {
         /// The token.
         token: String,
@@ -131,6 +134,10 @@ pub enum ClientsCommand {
         /// A tenant the client may act on (repeatable; none = every tenant).
         #[arg(long = "tenant")]
         tenants: Vec<String>,
+        /// Write the credential to this file (mode 0600; usable as --token-file) instead
+        /// of printing it.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// List API clients.
     List,
@@ -208,6 +215,67 @@ impl Client {
             println!("{}", text(&value));
         }
     }
+}
+
+/// A secret a command prints, and where `--out` sends it instead.
+struct SecretOutput<'a> {
+    /// The fields of the JSON answer that are secret.
+    fields: &'a [&'a str],
+    /// The file for the secret, when `--out` is given.
+    out: Option<&'a Path>,
+    /// What the file holds, in the form the CLI reads back (`--token-file`, `@FILE`).
+    contents: fn(&Value) -> String,
+}
+
+impl Client {
+    /// Prints `value` with `text`; with `--out`, first writes the secret to a 0600 file
+    /// and prints only the file's path and the non-secret fields, so no credential lands
+    /// in a terminal's scrollback, a shell redirect with the default umask or a CI log.
+    fn print_with_secret(
+        &self,
+        mut value: Value,
+        secret: SecretOutput<'_>,
+        text: impl FnOnce(&Value) -> String,
+    ) -> anyhow::Result<()> {
+        let Some(out) = secret.out else {
+            self.print(value, text);
+            return Ok(());
+        };
+        let contents = zeroize::Zeroizing::new((secret.contents)(&value));
+        crate::files::write_private(out, contents.as_bytes())
+            .with_context(|| format!("writing {}", out.display()))?;
+        if let Some(object) = value.as_object_mut() {
+            for field in secret.fields {
+                object.remove(*field);
+            }
+            object.insert("out".into(), json!(out.display().to_string()));
+        }
+        self.print(value, |value| {
+            let mut lines = vec![format!(
+                "wrote {} to {} (mode 0600)",
+                secret.fields.join(" and "),
+                out.display()
+            )];
+            for (name, field) in value.as_object().into_iter().flatten() {
+                if name != "out" {
+                    lines.push(format!(
+                        "{name}: {}",
+                        field
+                            .as_str()
+                            .map_or_else(|| field.to_string(), str::to_owned)
+                    ));
+                }
+            }
+            lines.join("\n")
+        });
+        Ok(())
+    }
+}
+
+/// The bare value of `field`, newline-terminated: a credential file for `--token-file`, a
+/// token file for `@FILE`.
+fn bare(value: &Value, field: &str) -> String {
+    format!("{}\n", value[field].as_str().unwrap_or(""))
 }
 
 fn credential(args: &ConnectArgs) -> anyhow::Result<String> {
@@ -302,14 +370,17 @@ pub async fn keys(args: &ConnectArgs, command: KeysCommand) -> anyhow::Result<()
                 "activates_at": time(&response.activates_at),
                 "previous_verify_until": time(&response.previous_verify_until),
                 "revision": response.revision,
+                "revoked_kids": response.revoked_kids,
             });
             client.print(value, |value| {
-                format!(
+                let mut text = format!(
                     "rotated: {} -> {} (revision {})",
                     value["previous_kid"].as_str().unwrap_or("-"),
                     value["new_kid"].as_str().unwrap_or("-"),
                     value["revision"]
-                )
+                );
+                text.push_str(&revoked_lines(&value["revoked_kids"]));
+                text
             });
         }
         KeysCommand::Revoke { kid, reason } => {
@@ -345,6 +416,7 @@ pub async fn token(args: &ConnectArgs, command: TokenCommand) -> anyhow::Result<
             session_id,
             mfa,
             features,
+            out,
         } => {
             let response = service
                 .issue_access_token(client.request(pb::IssueAccessTokenRequest {
@@ -368,18 +440,17 @@ pub async fn token(args: &ConnectArgs, command: TokenCommand) -> anyhow::Result<
                 "expires_at": time(&response.expires_at),
                 "refresh_after": time(&response.refresh_after),
             });
-            client.print(value, |value| {
+            let secret = SecretOutput {
+                fields: &["token"],
+                out: out.as_deref(),
+                contents: |value| bare(value, "token"),
+            };
+            client.print_with_secret(value, secret, |value| {
                 value["token"].as_str().unwrap_or("").to_owned()
-            });
+            })?;
         }
         TokenCommand::Introspect { token } => {
-            let token = if token == "-" {
-                let mut text = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
-                text.trim().to_owned()
-            } else {
-                token
-            };
+            let token = read_argument(token, "access_token")?;
             let response = service
                 .introspect_token(client.request(pb::IntrospectTokenRequest { token })?)
                 .await?
@@ -404,6 +475,7 @@ pub async fn clients(args: &ConnectArgs, command: ClientsCommand) -> anyhow::Res
             name,
             scopes,
             tenants,
+            out,
         } => {
             let response = service
                 .create_client(client.request(pb::CreateClientRequest {
@@ -415,9 +487,14 @@ pub async fn clients(args: &ConnectArgs, command: ClientsCommand) -> anyhow::Res
                 .into_inner();
             let value =
                 json!({ "client_id": response.client_id, "credential": response.credential });
-            client.print(value, |value| {
+            let secret = SecretOutput {
+                fields: &["credential"],
+                out: out.as_deref(),
+                contents: |value| bare(value, "credential"),
+            };
+            client.print_with_secret(value, secret, |value| {
                 value["credential"].as_str().unwrap_or("").to_owned()
-            });
+            })?;
         }
         ClientsCommand::List => {
             let response = service
@@ -522,11 +599,20 @@ pub enum SessionCommand {
         /// Absolute session lifetime in seconds (0: none).
         #[arg(long, default_value_t = 0)]
         max_session_seconds: u32,
+        /// Write the tokens to this session file (JSON, mode 0600) instead of printing
+        /// them; `session refresh @FILE --out FILE` exchanges them in place.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
-    /// Exchange a refresh token for a new pair (`-` reads it from standard input).
+    /// Exchange a refresh token for a new pair (`-` reads it from standard input, `@FILE`
+    /// from a file written by --out).
     Refresh {
-        /// The refresh token (`tbf_…`).
+        /// The refresh token (`tbf_…`), `-` or `@FILE`.
         refresh_token: String,
+        /// Write the new tokens to this session file (JSON, mode 0600) instead of printing
+        /// them.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Log out one session: its tokens are rejected everywhere within milliseconds.
     Logout {
@@ -574,30 +660,35 @@ pub struct RevokeTarget {
 pub async fn session(args: &ConnectArgs, command: SessionCommand) -> anyhow::Result<()> {
     let client = Client::connect(args).await?;
     let mut service = pb::token_service_client::TokenServiceClient::new(client.channel.clone());
-    let tokens = match command {
+    let (tokens, out) = match command {
         SessionCommand::Create {
             subject,
             tenant,
             role,
             permissions,
             max_session_seconds,
-        } => service
-            .create_session(client.request(pb::CreateSessionRequest {
-                subject,
-                tenant_id: tenant,
-                role,
-                permissions,
-                max_session_seconds,
-                ..Default::default()
-            })?)
-            .await?
-            .into_inner(),
-        SessionCommand::Refresh { refresh_token } => {
-            let refresh_token = read_argument(refresh_token)?;
-            service
+            out,
+        } => {
+            let tokens = service
+                .create_session(client.request(pb::CreateSessionRequest {
+                    subject,
+                    tenant_id: tenant,
+                    role,
+                    permissions,
+                    max_session_seconds,
+                    ..Default::default()
+                })?)
+                .await?
+                .into_inner();
+            (tokens, out)
+        }
+        SessionCommand::Refresh { refresh_token, out } => {
+            let refresh_token = read_argument(refresh_token, "refresh_token")?;
+            let tokens = service
                 .refresh_session(client.request(pb::RefreshSessionRequest { refresh_token })?)
                 .await?
-                .into_inner()
+                .into_inner();
+            (tokens, out)
         }
         SessionCommand::Logout { session_id, tenant } => {
             return revoke_with(
@@ -627,15 +718,25 @@ pub async fn session(args: &ConnectArgs, command: SessionCommand) -> anyhow::Res
         "refresh_token": tokens.refresh_token,
         "refresh_expires_at": time(&tokens.refresh_expires_at),
     });
-    client.print(value, |value| {
+    let secret = SecretOutput {
+        fields: &["access_token", "refresh_token"],
+        out: out.as_deref(),
+        // The whole answer, so `session refresh @FILE` finds the refresh token in it.
+        contents: |value| {
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(value).unwrap_or_default()
+            )
+        },
+    };
+    client.print_with_secret(value, secret, |value| {
         format!(
             "session_id:    {}\naccess_token:  {}\nrefresh_token: {}",
             value["session_id"].as_str().unwrap_or(""),
             value["access_token"].as_str().unwrap_or(""),
             value["refresh_token"].as_str().unwrap_or("")
         )
-    });
-    Ok(())
+    })
 }
 
 /// Runs `revoke …`.
@@ -721,25 +822,51 @@ pub async fn emergency(
         "n_sessions_revoked": response.n_sessions_revoked,
         "new_kids": response.new_kids,
         "replayed": response.replayed,
+        "revoked_kids": response.revoked_kids,
     });
     client.print(value, |value| {
         if value["replayed"].as_bool() == Some(true) {
             "incident already handled; nothing changed".to_owned()
         } else {
-            format!(
+            let mut text = format!(
                 "emergency revocation committed (revision {}, {} sessions ended, new keys {})",
                 value["revision"], value["n_sessions_revoked"], value["new_kids"]
-            )
+            );
+            text.push_str(&revoked_lines(&value["revoked_kids"]));
+            text
         }
     });
     Ok(())
 }
 
-fn read_argument(value: String) -> anyhow::Result<String> {
-    if value != "-" {
+/// One `revoked key <kid>` line per revoked key, so an operator sees every key whose tokens
+/// just stopped validating (not only the previous signer).
+fn revoked_lines(revoked_kids: &Value) -> String {
+    revoked_kids
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|kid| format!("\nrevoked key {kid}"))
+        .collect()
+}
+
+/// Resolves a secret argument: `-` reads standard input, `@FILE` reads a file (a session
+/// file written by `--out` yields its `session_field`), anything else is the value itself.
+/// Files and stdin keep secrets out of the process list and the shell history.
+fn read_argument(value: String, session_field: &str) -> anyhow::Result<String> {
+    let text = if value == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+        text
+    } else if let Some(path) = value.strip_prefix('@') {
+        std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?
+    } else {
         return Ok(value);
-    }
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
-    Ok(text.trim().to_owned())
+    };
+    let session_file = serde_json::from_str::<Value>(&text).ok();
+    let from_session = session_file
+        .as_ref()
+        .and_then(|session| session[session_field].as_str());
+    Ok(from_session.unwrap_or(&text).trim().to_owned())
 }

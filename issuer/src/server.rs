@@ -75,9 +75,7 @@ pub struct Issuer {
 impl Issuer {
     /// Opens the store, loads keys and bundle; binds nothing.
     pub async fn start(config: IssuerConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Issuer> {
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!("cannot create data directory {}", config.data_dir.display())
-        })?;
+        secure_data_dir(&config.data_dir)?;
         let (store, session_store): (Arc<dyn Store>, Arc<dyn SessionStore>) = match &config.store {
             StoreConfig::Sqlite { path } => {
                 info!(path = %path.display(), "using embedded SQLite store");
@@ -349,11 +347,43 @@ fn certificate_callers(config: &IssuerConfig) -> anyhow::Result<Vec<([u8; 32], C
         .collect()
 }
 
+/// Creates the data directory 0700 or tightens an existing one: it holds the development
+/// KEK, the admin credential and the database, and even their names and sizes are nobody
+/// else's business.
+fn secure_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    let changed = crate::files::ensure_private_dir(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    if let Some(old_mode) = changed {
+        warn!(
+            path = %data_dir.display(),
+            old_mode = format_args!("{old_mode:o}"),
+            "data directory was open to others; changed its mode to 0700"
+        );
+    }
+    Ok(())
+}
+
+/// Tightens a secret file an earlier version (or an operator's copy) left readable by
+/// others to 0600, with a warning; a missing file is created 0600 later by its writer.
+fn tighten_secret_file(path: &Path) -> anyhow::Result<()> {
+    let changed = crate::files::tighten_if_present(path)
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    if let Some(old_mode) = changed {
+        warn!(
+            path = %path.display(),
+            old_mode = format_args!("{old_mode:o}"),
+            "secret file was readable by others; changed its mode to 0600"
+        );
+    }
+    Ok(())
+}
+
 fn load_kek(source: &KekSource) -> anyhow::Result<Kek> {
     Ok(match source {
         KekSource::Inline(text) => Kek::from_base64(text)?,
         KekSource::File(path) => Kek::from_file(path)?,
         KekSource::DevelopmentFile(path) => {
+            tighten_secret_file(path)?;
             let (kek, created) = Kek::load_or_create(path)?;
             if created {
                 info!(path = %path.display(), "created a development KEK (mode 0600); use --kek-file or TESSERA_KEK in production");
@@ -370,6 +400,7 @@ async fn bootstrap_admin(
     data_dir: &Path,
 ) -> anyhow::Result<Option<PathBuf>> {
     let path = data_dir.join("admin.token");
+    tighten_secret_file(&path)?;
     if let Ok(text) = std::fs::read_to_string(&path)
         && let Ok(credential) = Credential::parse(text.trim())
         && let Ok(client_id) = ClientId::new(credential.id.clone())

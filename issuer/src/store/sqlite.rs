@@ -7,7 +7,7 @@ mod queries;
 mod rows;
 mod sessions;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ use self::rows::{
     key_from_row, limit_to_column, revision_from_column, revision_to_column, to_column, to_json,
 };
 use crate::store::{
-    AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeySetState, Store, StoreError,
+    AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeySetState, KeyWrite, Store, StoreError,
 };
 
 /// How long a write waits for another process's write lock before failing.
@@ -53,8 +53,14 @@ impl SqliteStore {
     /// Opens the database file at `path`, creating it if needed, with the WAL journal,
     /// foreign keys on and a busy timeout, and applies the embedded migrations.
     ///
+    /// The file holds wrapped private keys and credential hashes, so it is created with
+    /// mode 0600 before SQLite opens it (SQLite would use 0644 less the umask, and gives
+    /// the `-wal` and `-shm` files the database file's mode); an existing looser file is
+    /// tightened, with a warning.
+    ///
     /// Blocks on file I/O: call it at start-up (or from `spawn_blocking`).
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        make_database_files_private(path)?;
         let connection = Connection::open(path).map_err(open_error)?;
         Self::configure(connection, true, path.display().to_string())
     }
@@ -74,6 +80,9 @@ impl SqliteStore {
         let setup = |connection: &Connection| -> Result<(), SqliteFailure> {
             connection.busy_timeout(BUSY_TIMEOUT)?;
             connection.pragma_update(None, "foreign_keys", true)?;
+            // Deleted content (a revoked key's wrapped private key) is overwritten with
+            // zeros instead of lingering in free space where a copy of the file finds it.
+            connection.pragma_update(None, "secure_delete", true)?;
             if wal {
                 let mode: String =
                     connection
@@ -140,6 +149,55 @@ impl SqliteStore {
     fn signal_change(&self) {
         self.change_signal.notify_one();
     }
+
+    /// Copies the WAL into the database and truncates it. The WAL still holds the frames
+    /// that once wrote a now-deleted wrapped key; `secure_delete` only zeroes the database
+    /// pages, so without this the key stays readable in `-wal` until the next automatic
+    /// checkpoint happens to overwrite it. Best effort: a busy reader only delays it.
+    async fn truncate_wal(&self) {
+        let checkpoint = self
+            .with_connection(|connection| {
+                let busy: i64 =
+                    connection
+                        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+                Ok(busy)
+            })
+            .await;
+        match checkpoint {
+            Ok(0) => {}
+            Ok(_) => {
+                tracing::warn!("wal checkpoint blocked by a reader; retried on the next key change")
+            }
+            Err(error) => tracing::warn!(error = %error, "wal checkpoint failed"),
+        }
+    }
+}
+
+/// Creates the database file 0600 or tightens it and any `-wal`/`-shm` left by an
+/// earlier run (files created before this check existed kept the default mode).
+fn make_database_files_private(path: &Path) -> Result<(), StoreError> {
+    warn_if_tightened(path, crate::files::ensure_private_file(path))?;
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let companion = PathBuf::from(name);
+        warn_if_tightened(&companion, crate::files::tighten_if_present(&companion))?;
+    }
+    Ok(())
+}
+
+fn warn_if_tightened(path: &Path, changed: std::io::Result<Option<u32>>) -> Result<(), StoreError> {
+    let changed = changed.map_err(|error| {
+        StoreError::Unavailable(format!("cannot secure {}: {error}", path.display()))
+    })?;
+    if let Some(old_mode) = changed {
+        tracing::warn!(
+            path = %path.display(),
+            old_mode = format_args!("{old_mode:o}"),
+            "database file was readable by others; changed its mode to 0600"
+        );
+    }
+    Ok(())
 }
 
 fn open_error(error: rusqlite::Error) -> StoreError {
@@ -183,6 +241,10 @@ impl Store for SqliteStore {
 
     async fn commit_keys(&self, commit: KeyCommit) -> Result<Revision, StoreError> {
         let appends_events = !commit.changes.is_empty();
+        let drops_material = commit
+            .writes
+            .iter()
+            .any(|write| matches!(write, KeyWrite::Update(key) if key.wrapped_private.is_none()));
         let revision = self
             .write(move |tx| {
                 let key_set = commit.key_set.as_str();
@@ -215,6 +277,9 @@ impl Store for SqliteStore {
             .await?;
         if appends_events {
             self.signal_change();
+        }
+        if drops_material {
+            self.truncate_wal().await;
         }
         Ok(revision)
     }
