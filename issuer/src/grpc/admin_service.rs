@@ -144,6 +144,13 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
         let message = request.into_inner();
         let client_id = ClientId::new(message.client_id)
             .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        // Optional, but refused (not truncated or cleaned) when unfit for the audit log.
+        tessera_common::limits::check_text(
+            "reason",
+            &message.reason,
+            tessera_common::limits::MAX_REASON_BYTES,
+        )
+        .map_err(|error| Status::invalid_argument(error.to_string()))?;
         let now = self.app.now();
         let audit = AuditEntry {
             at: now,
@@ -151,7 +158,7 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
             action: "client.disable".into(),
             target: client_id.to_string(),
             request_id,
-            reason: message.reason.chars().take(1024).collect(),
+            reason: message.reason,
             outcome: "ok".into(),
         };
         self.app

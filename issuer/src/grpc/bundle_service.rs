@@ -61,12 +61,11 @@ impl pb::trust_bundle_service_server::TrustBundleService for TrustBundleServiceI
             )
             .await?;
         let message = request.into_inner();
-        let subscriber_id: String = message
-            .subscriber_id
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(128)
-            .collect();
+        // Refused rather than cleaned: it is logged, and a silently altered id would not
+        // match what the operator looks for.
+        tessera_common::limits::check_text("subscriber_id", &message.subscriber_id, 128)
+            .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        let subscriber_id = message.subscriber_id;
         let (sender, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
         let app = self.app.clone();
         let span = info_span!("bundle_subscriber", subscriber = %subscriber_id, client = %caller.client_id);

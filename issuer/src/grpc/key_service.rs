@@ -37,11 +37,9 @@ fn required_reason(reason: &str) -> Result<String, Status> {
             "reason: required (it goes to the audit log)",
         ));
     }
-    if reason.len() > MAX_REASON_BYTES {
-        return Err(Status::invalid_argument(format!(
-            "reason: longer than {MAX_REASON_BYTES} bytes"
-        )));
-    }
+    // No control or bidi character: the reason is shown to operators from the audit log.
+    tessera_common::limits::check_text("reason", reason, MAX_REASON_BYTES)
+        .map_err(|error| Status::invalid_argument(error.to_string()))?;
     Ok(reason.to_owned())
 }
 

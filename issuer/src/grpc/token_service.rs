@@ -447,9 +447,9 @@ fn required_reason(reason: &str) -> Result<String, Status> {
             "reason: required (it goes to the audit log)",
         ));
     }
-    if reason.len() > tessera_common::limits::MAX_REASON_BYTES {
-        return Err(Status::invalid_argument("reason: longer than 1024 bytes"));
-    }
+    // No control or bidi character: the reason is shown to operators from the audit log.
+    tessera_common::limits::check_text("reason", reason, tessera_common::limits::MAX_REASON_BYTES)
+        .map_err(invalid)?;
     Ok(reason.to_owned())
 }
 
