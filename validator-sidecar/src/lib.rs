@@ -77,7 +77,7 @@ pub async fn run_with_clock(
     let prometheus = metrics::install();
     let state = Arc::new(state::BundleState::new(config.validation.audiences.clone()));
     if let Some(path) = &config.bundle_cache {
-        persist::restore(path, &state);
+        persist::restore(path, &state, clock.now());
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let resync = Arc::new(Notify::new());

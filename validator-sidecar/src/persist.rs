@@ -107,14 +107,29 @@ pub fn save(path: &Path, cached: &CachedBundle) -> Result<(), PersistError> {
     Ok(())
 }
 
-/// Loads the cache file into `state`; logs and carries on when it is unusable.
-pub fn restore(path: &Path, state: &BundleState) {
+/// Returns the last-contact instant to trust from a file read at `loaded_at`: the file's
+/// value, but never later than the load. The file is not authenticated, and a value in
+/// the future would hold staleness at zero (`touch` keeps the latest instant) and so
+/// disable fail-closed serving; a past value is kept, so a restart does not make an old
+/// bundle look fresh.
+pub fn trusted_last_contact(recorded: UnixMillis, loaded_at: UnixMillis) -> UnixMillis {
+    recorded.min(loaded_at)
+}
+
+/// Loads the cache file into `state` at `now`; logs and carries on when it is unusable.
+pub fn restore(path: &Path, state: &BundleState, now: UnixMillis) {
     match load(path) {
         Ok(Some(cached)) => {
             let revision = cached.bundle.revision.0;
             state.replace(cached.bundle);
-            if let Some(last_contact) = cached.last_contact {
-                state.touch(last_contact);
+            if let Some(recorded) = cached.last_contact {
+                if recorded > now {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "persisted last contact lies in the future; using the load time"
+                    );
+                }
+                state.touch(trusted_last_contact(recorded, now));
             }
             tracing::info!(path = %path.display(), revision, "loaded the persisted bundle");
         }
@@ -215,5 +230,41 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         std::fs::write(&path, b"not json").unwrap();
         assert!(matches!(load(&path), Err(PersistError::Format { .. })));
+    }
+
+    #[test]
+    fn a_future_last_contact_in_the_file_counts_from_the_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bundle.json");
+        let loaded_at = UnixMillis(1_000_000);
+        let year = 365 * 24 * 3600 * 1000;
+        let cached = CachedBundle {
+            format: FORMAT_VERSION,
+            last_contact: Some(UnixMillis(loaded_at.0 + year)),
+            bundle: TrustBundle::empty(ValidationPolicy {
+                issuer: "tessera".into(),
+                audiences: vec![],
+                leeway_seconds: 30,
+                max_token_ttl_seconds: 900,
+            }),
+        };
+        save(&path, &cached).unwrap();
+        let state = BundleState::new(Vec::new());
+        restore(&path, &state, loaded_at);
+        assert_eq!(state.last_contact(), Some(loaded_at));
+        let later = UnixMillis(loaded_at.0 + 11_000);
+        assert_eq!(
+            state.readiness(
+                later,
+                Duration::from_secs(10),
+                crate::config::StalePolicy::FailClosed
+            ),
+            crate::state::Readiness::Stale
+        );
+        // A past instant is kept as it was.
+        assert_eq!(
+            trusted_last_contact(UnixMillis(5), loaded_at),
+            UnixMillis(5)
+        );
     }
 }

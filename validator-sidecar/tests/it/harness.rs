@@ -4,9 +4,11 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use tessera_common::{Clock, SystemClock};
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::validator_service_client::ValidatorServiceClient;
 use tessera_sidecar::{Listeners, SidecarConfig};
@@ -45,6 +47,16 @@ impl Sidecar {
     /// Starts a sidecar subscribed to `issuer_url`, with its socket and bundle cache in
     /// `dir`, plus `extra` flags.
     pub async fn start(issuer_url: &str, dir: &Path, extra: &[&str]) -> Sidecar {
+        Sidecar::start_with_clock(issuer_url, dir, extra, Arc::new(SystemClock)).await
+    }
+
+    /// Like [`Sidecar::start`], reading the time from `clock`.
+    pub async fn start_with_clock(
+        issuer_url: &str,
+        dir: &Path,
+        extra: &[&str],
+        clock: Arc<dyn Clock>,
+    ) -> Sidecar {
         let socket = dir.join("sidecar.sock");
         let bundle_cache = dir.join("bundle.json");
         let mut args: Vec<String> = vec![
@@ -72,7 +84,7 @@ impl Sidecar {
             let stopped = async {
                 let _ = stopped.await;
             };
-            tessera_sidecar::run(config, listeners, stopped)
+            tessera_sidecar::run_with_clock(config, listeners, stopped, clock)
                 .await
                 .unwrap();
         });

@@ -6,6 +6,7 @@ mod fake_issuer;
 mod harness;
 mod keys;
 
+mod bounds;
 mod lifecycle;
 mod revocation;
 mod stream;
