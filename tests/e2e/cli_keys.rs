@@ -1,5 +1,9 @@
 //! The admin CLI against a live issuer: list, rotate, revoke and emergency-rotate keys,
-//! introspect a token across those changes, and read and verify the audit log.
+//! introspect a token across those changes, and read and verify the audit log; commands
+//! that print a credential write it to a 0600 file with `--out` instead.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use serde_json::Value;
 
@@ -131,4 +135,131 @@ fn key_state(issuer: &Issuer, kid: &str) -> Option<String> {
         .find(|key| key["kid"] == kid)
         .and_then(|key| key["state"].as_str())
         .map(str::to_owned)
+}
+
+#[test]
+fn clients_create_out_writes_a_private_credential_file_that_works() {
+    let root = tempfile::tempdir().unwrap();
+    let issuer = Issuer::start(root.path());
+    let out = root.path().join("issuer-client.credential");
+    let out_arg = out.to_str().unwrap();
+
+    let created = issuer.cli(&[
+        "clients", "create", "--name", "billing", "--scope", "issue", "--out", out_arg,
+    ]);
+    created.assert_success("clients create --out");
+    assert_eq!(file_mode(&out), 0o600);
+    let credential = std::fs::read_to_string(&out).unwrap().trim().to_owned();
+    assert!(
+        credential.starts_with("tbk_"),
+        "not a credential: {credential}"
+    );
+    assert!(
+        !created.stdout.contains(&credential) && created.stdout.contains(out_arg),
+        "stdout must name the file, not the credential:\n{}",
+        created.stdout
+    );
+    // The file is a working --token-file.
+    let issued = issuer.cli_as(
+        &out,
+        &[
+            "token",
+            "issue",
+            "--subject",
+            "alice",
+            "--tenant",
+            "acme",
+            "--json",
+        ],
+    );
+    issued.assert_success("token issue with the --out credential");
+
+    // --json names the file and keeps the non-secret fields, without the secret.
+    let out_json = root.path().join("second.credential");
+    let listed = issuer.cli_json(&[
+        "clients",
+        "create",
+        "--name",
+        "second",
+        "--scope",
+        "issue",
+        "--out",
+        out_json.to_str().unwrap(),
+    ]);
+    assert!(listed.get("credential").is_none(), "{listed}");
+    assert_eq!(listed["out"], out_json.to_str().unwrap(), "{listed}");
+    assert!(
+        listed["client_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty()),
+        "{listed}"
+    );
+}
+
+#[test]
+fn session_and_token_out_write_private_files_the_cli_reads_back() {
+    let root = tempfile::tempdir().unwrap();
+    let issuer = Issuer::start(root.path());
+    let session = root.path().join("alice.session");
+    let session_arg = session.to_str().unwrap();
+
+    let created = issuer.cli(&[
+        "session",
+        "create",
+        "--subject",
+        "alice",
+        "--tenant",
+        "acme",
+        "--out",
+        session_arg,
+    ]);
+    created.assert_success("session create --out");
+    assert_eq!(file_mode(&session), 0o600);
+    let first: Value = serde_json::from_str(&std::fs::read_to_string(&session).unwrap()).unwrap();
+    let first_refresh = first["refresh_token"].as_str().unwrap().to_owned();
+    let first_access = first["access_token"].as_str().unwrap().to_owned();
+    for secret in [&first_refresh, &first_access] {
+        assert!(
+            !created.stdout.contains(secret.as_str()),
+            "{}",
+            created.stdout
+        );
+    }
+    assert!(created.stdout.contains(session_arg), "{}", created.stdout);
+
+    // `@FILE` reads the refresh token from the session file; --out replaces it in place.
+    let refreshed = issuer.cli_json(&[
+        "session",
+        "refresh",
+        &format!("@{session_arg}"),
+        "--out",
+        session_arg,
+    ]);
+    assert!(refreshed.get("refresh_token").is_none(), "{refreshed}");
+    assert_eq!(file_mode(&session), 0o600);
+    let second: Value = serde_json::from_str(&std::fs::read_to_string(&session).unwrap()).unwrap();
+    assert_ne!(second["refresh_token"], first_refresh.as_str());
+    let introspected = issuer.cli_json(&["token", "introspect", &format!("@{session_arg}")]);
+    assert_eq!(introspected["active"], true, "{introspected}");
+
+    let token_file = root.path().join("bob.token");
+    let issued = issuer.cli_json(&[
+        "token",
+        "issue",
+        "--subject",
+        "bob",
+        "--tenant",
+        "acme",
+        "--out",
+        token_file.to_str().unwrap(),
+    ]);
+    assert!(issued.get("token").is_none(), "{issued}");
+    assert_eq!(file_mode(&token_file), 0o600);
+    let introspected =
+        issuer.cli_json(&["token", "introspect", &format!("@{}", token_file.display())]);
+    assert_eq!(introspected["claims"]["sub"], "bob", "{introspected}");
+}
+
+fn file_mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }

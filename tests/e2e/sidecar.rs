@@ -3,7 +3,7 @@
 //! (tonic), Python grpcio and grpcurl; rotation with prepublish, emergency rotation, and an
 //! issuer outage survived from the persisted bundle. Machinery in `sidecar/harness.rs`.
 
-mod harness;
+pub(crate) mod harness;
 
 mod clients;
 mod outage;
