@@ -318,6 +318,30 @@ mod tests {
     }
 
     #[test]
+    fn an_id_revoked_in_one_tenant_never_revokes_the_same_id_in_another() {
+        // Ids are chosen by tenants (a user `u1`, an app-supplied session id), so the same
+        // value in another tenant is another principal.
+        for (kind, value) in [
+            (RevocationKind::Jti, "j1"),
+            (RevocationKind::Session, "s1"),
+            (RevocationKind::User, "u1"),
+            (RevocationKind::Family, "f1"),
+        ] {
+            let mut set = RevocationSet::default();
+            set.insert(RevocationEntry {
+                tenant_id: Some("t2".into()),
+                ..entry(kind, value, 5_000)
+            });
+            assert!(set.matching(&facts(1_000)).is_none(), "{kind:?} in t1");
+            let in_t2 = TokenFacts {
+                tenant_id: "t2",
+                ..facts(1_000)
+            };
+            assert!(set.matching(&in_t2).is_some(), "{kind:?} in t2");
+        }
+    }
+
+    #[test]
     fn set_round_trips_through_json_as_a_list() {
         let mut set = RevocationSet::default();
         set.insert(entry(RevocationKind::Jti, "a", 0));

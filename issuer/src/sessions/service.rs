@@ -43,6 +43,10 @@ pub enum SessionError {
     Issue(#[from] IssueError),
     #[error("stored session is unreadable: {0}")]
     Corrupt(String),
+    /// The named session or family does not exist in the tenant the revocation is
+    /// confined to; deliberately the same whether it exists elsewhere or nowhere.
+    #[error("no such {0} in that tenant")]
+    NotFound(&'static str),
 }
 
 /// The tokens handed to a client at login or refresh.
@@ -94,6 +98,31 @@ pub struct Revoked {
     pub revision: Revision,
     pub drop_after: UnixMillis,
     pub n_sessions: u64,
+}
+
+/// A revocation target turned into what is stored: the entry's kind, value and tenant,
+/// and the sessions it ends.
+struct Resolved {
+    kind: RevocationKind,
+    value: String,
+    tenant: Option<TenantId>,
+    effect: Option<RevocationEffect>,
+}
+
+/// Returns the tenant of `session` if it exists and lies within `scope_tenant` (when
+/// given); otherwise `NotFound`, the same answer for "elsewhere" and "nowhere", so a
+/// confined caller learns nothing of another tenant's sessions.
+fn owning_tenant(
+    session: Option<SessionRecord>,
+    scope_tenant: Option<&TenantId>,
+    what: &'static str,
+) -> Result<TenantId, SessionError> {
+    match session {
+        Some(session) if scope_tenant.is_none_or(|scope| *scope == session.tenant_id) => {
+            Ok(session.tenant_id)
+        }
+        _ => Err(SessionError::NotFound(what)),
+    }
 }
 
 /// Sessions, refresh tokens and revocations.
@@ -287,6 +316,8 @@ impl SessionService {
     }
 
     /// Revokes `target` (confined to `scope_tenant` when given), ending matching sessions.
+    /// A session or family is revoked only within its own tenant: named with a
+    /// `scope_tenant` it does not belong to, it is `NotFound` and nothing changes.
     pub async fn revoke(
         &self,
         target: RevocationTarget,
@@ -295,42 +326,16 @@ impl SessionService {
     ) -> Result<Revoked, SessionError> {
         let now = self.clock.now();
         let drop_after = now.plus(self.policy.revocation_horizon);
-        let tenant = scope_tenant.as_ref().map(ToString::to_string);
-        let (kind, value, effect) = match &target {
-            RevocationTarget::Jti(jti) => (RevocationKind::Jti, jti.clone(), None),
-            RevocationTarget::Session(session_id) => (
-                RevocationKind::Session,
-                session_id.to_string(),
-                Some(RevocationEffect::Session(session_id.clone())),
-            ),
-            RevocationTarget::User(subject) => (
-                RevocationKind::User,
-                subject.to_string(),
-                Some(RevocationEffect::User {
-                    tenant_id: scope_tenant.clone(),
-                    subject: subject.clone(),
-                }),
-            ),
-            RevocationTarget::Tenant(tenant_id) => (
-                RevocationKind::Tenant,
-                tenant_id.to_string(),
-                Some(RevocationEffect::Tenant(tenant_id.clone())),
-            ),
-            RevocationTarget::Family(family_id) => (
-                RevocationKind::Family,
-                family_id.clone(),
-                Some(RevocationEffect::Family(family_id.clone())),
-            ),
-            RevocationTarget::All => (
-                RevocationKind::All,
-                String::new(),
-                Some(RevocationEffect::All),
-            ),
-        };
+        let Resolved {
+            kind,
+            value,
+            tenant,
+            effect,
+        } = self.resolve(&target, scope_tenant).await?;
         let entry = RevocationEntry {
             kind,
             value: value.clone(),
-            tenant_id: tenant,
+            tenant_id: tenant.map(|tenant| tenant.to_string()),
             revoked_at: now,
             drop_after,
         };
@@ -354,6 +359,73 @@ impl SessionService {
             drop_after,
             n_sessions,
         })
+    }
+
+    /// Turns `target` into the entry it publishes and the sessions it ends. Sessions and
+    /// families are looked up so that their entry carries their own tenant (an unconfined
+    /// admin need not name it) and so that one named outside `scope_tenant` is refused
+    /// like one that does not exist.
+    async fn resolve(
+        &self,
+        target: &RevocationTarget,
+        scope_tenant: Option<TenantId>,
+    ) -> Result<Resolved, SessionError> {
+        let resolved = match target {
+            RevocationTarget::Jti(jti) => Resolved {
+                kind: RevocationKind::Jti,
+                value: jti.clone(),
+                tenant: scope_tenant,
+                effect: None,
+            },
+            RevocationTarget::Session(session_id) => {
+                let session = self.store.session(session_id).await?;
+                let tenant_id = owning_tenant(session, scope_tenant.as_ref(), "session")?;
+                Resolved {
+                    kind: RevocationKind::Session,
+                    value: session_id.to_string(),
+                    tenant: Some(tenant_id.clone()),
+                    effect: Some(RevocationEffect::Session {
+                        tenant_id,
+                        session_id: session_id.clone(),
+                    }),
+                }
+            }
+            RevocationTarget::Family(family_id) => {
+                let session = self.store.session_of_family(family_id).await?;
+                let tenant_id = owning_tenant(session, scope_tenant.as_ref(), "family")?;
+                Resolved {
+                    kind: RevocationKind::Family,
+                    value: family_id.clone(),
+                    tenant: Some(tenant_id.clone()),
+                    effect: Some(RevocationEffect::Family {
+                        tenant_id,
+                        family_id: family_id.clone(),
+                    }),
+                }
+            }
+            RevocationTarget::User(subject) => Resolved {
+                kind: RevocationKind::User,
+                value: subject.to_string(),
+                tenant: scope_tenant.clone(),
+                effect: Some(RevocationEffect::User {
+                    tenant_id: scope_tenant,
+                    subject: subject.clone(),
+                }),
+            },
+            RevocationTarget::Tenant(tenant_id) => Resolved {
+                kind: RevocationKind::Tenant,
+                value: tenant_id.to_string(),
+                tenant: Some(tenant_id.clone()),
+                effect: Some(RevocationEffect::Tenant(tenant_id.clone())),
+            },
+            RevocationTarget::All => Resolved {
+                kind: RevocationKind::All,
+                value: String::new(),
+                tenant: None,
+                effect: Some(RevocationEffect::All),
+            },
+        };
+        Ok(resolved)
     }
 
     async fn reuse(
@@ -389,7 +461,10 @@ impl SessionService {
             .store
             .revoke(
                 vec![entry],
-                vec![RevocationEffect::Family(token.family_id.clone())],
+                vec![RevocationEffect::Family {
+                    tenant_id: session.tenant_id.clone(),
+                    family_id: token.family_id.clone(),
+                }],
                 now,
                 vec![audit],
             )

@@ -74,10 +74,17 @@ impl std::fmt::Debug for RefreshTokenRecord {
 /// Sessions a revocation ends (their refresh tokens are revoked with them).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RevocationEffect {
-    /// One session.
-    Session(SessionId),
-    /// The session owning a refresh family.
-    Family(String),
+    /// One session, only if it belongs to `tenant_id`: the tenant is part of the selector,
+    /// so naming another tenant's session id changes nothing of that tenant.
+    Session {
+        tenant_id: TenantId,
+        session_id: SessionId,
+    },
+    /// The session owning a refresh family, only if it belongs to `tenant_id`.
+    Family {
+        tenant_id: TenantId,
+        family_id: String,
+    },
     /// Every session of a user, within one tenant or (None) every tenant.
     User {
         tenant_id: Option<TenantId>,
@@ -110,6 +117,10 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Returns one session.
     async fn session(&self, session_id: &SessionId) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Returns the session owning refresh family `family_id` (one family per session).
+    async fn session_of_family(&self, family_id: &str)
+    -> Result<Option<SessionRecord>, StoreError>;
 
     /// Returns one refresh token by its public id.
     async fn refresh_token(&self, token_id: &str)

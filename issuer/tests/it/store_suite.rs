@@ -43,6 +43,7 @@ macro_rules! store_test_suite {
                 concurrent_rotations_let_exactly_one_win,
                 rotation_is_refused_when_the_session_is_revoked,
                 revoke_effects_end_exactly_the_selected_sessions,
+                session_and_family_revocations_stay_in_their_tenant,
                 revoke_publishes_entries_events_and_audit,
                 prune_revocations_drops_only_expired_entries,
                 change_signal_fires_after_revoke,

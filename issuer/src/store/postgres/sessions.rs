@@ -125,6 +125,22 @@ impl SessionStore for PostgresStore {
         read.await.map_err(PgFailure::into_store)
     }
 
+    async fn session_of_family(
+        &self,
+        family_id: &str,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let client = self.client().await?;
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE family_id = $1");
+        let read = async {
+            query_opt(&client, &sql, &[&family_id])
+                .await?
+                .as_ref()
+                .map(session_from_row)
+                .transpose()
+        };
+        read.await.map_err(PgFailure::into_store)
+    }
+
     async fn refresh_token(
         &self,
         token_id: &str,
@@ -378,8 +394,20 @@ async fn end_sessions(
     at: UnixMillis,
 ) -> Result<u64, PgFailure> {
     let (selector, values): (&str, Vec<&str>) = match effect {
-        RevocationEffect::Session(session_id) => ("session_id = $2", vec![session_id.as_str()]),
-        RevocationEffect::Family(family_id) => ("family_id = $2", vec![family_id.as_str()]),
+        RevocationEffect::Session {
+            tenant_id,
+            session_id,
+        } => (
+            "tenant_id = $2 AND session_id = $3",
+            vec![tenant_id.as_str(), session_id.as_str()],
+        ),
+        RevocationEffect::Family {
+            tenant_id,
+            family_id,
+        } => (
+            "tenant_id = $2 AND family_id = $3",
+            vec![tenant_id.as_str(), family_id.as_str()],
+        ),
         RevocationEffect::User {
             tenant_id: Some(tenant_id),
             subject,

@@ -78,6 +78,23 @@ impl SessionStore for SqliteStore {
         .await
     }
 
+    async fn session_of_family(
+        &self,
+        family_id: &str,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let family_id = family_id.to_owned();
+        self.with_connection(move |connection| {
+            let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE family_id = ?1");
+            let mut statement = connection.prepare_cached(&sql)?;
+            let mut rows = statement.query([&family_id])?;
+            match rows.next()? {
+                Some(row) => Ok(Some(session_from_row(row)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
     async fn refresh_token(
         &self,
         token_id: &str,
@@ -240,8 +257,20 @@ fn end_sessions(
     at: UnixMillis,
 ) -> Result<u64, SqliteFailure> {
     let (selector, values): (&str, Vec<&str>) = match effect {
-        RevocationEffect::Session(session_id) => ("session_id = ?2", vec![session_id.as_str()]),
-        RevocationEffect::Family(family_id) => ("family_id = ?2", vec![family_id.as_str()]),
+        RevocationEffect::Session {
+            tenant_id,
+            session_id,
+        } => (
+            "tenant_id = ?2 AND session_id = ?3",
+            vec![tenant_id.as_str(), session_id.as_str()],
+        ),
+        RevocationEffect::Family {
+            tenant_id,
+            family_id,
+        } => (
+            "tenant_id = ?2 AND family_id = ?3",
+            vec![tenant_id.as_str(), family_id.as_str()],
+        ),
         RevocationEffect::User {
             tenant_id: Some(tenant_id),
             subject,

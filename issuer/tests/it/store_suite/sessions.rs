@@ -392,11 +392,21 @@ pub async fn revoke_effects_end_exactly_the_selected_sessions(fixture: &Fixture)
 
     let steps: Vec<(RevocationEffect, u64, &[&str])> = vec![
         (
-            RevocationEffect::Session(SessionId::new("s3").unwrap()),
+            RevocationEffect::Session {
+                tenant_id: TenantId::new("acme").unwrap(),
+                session_id: SessionId::new("s3").unwrap(),
+            },
             1,
             &["s3"],
         ),
-        (RevocationEffect::Family("fam-s5".into()), 1, &["s5"]),
+        (
+            RevocationEffect::Family {
+                tenant_id: TenantId::new("globex").unwrap(),
+                family_id: "fam-s5".into(),
+            },
+            1,
+            &["s5"],
+        ),
         (
             RevocationEffect::User {
                 tenant_id: Some(TenantId::new("acme").unwrap()),
@@ -456,6 +466,81 @@ pub async fn revoke_effects_end_exactly_the_selected_sessions(fixture: &Fixture)
     );
 }
 
+/// A session or family revocation names its tenant, and the tenant is part of the
+/// selector: naming another tenant's session or family id ends nothing and revokes none of
+/// its refresh tokens; naming the right tenant ends it. `session_of_family` finds the
+/// family's session (the lookup a revocation without a tenant uses).
+pub async fn session_and_family_revocations_stay_in_their_tenant(fixture: &Fixture) {
+    let store = &fixture.sessions;
+    let victim = session("b1", "globex", "alice");
+    let victim_family = session("b2", "globex", "alice");
+    create(store, &victim, 1).await;
+    create(store, &victim_family, 2).await;
+    let acme = TenantId::new("acme").unwrap();
+    let attacks = [
+        RevocationEffect::Session {
+            tenant_id: acme.clone(),
+            session_id: victim.session_id.clone(),
+        },
+        RevocationEffect::Family {
+            tenant_id: acme.clone(),
+            family_id: victim_family.family_id.clone(),
+        },
+    ];
+    for (step, effect) in attacks.into_iter().enumerate() {
+        let (_, n_ended) = store
+            .revoke(
+                vec![],
+                vec![effect.clone()],
+                UnixMillis(T0 + step as i64 + 1),
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(n_ended, 0, "{effect:?} must end nothing of globex");
+    }
+    for id in ["b1", "b2"] {
+        assert_eq!(revoked_at_of(store, id).await, None, "session {id}");
+        assert_eq!(
+            state_of(store, &format!("{id}-t0")).await,
+            RefreshState::Active,
+            "{id}-t0"
+        );
+    }
+
+    assert_eq!(
+        store.session_of_family("fam-b2").await.unwrap(),
+        Some(victim_family.clone())
+    );
+    assert_eq!(store.session_of_family("fam-nope").await.unwrap(), None);
+
+    let globex = TenantId::new("globex").unwrap();
+    let owner_revocations = [
+        RevocationEffect::Session {
+            tenant_id: globex.clone(),
+            session_id: victim.session_id.clone(),
+        },
+        RevocationEffect::Family {
+            tenant_id: globex,
+            family_id: victim_family.family_id.clone(),
+        },
+    ];
+    let at = UnixMillis(T0 + 10);
+    let (_, n_ended) = store
+        .revoke(vec![], owner_revocations.to_vec(), at, vec![])
+        .await
+        .unwrap();
+    assert_eq!(n_ended, 2, "the owning tenant ends both");
+    for id in ["b1", "b2"] {
+        assert_eq!(revoked_at_of(store, id).await, Some(at), "session {id}");
+        assert_eq!(
+            state_of(store, &format!("{id}-t0")).await,
+            RefreshState::Revoked { at },
+            "{id}-t0"
+        );
+    }
+}
+
 /// Revocation entries come back from `live_revocations` and as `RevocationAdded` events
 /// with consecutive revisions; the audit entries join the hash chain; a revocation with
 /// no entry returns the current revision and appends nothing.
@@ -479,7 +564,10 @@ pub async fn revoke_publishes_entries_events_and_audit(fixture: &Fixture) {
     let (last, n_ended) = store
         .revoke(
             entries.clone(),
-            vec![RevocationEffect::Session(alice.session_id.clone())],
+            vec![RevocationEffect::Session {
+                tenant_id: alice.tenant_id.clone(),
+                session_id: alice.session_id.clone(),
+            }],
             UnixMillis(at),
             vec![audit_entry(2), audit_entry(3)],
         )
@@ -615,7 +703,10 @@ pub async fn change_signal_fires_after_revoke(fixture: &Fixture) {
         .sessions
         .revoke(
             vec![entry(RevocationKind::Session, "s1", Some("acme"), T0)],
-            vec![RevocationEffect::Session(alice.session_id.clone())],
+            vec![RevocationEffect::Session {
+                tenant_id: alice.tenant_id.clone(),
+                session_id: alice.session_id.clone(),
+            }],
             UnixMillis(T0),
             vec![audit_entry(2)],
         )
