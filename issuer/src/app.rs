@@ -108,6 +108,44 @@ impl App {
         ))
     }
 
+    /// Checks that `caller` is confined to no tenant, for operations that span tenants or
+    /// the whole platform (keys, global revocation, the audit log): a tenant's admin must
+    /// not change or read what every other tenant relies on.
+    pub async fn require_unconfined(
+        &self,
+        caller: &Caller,
+        rpc: &str,
+        request_id: &str,
+    ) -> Result<(), Status> {
+        if !caller.is_confined() {
+            return Ok(());
+        }
+        Err(self
+            .deny(
+                caller,
+                rpc,
+                request_id,
+                "platform-wide operation refused to a tenant-confined caller",
+                "this credential is confined to tenants; the operation spans every tenant",
+            )
+            .await)
+    }
+
+    /// Audits a refusal of `caller` (why: `reason`) and returns the `PERMISSION_DENIED`
+    /// carrying `message` to send back.
+    pub async fn deny(
+        &self,
+        caller: &Caller,
+        rpc: &str,
+        request_id: &str,
+        reason: &str,
+        message: &'static str,
+    ) -> Status {
+        self.audit_denial(&caller.client_id.to_string(), rpc, request_id, reason)
+            .await;
+        Status::permission_denied(message)
+    }
+
     /// Appends an audit entry, logging (not failing the call) if the store refuses it.
     pub async fn audit(&self, entry: AuditEntry) {
         if let Err(error) = self.store.append_audit(entry).await {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tessera_common::credential::{self, Credential, CredentialKind};
 use tessera_common::ids::ClientId;
+use tessera_common::revocation::RevocationEntry;
 use tessera_common::{Clock, UnixMillis};
 use tonic::metadata::MetadataMap;
 use zeroize::Zeroizing;
@@ -73,7 +74,41 @@ impl Caller {
 
     /// Returns true when the caller may act on `tenant_id`.
     pub fn may_act_on(&self, tenant_id: &str) -> bool {
-        self.tenants.is_empty() || self.tenants.iter().any(|tenant| tenant == tenant_id)
+        !self.is_confined() || self.tenants.iter().any(|tenant| tenant == tenant_id)
+    }
+
+    /// Returns true when the caller is confined to a list of tenants. Confinement holds
+    /// whatever the scopes: a confined `admin` is an administrator of its tenants only,
+    /// never of the platform.
+    pub fn is_confined(&self) -> bool {
+        !self.tenants.is_empty()
+    }
+
+    /// Returns true when the caller may see `entry`: a tenant-less entry (`all`, `key`, or
+    /// a platform-wide one) concerns every tenant's tokens, so everyone sees it; a tenant's
+    /// entry only callers that may act on that tenant.
+    pub fn may_see(&self, entry: &RevocationEntry) -> bool {
+        entry
+            .tenant_id
+            .as_deref()
+            .is_none_or(|tenant_id| self.may_act_on(tenant_id))
+    }
+
+    /// Returns true when `tenants` (a client's confinement, empty for none) lies within the
+    /// caller's: an unconfined caller covers anything, a confined one only a non-empty
+    /// list of its own tenants.
+    pub fn covers_tenants(&self, tenants: &[String]) -> bool {
+        if !self.is_confined() {
+            return true;
+        }
+        !tenants.is_empty() && tenants.iter().all(|tenant| self.may_act_on(tenant))
+    }
+
+    /// Returns true when the caller may create a credential holding `scopes` on
+    /// `tenants`: no scope it lacks (admin implies the others) and no tenant outside its
+    /// own, so a credential can never be used to mint a stronger one.
+    pub fn may_grant(&self, scopes: &[Scope], tenants: &[String]) -> bool {
+        scopes.iter().all(|scope| self.has(*scope)) && self.covers_tenants(tenants)
     }
 }
 
@@ -327,4 +362,70 @@ fn id_cache(time_to_live: Duration) -> moka::future::Cache<String, ()> {
         .max_capacity(MAX_CACHED_IDS)
         .time_to_live(time_to_live)
         .build()
+}
+
+#[cfg(test)]
+mod caller_tests {
+    use tessera_common::UnixMillis;
+    use tessera_common::revocation::RevocationKind;
+
+    use super::*;
+
+    fn caller(scopes: &[Scope], tenants: &[&str]) -> Caller {
+        Caller {
+            client_id: ClientId::new("c1").unwrap(),
+            scopes: scopes.to_vec(),
+            tenants: tenants.iter().map(|tenant| (*tenant).to_owned()).collect(),
+        }
+    }
+
+    fn tenants(names: &[&str]) -> Vec<String> {
+        names.iter().map(|name| (*name).to_owned()).collect()
+    }
+
+    fn entry(tenant_id: Option<&str>) -> RevocationEntry {
+        RevocationEntry {
+            kind: RevocationKind::User,
+            value: "alice".into(),
+            tenant_id: tenant_id.map(str::to_owned),
+            revoked_at: UnixMillis(1),
+            drop_after: UnixMillis(2),
+        }
+    }
+
+    #[test]
+    fn a_confined_admin_is_confined_like_any_other_caller() {
+        let admin_of_a = caller(&[Scope::Admin], &["a"]);
+        assert!(admin_of_a.is_confined());
+        assert!(admin_of_a.may_act_on("a"));
+        assert!(!admin_of_a.may_act_on("b"));
+        let platform_admin = caller(&[Scope::Admin], &[]);
+        assert!(!platform_admin.is_confined());
+        assert!(platform_admin.may_act_on("b"));
+    }
+
+    #[test]
+    fn no_caller_may_grant_more_scopes_or_tenants_than_it_holds() {
+        let admin_of_a = caller(&[Scope::Admin], &["a", "c"]);
+        assert!(admin_of_a.may_grant(&[Scope::Admin, Scope::Issue], &tenants(&["a"])));
+        assert!(admin_of_a.may_grant(&[Scope::BundleRead], &tenants(&["a", "c"])));
+        assert!(!admin_of_a.may_grant(&[Scope::Issue], &tenants(&["b"])));
+        assert!(!admin_of_a.may_grant(&[Scope::Issue], &tenants(&["a", "b"])));
+        // An empty list means every tenant: a confined caller cannot grant it.
+        assert!(!admin_of_a.may_grant(&[Scope::Issue], &[]));
+        let issue_only = caller(&[Scope::Issue], &[]);
+        assert!(!issue_only.may_grant(&[Scope::Admin], &[]));
+        assert!(issue_only.may_grant(&[Scope::Issue], &[]));
+        let platform_admin = caller(&[Scope::Admin], &[]);
+        assert!(platform_admin.may_grant(&[Scope::Admin], &[]));
+    }
+
+    #[test]
+    fn a_confined_caller_sees_its_tenants_entries_and_tenant_less_ones_only() {
+        let reader_of_a = caller(&[Scope::BundleRead], &["a"]);
+        assert!(reader_of_a.may_see(&entry(Some("a"))));
+        assert!(reader_of_a.may_see(&entry(None)));
+        assert!(!reader_of_a.may_see(&entry(Some("b"))));
+        assert!(caller(&[Scope::BundleRead], &[]).may_see(&entry(Some("b"))));
+    }
 }

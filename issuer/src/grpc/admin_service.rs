@@ -18,6 +18,9 @@ use crate::store::{AuditEntry, AuditRecord, ClientRecord};
 /// Events read per batch when verifying the chain.
 const VERIFY_BATCH: usize = 1000;
 
+/// The RPC name CreateClient audits its refusals under.
+const CREATE_CLIENT: &str = "AdminService/CreateClient";
+
 /// The AdminService implementation.
 pub struct AdminServiceImpl {
     pub app: Arc<App>,
@@ -61,7 +64,7 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
     ) -> Result<Response<pb::CreateClientResponse>, Status> {
         let caller = self
             .app
-            .authorize(&request, "AdminService/CreateClient", Scope::Admin)
+            .authorize(&request, CREATE_CLIENT, Scope::Admin)
             .await?;
         let request_id = request_id(&request);
         let message = request.into_inner();
@@ -96,6 +99,18 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
             check_identifier("tenants", tenant)
                 .map_err(|error| Status::invalid_argument(error.to_string()))?;
         }
+        if !caller.may_grant(&scopes, &message.tenants) {
+            return Err(self
+                .app
+                .deny(
+                    &caller,
+                    CREATE_CLIENT,
+                    &request_id,
+                    "client with scopes or tenants beyond the caller's refused",
+                    "a new client may hold only scopes and tenants the caller holds",
+                )
+                .await);
+        }
         let audit = AuditEntry {
             at: self.app.now(),
             actor: caller.client_id.to_string(),
@@ -122,12 +137,18 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
         &self,
         request: Request<pb::ListClientsRequest>,
     ) -> Result<Response<pb::ListClientsResponse>, Status> {
-        self.app
+        let caller = self
+            .app
             .authorize(&request, "AdminService/ListClients", Scope::Admin)
             .await?;
         let clients = self.app.store.list_clients().await.map_err(from_store)?;
+        // A confined admin sees only the clients confined within its own tenants.
         Ok(Response::new(pb::ListClientsResponse {
-            clients: clients.iter().map(client).collect(),
+            clients: clients
+                .iter()
+                .filter(|record| caller.covers_tenants(&record.tenants))
+                .map(client)
+                .collect(),
         }))
     }
 
@@ -151,6 +172,18 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
             tessera_common::limits::MAX_REASON_BYTES,
         )
         .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        // Another tenant's client (or an unconfined one) is answered like an unknown id,
+        // so a confined admin learns nothing of clients outside its tenants.
+        let visible = self
+            .app
+            .store
+            .client(&client_id)
+            .await
+            .map_err(from_store)?
+            .is_some_and(|record| caller.covers_tenants(&record.tenants));
+        if !visible {
+            return Err(Status::not_found("client_id: no such client"));
+        }
         let now = self.app.now();
         let audit = AuditEntry {
             at: now,
@@ -175,8 +208,17 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
         &self,
         request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
-        self.app
+        let caller = self
+            .app
             .authorize(&request, "AdminService/ListAuditEvents", Scope::Admin)
+            .await?;
+        // Audit entries carry no tenant to filter by: the log is the platform's.
+        self.app
+            .require_unconfined(
+                &caller,
+                "AdminService/ListAuditEvents",
+                &request_id(&request),
+            )
             .await?;
         let message = request.into_inner();
         let limit = match message.limit {
@@ -200,8 +242,17 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
         &self,
         request: Request<pb::VerifyAuditLogRequest>,
     ) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
-        self.app
+        let caller = self
+            .app
             .authorize(&request, "AdminService/VerifyAuditLog", Scope::Admin)
+            .await?;
+        // Audit entries carry no tenant to filter by: the log is the platform's.
+        self.app
+            .require_unconfined(
+                &caller,
+                "AdminService/VerifyAuditLog",
+                &request_id(&request),
+            )
             .await?;
         let mut previous = GENESIS_HASH;
         let mut n_events = 0u64;

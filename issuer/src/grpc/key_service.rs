@@ -78,6 +78,10 @@ impl pb::key_service_server::KeyService for KeyServiceImpl {
             .authorize(&request, "KeyService/RotateKeys", Scope::Admin)
             .await?;
         let request_id = request_id(&request);
+        // Keys sign every tenant's tokens: only an unconfined admin may change them.
+        self.app
+            .require_unconfined(&caller, "KeyService/RotateKeys", &request_id)
+            .await?;
         let message = request.into_inner();
         let key_set = parse_key_set(&message.key_set)?;
         let reason = required_reason(&message.reason)?;
@@ -136,6 +140,10 @@ impl pb::key_service_server::KeyService for KeyServiceImpl {
             .authorize(&request, "KeyService/RevokeKey", Scope::Admin)
             .await?;
         let request_id = request_id(&request);
+        // Keys sign every tenant's tokens: only an unconfined admin may change them.
+        self.app
+            .require_unconfined(&caller, "KeyService/RevokeKey", &request_id)
+            .await?;
         let message = request.into_inner();
         let kid =
             KeyId::new(message.kid).map_err(|error| Status::invalid_argument(error.to_string()))?;

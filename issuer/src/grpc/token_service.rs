@@ -90,7 +90,51 @@ impl TryFrom<pb::IssueAccessTokenRequest> for AccessTokenRequest {
     }
 }
 
+/// The RPC name RevokeTokens audits its refusals under.
+const REVOKE_TOKENS: &str = "TokenService/RevokeTokens";
+/// The RPC name EmergencyRevoke audits its refusals under.
+const EMERGENCY_REVOKE: &str = "TokenService/EmergencyRevoke";
+
 impl TokenServiceImpl {
+    /// Returns the tenant a revocation of `target` is confined to, after checking the
+    /// caller may act there. Only an unconfined admin acts without naming a tenant (a
+    /// session or family is then confined to its own tenant by the session service);
+    /// `all` spans every tenant, so it needs exactly such a caller.
+    async fn revocation_scope(
+        &self,
+        caller: &Caller,
+        target: &RevocationTarget,
+        scope_tenant: Option<TenantId>,
+        request_id: &str,
+    ) -> Result<Option<TenantId>, Status> {
+        let tenant = match (target, scope_tenant) {
+            (RevocationTarget::All, _) => {
+                self.app
+                    .require_unconfined(caller, REVOKE_TOKENS, request_id)
+                    .await?;
+                if !caller.has(Scope::Admin) {
+                    return Err(Status::permission_denied(
+                        "revoking all tokens needs the `admin` scope",
+                    ));
+                }
+                return Ok(None);
+            }
+            // The target names the tenant; any scope tenant given beside it is ignored.
+            (RevocationTarget::Tenant(tenant), _) => tenant.clone(),
+            (_, Some(tenant)) => tenant,
+            (_, None) if caller.has(Scope::Admin) && !caller.is_confined() => return Ok(None),
+            (_, None) => {
+                return Err(Status::invalid_argument(
+                    "scope_tenant_id: required for tenant-scoped callers",
+                ));
+            }
+        };
+        self.app
+            .check_tenant(caller, tenant.as_str(), REVOKE_TOKENS, request_id)
+            .await?;
+        Ok(Some(tenant))
+    }
+
     async fn introspect_refresh(
         &self,
         caller: &crate::auth::Caller,
@@ -286,7 +330,7 @@ impl pb::token_service_server::TokenService for TokenServiceImpl {
             return Err(Status::invalid_argument("refresh_token: too long"));
         }
         // A tenant-confined caller may only refresh its own tenants' sessions.
-        if !caller.tenants.is_empty() {
+        if caller.is_confined() {
             match self
                 .app
                 .sessions
@@ -329,7 +373,7 @@ impl pb::token_service_server::TokenService for TokenServiceImpl {
         use pb::revoke_tokens_request::Target;
         let caller = self
             .app
-            .authorize(&request, "TokenService/RevokeTokens", Scope::Issue)
+            .authorize(&request, REVOKE_TOKENS, Scope::Issue)
             .await?;
         let request_id = request_id(&request);
         let message = request.into_inner();
@@ -357,35 +401,9 @@ impl pb::token_service_server::TokenService for TokenServiceImpl {
                 ));
             }
         };
-        // Only admins act across tenants; others must name (and own) the tenant.
-        if !caller.has(Scope::Admin) {
-            let tenant = match (&target, &scope_tenant) {
-                (RevocationTarget::All, _) => {
-                    return Err(Status::permission_denied(
-                        "revoking all tokens needs the `admin` scope",
-                    ));
-                }
-                (RevocationTarget::Tenant(tenant), _) => tenant.clone(),
-                (_, Some(tenant)) => tenant.clone(),
-                (_, None) => {
-                    return Err(Status::invalid_argument(
-                        "scope_tenant_id: required for tenant-scoped callers",
-                    ));
-                }
-            };
-            self.app
-                .check_tenant(
-                    &caller,
-                    tenant.as_str(),
-                    "TokenService/RevokeTokens",
-                    &request_id,
-                )
-                .await?;
-        }
-        let scope_tenant = match (&target, scope_tenant) {
-            (RevocationTarget::Tenant(tenant), _) => Some(tenant.clone()),
-            (_, scope) => scope,
-        };
+        let scope_tenant = self
+            .revocation_scope(&caller, &target, scope_tenant, &request_id)
+            .await?;
         let actor = actor(&caller, request_id, reason);
         let revoked = self
             .app
@@ -410,20 +428,29 @@ impl pb::token_service_server::TokenService for TokenServiceImpl {
         use pb::emergency_revoke_request::Scope as EmergencyScope;
         let caller = self
             .app
-            .authorize(&request, "TokenService/EmergencyRevoke", Scope::Admin)
+            .authorize(&request, EMERGENCY_REVOKE, Scope::Admin)
             .await?;
         let request_id = request_id(&request);
         let message = request.into_inner();
         let reason = required_reason(&message.reason)?;
         let incident_id = required("incident_id", message.incident_id)?;
         check_identifier("incident_id", &incident_id).map_err(invalid)?;
-        let actor = actor(&caller, request_id, reason);
+        // Confinement is checked here, before emergency.rs claims the incident id: a
+        // refused call must not burn an incident another caller would then see replayed.
         let outcome = match message.scope {
             Some(EmergencyScope::TenantId(tenant)) => {
                 let tenant = TenantId::new(tenant).map_err(invalid)?;
+                self.app
+                    .check_tenant(&caller, tenant.as_str(), EMERGENCY_REVOKE, &request_id)
+                    .await?;
+                let actor = actor(&caller, request_id, reason);
                 emergency::revoke_tenant(&self.app, &incident_id, tenant, &actor).await?
             }
             Some(EmergencyScope::Global(true)) => {
+                self.app
+                    .require_unconfined(&caller, EMERGENCY_REVOKE, &request_id)
+                    .await?;
+                let actor = actor(&caller, request_id, reason);
                 emergency::revoke_everything(&self.app, &incident_id, &actor).await?
             }
             _ => return Err(Status::invalid_argument("scope: tenant_id or global")),
