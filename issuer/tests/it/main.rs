@@ -1,6 +1,7 @@
 //! Integration tests of the issuer library: the storage conformance suite on both
 //! backends, and in-process servers on real sockets.
 
+mod abuse;
 mod harness;
 mod postgres_replicas;
 mod server;
