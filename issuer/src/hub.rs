@@ -26,6 +26,30 @@ const BROADCAST_CAPACITY: usize = 1024;
 /// How often the pump polls the log even without a wake-up (lost NOTIFY insurance).
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Returns `bundle` with only the revocation entries `visible` keeps. Keys and policy are
+/// public (any JWT library can fetch the JWKS) and stay whole.
+pub fn restrict(bundle: &TrustBundle, visible: impl Fn(&RevocationEntry) -> bool) -> TrustBundle {
+    let revocations: Vec<RevocationEntry> = bundle
+        .revocations
+        .entries()
+        .filter(|entry| visible(entry))
+        .cloned()
+        .collect();
+    TrustBundle {
+        revocations: revocations.into(),
+        ..bundle.clone()
+    }
+}
+
+/// Returns whether `event` may be sent to a subscriber that sees the entries `visible`
+/// keeps: every key and policy change, and the revocations it may see.
+pub fn event_visible(event: &BundleEvent, visible: impl Fn(&RevocationEntry) -> bool) -> bool {
+    match &event.change {
+        BundleChange::RevocationAdded { entry } => visible(entry),
+        _ => true,
+    }
+}
+
 /// What a new subscriber receives first.
 #[derive(Debug)]
 pub enum Initial {

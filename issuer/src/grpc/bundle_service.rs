@@ -1,12 +1,18 @@
 //! `tessera.v1.TrustBundleService`: the trust-bundle stream. Each subscriber gets a
 //! snapshot (or the retained deltas since its revision), then every committed change as
 //! it is applied by the hub, and a heartbeat whenever the stream has been quiet.
+//!
+//! A subscriber confined to tenants receives only its tenants' revocation entries and the
+//! tenant-less ones (`all`, `key`, platform-wide): another tenant's `RevocationAdded` is
+//! replaced by an empty delta at its revision, so the subscriber's revision still advances
+//! in step with the log and it resumes from the right place.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures_util::Stream;
-use tessera_common::bundle::Revision;
+use tessera_common::UnixMillis;
+use tessera_common::bundle::{BundleEvent, Revision, TrustBundle};
 use tessera_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -15,8 +21,8 @@ use tracing::{Instrument, debug, info_span};
 
 use super::convert;
 use crate::app::App;
-use crate::auth::Scope;
-use crate::hub::Initial;
+use crate::auth::{Caller, Scope};
+use crate::hub::{Initial, event_visible, restrict};
 
 /// Messages buffered per subscriber before the sender waits for the client.
 const SUBSCRIBER_BUFFER: usize = 64;
@@ -69,7 +75,7 @@ impl pb::trust_bundle_service_server::TrustBundleService for TrustBundleServiceI
         let (sender, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
         let app = self.app.clone();
         let span = info_span!("bundle_subscriber", subscriber = %subscriber_id, client = %caller.client_id);
-        tokio::spawn(feed(app, Revision(message.since_revision), sender).instrument(span));
+        tokio::spawn(feed(app, caller, Revision(message.since_revision), sender).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }
@@ -78,6 +84,7 @@ impl pb::trust_bundle_service_server::TrustBundleService for TrustBundleServiceI
 /// goes away or the server shuts down.
 async fn feed(
     app: Arc<App>,
+    caller: Caller,
     since: Revision,
     sender: mpsc::Sender<Result<pb::TrustBundleUpdate, Status>>,
 ) {
@@ -87,7 +94,7 @@ async fn feed(
         Initial::Snapshot(bundle) => {
             let revision = bundle.revision;
             if sender
-                .send(Ok(convert::snapshot(&bundle, app.now())))
+                .send(Ok(snapshot_for(&caller, &bundle, app.now())))
                 .await
                 .is_err()
             {
@@ -96,8 +103,11 @@ async fn feed(
             revision
         }
         Initial::Deltas(deltas, current) => {
-            let message =
-                convert::delta(&deltas, app.now()).unwrap_or_else(|| heartbeat(current, &app));
+            let message = if deltas.is_empty() {
+                heartbeat(current, &app)
+            } else {
+                delta_for(&caller, &deltas, current, app.now())
+            };
             if sender.send(Ok(message)).await.is_err() {
                 return;
             }
@@ -114,14 +124,14 @@ async fn feed(
                 Ok(event) if event.revision <= sent => continue,
                 Ok(event) => {
                     sent = event.revision;
-                    convert::delta(&[event], app.now())
+                    Some(delta_for(&caller, &[event], sent, app.now()))
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     debug!(missed, "subscriber lagged; resynchronising with a snapshot");
                     metrics::counter!("tessera_trust_bundle_resyncs_total").increment(1);
                     let bundle = app.hub.current();
                     sent = bundle.revision;
-                    Some(convert::snapshot(&bundle, app.now()))
+                    Some(snapshot_for(&caller, &bundle, app.now()))
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
@@ -135,6 +145,38 @@ async fn feed(
         }
         heartbeat_timer.reset();
     }
+}
+
+/// The snapshot `caller` may see: every key, and only the revocations it may see.
+fn snapshot_for(caller: &Caller, bundle: &TrustBundle, now: UnixMillis) -> pb::TrustBundleUpdate {
+    if !caller.is_confined() {
+        return convert::snapshot(bundle, now);
+    }
+    convert::snapshot(&restrict(bundle, |entry| caller.may_see(entry)), now)
+}
+
+/// One delta at `revision` (the last of `events`) with the events `caller` may see; empty
+/// when it may see none of them, so that its revision still advances past them.
+fn delta_for(
+    caller: &Caller,
+    events: &[Arc<BundleEvent>],
+    revision: Revision,
+    now: UnixMillis,
+) -> pb::TrustBundleUpdate {
+    let visible: Vec<Arc<BundleEvent>> = events
+        .iter()
+        .filter(|event| event_visible(event, |entry| caller.may_see(entry)))
+        .cloned()
+        .collect();
+    let mut message = convert::delta(&visible, now).unwrap_or_else(|| pb::TrustBundleUpdate {
+        revision: revision.0,
+        sent_at: Some(convert::timestamp(now)),
+        kind: Some(pb::trust_bundle_update::Kind::Delta(
+            pb::TrustBundleDelta::default(),
+        )),
+    });
+    message.revision = revision.0;
+    message
 }
 
 fn heartbeat(revision: Revision, app: &App) -> pb::TrustBundleUpdate {
