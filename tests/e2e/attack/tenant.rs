@@ -1,1 +1,648 @@
-//! Attack cases: tenant (filled in by the security round).
+//! Attack cases: tenant isolation. Against the real binary, every issuer RPC is called
+//! by a caller confined to tenant `acme` (an `admin` of acme, the strongest confined
+//! caller, and an `issue` client of acme) against tenant `globex`'s data; each must be
+//! refused with its typed status or answer without globex's data. Afterwards globex is
+//! shown unchanged: its refresh token still rotates, its access token is still active,
+//! its client still issues, and no key was touched.
+
+use std::time::Duration;
+
+use tessera_proto::v1 as pb;
+use tessera_proto::v1::admin_service_client::AdminServiceClient;
+use tessera_proto::v1::key_service_client::KeyServiceClient;
+use tessera_proto::v1::revoke_tokens_request::Target;
+use tessera_proto::v1::token_service_client::TokenServiceClient;
+use tessera_proto::v1::trust_bundle_service_client::TrustBundleServiceClient;
+use tessera_proto::v1::trust_bundle_update::Kind;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+use crate::support::grpc::{connect, runtime, with_bearer};
+use crate::support::issuer::Issuer;
+
+/// The attacker's tenant.
+const HOME: &str = "acme";
+/// The victim tenant.
+const VICTIM: &str = "globex";
+
+/// Clients of every service over one channel.
+struct Clients {
+    keys: KeyServiceClient<Channel>,
+    tokens: TokenServiceClient<Channel>,
+    bundle: TrustBundleServiceClient<Channel>,
+    admin: AdminServiceClient<Channel>,
+}
+
+impl Clients {
+    fn new(channel: Channel) -> Clients {
+        Clients {
+            keys: KeyServiceClient::new(channel.clone()),
+            tokens: TokenServiceClient::new(channel.clone()),
+            bundle: TrustBundleServiceClient::new(channel.clone()),
+            admin: AdminServiceClient::new(channel),
+        }
+    }
+}
+
+/// The victim's data, created by the unconfined admin.
+struct Victim {
+    session: pb::SessionTokens,
+    /// A `globex` client, which the attacker must neither see nor disable.
+    client_id: String,
+    credential: String,
+}
+
+/// Asserts that `result` is refused with `code`.
+fn refused<T: std::fmt::Debug>(case: &str, code: Code, result: Result<tonic::Response<T>, Status>) {
+    match result {
+        Ok(response) => panic!("{case}: expected {code:?}, got {:?}", response.get_ref()),
+        Err(status) => assert_eq!(status.code(), code, "{case}: {status:?}"),
+    }
+}
+
+/// Returns the answer of an RPC that must succeed.
+fn answered<T>(case: &str, result: Result<tonic::Response<T>, Status>) -> T {
+    result
+        .unwrap_or_else(|status| panic!("{case}: expected an answer, got {status:?}"))
+        .into_inner()
+}
+
+fn create_client(name: &str, scopes: &[&str], tenants: &[&str]) -> pb::CreateClientRequest {
+    pb::CreateClientRequest {
+        name: name.into(),
+        scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
+        tenants: tenants.iter().map(|tenant| (*tenant).to_owned()).collect(),
+    }
+}
+
+fn login(tenant: &str) -> pb::CreateSessionRequest {
+    pb::CreateSessionRequest {
+        subject: "alice".into(),
+        tenant_id: tenant.into(),
+        role: "staff".into(),
+        ..Default::default()
+    }
+}
+
+fn revoke(target: Target, scope_tenant_id: &str) -> pb::RevokeTokensRequest {
+    pb::RevokeTokensRequest {
+        target: Some(target),
+        scope_tenant_id: scope_tenant_id.into(),
+        reason: "tenant isolation attack".into(),
+    }
+}
+
+fn emergency(scope: pb::emergency_revoke_request::Scope) -> pb::EmergencyRevokeRequest {
+    pb::EmergencyRevokeRequest {
+        incident_id: "attack-1".into(),
+        reason: "tenant isolation attack".into(),
+        scope: Some(scope),
+    }
+}
+
+/// The revocation entries an update carries.
+fn revocations(update: &pb::TrustBundleUpdate) -> Vec<pb::RevocationEntry> {
+    match &update.kind {
+        Some(Kind::Snapshot(snapshot)) => snapshot.revocations.clone(),
+        Some(Kind::Delta(delta)) => delta
+            .changes
+            .iter()
+            .filter_map(|change| match &change.change {
+                Some(pb::bundle_change::Change::RevocationAdded(entry)) => Some(entry.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Sets up globex's data as the unconfined admin: a session, a client, and a
+/// globex-scoped revocation entry (of another user, so the session stays live).
+async fn victim(clients: &mut Clients, root: &str) -> Victim {
+    let session = answered(
+        "globex login",
+        clients
+            .tokens
+            .create_session(with_bearer(login(VICTIM), root))
+            .await,
+    );
+    let created = answered(
+        "globex client",
+        clients
+            .admin
+            .create_client(with_bearer(
+                create_client("globex-api", &["issue"], &[VICTIM]),
+                root,
+            ))
+            .await,
+    );
+    answered(
+        "globex revocation entry",
+        clients
+            .tokens
+            .revoke_tokens(with_bearer(
+                revoke(Target::UserId("mallory".into()), VICTIM),
+                root,
+            ))
+            .await,
+    );
+    Victim {
+        session,
+        client_id: created.client_id,
+        credential: created.credential,
+    }
+}
+
+/// KeyService as acme's admin: keys are public (listed, JWKS), but changing them spans
+/// every tenant.
+async fn key_service_cases(clients: &mut Clients, attacker: &str, kid: &str) {
+    answered(
+        "ListKeys (public keys)",
+        clients
+            .keys
+            .list_keys(with_bearer(pb::ListKeysRequest::default(), attacker))
+            .await,
+    );
+    answered(
+        "GetJwks (public keys)",
+        clients
+            .keys
+            .get_jwks(with_bearer(pb::GetJwksRequest {}, attacker))
+            .await,
+    );
+    refused(
+        "RotateKeys",
+        Code::PermissionDenied,
+        clients
+            .keys
+            .rotate_keys(with_bearer(
+                pb::RotateKeysRequest {
+                    key_set: "access".into(),
+                    emergency: true,
+                    reason: "tenant isolation attack".into(),
+                    ..Default::default()
+                },
+                attacker,
+            ))
+            .await,
+    );
+    refused(
+        "RevokeKey",
+        Code::PermissionDenied,
+        clients
+            .keys
+            .revoke_key(with_bearer(
+                pb::RevokeKeyRequest {
+                    kid: kid.into(),
+                    reason: "tenant isolation attack".into(),
+                },
+                attacker,
+            ))
+            .await,
+    );
+}
+
+/// TokenService as acme's admin against globex's session and tokens.
+async fn token_service_cases(clients: &mut Clients, attacker: &str, victim: &Victim) {
+    use pb::emergency_revoke_request::Scope as EmergencyScope;
+    let session = &victim.session;
+    let tokens = &mut clients.tokens;
+    refused(
+        "IssueAccessToken{tenant: globex}",
+        Code::PermissionDenied,
+        tokens
+            .issue_access_token(with_bearer(
+                pb::IssueAccessTokenRequest {
+                    subject: "alice".into(),
+                    tenant_id: VICTIM.into(),
+                    role: "staff".into(),
+                    ..Default::default()
+                },
+                attacker,
+            ))
+            .await,
+    );
+    for (case, token) in [
+        (
+            "IntrospectToken(globex access token)",
+            &session.access_token,
+        ),
+        (
+            "IntrospectToken(globex refresh token)",
+            &session.refresh_token,
+        ),
+    ] {
+        let introspection = answered(
+            case,
+            tokens
+                .introspect_token(with_bearer(
+                    pb::IntrospectTokenRequest {
+                        token: token.clone(),
+                    },
+                    attacker,
+                ))
+                .await,
+        );
+        assert!(
+            !introspection.active
+                && introspection.reason == "not_active"
+                && introspection.claims.is_none()
+                && introspection.claims_json.is_empty()
+                && introspection.refresh.is_none(),
+            "{case}: {introspection:?}"
+        );
+    }
+    refused(
+        "CreateSession{tenant: globex}",
+        Code::PermissionDenied,
+        tokens
+            .create_session(with_bearer(login(VICTIM), attacker))
+            .await,
+    );
+    refused(
+        "RefreshSession(globex refresh token)",
+        Code::PermissionDenied,
+        tokens
+            .refresh_session(with_bearer(
+                pb::RefreshSessionRequest {
+                    refresh_token: session.refresh_token.clone(),
+                },
+                attacker,
+            ))
+            .await,
+    );
+    let revocations: [(&str, Code, pb::RevokeTokensRequest); 6] = [
+        (
+            "RevokeTokens{session_id: globex's, scope: acme}",
+            Code::NotFound,
+            revoke(Target::SessionId(session.session_id.clone()), HOME),
+        ),
+        (
+            "RevokeTokens{family_id: globex's, scope: acme}",
+            Code::NotFound,
+            revoke(Target::FamilyId(session.family_id.clone()), HOME),
+        ),
+        (
+            "RevokeTokens{session_id: globex's, scope: globex}",
+            Code::PermissionDenied,
+            revoke(Target::SessionId(session.session_id.clone()), VICTIM),
+        ),
+        (
+            "RevokeTokens{session_id: globex's, no scope}",
+            Code::InvalidArgument,
+            revoke(Target::SessionId(session.session_id.clone()), ""),
+        ),
+        (
+            "RevokeTokens{tenant_id: globex}",
+            Code::PermissionDenied,
+            revoke(Target::TenantId(VICTIM.into()), ""),
+        ),
+        (
+            "RevokeTokens{all}",
+            Code::PermissionDenied,
+            revoke(Target::All(true), ""),
+        ),
+    ];
+    for (case, code, request) in revocations {
+        refused(
+            case,
+            code,
+            tokens.revoke_tokens(with_bearer(request, attacker)).await,
+        );
+    }
+    // A jti or user id named under acme is an acme entry: accepted, and globex's token
+    // with that jti, and globex's user of that name, are untouched (checked afterwards).
+    for (case, request) in [
+        (
+            "RevokeTokens{jti: globex's, scope: acme}",
+            revoke(Target::Jti(session.access_jti.clone()), HOME),
+        ),
+        (
+            "RevokeTokens{user_id: alice, scope: acme}",
+            revoke(Target::UserId("alice".into()), HOME),
+        ),
+    ] {
+        answered(
+            case,
+            tokens.revoke_tokens(with_bearer(request, attacker)).await,
+        );
+    }
+    refused(
+        "EmergencyRevoke{tenant_id: globex}",
+        Code::PermissionDenied,
+        tokens
+            .emergency_revoke(with_bearer(
+                emergency(EmergencyScope::TenantId(VICTIM.into())),
+                attacker,
+            ))
+            .await,
+    );
+    refused(
+        "EmergencyRevoke{global}",
+        Code::PermissionDenied,
+        tokens
+            .emergency_revoke(with_bearer(
+                emergency(EmergencyScope::Global(true)),
+                attacker,
+            ))
+            .await,
+    );
+}
+
+/// TrustBundleService as acme's admin: the snapshot carries keys but no globex entry.
+async fn bundle_service_cases(clients: &mut Clients, attacker: &str) {
+    let mut stream = answered(
+        "WatchTrustBundle",
+        clients
+            .bundle
+            .watch_trust_bundle(with_bearer(
+                pb::WatchTrustBundleRequest::default(),
+                attacker,
+            ))
+            .await,
+    );
+    let snapshot = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("a snapshot within 10 s")
+        .expect("stream ok")
+        .expect("stream open");
+    let Some(Kind::Snapshot(view)) = &snapshot.kind else {
+        panic!("WatchTrustBundle: expected a snapshot first, got {snapshot:?}");
+    };
+    assert!(!view.keys.is_empty(), "keys are public and stay visible");
+    let entries = revocations(&snapshot);
+    assert!(
+        entries.iter().all(|entry| entry.tenant_id != VICTIM),
+        "WatchTrustBundle leaked globex entries: {entries:?}"
+    );
+    assert!(
+        entries.iter().any(|entry| entry.tenant_id == HOME),
+        "acme's own entries are visible: {entries:?}"
+    );
+}
+
+/// AdminService as acme's admin.
+async fn admin_service_cases(clients: &mut Clients, attacker: &str, victim: &Victim) {
+    let admin = &mut clients.admin;
+    for (case, tenants) in [
+        ("CreateClient{tenants: [] (unconfined)}", &[][..]),
+        ("CreateClient{tenants: [globex]}", &[VICTIM][..]),
+        ("CreateClient{tenants: [acme, globex]}", &[HOME, VICTIM][..]),
+    ] {
+        refused(
+            case,
+            Code::PermissionDenied,
+            admin
+                .create_client(with_bearer(
+                    create_client("escalation", &["admin"], tenants),
+                    attacker,
+                ))
+                .await,
+        );
+    }
+    let listed = answered(
+        "ListClients",
+        admin
+            .list_clients(with_bearer(pb::ListClientsRequest {}, attacker))
+            .await,
+    );
+    assert!(
+        listed
+            .clients
+            .iter()
+            .all(|client| !client.tenants.is_empty()
+                && client.tenants.iter().all(|tenant| tenant == HOME)),
+        "ListClients shows clients beyond acme: {:?}",
+        listed.clients
+    );
+    refused(
+        "DisableClient(globex's client)",
+        Code::NotFound,
+        admin
+            .disable_client(with_bearer(
+                pb::DisableClientRequest {
+                    client_id: victim.client_id.clone(),
+                    reason: "tenant isolation attack".into(),
+                },
+                attacker,
+            ))
+            .await,
+    );
+    refused(
+        "ListAuditEvents",
+        Code::PermissionDenied,
+        admin
+            .list_audit_events(with_bearer(pb::ListAuditEventsRequest::default(), attacker))
+            .await,
+    );
+    refused(
+        "VerifyAuditLog",
+        Code::PermissionDenied,
+        admin
+            .verify_audit_log(with_bearer(pb::VerifyAuditLogRequest {}, attacker))
+            .await,
+    );
+}
+
+/// Globex is as it was: its access token active, its refresh token rotates, its client
+/// issues, and no key was revoked or rotated.
+async fn assert_victim_unchanged(
+    clients: &mut Clients,
+    root: &str,
+    victim: &Victim,
+    kids: &[String],
+) {
+    let introspection = answered(
+        "globex access token, as the platform admin",
+        clients
+            .tokens
+            .introspect_token(with_bearer(
+                pb::IntrospectTokenRequest {
+                    token: victim.session.access_token.clone(),
+                },
+                root,
+            ))
+            .await,
+    );
+    assert!(introspection.active, "globex's token: {introspection:?}");
+    answered(
+        "globex refresh after the attacks",
+        clients
+            .tokens
+            .refresh_session(with_bearer(
+                pb::RefreshSessionRequest {
+                    refresh_token: victim.session.refresh_token.clone(),
+                },
+                root,
+            ))
+            .await,
+    );
+    answered(
+        "globex's client still issues",
+        clients
+            .tokens
+            .issue_access_token(with_bearer(
+                pb::IssueAccessTokenRequest {
+                    subject: "alice".into(),
+                    tenant_id: VICTIM.into(),
+                    role: "staff".into(),
+                    ..Default::default()
+                },
+                &victim.credential,
+            ))
+            .await,
+    );
+    let keys = answered(
+        "ListKeys as the platform admin",
+        clients
+            .keys
+            .list_keys(with_bearer(pb::ListKeysRequest::default(), root))
+            .await,
+    );
+    let now: Vec<String> = keys.keys.iter().map(|key| key.kid.clone()).collect();
+    assert_eq!(now, kids, "the key set changed");
+    assert!(
+        keys.keys.iter().all(|key| key.revoked_at.is_none()),
+        "a key was revoked: {:?}",
+        keys.keys
+    );
+}
+
+#[test]
+fn an_admin_confined_to_one_tenant_gets_nothing_of_another_from_any_rpc() {
+    let root_dir = tempfile::tempdir().expect("tempdir");
+    let issuer = Issuer::start(root_dir.path());
+    let root = issuer.admin_token();
+    runtime().block_on(async {
+        let mut clients = Clients::new(connect(issuer.grpc_addr).await);
+        let victim = victim(&mut clients, &root).await;
+        let attacker = answered(
+            "acme admin",
+            clients
+                .admin
+                .create_client(with_bearer(
+                    create_client("acme-admin", &["admin"], &[HOME]),
+                    &root,
+                ))
+                .await,
+        )
+        .credential;
+        // An acme entry, so that the attacker's snapshot has something of its own.
+        answered(
+            "acme revocation entry",
+            clients
+                .tokens
+                .revoke_tokens(with_bearer(
+                    revoke(Target::UserId("mallory".into()), HOME),
+                    &root,
+                ))
+                .await,
+        );
+        let kids: Vec<String> = answered(
+            "ListKeys as the platform admin",
+            clients
+                .keys
+                .list_keys(with_bearer(pb::ListKeysRequest::default(), &root))
+                .await,
+        )
+        .keys
+        .into_iter()
+        .map(|key| key.kid)
+        .collect();
+
+        key_service_cases(&mut clients, &attacker, &kids[0]).await;
+        token_service_cases(&mut clients, &attacker, &victim).await;
+        bundle_service_cases(&mut clients, &attacker).await;
+        admin_service_cases(&mut clients, &attacker, &victim).await;
+        assert_victim_unchanged(&mut clients, &root, &victim, &kids).await;
+
+        // The refused emergency did not claim the incident id for anyone else.
+        let handled = answered(
+            "the platform admin's emergency with the same incident id",
+            clients
+                .tokens
+                .emergency_revoke(with_bearer(
+                    emergency(pb::emergency_revoke_request::Scope::TenantId(HOME.into())),
+                    &root,
+                ))
+                .await,
+        );
+        assert!(!handled.replayed, "{handled:?}");
+    });
+}
+
+#[test]
+fn an_issue_client_confined_to_one_tenant_cannot_revoke_another_tenants_session_or_family() {
+    let root_dir = tempfile::tempdir().expect("tempdir");
+    let issuer = Issuer::start(root_dir.path());
+    let root = issuer.admin_token();
+    runtime().block_on(async {
+        let mut clients = Clients::new(connect(issuer.grpc_addr).await);
+        let victim = victim(&mut clients, &root).await;
+        let attacker = answered(
+            "acme issue client",
+            clients
+                .admin
+                .create_client(with_bearer(
+                    create_client("acme-api", &["issue"], &[HOME]),
+                    &root,
+                ))
+                .await,
+        )
+        .credential;
+        let session = &victim.session;
+        let mut messages = Vec::new();
+        for (case, target) in [
+            (
+                "session_id of globex",
+                Target::SessionId(session.session_id.clone()),
+            ),
+            (
+                "session_id that exists nowhere",
+                Target::SessionId("nope".into()),
+            ),
+            (
+                "family_id of globex",
+                Target::FamilyId(session.family_id.clone()),
+            ),
+            (
+                "family_id that exists nowhere",
+                Target::FamilyId("nope".into()),
+            ),
+        ] {
+            let status = clients
+                .tokens
+                .revoke_tokens(with_bearer(revoke(target, HOME), &attacker))
+                .await
+                .expect_err(case);
+            assert_eq!(status.code(), Code::NotFound, "{case}: {status:?}");
+            messages.push(status.message().to_owned());
+        }
+        // The answer for another tenant's id is the answer for no id at all.
+        assert_eq!(messages[0], messages[1]);
+        assert_eq!(messages[2], messages[3]);
+        refused(
+            "RevokeTokens{session_id of globex, scope: globex}",
+            Code::PermissionDenied,
+            clients
+                .tokens
+                .revoke_tokens(with_bearer(
+                    revoke(Target::SessionId(session.session_id.clone()), VICTIM),
+                    &attacker,
+                ))
+                .await,
+        );
+        answered(
+            "globex refresh after the attacks",
+            clients
+                .tokens
+                .refresh_session(with_bearer(
+                    pb::RefreshSessionRequest {
+                        refresh_token: session.refresh_token.clone(),
+                    },
+                    &root,
+                ))
+                .await,
+        );
+    });
+}
