@@ -7,4 +7,5 @@ mod postgres_replicas;
 mod server;
 mod sessions;
 mod store_suite;
+mod tenancy;
 mod tls;
