@@ -1,7 +1,8 @@
 //! Caller authentication and scopes. Every RPC names the scope it needs; a caller proves
 //! itself with `authorization: Bearer <tbk_ credential>` (an API client created by an
 //! admin, stored as an HMAC hash and compared in constant time). Clients may be confined
-//! to tenants.
+//! to tenants; confinement holds whatever the scopes (a confined `admin` administers its
+//! tenants, never the platform), and no caller may grant more than it holds.
 
 use std::sync::Arc;
 use std::time::Duration;
