@@ -3,7 +3,8 @@
 //! caller, and an `issue` client of acme) against tenant `globex`'s data; each must be
 //! refused with its typed status or answer without globex's data. Afterwards globex is
 //! shown unchanged: its refresh token still rotates, its access token is still active,
-//! its client still issues, and no key was touched.
+//! its client still issues, and no key was touched. A real sidecar confined to acme keeps
+//! its revision in step without receiving globex's entries.
 
 use std::time::Duration;
 
@@ -17,8 +18,10 @@ use tessera_proto::v1::trust_bundle_update::Kind;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+use crate::sidecar::harness::{self as sidecar_harness, Sidecar, assert_rejected};
 use crate::support::grpc::{connect, runtime, with_bearer};
 use crate::support::issuer::Issuer;
+use crate::support::wait::{patience, poll_until};
 
 /// The attacker's tenant.
 const HOME: &str = "acme";
@@ -645,4 +648,99 @@ fn an_issue_client_confined_to_one_tenant_cannot_revoke_another_tenants_session_
                 .await,
         );
     });
+}
+
+/// A real sidecar subscribed with a credential confined to acme: another tenant's
+/// revocation reaches it only as an empty delta, so its revision still catches up with the
+/// issuer's, while acme's own revocation takes effect as usual.
+#[test]
+fn a_sidecar_confined_to_one_tenant_keeps_its_revision_without_seeing_another_tenant() {
+    let root_dir = tempfile::tempdir().expect("tempdir");
+    let issuer = Issuer::start(root_dir.path());
+    let root = issuer.admin_token();
+    let runtime = runtime();
+    let reader = runtime.block_on(async {
+        let mut clients = Clients::new(connect(issuer.grpc_addr).await);
+        answered(
+            "acme bundle reader",
+            clients
+                .admin
+                .create_client(with_bearer(
+                    create_client("acme-sidecar", &["bundle:read"], &[HOME]),
+                    &root,
+                ))
+                .await,
+        )
+        .credential
+    });
+    let credential_file = root_dir.path().join("acme-sidecar.credential");
+    write_private(&credential_file, &reader);
+    let sidecar = Sidecar::builder(
+        root_dir.path(),
+        "acme-sidecar",
+        &issuer.grpc_url(),
+        &credential_file,
+    )
+    .start();
+    let client = sidecar.client();
+    // `issue` mints for acme, the sidecar harness's tenant.
+    assert_eq!(sidecar_harness::TENANT, HOME);
+    let token = sidecar_harness::issue(&issuer, "alice", 600, &[]);
+    assert!(client.validate(&token.token).valid, "acme token validates");
+
+    let revise = |tenant: &str| {
+        runtime.block_on(async {
+            let mut clients = Clients::new(connect(issuer.grpc_addr).await);
+            answered(
+                "revoke alice",
+                clients
+                    .tokens
+                    .revoke_tokens(with_bearer(
+                        revoke(Target::UserId("alice".into()), tenant),
+                        &root,
+                    ))
+                    .await,
+            )
+            .revision
+        })
+    };
+    let hidden = revise(VICTIM);
+    let caught_up = poll_until(
+        patience(Duration::from_secs(10)),
+        Duration::from_millis(20),
+        || (sidecar.metric(sidecar_harness::REVISION) >= hidden as f64).then_some(()),
+    );
+    assert!(
+        caught_up.is_some(),
+        "the sidecar stayed at revision {} behind the hidden event {hidden}",
+        sidecar.metric(sidecar_harness::REVISION)
+    );
+    assert!(
+        client.validate(&token.token).valid,
+        "globex's revocation of its alice does not touch acme's alice"
+    );
+
+    let shown = revise(HOME);
+    let outcome = client.poll(
+        &token.token,
+        patience(Duration::from_secs(10)),
+        Duration::from_millis(20),
+        |response| !response.valid,
+    );
+    let (_, verdict, _) = outcome.unwrap_or_else(|last| panic!("still accepted: {last:?}"));
+    assert_rejected(&verdict, pb::Reason::Revoked, "acme's own revocation");
+    assert!(sidecar.metric(sidecar_harness::REVISION) >= shown as f64);
+}
+
+/// Writes `credential` to a new file readable by its owner only.
+fn write_private(path: &std::path::Path, credential: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|error| panic!("cannot create {}: {error}", path.display()));
+    writeln!(file, "{credential}").expect("write the credential");
 }
