@@ -78,8 +78,8 @@ impl App {
         }
     }
 
-    /// Writes every open burst of refused anonymous calls to the audit log now, instead of
-    /// when it ends (for tests and operators' tools that read the log at once).
+    /// Writes every open burst of refused anonymous calls to the audit log now instead of
+    /// when it ends, for tests that read the log right after the refusals.
     pub async fn flush_denial_summaries(&self) {
         let summaries = self.auth.abuse().take_all();
         abuse::write_summaries(self.store.as_ref(), summaries, self.now()).await;

@@ -186,12 +186,6 @@ impl Authenticator {
         }
     }
 
-    /// Replaces the default per-peer budgets and burst summaries.
-    pub fn with_abuse_guard(mut self, abuse: Arc<AbuseGuard>) -> Self {
-        self.abuse = abuse;
-        self
-    }
-
     /// Returns the per-peer budgets and burst summaries of refused calls.
     pub fn abuse(&self) -> &Arc<AbuseGuard> {
         &self.abuse
