@@ -125,7 +125,7 @@ impl TokenServiceImpl {
             (_, None) if caller.has(Scope::Admin) && !caller.is_confined() => return Ok(None),
             (_, None) => {
                 return Err(Status::invalid_argument(
-                    "scope_tenant_id: required for tenant-scoped callers",
+                    "scope_tenant_id: required unless the caller is an unconfined admin",
                 ));
             }
         };
