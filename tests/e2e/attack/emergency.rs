@@ -128,6 +128,55 @@ fn token_of_the_former_retiring_key_after_emergency_key_rotation_is_key_revoked(
     );
 }
 
+#[test]
+fn retrying_an_incident_whose_work_failed_is_not_answered_replayed() {
+    let root = tempfile::tempdir().unwrap();
+    let issuer = Issuer::start(root.path());
+    let issued = issuer.cli_json(&["token", "issue", "--subject", "alice", "--tenant", "acme"]);
+    let token = issued["token"].as_str().unwrap().to_owned();
+    let emergency = [
+        "emergency",
+        "--global",
+        "--incident",
+        "inc-retry",
+        "--reason",
+        "host compromised",
+    ];
+
+    // Make the work (the key-set commit) fail after the incident id has been claimed.
+    let database = rusqlite::Connection::open(issuer.data_dir.join("tessera.db")).unwrap();
+    database.busy_timeout(Duration::from_secs(5)).unwrap();
+    database
+        .execute_batch(
+            "CREATE TRIGGER injected_failure BEFORE UPDATE ON key_sets \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .unwrap();
+    let failed = issuer.cli(&emergency);
+    assert!(
+        !failed.success(),
+        "the emergency succeeded despite the injected failure"
+    );
+    database
+        .execute_batch("DROP TRIGGER injected_failure;")
+        .unwrap();
+
+    let retried = issuer.cli_json(&emergency);
+    assert_eq!(retried["replayed"], false, "{retried}");
+    assert!(
+        retried["revoked_kids"]
+            .as_array()
+            .is_some_and(|kids| kids.iter().any(|kid| *kid == issued["kid"])),
+        "{retried}"
+    );
+    let introspected = issuer.cli_json(&["token", "introspect", &token]);
+    assert_eq!(introspected["active"], false, "{introspected}");
+    assert_eq!(introspected["reason"], "key_revoked", "{introspected}");
+    // And now the incident is handled: a third call is a replay.
+    let replay = issuer.cli_json(&emergency);
+    assert_eq!(replay["replayed"], true, "{replay}");
+}
+
 /// Builds [`ThreeKeys`] and checks the sidecar accepts both tokens before the emergency.
 fn retiring_active_and_pending(issuer: &Issuer, client: &SocketClient) -> ThreeKeys {
     let retiring = issue(issuer, "alice", 600, &[]);
