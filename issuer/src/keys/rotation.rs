@@ -6,6 +6,10 @@
 //! takes over, its predecessor verifies for `overlap` more; a scheduled rotation is due
 //! `rotate_every` after the signer's activation; if the scheduler runs late, the
 //! successor still gets its full prepublish window (it activates at `now + prepublish`).
+//! An emergency assumes every private key the issuer held is stolen: it revokes every key
+//! verifiers still trust (signer, retiring, pending), retires or drops whatever material
+//! is left, and a fresh key signs at once; the manager deletes each revoked key's wrapped
+//! private key in the same commit.
 
 use std::time::Duration;
 
