@@ -239,16 +239,17 @@ async fn a_flood_of_refused_calls_is_rate_limited_with_retry_after_while_the_adm
     // The admin is seen once before the flood, as an operator's tool would be.
     audit_events(&issuer).await;
     let statuses = anonymous_list_keys(&issuer, 120).await;
-    let n_unauthenticated = statuses
-        .iter()
-        .filter(|status| status.code() == Code::Unauthenticated)
-        .count();
     assert!(
-        (50..60).contains(&n_unauthenticated),
-        "the burst of 50 (plus a few refilled tokens) is Unauthenticated: {n_unauthenticated}"
+        statuses[..50]
+            .iter()
+            .all(|status| status.code() == Code::Unauthenticated),
+        "the burst of 50 is Unauthenticated: {statuses:?}"
     );
-    let limited = statuses.last().expect("some statuses");
-    assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
+    // Tokens come back at 10 a second, so a slow machine sees a few more Unauthenticated.
+    let limited = statuses[50..]
+        .iter()
+        .find(|status| status.code() == Code::ResourceExhausted)
+        .expect("calls beyond the burst are ResourceExhausted");
     let retry_after: u64 = limited
         .metadata()
         .get("retry-after")
@@ -258,15 +259,21 @@ async fn a_flood_of_refused_calls_is_rate_limited_with_retry_after_while_the_adm
         .parse()
         .expect("whole seconds");
     assert!((1..=5).contains(&retry_after), "{retry_after}");
-    // Forged credentials are refused the same way, cheaply.
-    let forged = Credential::generate(CredentialKind::ApiKey).expose();
-    let status = issuer
-        .tokens()
-        .await
-        .issue_access_token(with_credential(issue_request("acme"), &forged))
-        .await
-        .expect_err("forged credential");
-    assert_eq!(status.code(), Code::ResourceExhausted);
+    // Forged credentials from the same peer share its budget.
+    let mut tokens = issuer.tokens().await;
+    let mut forged_codes = Vec::new();
+    for _ in 0..10 {
+        let forged = Credential::generate(CredentialKind::ApiKey).expose();
+        let status = tokens
+            .issue_access_token(with_credential(issue_request("acme"), &forged))
+            .await
+            .expect_err("forged credential");
+        forged_codes.push(status.code());
+    }
+    assert!(
+        forged_codes.contains(&Code::ResourceExhausted),
+        "{forged_codes:?}"
+    );
     // A valid credential from the same peer is never refused for the peer's budget.
     issuer
         .keys()
@@ -332,7 +339,8 @@ async fn an_open_burst_is_written_at_shutdown() {
                 .entry
                 .reason
                 .starts_with("3 refused calls from 127.0.0.1")),
-        Duration::from_secs(5),
+        // Well before the 3 s of quiet that would end the burst on its own.
+        Duration::from_millis(1500),
         "the open burst was not written at shutdown"
     );
 }

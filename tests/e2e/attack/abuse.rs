@@ -132,16 +132,17 @@ fn a_flood_of_forged_credentials_is_rate_limited_with_retry_after_while_the_admi
                 .expect_err("a forged credential issued a token");
             statuses.push(status);
         }
-        let n_unauthenticated = statuses
-            .iter()
-            .filter(|status| status.code() == Code::Unauthenticated)
-            .count();
         assert!(
-            (50..100).contains(&n_unauthenticated),
-            "the first 50 (and a few refilled) are Unauthenticated: {n_unauthenticated}"
+            statuses[..50]
+                .iter()
+                .all(|status| status.code() == Code::Unauthenticated),
+            "the burst of 50 is Unauthenticated: {statuses:?}"
         );
-        let limited = statuses.last().expect("statuses");
-        assert_eq!(limited.code(), Code::ResourceExhausted, "{limited:?}");
+        // Tokens come back at 10 a second, so a slow machine sees a few more Unauthenticated.
+        let limited = statuses[50..]
+            .iter()
+            .find(|status| status.code() == Code::ResourceExhausted)
+            .expect("calls beyond the burst are ResourceExhausted");
         let retry_after: u64 = limited
             .metadata()
             .get("retry-after")
@@ -151,11 +152,18 @@ fn a_flood_of_forged_credentials_is_rate_limited_with_retry_after_while_the_admi
         assert!((1..=5).contains(&retry_after), "retry-after {retry_after}");
 
         // Anonymous calls from the same peer are over the same budget.
-        let status = keys
-            .list_keys(Request::new(pb::ListKeysRequest::default()))
-            .await
-            .expect_err("anonymous ListKeys answered");
-        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        let mut anonymous_codes = Vec::new();
+        for _ in 0..10 {
+            let status = keys
+                .list_keys(Request::new(pb::ListKeysRequest::default()))
+                .await
+                .expect_err("anonymous ListKeys answered");
+            anonymous_codes.push(status.code());
+        }
+        assert!(
+            anonymous_codes.contains(&Code::ResourceExhausted),
+            "{anonymous_codes:?}"
+        );
 
         // The valid admin credential from the same address is never rate limited.
         let listed = keys
