@@ -215,3 +215,27 @@ pub fn request_id<T>(request: &tonic::Request<T>) -> String {
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up_and_at_least_one() {
+        let seconds = |wait: Duration| {
+            rate_limited(wait)
+                .metadata()
+                .get("retry-after")
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(seconds(Duration::ZERO).as_deref(), Some("1"));
+        assert_eq!(seconds(Duration::from_millis(100)).as_deref(), Some("1"));
+        assert_eq!(seconds(Duration::from_secs(2)).as_deref(), Some("2"));
+        assert_eq!(seconds(Duration::from_millis(2001)).as_deref(), Some("3"));
+        assert_eq!(
+            rate_limited(Duration::from_millis(100)).code(),
+            tonic::Code::ResourceExhausted
+        );
+    }
+}

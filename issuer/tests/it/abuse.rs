@@ -324,6 +324,44 @@ async fn three_hundred_anonymous_calls_add_one_summary_row_to_the_audit_log() {
 }
 
 #[tokio::test]
+async fn refusals_of_an_authenticated_caller_are_not_rate_limited_and_stay_one_audit_row_each() {
+    let issuer = TestIssuer::start().await;
+    let created = issuer
+        .admin()
+        .await
+        .create_client(issuer.as_admin(pb::CreateClientRequest {
+            name: "issue-only".into(),
+            scopes: vec!["issue".into()],
+            tenants: Vec::new(),
+        }))
+        .await
+        .expect("create client")
+        .into_inner();
+    let mut keys = issuer.keys().await;
+    for _ in 0..60 {
+        let status = keys
+            .list_keys(with_credential(
+                pb::ListKeysRequest::default(),
+                &created.credential,
+            ))
+            .await
+            .expect_err("an issue client listed keys");
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    }
+    let events = audit_events(&issuer).await;
+    let attributed = events
+        .iter()
+        .filter(|event| event.action == "auth.denied" && event.actor == created.client_id)
+        .count();
+    assert_eq!(attributed, 60, "each attributable refusal is its own row");
+    assert!(
+        events.iter().all(|event| event.actor != "anonymous"),
+        "nothing was charged to the peer: {events:?}"
+    );
+    issuer.stop().await;
+}
+
+#[tokio::test]
 async fn an_open_burst_is_written_at_shutdown() {
     let issuer = TestIssuer::start().await;
     anonymous_list_keys(&issuer, 3).await;
