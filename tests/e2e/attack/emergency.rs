@@ -65,6 +65,25 @@ fn token_of_the_former_retiring_key_after_emergency_global_is_key_revoked() {
         assert_key_revoked_eventually(&client, token, &sidecar.log());
     }
     assert_material_gone(&stack.issuer, &wrapped_before);
+
+    // Text output: a second incident revokes the two successors and names each.
+    let second = stack.issuer.cli(&[
+        "emergency",
+        "--global",
+        "--incident",
+        "inc-second",
+        "--reason",
+        "still compromised",
+    ]);
+    second.assert_success("emergency --global (text)");
+    for kid in emergency["new_kids"].as_array().into_iter().flatten() {
+        let kid = kid.as_str().unwrap_or_default();
+        assert!(
+            second.stdout.contains(&format!("revoked key {kid}")),
+            "{kid} not named in:\n{}",
+            second.stdout
+        );
+    }
 }
 
 #[test]
