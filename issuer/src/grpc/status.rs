@@ -69,7 +69,6 @@ pub fn from_session(error: SessionError) -> Status {
             error!(%detail, "corrupt session");
             Status::internal("internal error")
         }
-        SessionError::NotFound(_) => Status::not_found(error.to_string()),
     }
 }
 
@@ -139,10 +138,6 @@ mod tests {
             (
                 from_issue(IssueError::UnknownAudience("a".into())),
                 Code::InvalidArgument,
-            ),
-            (
-                from_session(SessionError::NotFound("session")),
-                Code::NotFound,
             ),
         ];
         for (status, code) in cases {

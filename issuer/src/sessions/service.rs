@@ -43,10 +43,6 @@ pub enum SessionError {
     Issue(#[from] IssueError),
     #[error("stored session is unreadable: {0}")]
     Corrupt(String),
-    /// The named session or family does not exist in the tenant the revocation is
-    /// confined to; deliberately the same whether it exists elsewhere or nowhere.
-    #[error("no such {0} in that tenant")]
-    NotFound(&'static str),
 }
 
 /// The tokens handed to a client at login or refresh.
@@ -109,19 +105,26 @@ struct Resolved {
     effect: Option<RevocationEffect>,
 }
 
-/// Returns the tenant of `session` if it exists and lies within `scope_tenant` (when
-/// given); otherwise `NotFound`, the same answer for "elsewhere" and "nowhere", so a
-/// confined caller learns nothing of another tenant's sessions.
-fn owning_tenant(
+/// Returns the tenant a session or family revocation is filed under: the record's own
+/// tenant when it exists within `scope_tenant` (an unconfined admin need not name it),
+/// otherwise `scope_tenant` itself. A session that exists only in another tenant is
+/// treated exactly like one that exists nowhere: the entry is filed under the caller's
+/// tenant, so it matches none of the other tenant's tokens, and the answer (no session
+/// ended) tells the caller nothing. Filing an entry for an id with no record keeps
+/// access tokens minted with a caller-chosen `session_id` (IssueAccessToken) revocable.
+fn filing_tenant(
     session: Option<SessionRecord>,
-    scope_tenant: Option<&TenantId>,
-    what: &'static str,
-) -> Result<TenantId, SessionError> {
+    scope_tenant: Option<TenantId>,
+) -> Option<TenantId> {
     match session {
-        Some(session) if scope_tenant.is_none_or(|scope| *scope == session.tenant_id) => {
-            Ok(session.tenant_id)
+        Some(session)
+            if scope_tenant
+                .as_ref()
+                .is_none_or(|scope| *scope == session.tenant_id) =>
+        {
+            Some(session.tenant_id)
         }
-        _ => Err(SessionError::NotFound(what)),
+        _ => scope_tenant,
     }
 }
 
@@ -317,7 +320,8 @@ impl SessionService {
 
     /// Revokes `target` (confined to `scope_tenant` when given), ending matching sessions.
     /// A session or family is revoked only within its own tenant: named with a
-    /// `scope_tenant` it does not belong to, it is `NotFound` and nothing changes.
+    /// `scope_tenant` it does not belong to, the entry is filed under `scope_tenant`
+    /// and nothing of the other tenant changes.
     pub async fn revoke(
         &self,
         target: RevocationTarget,
@@ -379,28 +383,28 @@ impl SessionService {
             },
             RevocationTarget::Session(session_id) => {
                 let session = self.store.session(session_id).await?;
-                let tenant_id = owning_tenant(session, scope_tenant.as_ref(), "session")?;
+                let tenant = filing_tenant(session, scope_tenant);
                 Resolved {
                     kind: RevocationKind::Session,
                     value: session_id.to_string(),
-                    tenant: Some(tenant_id.clone()),
-                    effect: Some(RevocationEffect::Session {
+                    effect: tenant.clone().map(|tenant_id| RevocationEffect::Session {
                         tenant_id,
                         session_id: session_id.clone(),
                     }),
+                    tenant,
                 }
             }
             RevocationTarget::Family(family_id) => {
                 let session = self.store.session_of_family(family_id).await?;
-                let tenant_id = owning_tenant(session, scope_tenant.as_ref(), "family")?;
+                let tenant = filing_tenant(session, scope_tenant);
                 Resolved {
                     kind: RevocationKind::Family,
                     value: family_id.clone(),
-                    tenant: Some(tenant_id.clone()),
-                    effect: Some(RevocationEffect::Family {
+                    effect: tenant.clone().map(|tenant_id| RevocationEffect::Family {
                         tenant_id,
                         family_id: family_id.clone(),
                     }),
+                    tenant,
                 }
             }
             RevocationTarget::User(subject) => Resolved {
