@@ -20,11 +20,16 @@ pub const CHECKSUM_CHARS: usize = 6;
 /// Longest credential accepted by the parser.
 pub const MAX_CREDENTIAL_BYTES: usize = 128;
 
-/// The kinds of opaque credential, by prefix.
+/// The kinds of opaque credential (DESIGN §4), each declared once here: its prefix and
+/// the shape of its id and secret. The JWS-carrying kinds (`tba_`, `tbr_`, `tbe_`) are
+/// tokens, not opaque credentials, and are not parsed here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CredentialKind {
-    /// `tbk_`: API keys (also the issuer's caller credentials).
+    /// `tbk_`: tenant API keys. Issuer caller credentials created before `tbc_` existed
+    /// also carry it; their client records say so (see the issuer's `auth.rs`).
     ApiKey,
+    /// `tbc_`: the issuer's own caller credentials (API clients of the issuer).
+    IssuerCaller,
     /// `tbf_`: refresh tokens.
     Refresh,
     /// `tbs_`: service tokens.
@@ -34,22 +39,80 @@ pub enum CredentialKind {
 }
 
 impl CredentialKind {
+    /// Every kind, in prefix-table order.
+    pub const ALL: [CredentialKind; 5] = [
+        CredentialKind::ApiKey,
+        CredentialKind::IssuerCaller,
+        CredentialKind::Refresh,
+        CredentialKind::Service,
+        CredentialKind::Webhook,
+    ];
+
     /// Returns the prefix, underscore included.
     pub const fn prefix(self) -> &'static str {
         match self {
             CredentialKind::ApiKey => "tbk_",
+            CredentialKind::IssuerCaller => "tbc_",
             CredentialKind::Refresh => "tbf_",
             CredentialKind::Service => "tbs_",
             CredentialKind::Webhook => "tbw_",
         }
     }
 
-    const ALL: [CredentialKind; 4] = [
-        CredentialKind::ApiKey,
-        CredentialKind::Refresh,
-        CredentialKind::Service,
-        CredentialKind::Webhook,
-    ];
+    /// Returns the kind whose prefix is exactly `prefix` (as stored in a record).
+    pub fn from_prefix(prefix: &str) -> Option<CredentialKind> {
+        CredentialKind::ALL
+            .into_iter()
+            .find(|kind| kind.prefix() == prefix)
+    }
+
+    /// Returns how many base62 characters a generated id of this kind has. Every kind
+    /// uses the same shape today; a kind that needs another declares it here.
+    pub const fn id_chars(self) -> usize {
+        ID_CHARS
+    }
+
+    /// Returns how many base62 characters a secret of this kind has (256 bits for every
+    /// kind: the reason HMAC, not a slow hash, is enough).
+    pub const fn secret_chars(self) -> usize {
+        SECRET_CHARS
+    }
+}
+
+/// Which version of the credential pepper hashed a stored secret (DESIGN §4: "records
+/// remember which pepper version hashed them"). Versions start at 1 and only grow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PepperVersion(i32);
+
+impl PepperVersion {
+    /// The pepper derived from the KEK, used by every record written before versions
+    /// could be added.
+    pub const FIRST: PepperVersion = PepperVersion(1);
+
+    /// Returns the version numbered `number`, or `None` when it is not positive.
+    pub const fn new(number: i32) -> Option<PepperVersion> {
+        if number >= 1 {
+            Some(PepperVersion(number))
+        } else {
+            None
+        }
+    }
+
+    /// Returns the version number (as stored).
+    pub const fn get(self) -> i32 {
+        self.0
+    }
+
+    /// Returns the version after this one.
+    pub const fn next(self) -> PepperVersion {
+        PepperVersion(self.0 + 1)
+    }
+}
+
+impl std::fmt::Display for PepperVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "v{}", self.0)
+    }
 }
 
 /// Why a string is not a well-formed credential. Deliberately coarse: callers learn
@@ -93,8 +156,8 @@ impl Credential {
     pub fn generate(kind: CredentialKind) -> Credential {
         Credential {
             kind,
-            id: random_base62(ID_CHARS),
-            secret: Secret(random_base62(SECRET_CHARS)),
+            id: random_base62(kind.id_chars()),
+            secret: Secret(random_base62(kind.secret_chars())),
         }
     }
 
@@ -119,13 +182,13 @@ impl Credential {
         let body = &text[kind.prefix().len()..];
         let (id, rest) = body.split_once('_').ok_or(CredentialError::Malformed)?;
         if id.is_empty()
-            || rest.len() != SECRET_CHARS + CHECKSUM_CHARS
+            || rest.len() != kind.secret_chars() + CHECKSUM_CHARS
             || !is_base62(id)
             || !is_base62(rest)
         {
             return Err(CredentialError::Malformed);
         }
-        let (secret, checksum) = rest.split_at(SECRET_CHARS);
+        let (secret, checksum) = rest.split_at(kind.secret_chars());
         let expected = checksum_of(&text[..text.len() - CHECKSUM_CHARS]);
         if checksum.as_bytes().ct_eq(expected.as_bytes()).unwrap_u8() != 1 {
             return Err(CredentialError::BadChecksum);
@@ -175,17 +238,27 @@ fn checksum_of(text: &str) -> String {
     out.iter().map(|&byte| byte as char).collect()
 }
 
-/// Returns `n` uniformly random base62 characters (rejection sampling: no modulo bias).
+/// Returns `n` uniformly random base62 characters.
 pub fn random_base62(n: usize) -> String {
     let rng = SystemRandom::new();
-    let mut out = String::with_capacity(n);
-    let mut buffer = [0u8; 64];
-    while out.len() < n {
+    base62_from_blocks(n, |buffer| {
         // SystemRandom only fails if the OS entropy source is gone, which is fatal for
         // any credential service; there is no safe fallback.
-        rng.fill(&mut buffer)
+        rng.fill(buffer)
             .expect("operating system random source failed");
-        for &byte in &buffer {
+    })
+}
+
+/// Returns `n` base62 characters drawn from the blocks `next_block` fills, in turn
+/// (random bytes, or a keyed derivation's output). The one base62 encoder of the
+/// workspace: rejection sampling (bytes ≥ 248 are skipped) keeps every character
+/// uniform, where `byte % 62` alone would favour the first eight.
+pub fn base62_from_blocks(n: usize, mut next_block: impl FnMut(&mut [u8; 32])) -> String {
+    let mut out = String::with_capacity(n);
+    let mut block = zeroize::Zeroizing::new([0u8; 32]);
+    while out.len() < n {
+        next_block(&mut block);
+        for &byte in block.iter() {
             if byte < 248 && out.len() < n {
                 out.push(BASE62[usize::from(byte % 62)] as char);
             }

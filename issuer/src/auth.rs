@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_common::credential::{self, Credential, CredentialKind};
+use tessera_common::credential::{self, Credential, CredentialKind, PepperVersion};
 use tessera_common::ids::ClientId;
 use tessera_common::revocation::RevocationEntry;
 use tessera_common::{Clock, UnixMillis};
@@ -18,7 +18,7 @@ use crate::abuse::AbuseGuard;
 use crate::store::{AuditEntry, ClientRecord, Store, StoreError};
 
 /// The pepper version credentials are hashed with today.
-pub const PEPPER_VERSION: i32 = 1;
+pub const PEPPER_VERSION: PepperVersion = PepperVersion::FIRST;
 
 /// What a caller may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -327,6 +327,7 @@ impl Authenticator {
                 .map(|scope| scope.as_str().to_owned())
                 .collect(),
             tenants,
+            credential_kind: credential.kind,
             secret_hash: credential::hash_secret(&self.pepper, &credential.secret).to_vec(),
             pepper_version: PEPPER_VERSION,
             created_at: self.clock.now(),

@@ -35,10 +35,53 @@ pub enum KekError {
         "wrapped key does not decrypt under this KEK (wrong KEK, or the row was tampered with)"
     )]
     Unwrap,
+    #[error("wrapped item was sealed by KEK {wrapped}, not by KEK {kek}")]
+    WrongVersion {
+        wrapped: KekVersion,
+        kek: KekVersion,
+    },
+    #[error("KEK {0} is not in the keyring")]
+    UnknownVersion(KekVersion),
+    #[error("no KEK is loaded (the issuer is sealed)")]
+    Sealed,
+    #[error("the operating system random source failed")]
+    Random,
 }
 
-/// The KEK. Its `Debug` is redacted.
+/// Which key-encryption key sealed a wrapped item. The KEK a file or `TESSERA_KEK` holds
+/// is version 1 (everything wrapped before versions existed was sealed by it); a new
+/// version only ever adds to the keyring, so items sealed by older ones stay readable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KekVersion(i32);
+
+impl KekVersion {
+    /// The KEK from the file or environment variable.
+    pub const FIRST: KekVersion = KekVersion(1);
+
+    /// Returns the version numbered `number`, or `None` when it is not positive.
+    pub const fn new(number: i32) -> Option<KekVersion> {
+        if number >= 1 {
+            Some(KekVersion(number))
+        } else {
+            None
+        }
+    }
+
+    /// Returns the version number (as stored).
+    pub const fn get(self) -> i32 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for KekVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+/// One version of the KEK. Its `Debug` is redacted.
 pub struct Kek {
+    version: KekVersion,
     key: LessSafeKey,
     /// HMAC key for deriving subkeys (the credential pepper) from the KEK.
     derivation: aws_lc_rs::hmac::Key,
@@ -48,12 +91,16 @@ pub struct Kek {
 
 impl std::fmt::Debug for Kek {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Kek(fingerprint={})", self.fingerprint)
+        write!(
+            f,
+            "Kek(version={}, fingerprint={})",
+            self.version, self.fingerprint
+        )
     }
 }
 
 impl Kek {
-    /// Builds a KEK from raw bytes.
+    /// Builds version 1 of the KEK from raw bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Kek, KekError> {
         if bytes.len() != KEK_BYTES {
             return Err(KekError::BadEncoding);
@@ -65,6 +112,7 @@ impl Kek {
             .map(|b| format!("{b:02x}"))
             .collect();
         Ok(Kek {
+            version: KekVersion::FIRST,
             key: LessSafeKey::new(unbound),
             derivation: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, bytes),
             fingerprint,
@@ -102,13 +150,23 @@ impl Kek {
         let mut raw = Zeroizing::new([0u8; KEK_BYTES]);
         SystemRandom::new()
             .fill(raw.as_mut())
-            .map_err(|_| KekError::BadEncoding)?;
+            .map_err(|_| KekError::Random)?;
         let text = Zeroizing::new(STANDARD.encode(raw.as_ref()));
         crate::files::write_private(path, text.as_bytes()).map_err(|source| KekError::Write {
             path: path.display().to_string(),
             source,
         })?;
         Ok((Kek::from_bytes(raw.as_ref())?, true))
+    }
+
+    /// Returns this KEK as version `version` (for a keyring holding several).
+    pub fn with_version(self, version: KekVersion) -> Kek {
+        Kek { version, ..self }
+    }
+
+    /// Returns the version this KEK seals as.
+    pub fn version(&self) -> KekVersion {
+        self.version
     }
 
     /// Derives a 32-byte subkey for `label` (e.g. the credential pepper, version 1).
@@ -124,13 +182,42 @@ impl Kek {
 
     /// Seals `plaintext` (a PKCS#8 private key) for the key `kid` of `key_set`.
     pub fn wrap(&self, key_set: KeySetName, kid: &str, plaintext: &[u8]) -> WrappedKey {
+        self.seal(&associated_data(key_set, kid), plaintext)
+    }
+
+    /// Opens a wrapped key; fails if the KEK (or its version), the key set or the kid do
+    /// not match.
+    pub fn unwrap(
+        &self,
+        key_set: KeySetName,
+        kid: &str,
+        wrapped: &WrappedKey,
+    ) -> Result<Zeroizing<Vec<u8>>, KekError> {
+        self.open(&associated_data(key_set, kid), wrapped)
+    }
+
+    /// Seals a root secret other than a private key (a later pepper version), bound to
+    /// its `name` so it cannot be moved under another.
+    pub fn wrap_secret(&self, name: &str, plaintext: &[u8]) -> WrappedKey {
+        self.seal(&format!("tessera-secret-v1|{name}"), plaintext)
+    }
+
+    /// Opens what [`Kek::wrap_secret`] sealed under `name`.
+    pub fn unwrap_secret(
+        &self,
+        name: &str,
+        wrapped: &WrappedKey,
+    ) -> Result<Zeroizing<Vec<u8>>, KekError> {
+        self.open(&format!("tessera-secret-v1|{name}"), wrapped)
+    }
+
+    fn seal(&self, aad: &str, plaintext: &[u8]) -> WrappedKey {
         let mut nonce_bytes = [0u8; NONCE_LEN];
         // A failing OS random source is fatal: sealing with a predictable nonce is worse.
         SystemRandom::new()
             .fill(&mut nonce_bytes)
             .expect("operating system random source failed");
         let mut in_out = plaintext.to_vec();
-        let aad = associated_data(key_set, kid);
         // Sealing only fails for inputs beyond AES-GCM's length limit (64 GiB).
         self.key
             .seal_in_place_append_tag(
@@ -142,23 +229,25 @@ impl Kek {
         let mut sealed = nonce_bytes.to_vec();
         sealed.extend_from_slice(&in_out);
         zeroize::Zeroize::zeroize(&mut in_out);
-        WrappedKey(sealed)
+        WrappedKey {
+            kek_version: self.version,
+            sealed,
+        }
     }
 
-    /// Opens a wrapped key; fails if the KEK, the key set or the kid do not match.
-    pub fn unwrap(
-        &self,
-        key_set: KeySetName,
-        kid: &str,
-        wrapped: &WrappedKey,
-    ) -> Result<Zeroizing<Vec<u8>>, KekError> {
-        if wrapped.0.len() < NONCE_LEN {
+    fn open(&self, aad: &str, wrapped: &WrappedKey) -> Result<Zeroizing<Vec<u8>>, KekError> {
+        if wrapped.kek_version != self.version {
+            return Err(KekError::WrongVersion {
+                wrapped: wrapped.kek_version,
+                kek: self.version,
+            });
+        }
+        if wrapped.sealed.len() < NONCE_LEN {
             return Err(KekError::Unwrap);
         }
-        let (nonce_bytes, sealed) = wrapped.0.split_at(NONCE_LEN);
+        let (nonce_bytes, sealed) = wrapped.sealed.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce_bytes).map_err(|_| KekError::Unwrap)?;
         let mut in_out = Zeroizing::new(sealed.to_vec());
-        let aad = associated_data(key_set, kid);
         let plaintext_len = self
             .key
             .open_in_place(nonce, Aad::from(aad.as_bytes()), &mut in_out)
@@ -202,14 +291,38 @@ mod tests {
     }
 
     #[test]
+    fn wrapped_keys_record_the_kek_version_and_open_only_under_it() {
+        let v2 = KekVersion::new(2).unwrap();
+        let wrapped = kek(7)
+            .with_version(v2)
+            .wrap(KeySetName::Access, "k1", b"private");
+        assert_eq!(wrapped.kek_version, v2);
+        // The same material under another version number refuses it: the record, not
+        // a guess, picks the KEK.
+        assert!(matches!(
+            kek(7).unwrap(KeySetName::Access, "k1", &wrapped),
+            Err(KekError::WrongVersion { .. })
+        ));
+        let secret = kek(7).wrap_secret("pepper/v2", b"material");
+        assert!(kek(7).unwrap_secret("pepper/v3", &secret).is_err());
+        assert_eq!(
+            kek(7)
+                .unwrap_secret("pepper/v2", &secret)
+                .unwrap()
+                .as_slice(),
+            b"material"
+        );
+    }
+
+    #[test]
     fn wrapped_bytes_do_not_contain_the_plaintext() {
         let wrapped = kek(1).wrap(KeySetName::Access, "k", b"very secret key material");
-        assert!(!wrapped.0.windows(6).any(|w| w == b"secret"));
+        assert!(!wrapped.sealed.windows(6).any(|w| w == b"secret"));
     }
 
     #[test]
     fn debug_shows_only_the_fingerprint() {
         let debug = format!("{:?}", kek(3));
-        assert!(debug.starts_with("Kek(fingerprint="), "{debug}");
+        assert!(debug.starts_with("Kek(version=v1, fingerprint="), "{debug}");
     }
 }

@@ -9,9 +9,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tessera_common::UnixMillis;
 use tessera_common::bundle::{BundleChange, BundleEvent, Revision};
+use tessera_common::credential::{CredentialKind, PepperVersion};
 use tessera_common::ids::ClientId;
 use tessera_common::keys::{KeySchedule, KeySetName};
 use tokio::sync::Notify;
+
+use crate::kek::KekVersion;
 
 mod columns;
 pub mod postgres;
@@ -39,13 +42,23 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// A private key sealed under the KEK: `nonce ‖ ciphertext ‖ tag`. Opaque to the store.
+/// A private key sealed under a KEK: the version of the KEK that sealed it (unwrapping
+/// picks that version from the keyring) and `nonce ‖ ciphertext ‖ tag`, opaque to the
+/// store.
 #[derive(Clone, PartialEq, Eq)]
-pub struct WrappedKey(pub Vec<u8>);
+pub struct WrappedKey {
+    pub kek_version: KekVersion,
+    pub sealed: Vec<u8>,
+}
 
 impl std::fmt::Debug for WrappedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "WrappedKey({} bytes)", self.0.len())
+        write!(
+            f,
+            "WrappedKey(kek {}, {} bytes)",
+            self.kek_version,
+            self.sealed.len()
+        )
     }
 }
 
@@ -121,9 +134,13 @@ pub struct ClientRecord {
     pub scopes: Vec<String>,
     /// Tenants it may act on; empty means every tenant.
     pub tenants: Vec<String>,
-    /// HMAC-SHA256(pepper, secret).
+    /// The kind its credential was issued as: `IssuerCaller` (`tbc_`), or `ApiKey`
+    /// (`tbk_`) for clients created before caller credentials had their own prefix. Only
+    /// this prefix authenticates the client.
+    pub credential_kind: CredentialKind,
+    /// HMAC-SHA256(pepper, secret) under the pepper of `pepper_version`.
     pub secret_hash: Vec<u8>,
-    pub pepper_version: i32,
+    pub pepper_version: PepperVersion,
     pub created_at: UnixMillis,
     pub disabled_at: Option<UnixMillis>,
 }

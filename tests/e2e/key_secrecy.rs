@@ -13,7 +13,7 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use tessera_common::keys::KeySetName;
-use tessera_issuer::kek::Kek;
+use tessera_issuer::kek::{Kek, KekVersion};
 use tessera_issuer::store::WrappedKey;
 
 use crate::sidecar::harness::{Sidecar, bundle_reader_credential, issue};
@@ -341,7 +341,14 @@ pub(crate) fn unwrap_all_private_keys(data_dir: &Path) -> Vec<(String, Vec<u8>)>
         .into_iter()
         .map(|stored| {
             let pkcs8 = kek
-                .unwrap(stored.key_set, &stored.kid, &WrappedKey(stored.wrapped))
+                .unwrap(
+                    stored.key_set,
+                    &stored.kid,
+                    &WrappedKey {
+                        kek_version: KekVersion::FIRST,
+                        sealed: stored.wrapped,
+                    },
+                )
                 .unwrap_or_else(|error| {
                     panic!("cannot unwrap {} with the KEK file: {error}", stored.kid)
                 });

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aws_lc_rs::hmac;
 use tessera_common::UnixMillis;
-use tessera_common::credential::{Credential, CredentialKind, ID_CHARS, SECRET_CHARS};
+use tessera_common::credential::{Credential, CredentialKind, base62_from_blocks};
 
 use crate::store::{RefreshState, RefreshTokenRecord, SessionRecord};
 
@@ -96,36 +96,29 @@ pub fn decide(
 
 /// Derives the successor of `presented`: the same bytes for every caller that presents
 /// the same token, and unguessable without its secret.
+/// `key` is the successor key of the pepper version that hashed `presented`.
 pub fn successor_credential(key: &hmac::Key, presented: &Credential) -> Credential {
+    let kind = CredentialKind::Refresh;
+    // Block `counter` of the keyed stream for `label`, fed to the one base62 encoder.
     let stream = |label: &str, n: usize| {
-        let mut out = String::with_capacity(n);
         let mut counter = 0u32;
-        while out.len() < n {
+        base62_from_blocks(n, |block| {
             let mut context = hmac::Context::with_key(key);
             context.update(label.as_bytes());
             context.update(&counter.to_be_bytes());
             context.update(presented.id.as_bytes());
             context.update(b"_");
             context.update(presented.secret.expose().as_bytes());
-            let block = context.sign();
-            for &byte in block.as_ref() {
-                // Rejection sampling keeps the characters uniform.
-                if byte < 248 && out.len() < n {
-                    out.push(BASE62[usize::from(byte % 62)] as char);
-                }
-            }
+            block.copy_from_slice(context.sign().as_ref());
             counter += 1;
-        }
-        out
+        })
     };
     Credential::from_parts(
-        CredentialKind::Refresh,
-        stream("tessera-refresh-successor-id", ID_CHARS),
-        stream("tessera-refresh-successor-secret", SECRET_CHARS),
+        kind,
+        stream("tessera-refresh-successor-id", kind.id_chars()),
+        stream("tessera-refresh-successor-secret", kind.secret_chars()),
     )
 }
-
-const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 #[cfg(test)]
 mod tests {
@@ -141,7 +134,7 @@ mod tests {
             tenant_id: TenantId::new("acme").unwrap(),
             parent_id: None,
             secret_hash: vec![],
-            pepper_version: 1,
+            pepper_version: tessera_common::credential::PepperVersion::FIRST,
             issued_at: UnixMillis(0),
             expires_at: UnixMillis(1_000_000),
             state,

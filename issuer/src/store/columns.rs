@@ -4,9 +4,11 @@
 
 use tessera_common::UnixMillis;
 use tessera_common::bundle::Revision;
+use tessera_common::credential::{CredentialKind, PepperVersion};
 use tessera_common::revocation::RevocationKind;
 
-use super::{RefreshState, StoreError};
+use super::{RefreshState, StoreError, WrappedKey};
+use crate::kek::KekVersion;
 
 fn corrupt(message: String) -> StoreError {
     StoreError::Corrupt(message)
@@ -68,6 +70,48 @@ pub(crate) fn hash_from_column(value: Vec<u8>) -> Result<[u8; 32], StoreError> {
         .map_err(|_| corrupt(format!("audit hash of {} bytes", value.len())))
 }
 
+pub(crate) fn pepper_version_from_column(value: i32) -> Result<PepperVersion, StoreError> {
+    PepperVersion::new(value).ok_or_else(|| corrupt(format!("pepper version {value}")))
+}
+
+/// `(kek_version, wrapped_private)` of a key row. A key with no wrapped private key
+/// stores version 1 (the column is `NOT NULL`); nothing reads it.
+pub(crate) fn wrapped_key_to_columns(wrapped: Option<&WrappedKey>) -> (i32, Option<&[u8]>) {
+    match wrapped {
+        Some(wrapped) => (wrapped.kek_version.get(), Some(wrapped.sealed.as_slice())),
+        None => (KekVersion::FIRST.get(), None),
+    }
+}
+
+/// The inverse of [`wrapped_key_to_columns`].
+pub(crate) fn wrapped_key_from_columns(
+    kek_version: i32,
+    sealed: Option<Vec<u8>>,
+) -> Result<Option<WrappedKey>, StoreError> {
+    let Some(sealed) = sealed else {
+        return Ok(None);
+    };
+    let kek_version = KekVersion::new(kek_version)
+        .ok_or_else(|| corrupt(format!("KEK version {kek_version}")))?;
+    Ok(Some(WrappedKey {
+        kek_version,
+        sealed,
+    }))
+}
+
+/// The prefix a client's credential was issued with.
+pub(crate) fn credential_kind_to_column(kind: CredentialKind) -> &'static str {
+    kind.prefix()
+}
+
+/// The inverse of [`credential_kind_to_column`]; only caller-credential kinds are valid.
+pub(crate) fn credential_kind_from_column(prefix: &str) -> Result<CredentialKind, StoreError> {
+    match CredentialKind::from_prefix(prefix) {
+        Some(kind @ (CredentialKind::IssuerCaller | CredentialKind::ApiKey)) => Ok(kind),
+        _ => Err(corrupt(format!("client credential prefix `{prefix}`"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +139,24 @@ mod tests {
         assert!(revision_from_column(-1).is_err());
         assert!(hash_from_column(vec![0; 31]).is_err());
         assert_eq!(limit_to_column(usize::MAX), i64::MAX);
+        assert!(pepper_version_from_column(0).is_err());
+        assert!(wrapped_key_from_columns(0, Some(vec![1])).is_err());
+        assert_eq!(wrapped_key_from_columns(0, None).unwrap(), None);
+        assert!(credential_kind_from_column("tbf_").is_err());
+    }
+
+    #[test]
+    fn wrapped_keys_and_client_prefixes_round_trip() {
+        let wrapped = WrappedKey {
+            kek_version: KekVersion::new(3).unwrap(),
+            sealed: vec![1, 2, 3],
+        };
+        let (version, sealed) = wrapped_key_to_columns(Some(&wrapped));
+        let back = wrapped_key_from_columns(version, sealed.map(<[u8]>::to_vec));
+        assert_eq!(back.unwrap(), Some(wrapped));
+        for kind in [CredentialKind::IssuerCaller, CredentialKind::ApiKey] {
+            let column = credential_kind_to_column(kind);
+            assert_eq!(credential_kind_from_column(column).unwrap(), kind);
+        }
     }
 }

@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 use tessera_common::UnixMillis;
 use tessera_common::bundle::Revision;
+use tessera_common::credential::PepperVersion;
 use tessera_common::ids::{SessionId, Subject, TenantId};
 use tessera_common::revocation::RevocationEntry;
 
@@ -50,9 +51,9 @@ pub struct RefreshTokenRecord {
     pub tenant_id: TenantId,
     /// The token this one replaced; `None` for the first of a family.
     pub parent_id: Option<String>,
-    /// HMAC-SHA256(pepper, secret).
+    /// HMAC-SHA256(pepper, secret) under the pepper of `pepper_version`.
     pub secret_hash: Vec<u8>,
-    pub pepper_version: i32,
+    pub pepper_version: PepperVersion,
     pub issued_at: UnixMillis,
     pub expires_at: UnixMillis,
     pub state: RefreshState,

@@ -22,8 +22,9 @@ use tokio::sync::Notify;
 use self::error::SqliteFailure;
 use self::queries::{insert_audit, insert_events, latest_revision, write_key};
 use self::rows::{
-    AUDIT_COLUMNS, CLIENT_COLUMNS, KEY_COLUMNS, audit_from_row, client_from_row, event_from_row,
-    key_from_row, limit_to_column, revision_from_column, revision_to_column, to_column, to_json,
+    AUDIT_COLUMNS, CLIENT_COLUMNS, KEY_COLUMNS, audit_from_row, client_from_row,
+    credential_kind_to_column, event_from_row, key_from_row, limit_to_column, revision_from_column,
+    revision_to_column, to_column, to_json,
 };
 use crate::store::{
     AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeySetState, KeyWrite, Store, StoreError,
@@ -401,8 +402,8 @@ impl Store for SqliteStore {
         self.write(move |tx| {
             tx.prepare_cached(
                 "INSERT INTO api_clients (client_id, name, scopes, tenants, secret_hash, \
-                 pepper_version, created_at, disabled_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 pepper_version, created_at, disabled_at, credential_prefix) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
                 client.client_id.as_str(),
@@ -410,9 +411,10 @@ impl Store for SqliteStore {
                 to_json(&client.scopes)?,
                 to_json(&client.tenants)?,
                 client.secret_hash,
-                client.pepper_version,
+                client.pepper_version.get(),
                 client.created_at.0,
                 client.disabled_at.map(|at| at.0),
+                credential_kind_to_column(client.credential_kind),
             ])?;
             insert_audit(tx, &audit)?;
             Ok(())

@@ -11,7 +11,7 @@ use crate::store::StoreError;
 const MIGRATION_LOCK: i64 = 0x7465_7373_6d69_6772;
 
 /// Every migration, oldest first, with its version.
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1_INITIAL), (2, V2_SESSIONS)];
+const MIGRATIONS: &[(i64, &str)] = &[(1, V1_INITIAL), (2, V2_SESSIONS), (3, V3_KEYRING)];
 
 /// Timestamps are unix milliseconds; JSON values are stored as text.
 const V1_INITIAL: &str = r#"
@@ -120,6 +120,14 @@ CREATE TABLE revocations (
     drop_after BIGINT NOT NULL
 );
 CREATE INDEX revocations_by_drop_after ON revocations (drop_after);
+"#;
+
+/// Versioned root secrets and caller-credential prefixes (issue 9). Every key wrapped so
+/// far was sealed by the one KEK there was, version 1; every client so far was issued a
+/// `tbk_` credential, which keeps working for it. New rows state both explicitly.
+const V3_KEYRING: &str = r#"
+ALTER TABLE signing_keys ADD COLUMN kek_version INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE api_clients ADD COLUMN credential_prefix TEXT NOT NULL DEFAULT 'tbk_';
 "#;
 
 /// Applies every migration not yet recorded in `schema_migrations`, in one transaction

@@ -9,11 +9,12 @@ use tokio_postgres::types::ToSql;
 
 use super::error::PgFailure;
 use super::listener::CHANNEL;
-use super::rows::{hash_from_column, revision_from_column, to_column, to_json};
-use crate::audit::{GENESIS_HASH, chain_hash};
-use crate::store::{
-    AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeyWrite, StoreError, StoredKey,
+use super::rows::{
+    credential_kind_to_column, hash_from_column, revision_from_column, to_column, to_json,
+    wrapped_key_to_columns,
 };
+use crate::audit::{GENESIS_HASH, chain_hash};
+use crate::store::{AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeyWrite, StoreError};
 use tessera_common::ids::ClientId;
 
 /// Serializes event appends across replicas (`"tessevnt"`): taken before the first
@@ -126,16 +127,18 @@ pub(super) async fn insert_client(
     execute(
         tx,
         "INSERT INTO api_clients (client_id, name, scopes, tenants, secret_hash, \
-         pepper_version, created_at, disabled_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         pepper_version, created_at, disabled_at, credential_prefix) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         &[
             &client.client_id.as_str(),
             &client.name,
             &scopes,
             &tenants,
             &client.secret_hash,
-            &client.pepper_version,
+            &client.pepper_version.get(),
             &client.created_at.0,
             &disabled_at,
+            &credential_kind_to_column(client.credential_kind),
         ],
     )
     .await?;
@@ -197,14 +200,14 @@ async fn write_key(tx: &Transaction<'_>, write: &KeyWrite) -> Result<(), PgFailu
     let (sql, key) = match write {
         KeyWrite::Insert(key) => (
             "INSERT INTO signing_keys (kid, key_set, algorithm, created_at, activates_at, \
-             deactivates_at, verify_until, revoked_at, public_jwk, wrapped_private) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             deactivates_at, verify_until, revoked_at, public_jwk, wrapped_private, \
+             kek_version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             key,
         ),
         KeyWrite::Update(key) => (
             "UPDATE signing_keys SET algorithm = $3, created_at = $4, activates_at = $5, \
              deactivates_at = $6, verify_until = $7, revoked_at = $8, public_jwk = $9, \
-             wrapped_private = $10 WHERE kid = $1 AND key_set = $2",
+             wrapped_private = $10, kek_version = $11 WHERE kid = $1 AND key_set = $2",
             key,
         ),
     };
@@ -213,7 +216,7 @@ async fn write_key(tx: &Transaction<'_>, write: &KeyWrite) -> Result<(), PgFailu
     let deactivates_at = schedule.deactivates_at.map(|at| at.0);
     let verify_until = schedule.verify_until.map(|at| at.0);
     let revoked_at = schedule.revoked_at.map(|at| at.0);
-    let wrapped_private = wrapped_bytes(key);
+    let (kek_version, wrapped_private) = wrapped_key_to_columns(key.wrapped_private.as_ref());
     let n_written = execute(
         tx,
         sql,
@@ -228,6 +231,7 @@ async fn write_key(tx: &Transaction<'_>, write: &KeyWrite) -> Result<(), PgFailu
             &revoked_at,
             &public_jwk,
             &wrapped_private,
+            &kek_version,
         ],
     )
     .await?;
@@ -235,12 +239,6 @@ async fn write_key(tx: &Transaction<'_>, write: &KeyWrite) -> Result<(), PgFailu
         return Err(StoreError::NotFound.into());
     }
     Ok(())
-}
-
-fn wrapped_bytes(key: &StoredKey) -> Option<&[u8]> {
-    key.wrapped_private
-        .as_ref()
-        .map(|wrapped| wrapped.0.as_slice())
 }
 
 /// Appends one event per change under [`EVENTS_LOCK`] and NOTIFYs [`CHANNEL`] (delivered

@@ -8,13 +8,19 @@ use tessera_common::keys::KeySchedule;
 use tokio_postgres::Row;
 
 use super::error::{PgFailure, corrupt};
-use crate::store::{AuditEntry, AuditRecord, ClientRecord, StoredKey, WrappedKey};
+use crate::store::{AuditEntry, AuditRecord, ClientRecord, StoredKey};
 
-pub(super) use crate::store::columns::{hash_from_column, limit_to_column, revision_from_column};
+use crate::store::columns::{
+    credential_kind_from_column, pepper_version_from_column, wrapped_key_from_columns,
+};
+pub(super) use crate::store::columns::{
+    credential_kind_to_column, hash_from_column, limit_to_column, revision_from_column,
+    wrapped_key_to_columns,
+};
 
 /// The columns [`key_from_row`] reads, in order.
 pub(super) const KEY_COLUMNS: &str = "kid, key_set, algorithm, created_at, activates_at, \
-     deactivates_at, verify_until, revoked_at, public_jwk, wrapped_private";
+     deactivates_at, verify_until, revoked_at, public_jwk, wrapped_private, kek_version";
 
 /// The columns [`audit_from_row`] reads, in order.
 pub(super) const AUDIT_COLUMNS: &str =
@@ -22,7 +28,7 @@ pub(super) const AUDIT_COLUMNS: &str =
 
 /// The columns [`client_from_row`] reads, in order.
 pub(super) const CLIENT_COLUMNS: &str = "client_id, name, scopes, tenants, secret_hash, \
-     pepper_version, created_at, disabled_at";
+     pepper_version, created_at, disabled_at, credential_prefix";
 
 pub(super) fn key_from_row(row: &Row) -> Result<StoredKey, PgFailure> {
     let kid: String = row.try_get(0)?;
@@ -42,7 +48,7 @@ pub(super) fn key_from_row(row: &Row) -> Result<StoredKey, PgFailure> {
     };
     Ok(StoredKey {
         schedule,
-        wrapped_private: row.try_get::<_, Option<Vec<u8>>>(9)?.map(WrappedKey),
+        wrapped_private: wrapped_key_from_columns(row.try_get(10)?, row.try_get(9)?)?,
     })
 }
 
@@ -83,7 +89,8 @@ pub(super) fn client_from_row(row: &Row) -> Result<ClientRecord, PgFailure> {
         scopes: serde_json::from_str(&scopes).map_err(corrupt)?,
         tenants: serde_json::from_str(&tenants).map_err(corrupt)?,
         secret_hash: row.try_get(4)?,
-        pepper_version: row.try_get(5)?,
+        credential_kind: credential_kind_from_column(&row.try_get::<_, String>(8)?)?,
+        pepper_version: pepper_version_from_column(row.try_get(5)?)?,
         created_at: UnixMillis(row.try_get(6)?),
         disabled_at: row.try_get::<_, Option<i64>>(7)?.map(UnixMillis),
     })

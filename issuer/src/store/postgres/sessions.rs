@@ -24,8 +24,8 @@ use super::PostgresStore;
 use super::error::{PgFailure, corrupt};
 use super::queries::{execute, insert_audit, insert_events, latest_revision, query, query_opt};
 use crate::store::columns::{
-    refresh_state_from_columns, refresh_state_to_columns, revocation_kind_from_column,
-    revocation_kind_to_column,
+    pepper_version_from_column, refresh_state_from_columns, refresh_state_to_columns,
+    revocation_kind_from_column, revocation_kind_to_column,
 };
 use crate::store::{
     AuditEntry, RefreshContext, RefreshTokenRecord, RevocationEffect, SessionRecord, SessionStore,
@@ -197,7 +197,7 @@ impl SessionStore for PostgresStore {
                 &successor.tenant_id.as_str(),
                 &successor.parent_id,
                 &successor.secret_hash,
-                &successor.pepper_version,
+                &successor.pepper_version.get(),
                 &successor.issued_at.0,
                 &successor.expires_at.0,
                 &state,
@@ -369,7 +369,7 @@ async fn insert_token(tx: &Transaction<'_>, token: &RefreshTokenRecord) -> Resul
             &token.tenant_id.as_str(),
             &token.parent_id,
             &token.secret_hash,
-            &token.pepper_version,
+            &token.pepper_version.get(),
             &token.issued_at.0,
             &token.expires_at.0,
             &state,
@@ -479,7 +479,7 @@ fn token_from_row_at(row: &Row, at: usize) -> Result<RefreshTokenRecord, PgFailu
         tenant_id: TenantId::new(row.try_get::<_, String>(at + 3)?).map_err(corrupt)?,
         parent_id: row.try_get(at + 4)?,
         secret_hash: row.try_get(at + 5)?,
-        pepper_version: row.try_get(at + 6)?,
+        pepper_version: pepper_version_from_column(row.try_get(at + 6)?)?,
         issued_at: UnixMillis(row.try_get(at + 7)?),
         expires_at: UnixMillis(row.try_get(at + 8)?),
         state: refresh_state_from_columns(&state, row.try_get(at + 10)?, row.try_get(at + 11)?)?,

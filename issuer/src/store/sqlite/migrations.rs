@@ -7,7 +7,7 @@ use super::error::SqliteFailure;
 use crate::store::StoreError;
 
 /// Every migration, oldest first; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_SESSIONS];
+const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_SESSIONS, V3_KEYRING];
 
 /// Timestamps are unix milliseconds; JSON values are stored as text.
 const V1_INITIAL: &str = r#"
@@ -115,6 +115,14 @@ CREATE TABLE revocations (
     drop_after INTEGER NOT NULL
 );
 CREATE INDEX revocations_by_drop_after ON revocations (drop_after);
+"#;
+
+/// Versioned root secrets and caller-credential prefixes (issue 9). Every key wrapped so
+/// far was sealed by the one KEK there was, version 1; every client so far was issued a
+/// `tbk_` credential, which keeps working for it. New rows state both explicitly.
+const V3_KEYRING: &str = r#"
+ALTER TABLE signing_keys ADD COLUMN kek_version INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE api_clients ADD COLUMN credential_prefix TEXT NOT NULL DEFAULT 'tbk_';
 "#;
 
 /// Applies every migration newer than the database's `user_version`, all in one

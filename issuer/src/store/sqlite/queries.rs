@@ -6,9 +6,9 @@ use tessera_common::UnixMillis;
 use tessera_common::bundle::{BundleChange, Revision};
 
 use super::error::SqliteFailure;
-use super::rows::{revision_from_column, to_column, to_json};
+use super::rows::{revision_from_column, to_column, to_json, wrapped_key_to_columns};
 use crate::audit::{GENESIS_HASH, chain_hash};
-use crate::store::{AuditEntry, AuditRecord, KeyWrite, StoreError, StoredKey};
+use crate::store::{AuditEntry, AuditRecord, KeyWrite, StoreError};
 
 /// Inserts or updates one key row. An update of a key that does not exist in its set
 /// fails with [`StoreError::NotFound`].
@@ -18,8 +18,8 @@ pub(super) fn write_key(tx: &Transaction<'_>, write: &KeyWrite) -> Result<(), Sq
             let schedule = &key.schedule;
             tx.prepare_cached(
                 "INSERT INTO signing_keys (kid, key_set, algorithm, created_at, activates_at, \
-                 deactivates_at, verify_until, revoked_at, public_jwk, wrapped_private) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 deactivates_at, verify_until, revoked_at, public_jwk, wrapped_private, \
+                 kek_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(params![
                 schedule.kid.as_str(),
@@ -31,7 +31,8 @@ pub(super) fn write_key(tx: &Transaction<'_>, write: &KeyWrite) -> Result<(), Sq
                 schedule.verify_until.map(|at| at.0),
                 schedule.revoked_at.map(|at| at.0),
                 to_json(&schedule.public_jwk)?,
-                wrapped_bytes(key),
+                wrapped_key_to_columns(key.wrapped_private.as_ref()).1,
+                wrapped_key_to_columns(key.wrapped_private.as_ref()).0,
             ])?;
         }
         KeyWrite::Update(key) => {
@@ -40,7 +41,7 @@ pub(super) fn write_key(tx: &Transaction<'_>, write: &KeyWrite) -> Result<(), Sq
                 .prepare_cached(
                     "UPDATE signing_keys SET algorithm = ?3, created_at = ?4, activates_at = ?5, \
                      deactivates_at = ?6, verify_until = ?7, revoked_at = ?8, public_jwk = ?9, \
-                     wrapped_private = ?10 \
+                     wrapped_private = ?10, kek_version = ?11 \
                      WHERE kid = ?1 AND key_set = ?2",
                 )?
                 .execute(params![
@@ -53,7 +54,8 @@ pub(super) fn write_key(tx: &Transaction<'_>, write: &KeyWrite) -> Result<(), Sq
                     schedule.verify_until.map(|at| at.0),
                     schedule.revoked_at.map(|at| at.0),
                     to_json(&schedule.public_jwk)?,
-                    wrapped_bytes(key),
+                    wrapped_key_to_columns(key.wrapped_private.as_ref()).1,
+                    wrapped_key_to_columns(key.wrapped_private.as_ref()).0,
                 ])?;
             if n_updated == 0 {
                 return Err(StoreError::NotFound.into());
@@ -61,12 +63,6 @@ pub(super) fn write_key(tx: &Transaction<'_>, write: &KeyWrite) -> Result<(), Sq
         }
     }
     Ok(())
-}
-
-fn wrapped_bytes(key: &StoredKey) -> Option<&[u8]> {
-    key.wrapped_private
-        .as_ref()
-        .map(|wrapped| wrapped.0.as_slice())
 }
 
 /// Appends one event per change; returns the last revision, `None` if there was none.

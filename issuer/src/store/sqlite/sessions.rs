@@ -13,8 +13,8 @@ use super::SqliteStore;
 use super::error::SqliteFailure;
 use super::queries::{insert_audit, insert_events, latest_revision};
 use crate::store::columns::{
-    refresh_state_from_columns, refresh_state_to_columns, revocation_kind_from_column,
-    revocation_kind_to_column,
+    pepper_version_from_column, refresh_state_from_columns, refresh_state_to_columns,
+    revocation_kind_from_column, revocation_kind_to_column,
 };
 use crate::store::{
     AuditEntry, RefreshTokenRecord, RevocationEffect, SessionRecord, SessionStore, StoreError,
@@ -239,7 +239,7 @@ fn insert_token(connection: &Connection, token: &RefreshTokenRecord) -> Result<(
             token.tenant_id.as_str(),
             token.parent_id,
             token.secret_hash,
-            token.pepper_version,
+            token.pepper_version.get(),
             token.issued_at.0,
             token.expires_at.0,
             state,
@@ -328,7 +328,7 @@ fn token_from_row(row: &Row<'_>) -> Result<RefreshTokenRecord, SqliteFailure> {
         tenant_id: TenantId::new(row.get::<_, String>(3)?).map_err(corrupt)?,
         parent_id: row.get(4)?,
         secret_hash: row.get(5)?,
-        pepper_version: row.get(6)?,
+        pepper_version: pepper_version_from_column(row.get(6)?)?,
         issued_at: UnixMillis(row.get(7)?),
         expires_at: UnixMillis(row.get(8)?),
         state: refresh_state_from_columns(&state, row.get(10)?, row.get(11)?)?,

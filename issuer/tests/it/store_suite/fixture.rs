@@ -287,7 +287,10 @@ pub fn full_key(kid: &str, key_set: KeySetName, created_at: i64) -> StoredKey {
             revoked_at: Some(UnixMillis(created_at + 8_000_000)),
             public_jwk: jwk(kid),
         },
-        wrapped_private: Some(WrappedKey(format!("sealed:{kid}").into_bytes())),
+        wrapped_private: Some(WrappedKey {
+            kek_version: tessera_issuer::kek::KekVersion::new(2).unwrap(),
+            sealed: format!("sealed:{kid}").into_bytes(),
+        }),
     }
 }
 
@@ -363,7 +366,8 @@ pub fn client(id: &str, created_at: i64) -> ClientRecord {
         scopes: vec!["tokens:issue".into(), "keys:read".into()],
         tenants: vec!["acme".into(), "globex".into()],
         secret_hash: vec![0xA5; 32],
-        pepper_version: 3,
+        credential_kind: tessera_common::credential::CredentialKind::IssuerCaller,
+        pepper_version: tessera_common::credential::PepperVersion::new(3).unwrap(),
         created_at: UnixMillis(created_at),
         disabled_at: None,
     }

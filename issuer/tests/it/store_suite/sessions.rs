@@ -46,7 +46,7 @@ fn token(
         tenant_id: session.tenant_id.clone(),
         parent_id: parent.map(str::to_owned),
         secret_hash: format!("hash-of-{id}").into_bytes(),
-        pepper_version: 7,
+        pepper_version: tessera_common::credential::PepperVersion::new(7).unwrap(),
         issued_at: UnixMillis(issued_at),
         expires_at: UnixMillis(issued_at + 30 * DAY_MS),
         state: RefreshState::Active,
