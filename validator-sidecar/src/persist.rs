@@ -147,7 +147,9 @@ pub async fn run_writer(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut changes = state.subscribe();
-    let mut written: Option<(u64, Option<UnixMillis>)> = None;
+    // A bundle that arrived before `subscribe` counts as already seen by `changes`, so
+    // without this first write it would wait for the next change or CONTACT_REFRESH.
+    let mut written = write_if_changed(&path, &state, None).await;
     loop {
         tokio::select! {
             changed = changes.changed() => {
@@ -212,6 +214,7 @@ mod tests {
             audiences: vec!["tessera-api".into()],
             leeway_seconds: 30,
             max_token_ttl_seconds: 900,
+            token_lifetimes: Default::default(),
         });
         bundle.revision = tessera_common::bundle::Revision(7);
         let cached = CachedBundle {
@@ -246,6 +249,7 @@ mod tests {
                 audiences: vec![],
                 leeway_seconds: 30,
                 max_token_ttl_seconds: 900,
+                token_lifetimes: Default::default(),
             }),
         };
         save(&path, &cached).unwrap();
