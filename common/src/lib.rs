@@ -11,6 +11,8 @@ pub mod ids;
 pub mod jwk;
 pub mod keys;
 pub mod limits;
+#[cfg(test)]
+mod proptests;
 pub mod revocation;
 pub mod telemetry;
 pub mod trace_context;

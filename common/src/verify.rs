@@ -31,7 +31,7 @@ use crate::keys::{KeySetName, KeySetPolicy};
 use crate::limits::MAX_TOKEN_BYTES;
 use crate::revocation::{RevocationSet, TokenFacts};
 
-mod key;
+pub(crate) mod key;
 
 pub use key::{KeyImportError, VerifyingKey};
 

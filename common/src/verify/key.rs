@@ -102,14 +102,19 @@ fn parse_jwk(jwk: &Jwk, algorithm: Algorithm) -> Result<ParsedPublicKey, &'stati
 }
 
 /// Encodes an RSAPublicKey (PKCS#1) from big-endian modulus and exponent.
-fn rsa_public_key_der(modulus: &[u8], exponent: &[u8]) -> Vec<u8> {
+pub(crate) fn rsa_public_key_der(modulus: &[u8], exponent: &[u8]) -> Vec<u8> {
     fn integer(bytes: &[u8]) -> Vec<u8> {
         let trimmed: &[u8] = {
             let start = bytes
                 .iter()
                 .position(|&b| b != 0)
                 .unwrap_or(bytes.len().saturating_sub(1));
-            &bytes[start..]
+            // No bytes at all is the integer 0, whose DER content is one zero byte.
+            if bytes.is_empty() {
+                &[0]
+            } else {
+                &bytes[start..]
+            }
         };
         let mut content = Vec::with_capacity(trimmed.len() + 1);
         if trimmed.first().is_some_and(|&b| b & 0x80 != 0) {
