@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 use prost_types::Timestamp;
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::trust_bundle_service_server::{
@@ -42,6 +42,8 @@ struct Shared {
     policy: pb::ValidationPolicy,
     updates: broadcast::Sender<pb::TrustBundleUpdate>,
     n_subscriptions: AtomicUsize,
+    /// TCP connections accepted, before any TLS handshake or gRPC call.
+    n_connections: AtomicUsize,
     since_revisions: Mutex<Vec<u64>>,
     heartbeats: AtomicBool,
     /// Subscriptions wait for a permit before their first message (see `hold_first`).
@@ -112,6 +114,7 @@ impl FakeIssuer {
             },
             updates: broadcast::channel(1024).0,
             n_subscriptions: AtomicUsize::new(0),
+            n_connections: AtomicUsize::new(0),
             since_revisions: Mutex::new(Vec::new()),
             heartbeats: AtomicBool::new(true),
             gate: Semaphore::new(if open { Semaphore::MAX_PERMITS } else { 0 }),
@@ -126,10 +129,14 @@ impl FakeIssuer {
         if let Some(tls) = tls {
             builder = builder.tls_config(tls).unwrap();
         }
+        let counted = shared.clone();
+        let incoming = TcpIncoming::from(listener).inspect(move |_| {
+            counted.n_connections.fetch_add(1, Ordering::SeqCst);
+        });
         let server = tokio::spawn(async move {
             let _ = builder
                 .add_service(service)
-                .serve_with_incoming(TcpIncoming::from(listener))
+                .serve_with_incoming(incoming)
                 .await;
         });
         FakeIssuer {
@@ -152,6 +159,12 @@ impl FakeIssuer {
     /// Returns how many subscriptions were accepted so far.
     pub fn n_subscriptions(&self) -> usize {
         self.shared.n_subscriptions.load(Ordering::SeqCst)
+    }
+
+    /// Returns how many TCP connections were accepted so far (a refused TLS handshake
+    /// counts here and not in [`Self::n_subscriptions`]).
+    pub fn n_connections(&self) -> usize {
+        self.shared.n_connections.load(Ordering::SeqCst)
     }
 
     /// Returns the `since_revision` of every subscription so far.

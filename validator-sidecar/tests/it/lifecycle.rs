@@ -171,12 +171,33 @@ async fn stale_bundle_keeps_validating_under_the_serve_policy() {
     let dir = tempfile::tempdir().unwrap();
     let args = ["--max-staleness-seconds", "1", "--stale-policy", "serve"];
     let sidecar = Sidecar::start(&issuer.url(), dir.path(), &args).await;
+    // A fail-closed twin on the same stream shows when the bundle has gone stale: both
+    // hear the same heartbeats, so once the twin refuses with BUNDLE_STALE, the sidecar
+    // under test is past its staleness bound too.
+    let twin_dir = tempfile::tempdir().unwrap();
+    let twin = Sidecar::start(
+        &issuer.url(),
+        twin_dir.path(),
+        &["--max-staleness-seconds", "1"],
+    )
+    .await;
     wait_serving(&sidecar).await;
+    wait_serving(&twin).await;
+    let token = ed.sign(&claims("rita"));
     issuer.set_heartbeats(false);
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let twin_client = twin.client().await;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let (mut client, token) = (twin_client.clone(), token.clone());
+            async move { reason(&validate(&mut client, &token).await) == pb::Reason::BundleStale }
+        })
+        .await,
+        "the fail-closed twin never saw the bundle go stale"
+    );
     let mut client = sidecar.client().await;
-    assert!(validate(&mut client, &ed.sign(&claims("rita"))).await.valid);
+    assert!(validate(&mut client, &token).await.valid);
     assert_eq!(sidecar.health().await, ServingStatus::Serving);
+    twin.stop().await;
     sidecar.stop().await;
 }
 

@@ -9,8 +9,12 @@ use serde_json::json;
 use tessera_proto::v1 as pb;
 
 use crate::fake_issuer::FakeIssuer;
-use crate::harness::serving;
+use crate::harness::{eventually, serving};
 use crate::keys::{TestKey, claims};
+
+/// Requests one stream may have in flight plus answers it may buffer.
+const IN_FLIGHT_AND_BUFFERED: usize = tessera_sidecar::service::MAX_IN_FLIGHT_PER_STREAM
+    + tessera_sidecar::service::OUTBOUND_CAPACITY;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_answers_every_request_id_out_of_order() {
@@ -76,7 +80,8 @@ async fn stream_with_many_requests_in_flight_answers_them_all() {
     let issuer = FakeIssuer::start(&[&ec]).await;
     let (sidecar, _dir) = serving(&issuer).await;
     // Far more requests than the per-stream in-flight bound, mixing distinct and repeated
-    // tokens; the client reads answers only after a pause, so the sidecar must hold back.
+    // tokens; the client reads no answer until the sidecar has taken more requests than
+    // it may have in flight and buffered, so it must hold back.
     let repeated = ec.sign(&claims("leo"));
     let requests: Vec<pb::ValidateStreamRequest> = (0..3_000u64)
         .map(|id| pb::ValidateStreamRequest {
@@ -89,8 +94,19 @@ async fn stream_with_many_requests_in_flight_answers_them_all() {
             ..Default::default()
         })
         .collect();
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let counter = pulled.clone();
+    let requests = requests.into_iter().inspect(move |_| {
+        counter.fetch_add(1, Ordering::SeqCst);
+    });
     let mut responses = sidecar.stream(requests).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            pulled.load(Ordering::SeqCst) > IN_FLIGHT_AND_BUFFERED
+        })
+        .await,
+        "the client's transport never offered more than the sidecar's bounds"
+    );
     let mut seen = HashSet::new();
     while let Some(response) = responses.message().await.unwrap() {
         assert!(response.valid);

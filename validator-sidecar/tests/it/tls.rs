@@ -9,7 +9,7 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::fake_issuer::FakeIssuer;
-use crate::harness::{Sidecar, validate, wait_serving};
+use crate::harness::{Sidecar, eventually, validate, wait_serving};
 use crate::keys::{TestKey, claims};
 
 /// Writes a CA, a server certificate for 127.0.0.1 and a client certificate to `dir`.
@@ -68,9 +68,19 @@ async fn subscribes_over_mtls_and_is_refused_without_a_client_certificate() {
     );
     sidecar.stop().await;
 
+    // Without a client certificate: wait until the sidecar has connected twice (its
+    // first attempt and a retry), so "no second subscription" means refused, not "not
+    // tried yet".
+    let n_connections_before = issuer.n_connections();
     let bare_dir = tempfile::tempdir().unwrap();
     let bare = Sidecar::start(&url, bare_dir.path(), &["--issuer-ca-file", &ca]).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            issuer.n_connections() >= n_connections_before + 2
+        })
+        .await,
+        "the sidecar without a client certificate never tried to connect"
+    );
     assert_eq!(bare.health().await, ServingStatus::NotServing);
     assert_eq!(
         issuer.n_subscriptions(),
