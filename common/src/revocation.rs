@@ -86,7 +86,8 @@ pub struct RevocationEntry {
 #[derive(Clone, Copy, Debug)]
 pub struct TokenFacts<'a> {
     pub jti: &'a str,
-    pub session_id: &'a str,
+    /// The session, for token types minted by one (access tokens).
+    pub session_id: Option<&'a str>,
     pub subject: &'a str,
     pub tenant_id: &'a str,
     pub family_id: Option<&'a str>,
@@ -170,25 +171,18 @@ impl RevocationSet {
         }
         let cutoff_kinds = [
             (RevocationKind::Session, facts.session_id),
-            (RevocationKind::User, facts.subject),
-            (RevocationKind::Tenant, facts.tenant_id),
-            (RevocationKind::Key, facts.kid),
-            (RevocationKind::All, ""),
+            (RevocationKind::User, Some(facts.subject)),
+            (RevocationKind::Tenant, Some(facts.tenant_id)),
+            (RevocationKind::Key, Some(facts.kid)),
+            (RevocationKind::All, Some("")),
+            (RevocationKind::Family, facts.family_id),
         ];
-        for (kind, value) in cutoff_kinds {
-            if let Some(entry) = self.find(kind, facts.tenant_id, value)
-                && entry.revoked_at >= issued_at
-            {
-                return Some(entry);
-            }
-        }
-        if let Some(family_id) = facts.family_id
-            && let Some(entry) = self.find(RevocationKind::Family, facts.tenant_id, family_id)
-            && entry.revoked_at >= issued_at
-        {
-            return Some(entry);
-        }
-        None
+        // A token without a session (or family) matches no session (or family) entry,
+        // not even one filed under an empty id.
+        cutoff_kinds
+            .into_iter()
+            .filter_map(|(kind, value)| self.find(kind, facts.tenant_id, value?))
+            .find(|entry| entry.revoked_at >= issued_at)
     }
 
     /// Returns the latest entry of `kind` for `value` that applies to `tenant_id`: scoped
@@ -262,7 +256,7 @@ mod tests {
     fn facts(issued_at: i64) -> TokenFacts<'static> {
         TokenFacts {
             jti: "j1",
-            session_id: "s1",
+            session_id: Some("s1"),
             subject: "u1",
             tenant_id: "t1",
             family_id: Some("f1"),
@@ -382,6 +376,22 @@ mod tests {
         let mut emptied = set.clone();
         emptied.prune(UnixMillis(i64::MAX));
         assert_eq!(emptied, RevocationSet::default());
+    }
+
+    #[test]
+    fn a_token_without_a_session_matches_no_session_entry() {
+        // Action and service tokens have no session: an entry filed under an empty
+        // session id must not revoke them all.
+        let mut set = RevocationSet::default();
+        set.insert(entry(RevocationKind::Session, "", 5_000));
+        let sessionless = TokenFacts {
+            session_id: None,
+            family_id: None,
+            ..facts(1_000)
+        };
+        assert!(set.matching(&sessionless).is_none());
+        set.insert(entry(RevocationKind::User, "u1", 5_000));
+        assert!(set.matching(&sessionless).is_some());
     }
 
     #[test]

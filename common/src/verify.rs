@@ -1,22 +1,26 @@
-//! JWS verification of Tessera tokens against published keys (DESIGN §7, RFC 8725).
+//! JWS verification of Tessera tokens against published keys (DESIGN §7, RFC 8725): one
+//! pipeline for every [`TokenType`], used by the sidecar and by the issuer's
+//! introspection ([`Verifier`], in `verify/verifier.rs`).
 //!
 //! The order of checks is part of the contract:
 //! 1. size (≤ 8 KiB), then the header: compact form, strict base64url, a `crit` header
 //!    refused outright (Tessera understands no extension, RFC 7515 §4.1.11); `jwk`, `jku`,
 //!    `x5u` and `x5c` are never read, so a token cannot bring its own key;
-//! 2. kid known, algorithm pinned by the key (never `none`, never HMAC), signature;
-//! 3. claims ([`check_claims`]): iss, aud, exp and nbf with leeway; `iat` not in the
-//!    future and agreeing with `iat_ms`; `exp - iat` within the longest lifetime the key's
-//!    set signs; the token type asked for, and one the key's set signs; the key's signing
-//!    window (a pending key's tokens, and a retiring key's tokens issued after it stopped
-//!    signing, are refused);
-//! 4. the tenant the caller requires ([`check_tenant`]), before revocation, so a caller
-//!    never learns whether another tenant's token is revoked;
+//! 2. kid known and not past its overlap window, algorithm pinned by the key (never
+//!    `none`, never HMAC), signature; then the claims, decoded into the struct of the type
+//!    the header `typ` names ([`decode_claims`]);
+//! 3. the tenant the caller may learn about ([`check_tenant`]), before anything about the
+//!    token's state (expiry, key window, revocation) can show;
+//! 4. claims ([`check_claims`]): iss, aud, exp and nbf with leeway; `iat` not in the
+//!    future and agreeing with `iat_ms`; the token type asked for (`typ`, `token_type` and
+//!    the signing key's set all agree); `exp - iat` within that type's longest lifetime;
+//!    the key's signing window (a pending key's tokens, and a retiring key's tokens issued
+//!    after it stopped signing, are refused);
 //! 5. revocation, then permissions and role.
 //!
 //! Each failure is a typed [`Rejection`]; detail goes to logs only. Everything from step 3
 //! on depends on the instant or the caller, so a verifier that caches step 2 must run
-//! steps 3 to 5 on every cache hit.
+//! steps 3 to 5 on every cache hit ([`Verified::check`]).
 
 use std::time::Duration;
 
@@ -25,15 +29,18 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use serde::Deserialize;
 
-use crate::claims::{ACCESS_TOKEN_TYP, ACTION_TOKEN_TYPES, AccessClaims, JwsHeader};
+use crate::bundle::ValidationPolicy;
+use crate::claims::{JwsHeader, Registered, TokenClaims, TokenType};
 use crate::clock::UnixMillis;
-use crate::keys::{KeySetName, KeySetPolicy};
+use crate::keys::KeySetName;
 use crate::limits::MAX_TOKEN_BYTES;
-use crate::revocation::{RevocationSet, TokenFacts};
+use crate::revocation::{RevocationKind, RevocationSet, TokenFacts};
 
 pub(crate) mod key;
+mod verifier;
 
 pub use key::{KeyImportError, VerifyingKey};
+pub use verifier::{KeyEntry, Rules, Verified, Verifier, authenticate};
 
 /// Why a token is not valid. The variants mirror the `Reason` enum of the protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
@@ -78,6 +85,9 @@ pub enum Rejection {
     /// The token belongs to another tenant than the one the caller requires.
     #[error("wrong_tenant")]
     WrongTenant,
+    /// The caller asked for a token type Tessera does not know.
+    #[error("unknown_token_type")]
+    UnknownTokenType,
 }
 
 impl Rejection {
@@ -102,6 +112,7 @@ impl Rejection {
             Rejection::LifetimeTooLong => "lifetime_too_long",
             Rejection::KeyNotActive => "key_not_active",
             Rejection::WrongTenant => "wrong_tenant",
+            Rejection::UnknownTokenType => "unknown_token_type",
         }
     }
 }
@@ -184,39 +195,95 @@ pub fn check_signature(jws: &ParsedJws<'_>, key: &VerifyingKey) -> Result<(), Re
     Ok(())
 }
 
-/// Decodes the claims of a signature-checked JWS, returning them with their JSON text.
-pub fn decode_claims(jws: &ParsedJws<'_>) -> Result<(AccessClaims, String), Rejection> {
+/// The claims of a signature-checked JWS, decoded for the type its `typ` names.
+#[derive(Debug)]
+pub struct Decoded<C> {
+    pub token_type: TokenType,
+    pub claims: C,
+    /// The claims object exactly as signed.
+    pub claims_json: String,
+}
+
+/// Decodes the claims of a signature-checked JWS into `C`, for the token type its header
+/// `typ` names (explicit typing, RFC 8725 §3.11): a missing or unknown `typ`, or one whose
+/// claims `C` does not describe, is the wrong token type.
+pub fn decode_claims<C: TokenClaims>(jws: &ParsedJws<'_>) -> Result<Decoded<C>, Rejection> {
+    let token_type = jws
+        .header
+        .typ
+        .as_deref()
+        .and_then(TokenType::from_jws_typ)
+        .filter(|token_type| C::TYPES.contains(token_type))
+        .ok_or(Rejection::WrongTokenType)?;
     let payload = URL_SAFE_NO_PAD
         .decode(jws.payload_b64)
         .map_err(|_| Rejection::Malformed)?;
-    let claims: AccessClaims =
-        serde_json::from_slice(&payload).map_err(|_| Rejection::Malformed)?;
-    let json = String::from_utf8(payload).map_err(|_| Rejection::Malformed)?;
-    Ok((claims, json))
+    let claims = C::decode(&payload, token_type).map_err(|_| Rejection::Malformed)?;
+    let claims_json = String::from_utf8(payload).map_err(|_| Rejection::Malformed)?;
+    Ok(Decoded {
+        token_type,
+        claims,
+        claims_json,
+    })
+}
+
+/// Which audiences a verifier accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Audiences<'a> {
+    /// Any audience (the issuer publishes none).
+    Any,
+    /// One of these.
+    OneOf(&'a [String]),
+    /// None at all: the operator's narrowing and the issuer's audiences are disjoint.
+    None,
+}
+
+impl<'a> Audiences<'a> {
+    /// Returns the published list as a rule: an empty list accepts any audience.
+    pub fn from_list(audiences: &'a [String]) -> Self {
+        if audiences.is_empty() {
+            Audiences::Any
+        } else {
+            Audiences::OneOf(audiences)
+        }
+    }
 }
 
 /// The rules for the claim checks.
 #[derive(Clone, Debug)]
 pub struct ClaimRules<'a> {
     pub issuer: &'a str,
-    /// Accepted audiences; empty accepts any audience.
-    pub audiences: &'a [String],
+    pub audiences: Audiences<'a>,
     /// The audience the caller requires, if any: `aud` must equal it, and it must itself
     /// be accepted (a caller can narrow the accepted audiences, never widen them).
     pub required_audience: Option<&'a str>,
     pub leeway: Duration,
-    /// Token type required (`access` by default).
-    pub token_type: &'a str,
-    /// Longest access-token lifetime the issuer signs (the bundle policy's
-    /// `max_token_ttl_seconds`).
-    pub max_access_ttl: Duration,
+    /// The token type required.
+    pub token_type: TokenType,
+    /// Longest lifetime of a token of `token_type` (published in the bundle policy).
+    pub max_lifetime: Duration,
 }
 
-/// Checks iss, aud, exp, nbf and iat (with leeway), the lifetime bound, the token type
-/// and the signing window of `key`, in that order.
+impl<'a> ClaimRules<'a> {
+    /// Returns the rules of `policy` for tokens of `token_type`: its issuer, audiences,
+    /// leeway and that type's longest lifetime, with no audience required.
+    pub fn new(policy: &'a ValidationPolicy, token_type: TokenType) -> Self {
+        ClaimRules {
+            issuer: &policy.issuer,
+            audiences: Audiences::from_list(&policy.audiences),
+            required_audience: None,
+            leeway: policy.leeway(),
+            token_type,
+            max_lifetime: policy.max_lifetime(token_type),
+        }
+    }
+}
+
+/// Checks iss, aud, exp, nbf and iat (with leeway), the token type, its lifetime bound and
+/// the signing window of `key`, in that order.
 pub fn check_claims(
-    header: &JwsHeader,
-    claims: &AccessClaims,
+    token_type: TokenType,
+    claims: Registered<'_>,
     key: &VerifyingKey,
     rules: &ClaimRules<'_>,
     now: UnixMillis,
@@ -224,20 +291,24 @@ pub fn check_claims(
     if claims.iss != rules.issuer {
         return Err(Rejection::WrongIssuer);
     }
-    check_audience(claims, rules)?;
-    check_times(claims, rules.leeway, now)?;
-    check_lifetime(claims, key.key_set, rules.max_access_ttl)?;
-    check_token_type(header, claims, key.key_set, rules.token_type)?;
-    check_signing_window(claims, key, rules.leeway, now)
+    check_audience(claims.aud, rules)?;
+    check_times(&claims, rules.leeway, now)?;
+    check_token_type(token_type, &claims, key.key_set, rules.token_type)?;
+    check_lifetime(&claims, rules.max_lifetime)?;
+    check_signing_window(&claims, key, rules.leeway, now)
 }
 
-fn check_audience(claims: &AccessClaims, rules: &ClaimRules<'_>) -> Result<(), Rejection> {
-    let accepted = rules.audiences.is_empty() || rules.audiences.contains(&claims.aud);
-    let audience_ok = accepted
+fn check_audience(aud: &str, rules: &ClaimRules<'_>) -> Result<(), Rejection> {
+    let accepted = match rules.audiences {
+        Audiences::Any => true,
+        Audiences::OneOf(audiences) => audiences.iter().any(|accepted| accepted == aud),
+        Audiences::None => false,
+    };
+    if accepted
         && rules
             .required_audience
-            .is_none_or(|required| claims.aud == required);
-    if audience_ok {
+            .is_none_or(|required| aud == required)
+    {
         Ok(())
     } else {
         Err(Rejection::WrongAudience)
@@ -252,7 +323,11 @@ fn leeway_millis(leeway: Duration) -> i64 {
 /// user and session cut-offs, which compare `revoked_at` with the issuance instant
 /// (RFC 8725 §3.10 asks for iat sanity too). `iat` and `iat_ms` name one instant; a token
 /// where they disagree could show revocation one instant and the caller another.
-fn check_times(claims: &AccessClaims, leeway: Duration, now: UnixMillis) -> Result<(), Rejection> {
+fn check_times(
+    claims: &Registered<'_>,
+    leeway: Duration,
+    now: UnixMillis,
+) -> Result<(), Rejection> {
     let leeway_ms = leeway_millis(leeway);
     if now.0 >= claims.exp.saturating_mul(1000).saturating_add(leeway_ms) {
         return Err(Rejection::Expired);
@@ -270,48 +345,24 @@ fn check_times(claims: &AccessClaims, leeway: Duration, now: UnixMillis) -> Resu
     Ok(())
 }
 
-/// Returns the longest lifetime of a token signed by `key_set`: the published access
-/// bound, or the action set's fixed policy (24 h, email verification links; DESIGN §4).
-pub fn max_lifetime(key_set: KeySetName, max_access_ttl: Duration) -> Duration {
-    match key_set {
-        KeySetName::Access => max_access_ttl,
-        KeySetName::Action => KeySetPolicy::default_for(KeySetName::Action).max_token_ttl,
-    }
-}
-
-/// `exp - iat` within the key set's bound: a token minted to outlive the bound would also
-/// outlive its revocation entries, which are dropped after that bound.
-fn check_lifetime(
-    claims: &AccessClaims,
-    key_set: KeySetName,
-    max_access_ttl: Duration,
-) -> Result<(), Rejection> {
-    let bound = i64::try_from(max_lifetime(key_set, max_access_ttl).as_secs()).unwrap_or(i64::MAX);
-    if claims.exp.saturating_sub(claims.iat) > bound {
-        return Err(Rejection::LifetimeTooLong);
-    }
-    Ok(())
-}
-
 /// Returns whether keys of `key_set` sign tokens of `token_type`: access keys sign access
-/// tokens only; action keys sign action links, password-reset and email-verification
-/// tokens, and never an access token.
-pub fn key_set_signs(key_set: KeySetName, token_type: &str) -> bool {
-    match key_set {
-        KeySetName::Access => token_type == "access",
-        KeySetName::Action => ACTION_TOKEN_TYPES.contains(&token_type),
-    }
+/// and service tokens; action keys sign action links, password-reset and
+/// email-verification tokens, and never an access token; other sets sign no token.
+pub fn key_set_signs(key_set: KeySetName, token_type: TokenType) -> bool {
+    token_type.key_set() == key_set
 }
 
+/// The token is of the type asked for three ways at once: its header `typ`, its
+/// `token_type` claim, and the set of the key that signed it.
 fn check_token_type(
-    header: &JwsHeader,
-    claims: &AccessClaims,
+    token_type: TokenType,
+    claims: &Registered<'_>,
     key_set: KeySetName,
-    required: &str,
+    required: TokenType,
 ) -> Result<(), Rejection> {
-    let type_ok = claims.token_type == required
-        && (required != "access" || header.typ.as_deref() == Some(ACCESS_TOKEN_TYP))
-        && key_set_signs(key_set, &claims.token_type);
+    let type_ok = token_type == required
+        && claims.token_type == required.as_str()
+        && key_set_signs(key_set, required);
     if type_ok {
         Ok(())
     } else {
@@ -319,12 +370,22 @@ fn check_token_type(
     }
 }
 
+/// `exp - iat` within the type's bound: a token minted to outlive the bound would also
+/// outlive its revocation entries, which are dropped after the longest bound.
+fn check_lifetime(claims: &Registered<'_>, max_lifetime: Duration) -> Result<(), Rejection> {
+    let bound = i64::try_from(max_lifetime.as_secs()).unwrap_or(i64::MAX);
+    if claims.exp.saturating_sub(claims.iat) > bound {
+        return Err(Rejection::LifetimeTooLong);
+    }
+    Ok(())
+}
+
 /// The key must have been the signer when the token was issued, and may not be a pending
 /// key now. The leeway absorbs clock skew between issuer and verifier: a key counts as
 /// active from `activates_at - leeway`, and a retiring key's tokens count as issued in
 /// time up to `deactivates_at + leeway`.
 fn check_signing_window(
-    claims: &AccessClaims,
+    claims: &Registered<'_>,
     key: &VerifyingKey,
     leeway: Duration,
     now: UnixMillis,
@@ -342,17 +403,44 @@ fn check_signing_window(
     Ok(())
 }
 
-/// Checks that the token belongs to `required_tenant`, when the caller requires one.
-pub fn check_tenant(claims: &AccessClaims, required_tenant: Option<&str>) -> Result<(), Rejection> {
-    match required_tenant {
-        Some(tenant) if claims.tenant_id != tenant => Err(Rejection::WrongTenant),
-        _ => Ok(()),
+/// Which tenants' tokens the caller may learn about.
+#[derive(Clone, Copy)]
+pub enum TenantRule<'a> {
+    /// Any tenant's.
+    Any,
+    /// Only this tenant's (`ValidateToken.tenant_id`).
+    Exactly(&'a str),
+    /// Those the predicate admits (the issuer's tenant confinement of its caller).
+    Admitted(&'a dyn Fn(&str) -> bool),
+}
+
+impl std::fmt::Debug for TenantRule<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TenantRule::Any => f.write_str("Any"),
+            TenantRule::Exactly(tenant) => f.debug_tuple("Exactly").field(tenant).finish(),
+            TenantRule::Admitted(_) => f.write_str("Admitted(..)"),
+        }
+    }
+}
+
+/// Checks that the token belongs to a tenant the caller may learn about.
+pub fn check_tenant(tenant_id: &str, rule: TenantRule<'_>) -> Result<(), Rejection> {
+    let admitted = match rule {
+        TenantRule::Any => true,
+        TenantRule::Exactly(tenant) => tenant_id == tenant,
+        TenantRule::Admitted(admits) => admits(tenant_id),
+    };
+    if admitted {
+        Ok(())
+    } else {
+        Err(Rejection::WrongTenant)
     }
 }
 
 /// Checks revocation entries and the key's own revocation.
-pub fn check_revocation(
-    claims: &AccessClaims,
+pub fn check_revocation<C: TokenClaims>(
+    claims: &C,
     kid: &str,
     key: &VerifyingKey,
     revocations: &RevocationSet,
@@ -360,38 +448,38 @@ pub fn check_revocation(
     if key.revoked_at.is_some() {
         return Err(Rejection::KeyRevoked);
     }
+    let registered = claims.registered();
     let facts = TokenFacts {
-        jti: &claims.jti,
-        session_id: &claims.session_id,
-        subject: &claims.sub,
-        tenant_id: &claims.tenant_id,
-        family_id: claims.family_id.as_deref(),
+        jti: registered.jti,
+        session_id: claims.session_id(),
+        subject: registered.sub,
+        tenant_id: registered.tenant_id,
+        family_id: claims.family_id(),
         kid,
-        issued_at: UnixMillis(claims.iat_ms),
+        issued_at: UnixMillis(registered.iat_ms),
     };
     match revocations.matching(&facts) {
-        Some(entry) if entry.kind == crate::revocation::RevocationKind::Key => {
-            Err(Rejection::KeyRevoked)
-        }
+        Some(entry) if entry.kind == RevocationKind::Key => Err(Rejection::KeyRevoked),
         Some(_) => Err(Rejection::Revoked),
         None => Ok(()),
     }
 }
 
 /// Checks required permissions (all of them) and the required role.
-pub fn check_authorization(
-    claims: &AccessClaims,
+pub fn check_authorization<C: TokenClaims>(
+    claims: &C,
     required_permissions: &[String],
     required_role: Option<&str>,
 ) -> Result<(), Rejection> {
+    let held = claims.permissions();
     if !required_permissions
         .iter()
-        .all(|permission| claims.permissions.iter().any(|held| held == permission))
+        .all(|permission| held.iter().any(|held| held == permission))
     {
         return Err(Rejection::InsufficientPermissions);
     }
     if let Some(role) = required_role
-        && claims.role != role
+        && claims.role() != Some(role)
     {
         return Err(Rejection::WrongRole);
     }
@@ -399,426 +487,4 @@ pub fn check_authorization(
 }
 
 #[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-    use crate::jwk::Jwk;
-    use crate::keys::{Algorithm, KeySchedule};
-
-    fn access_claims(aud: &str) -> AccessClaims {
-        AccessClaims {
-            iss: "tessera".into(),
-            sub: "u1".into(),
-            aud: aud.into(),
-            iat: 1_000,
-            exp: 1_900,
-            nbf: 1_000,
-            jti: "j1".into(),
-            iat_ms: 1_000_000,
-            tenant_id: "t1".into(),
-            role: "viewer".into(),
-            permissions: vec!["a".into()],
-            session_id: "s1".into(),
-            token_type: "access".into(),
-            device_fingerprint: None,
-            ip_address: None,
-            mfa_verified: false,
-            last_password_change: 0,
-            features: vec![],
-            family_id: None,
-        }
-    }
-
-    fn header() -> JwsHeader {
-        JwsHeader {
-            alg: "EdDSA".into(),
-            kid: Some("k1".into()),
-            typ: Some(ACCESS_TOKEN_TYP.into()),
-        }
-    }
-
-    /// An Ed25519 key pair and the verifying key of its schedule in `key_set`, active from
-    /// `activates_at` until `deactivates_at`.
-    fn key_pair(
-        key_set: KeySetName,
-        activates_at: UnixMillis,
-        deactivates_at: Option<UnixMillis>,
-    ) -> (aws_lc_rs::signature::Ed25519KeyPair, VerifyingKey) {
-        use aws_lc_rs::signature::KeyPair;
-        let pair = aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap();
-        let schedule = KeySchedule {
-            kid: crate::ids::KeyId::new("k1").unwrap(),
-            key_set,
-            algorithm: Algorithm::EdDsa,
-            created_at: UnixMillis(0),
-            activates_at,
-            deactivates_at,
-            verify_until: deactivates_at.map(|at| at.plus(Duration::from_secs(86_400))),
-            revoked_at: None,
-            public_jwk: Jwk {
-                kty: "OKP".into(),
-                kid: "k1".into(),
-                alg: "EdDSA".into(),
-                use_: "sig".into(),
-                n: None,
-                e: None,
-                crv: Some("Ed25519".into()),
-                x: Some(URL_SAFE_NO_PAD.encode(pair.public_key().as_ref())),
-                y: None,
-            },
-        };
-        let key = VerifyingKey::from_schedule(&schedule).unwrap();
-        (pair, key)
-    }
-
-    fn access_key() -> VerifyingKey {
-        key_pair(KeySetName::Access, UnixMillis(0), None).1
-    }
-
-    fn rules<'a>(accepted: &'a [String], required: Option<&'static str>) -> ClaimRules<'a> {
-        ClaimRules {
-            issuer: "tessera",
-            audiences: accepted,
-            required_audience: required,
-            leeway: Duration::from_secs(30),
-            token_type: "access",
-            max_access_ttl: Duration::from_secs(900),
-        }
-    }
-
-    fn sign(
-        pair: &aws_lc_rs::signature::Ed25519KeyPair,
-        header: &serde_json::Value,
-        claims: &AccessClaims,
-    ) -> String {
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap())
-        );
-        let signature = pair.sign(signing_input.as_bytes());
-        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
-    }
-
-    #[test]
-    fn a_required_audience_must_match_and_be_accepted() {
-        let header = header();
-        let key = access_key();
-        let accepted = vec!["api".to_owned(), "billing".to_owned()];
-        let now = UnixMillis::from_secs(1_500);
-        let check = |aud: &str, required| {
-            check_claims(
-                &header,
-                &access_claims(aud),
-                &key,
-                &rules(&accepted, required),
-                now,
-            )
-        };
-        assert_eq!(check("api", None), Ok(()));
-        assert_eq!(check("api", Some("api")), Ok(()));
-        let wrong = Err(Rejection::WrongAudience);
-        assert_eq!(check("api", Some("billing")), wrong);
-        assert_eq!(check("other", Some("other")), wrong);
-        assert_eq!(check("other", None), wrong);
-        // Leeway: 30 s past exp still passes, 30 s more does not.
-        let at = |now| {
-            check_claims(
-                &header,
-                &access_claims("api"),
-                &key,
-                &rules(&accepted, None),
-                now,
-            )
-        };
-        assert_eq!(at(UnixMillis::from_secs(1_929)), Ok(()));
-        assert_eq!(at(UnixMillis::from_secs(1_930)), Err(Rejection::Expired));
-    }
-
-    #[test]
-    fn a_token_issued_in_the_future_is_not_yet_valid() {
-        let key = access_key();
-        let now = UnixMillis::from_secs(1_000);
-        let issued_at = |iat_ms: i64| AccessClaims {
-            iat: iat_ms.div_euclid(1000),
-            iat_ms,
-            nbf: 0,
-            exp: iat_ms / 1000 + 600,
-            ..access_claims("api")
-        };
-        let check =
-            |claims: &AccessClaims| check_claims(&header(), claims, &key, &rules(&[], None), now);
-        // Within the leeway (30 s of skew): accepted.
-        assert_eq!(check(&issued_at(1_030_000)), Ok(()));
-        // One millisecond beyond: refused, although nbf is in the past.
-        assert_eq!(check(&issued_at(1_030_001)), Err(Rejection::NotYetValid));
-        assert_eq!(check(&issued_at(9_000_000)), Err(Rejection::NotYetValid));
-    }
-
-    #[test]
-    fn iat_and_iat_ms_must_name_the_same_instant() {
-        let key = access_key();
-        let now = UnixMillis::from_secs(1_500);
-        let mut claims = access_claims("api");
-        claims.iat_ms = 1_000_999;
-        assert_eq!(
-            check_claims(&header(), &claims, &key, &rules(&[], None), now),
-            Ok(())
-        );
-        // An old iat (escaping nothing) with a recent iat_ms, and the reverse.
-        claims.iat_ms = 1_001_000;
-        assert_eq!(
-            check_claims(&header(), &claims, &key, &rules(&[], None), now),
-            Err(Rejection::Malformed)
-        );
-        claims.iat_ms = 999_999;
-        assert_eq!(
-            check_claims(&header(), &claims, &key, &rules(&[], None), now),
-            Err(Rejection::Malformed)
-        );
-    }
-
-    #[test]
-    fn a_lifetime_beyond_the_key_sets_bound_is_refused() {
-        let access = access_key();
-        let now = UnixMillis::from_secs(1_500);
-        let lasting = |seconds: i64| AccessClaims {
-            exp: 1_000 + seconds,
-            ..access_claims("api")
-        };
-        let check = |claims: &AccessClaims| {
-            check_claims(&header(), claims, &access, &rules(&[], None), now)
-        };
-        assert_eq!(check(&lasting(900)), Ok(()));
-        assert_eq!(check(&lasting(901)), Err(Rejection::LifetimeTooLong));
-        assert_eq!(
-            check(&lasting(10 * 365 * 86_400)),
-            Err(Rejection::LifetimeTooLong)
-        );
-        // The action set's bound is its own (24 h), not the access one.
-        let action = key_pair(KeySetName::Action, UnixMillis(0), None).1;
-        let action_rules = ClaimRules {
-            token_type: "verification",
-            ..rules(&[], None)
-        };
-        let verification = |seconds| AccessClaims {
-            token_type: "verification".into(),
-            ..lasting(seconds)
-        };
-        let untyped = JwsHeader {
-            typ: None,
-            ..header()
-        };
-        let check_action =
-            |claims: &AccessClaims| check_claims(&untyped, claims, &action, &action_rules, now);
-        assert_eq!(check_action(&verification(86_400)), Ok(()));
-        assert_eq!(
-            check_action(&verification(86_401)),
-            Err(Rejection::LifetimeTooLong)
-        );
-    }
-
-    #[test]
-    fn an_action_key_token_never_passes_as_an_access_token() {
-        let action = key_pair(KeySetName::Action, UnixMillis(0), None).1;
-        let now = UnixMillis::from_secs(1_500);
-        assert_eq!(
-            check_claims(
-                &header(),
-                &access_claims("api"),
-                &action,
-                &rules(&[], None),
-                now
-            ),
-            Err(Rejection::WrongTokenType)
-        );
-        // And an access key does not sign action tokens.
-        let reset = AccessClaims {
-            token_type: "reset".into(),
-            ..access_claims("api")
-        };
-        let reset_rules = ClaimRules {
-            token_type: "reset",
-            ..rules(&[], None)
-        };
-        assert_eq!(
-            check_claims(&header(), &reset, &access_key(), &reset_rules, now),
-            Err(Rejection::WrongTokenType)
-        );
-        assert_eq!(
-            check_claims(&header(), &reset, &action, &reset_rules, now),
-            Ok(())
-        );
-        assert!(key_set_signs(KeySetName::Access, "access"));
-        assert!(!key_set_signs(KeySetName::Access, "action"));
-    }
-
-    #[test]
-    fn a_pending_keys_tokens_are_refused_beyond_the_leeway() {
-        // The key activates at 1,100 s; tokens are issued at 1,000 s and checked at 1,050 s.
-        let pending = key_pair(KeySetName::Access, UnixMillis::from_secs(1_100), None).1;
-        let check = |claims: &AccessClaims, now| {
-            check_claims(&header(), claims, &pending, &rules(&[], None), now)
-        };
-        assert_eq!(
-            check(&access_claims("api"), UnixMillis::from_secs(1_050)),
-            Err(Rejection::KeyNotActive)
-        );
-        // Once the key is active, a token issued before its activation is still refused.
-        assert_eq!(
-            check(&access_claims("api"), UnixMillis::from_secs(1_200)),
-            Err(Rejection::KeyNotActive)
-        );
-        // Within the leeway of activation (clock skew): accepted.
-        let skewed = AccessClaims {
-            iat: 1_070,
-            iat_ms: 1_070_000,
-            ..access_claims("api")
-        };
-        assert_eq!(check(&skewed, UnixMillis::from_secs(1_075)), Ok(()));
-    }
-
-    #[test]
-    fn a_retiring_key_verifies_only_tokens_issued_before_it_stopped_signing() {
-        let retiring = key_pair(
-            KeySetName::Access,
-            UnixMillis(0),
-            Some(UnixMillis::from_secs(1_000)),
-        )
-        .1;
-        let issued_at = |seconds: i64| AccessClaims {
-            iat: seconds,
-            iat_ms: seconds * 1000,
-            nbf: seconds,
-            exp: seconds + 900,
-            ..access_claims("api")
-        };
-        let now = UnixMillis::from_secs(1_100);
-        let check = |claims: &AccessClaims| {
-            check_claims(&header(), claims, &retiring, &rules(&[], None), now)
-        };
-        assert_eq!(check(&issued_at(999)), Ok(()));
-        assert_eq!(check(&issued_at(1_030)), Ok(()), "within the leeway");
-        assert_eq!(check(&issued_at(1_031)), Err(Rejection::KeyNotActive));
-    }
-
-    #[test]
-    fn a_token_of_another_tenant_is_refused_when_a_tenant_is_required() {
-        let claims = access_claims("api");
-        assert_eq!(check_tenant(&claims, None), Ok(()));
-        assert_eq!(check_tenant(&claims, Some("t1")), Ok(()));
-        assert_eq!(
-            check_tenant(&claims, Some("t2")),
-            Err(Rejection::WrongTenant)
-        );
-    }
-
-    #[test]
-    fn a_crit_header_is_refused_whatever_it_holds() {
-        let (pair, _) = key_pair(KeySetName::Access, UnixMillis(0), None);
-        let claims = access_claims("api");
-        for crit in [json!(["exp"]), json!([]), json!(null), json!("b64")] {
-            let header = json!({"alg": "EdDSA", "kid": "k1", "typ": "at+jwt", "crit": crit});
-            assert_eq!(
-                parse_compact(&sign(&pair, &header, &claims)).unwrap_err(),
-                Rejection::Malformed,
-                "{crit}"
-            );
-        }
-        let duplicated_alg = format!(
-            "{}.{}.AA",
-            URL_SAFE_NO_PAD.encode(r#"{"alg":"EdDSA","alg":"none","kid":"k1"}"#),
-            URL_SAFE_NO_PAD.encode("{}")
-        );
-        assert_eq!(
-            parse_compact(&duplicated_alg).unwrap_err(),
-            Rejection::Malformed
-        );
-    }
-
-    #[test]
-    fn embedded_keys_in_the_header_are_never_used() {
-        // The attacker signs with their own key and embeds it (jwk) or points at it (jku,
-        // x5u, x5c); the token names the real kid. Only the bundle's key is tried.
-        let (_, real) = key_pair(KeySetName::Access, UnixMillis(0), None);
-        let (attacker, _) = key_pair(KeySetName::Access, UnixMillis(0), None);
-        use aws_lc_rs::signature::KeyPair;
-        let attacker_x = URL_SAFE_NO_PAD.encode(attacker.public_key().as_ref());
-        let embedded = [
-            (
-                "jwk",
-                json!({"kty": "OKP", "crv": "Ed25519", "x": attacker_x, "kid": "k1"}),
-            ),
-            ("jku", json!("https://attacker.example/jwks.json")),
-            ("x5u", json!("https://attacker.example/cert.pem")),
-            ("x5c", json!(["MIIBattacker"])),
-        ];
-        for (member, value) in embedded {
-            let mut header = json!({"alg": "EdDSA", "kid": "k1", "typ": "at+jwt"});
-            header[member] = value;
-            let token = sign(&attacker, &header, &access_claims("api"));
-            let jws = parse_compact(&token).unwrap();
-            assert_eq!(jws.header, self::header(), "{member}");
-            assert_eq!(
-                check_signature(&jws, &real),
-                Err(Rejection::BadSignature),
-                "{member}"
-            );
-        }
-    }
-
-    #[test]
-    fn encoding_tricks_are_malformed() {
-        let (pair, key) = key_pair(KeySetName::Access, UnixMillis(0), None);
-        let token = sign(
-            &pair,
-            &json!({"alg": "EdDSA", "kid": "k1", "typ": "at+jwt"}),
-            &access_claims("api"),
-        );
-        assert!(check_signature(&parse_compact(&token).unwrap(), &key).is_ok());
-        let (header, rest) = token.split_once('.').unwrap();
-        let (payload, signature) = rest.split_once('.').unwrap();
-        let standard_alphabet = |segment: &str| segment.replace('-', "+").replace('_', "/");
-        let full = |token: &str| -> Result<(), Rejection> {
-            let jws = parse_compact(token)?;
-            check_signature(&jws, &key)?;
-            decode_claims(&jws).map(|_| ())
-        };
-        let tricks = [
-            format!("{header}=.{payload}.{signature}"),
-            format!("{header}.{payload}.{signature}="),
-            format!("{header} .{payload}.{signature}"),
-            format!("{header}.{payload}.{signature}\n"),
-            format!("{header}.{payload}.{signature}.{signature}"),
-            format!("{header}.{payload}.{}", standard_alphabet(signature)),
-        ];
-        for trick in tricks {
-            assert_ne!(trick, token);
-            assert_eq!(full(&trick), Err(Rejection::Malformed), "{trick}");
-        }
-        // A padded payload changes the signed bytes; signed as such, it still does not
-        // decode.
-        assert_eq!(
-            full(&format!("{header}.{payload}==.{signature}")),
-            Err(Rejection::BadSignature)
-        );
-        let padded_input = format!("{header}.{payload}==");
-        let padded = format!(
-            "{padded_input}.{}",
-            URL_SAFE_NO_PAD.encode(pair.sign(padded_input.as_bytes()))
-        );
-        assert_eq!(full(&padded), Err(Rejection::Malformed));
-    }
-
-    #[test]
-    fn parse_compact_rejects_oversize_and_garbage() {
-        assert_eq!(
-            parse_compact(&"a".repeat(MAX_TOKEN_BYTES + 1)).unwrap_err(),
-            Rejection::TooLarge
-        );
-        for token in ["", "a.b", "a.b.c.d", "!!.e30.AA", "e30.e30.!!"] {
-            assert!(parse_compact(token).is_err(), "{token}");
-        }
-    }
-}
+mod tests;

@@ -4,6 +4,9 @@
 //!
 //! Subscribers register with RAII (`Subscription`) and are counted; one that lags behind
 //! the broadcast buffer is resynchronised with a snapshot, never silently left behind.
+//!
+//! Each new bundle comes with its [`Verifier`] (the published keys parsed once, reusing
+//! the previous revision's), so introspection never parses a key per call.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -13,6 +16,7 @@ use tessera_common::Clock;
 use tessera_common::bundle::{BundleChange, BundleEvent, Revision, TrustBundle, ValidationPolicy};
 use tessera_common::keys::KeySetName;
 use tessera_common::revocation::RevocationEntry;
+use tessera_common::verify::Verifier;
 use tokio::sync::broadcast;
 use tracing::{debug, warn};
 
@@ -59,8 +63,17 @@ pub enum Initial {
     Deltas(Vec<Arc<BundleEvent>>, Revision),
 }
 
+/// One revision of the bundle and its keys, parsed: what tokens are verified against.
+#[derive(Clone, Debug)]
+pub struct Verification {
+    pub bundle: Arc<TrustBundle>,
+    pub verifier: Arc<Verifier>,
+}
+
 struct HubState {
     bundle: Arc<TrustBundle>,
+    /// The keys of `bundle`, parsed; replaced together with it.
+    verifier: Arc<Verifier>,
     recent: VecDeque<Arc<BundleEvent>>,
 }
 
@@ -107,11 +120,13 @@ impl BundleHub {
             .map(Arc::new)
             .collect();
         let (sender, _) = broadcast::channel(BROADCAST_CAPACITY);
+        let verifier = Arc::new(Verifier::build(&bundle.keys, None));
         Ok(Arc::new(BundleHub {
             store,
             clock,
             state: Mutex::new(HubState {
                 bundle: Arc::new(bundle),
+                verifier,
                 recent,
             }),
             sender,
@@ -121,6 +136,15 @@ impl BundleHub {
     /// Returns the current bundle.
     pub fn current(&self) -> Arc<TrustBundle> {
         self.lock().bundle.clone()
+    }
+
+    /// Returns the current bundle with its parsed keys.
+    pub fn verification(&self) -> Verification {
+        let state = self.lock();
+        Verification {
+            bundle: state.bundle.clone(),
+            verifier: state.verifier.clone(),
+        }
     }
 
     /// Returns the current revision.
@@ -212,6 +236,7 @@ impl BundleHub {
             bundle.prune(now);
             debug!(revision = bundle.revision.0, "bundle advanced");
             metrics::gauge!("tessera_trust_bundle_revision").set(bundle.revision.0 as f64);
+            state.verifier = Arc::new(Verifier::build(&bundle.keys, Some(&state.verifier)));
             state.bundle = Arc::new(bundle);
         }
     }

@@ -120,13 +120,12 @@ impl Issuer {
         } else {
             None
         };
-        let policy = ValidationPolicy {
-            issuer: config.tokens.issuer.clone(),
-            audiences: config.tokens.audiences.clone(),
-            leeway_seconds: u32::try_from(config.tokens.leeway.as_secs()).unwrap_or(u32::MAX),
-            max_token_ttl_seconds: u32::try_from(config.tokens.max_ttl.as_secs())
-                .unwrap_or(u32::MAX),
-        };
+        let policy = ValidationPolicy::new(
+            config.tokens.issuer.clone(),
+            config.tokens.audiences.clone(),
+            config.tokens.leeway,
+            config.tokens.max_ttl,
+        );
         let sessions = Arc::new(SessionService::new(
             session_store.clone(),
             keys.clone(),
@@ -134,7 +133,8 @@ impl Issuer {
             SessionPolicy {
                 refresh_ttl: config.refresh_ttl,
                 reuse_grace: config.refresh_reuse_grace,
-                revocation_horizon: config.tokens.max_ttl + config.tokens.leeway,
+                // The bundle's own horizon: what verifiers bound token lifetimes by.
+                revocation_horizon: policy.revocation_horizon(),
             },
             kek.derive(PEPPER_LABEL),
             &kek.derive(SUCCESSOR_LABEL),

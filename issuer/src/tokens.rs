@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use tessera_common::UnixMillis;
 use tessera_common::bundle::TrustBundle;
-use tessera_common::claims::{ACCESS_TOKEN_TYP, AccessClaims};
+use tessera_common::claims::{AccessClaims, TokenType};
 use tessera_common::ids::{KeyId, SessionId, Subject, TenantId};
-use tessera_common::keys::KeyState;
-use tessera_common::verify::{self, ClaimRules, Rejection, VerifyingKey};
+use tessera_common::verify::{ClaimRules, Rejection, Rules, TenantRule, Verified, Verifier};
 
 use crate::keys::signer::{SignError, Signer};
 
@@ -121,7 +120,7 @@ pub fn build_claims(
             .as_ref()
             .map(ToString::to_string)
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
-        token_type: "access".into(),
+        token_type: TokenType::Access.as_str().to_owned(),
         device_fingerprint: request.device_fingerprint.clone(),
         ip_address: request.ip_address.clone(),
         mfa_verified: request.mfa_verified,
@@ -140,7 +139,7 @@ pub fn issue(
 ) -> Result<IssuedToken, IssueError> {
     let jti = uuid::Uuid::now_v7().to_string();
     let claims = build_claims(request, policy, now, jti.clone())?;
-    let token = signer.sign_jws(ACCESS_TOKEN_TYP, &claims)?;
+    let token = signer.sign_jws(TokenType::Access.jws_typ(), &claims)?;
     let expires_at = UnixMillis::from_secs(claims.exp);
     let refresh_after = expires_at.minus(policy.refresh_before).max(now);
     Ok(IssuedToken {
@@ -160,49 +159,35 @@ pub struct Introspection {
     pub kid: String,
 }
 
-/// Checks `token` against `bundle` at `now` exactly as a sidecar would (the checks of
-/// `tessera_common::verify`, in its order), accepting any of the policy audiences.
+/// Checks the access token `token` against `bundle` at `now` exactly as a sidecar would
+/// (the one pipeline of `tessera_common::verify`, with the keys `verifier` parsed once
+/// per bundle revision), accepting any of the policy audiences.
 ///
-/// `may_see_tenant` says whether the caller may learn about a token of a tenant. It is
-/// asked right after the signature is verified and the claims decoded, before anything
-/// about the token's state: a token of a tenant the caller may not see is
+/// `may_see_tenant` says whether the caller may learn about a token of a tenant. The
+/// pipeline asks it right after the signature is verified and the claims decoded, before
+/// anything about the token's state: a token of a tenant the caller may not see is
 /// [`Rejection::WrongTenant`] whether it is live, expired or revoked, so its state never
 /// leaks across tenants. (Rejections before that point depend only on the token's bytes
 /// and the published keys, which the caller already has.)
 pub fn introspect(
     token: &str,
     bundle: &TrustBundle,
+    verifier: &Verifier,
     now: UnixMillis,
-    may_see_tenant: impl Fn(&str) -> bool,
+    may_see_tenant: &dyn Fn(&str) -> bool,
 ) -> Result<Introspection, Rejection> {
-    let jws = verify::parse_compact(token)?;
-    let kid = jws.header.kid.clone().ok_or(Rejection::Malformed)?;
-    let kid_key = KeyId::new(kid.clone()).map_err(|_| Rejection::Malformed)?;
-    let schedule = bundle.keys.get(&kid_key).ok_or(Rejection::UnknownKid)?;
-    let key = VerifyingKey::from_schedule(schedule).map_err(|_| Rejection::UnknownKid)?;
-    verify::check_signature(&jws, &key)?;
-    let (claims, claims_json) = verify::decode_claims(&jws)?;
-    if !may_see_tenant(&claims.tenant_id) {
-        return Err(Rejection::WrongTenant);
-    }
-    if matches!(schedule.state_at(now), KeyState::Retired { .. }) {
-        // Past its overlap window the key verifies nothing, as at the sidecar.
-        return Err(Rejection::UnknownKid);
-    }
-    let rules = ClaimRules {
-        issuer: &bundle.policy.issuer,
-        audiences: &bundle.policy.audiences,
-        required_audience: None,
-        leeway: Duration::from_secs(u64::from(bundle.policy.leeway_seconds)),
-        token_type: "access",
-        max_access_ttl: Duration::from_secs(u64::from(bundle.policy.max_token_ttl_seconds)),
+    let rules = Rules {
+        claims: ClaimRules::new(&bundle.policy, TokenType::Access),
+        tenant: TenantRule::Admitted(may_see_tenant),
+        required_permissions: &[],
+        required_role: None,
     };
-    verify::check_claims(&jws.header, &claims, &key, &rules, now)?;
-    verify::check_revocation(&claims, &kid, &key, &bundle.revocations)?;
+    let verified: Verified<AccessClaims> =
+        verifier.verify(token, &rules, &bundle.revocations, now)?;
     Ok(Introspection {
-        claims,
-        claims_json,
-        kid,
+        claims: verified.claims,
+        claims_json: verified.claims_json,
+        kid: verified.kid,
     })
 }
 
@@ -241,7 +226,7 @@ mod tests {
         assert_eq!(claims.iat_ms, 1_700_000_000_123);
         assert_eq!(claims.exp - claims.iat, 900);
         assert_eq!(claims.aud, "tessera-api");
-        assert_eq!(claims.token_type, "access");
+        assert_eq!(claims.token_type, TokenType::Access.as_str());
         assert!(!claims.session_id.is_empty());
     }
 
@@ -275,12 +260,12 @@ mod tests {
         let generated = material::generate(Algorithm::EdDsa, "k1").unwrap();
         let kid = KeyId::new("k1").unwrap();
         let signer = Signer::from_pkcs8(kid.clone(), Algorithm::EdDsa, &generated.pkcs8).unwrap();
-        let mut bundle = TrustBundle::empty(ValidationPolicy {
-            issuer: "tessera".into(),
-            audiences: vec!["tessera-api".into()],
-            leeway_seconds: 30,
-            max_token_ttl_seconds: 900,
-        });
+        let mut bundle = TrustBundle::empty(ValidationPolicy::new(
+            "tessera".into(),
+            vec!["tessera-api".into()],
+            Duration::from_secs(30),
+            Duration::from_secs(900),
+        ));
         bundle.keys.insert(
             kid.clone(),
             KeySchedule {
@@ -298,6 +283,17 @@ mod tests {
         (bundle, signer)
     }
 
+    /// Introspects `token` against `bundle` with its keys freshly parsed.
+    fn introspect_with(
+        token: &str,
+        bundle: &TrustBundle,
+        now: UnixMillis,
+        may_see_tenant: impl Fn(&str) -> bool,
+    ) -> Result<Introspection, Rejection> {
+        let verifier = Verifier::build(&bundle.keys, None);
+        introspect(token, bundle, &verifier, now, &may_see_tenant)
+    }
+
     #[test]
     fn introspection_hides_the_state_of_another_tenants_token() {
         let (mut bundle, signer) = bundle_and_signer();
@@ -306,19 +302,19 @@ mod tests {
         let only_globex = |tenant: &str| tenant == "globex";
         let only_acme = |tenant: &str| tenant == "acme";
         let live = issued_at.plus(Duration::from_secs(60));
-        assert!(introspect(&token.token, &bundle, live, only_acme).is_ok());
+        assert!(introspect_with(&token.token, &bundle, live, only_acme).is_ok());
         assert_eq!(
-            introspect(&token.token, &bundle, live, only_globex).unwrap_err(),
+            introspect_with(&token.token, &bundle, live, only_globex).unwrap_err(),
             Rejection::WrongTenant
         );
         // Expired: the owner learns it, another tenant does not.
         let late = issued_at.plus(Duration::from_secs(3_600));
         assert_eq!(
-            introspect(&token.token, &bundle, late, only_acme).unwrap_err(),
+            introspect_with(&token.token, &bundle, late, only_acme).unwrap_err(),
             Rejection::Expired
         );
         assert_eq!(
-            introspect(&token.token, &bundle, late, only_globex).unwrap_err(),
+            introspect_with(&token.token, &bundle, late, only_globex).unwrap_err(),
             Rejection::WrongTenant
         );
         // Revoked: likewise.
@@ -330,11 +326,11 @@ mod tests {
             drop_after: late,
         });
         assert_eq!(
-            introspect(&token.token, &bundle, live, only_acme).unwrap_err(),
+            introspect_with(&token.token, &bundle, live, only_acme).unwrap_err(),
             Rejection::Revoked
         );
         assert_eq!(
-            introspect(&token.token, &bundle, live, only_globex).unwrap_err(),
+            introspect_with(&token.token, &bundle, live, only_globex).unwrap_err(),
             Rejection::WrongTenant
         );
     }
@@ -344,19 +340,23 @@ mod tests {
         let (bundle, signer) = bundle_and_signer();
         let now = UnixMillis(1_700_000_000_000);
         let any = |_: &str| true;
-        let sign = |claims: &AccessClaims| signer.sign_jws(ACCESS_TOKEN_TYP, claims).unwrap();
+        let sign = |claims: &AccessClaims| {
+            signer
+                .sign_jws(TokenType::Access.jws_typ(), claims)
+                .unwrap()
+        };
         let mut claims =
             build_claims(&request(), &TokenPolicy::default(), now, "j".into()).unwrap();
-        assert!(introspect(&sign(&claims), &bundle, now, any).is_ok());
+        assert!(introspect_with(&sign(&claims), &bundle, now, any).is_ok());
         claims.exp = claims.iat + 10 * 365 * 86_400;
         assert_eq!(
-            introspect(&sign(&claims), &bundle, now, any).unwrap_err(),
+            introspect_with(&sign(&claims), &bundle, now, any).unwrap_err(),
             Rejection::LifetimeTooLong
         );
         let future = now.plus(Duration::from_secs(3_600));
         let claims = build_claims(&request(), &TokenPolicy::default(), future, "j".into()).unwrap();
         assert_eq!(
-            introspect(&sign(&claims), &bundle, now, any).unwrap_err(),
+            introspect_with(&sign(&claims), &bundle, now, any).unwrap_err(),
             Rejection::NotYetValid
         );
     }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use moka::Expiry;
 use moka::sync::Cache;
-use tessera_common::claims::{AccessClaims, JwsHeader};
-use tessera_common::verify::VerifyingKey;
+use tessera_common::claims::{AnyClaims, TokenClaims};
+use tessera_common::verify::Verified;
 use tessera_common::{Clock, UnixMillis};
 
 /// The SHA-256 of a token.
@@ -23,26 +23,9 @@ pub fn token_hash(token: &str) -> TokenHash {
     hash
 }
 
-/// A token whose signature verified under `verifying_key`.
-pub struct VerifiedToken {
-    pub kid: String,
-    pub header: JwsHeader,
-    pub claims: AccessClaims,
-    /// The claims object exactly as signed.
-    pub claims_json: String,
-    /// The key that verified the signature; a hit is only trusted while the bundle
-    /// still holds this very key.
-    pub verifying_key: Arc<VerifyingKey>,
-}
-
-impl std::fmt::Debug for VerifiedToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Claims identify users: keep them out of logs.
-        f.debug_struct("VerifiedToken")
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
-    }
-}
+/// A token whose signature verified, with its claims decoded for the type it names (the
+/// pipeline's own result, so a hit re-runs exactly the checks a miss runs).
+pub type VerifiedToken = Verified<AnyClaims>;
 
 /// Returns how long a token expiring at `exp_seconds` may stay cached at `now`: until
 /// `exp + leeway`, or `None` when that instant has passed.
@@ -72,7 +55,8 @@ impl Expiry<TokenHash, Arc<VerifiedToken>> for TokenExpiry {
         _created_at: Instant,
     ) -> Option<Duration> {
         Some(
-            time_to_live(value.claims.exp, self.leeway, self.clock.now()).unwrap_or(Duration::ZERO),
+            time_to_live(value.claims.registered().exp, self.leeway, self.clock.now())
+                .unwrap_or(Duration::ZERO),
         )
     }
 }
@@ -106,7 +90,7 @@ impl VerifiedCache {
         leeway: Duration,
         now: UnixMillis,
     ) {
-        if self.enabled && time_to_live(token.claims.exp, leeway, now).is_some() {
+        if self.enabled && time_to_live(token.claims.registered().exp, leeway, now).is_some() {
             self.cache.insert(hash, token);
         }
     }
@@ -134,10 +118,12 @@ impl std::fmt::Debug for VerifiedCache {
 #[cfg(test)]
 mod tests {
     use tessera_common::SystemClock;
+    use tessera_common::claims::{AccessClaims, JwsHeader, TokenType};
     use tessera_common::jwk::Jwk;
     use tessera_common::keys::{Algorithm, KeySchedule, KeySetName};
 
     use super::*;
+    use tessera_common::verify::VerifyingKey;
 
     fn verified(exp: i64) -> Arc<VerifiedToken> {
         let key_pair = aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap();
@@ -171,9 +157,10 @@ mod tests {
             header: JwsHeader {
                 alg: "EdDSA".into(),
                 kid: Some("k1".into()),
-                typ: Some("at+jwt".into()),
+                typ: Some(TokenType::Access.jws_typ().into()),
             },
-            claims: AccessClaims {
+            token_type: TokenType::Access,
+            claims: AnyClaims::Access(AccessClaims {
                 iss: "tessera".into(),
                 sub: "u".into(),
                 aud: "a".into(),
@@ -186,14 +173,14 @@ mod tests {
                 role: "r".into(),
                 permissions: vec![],
                 session_id: "s".into(),
-                token_type: "access".into(),
+                token_type: TokenType::Access.as_str().into(),
                 device_fingerprint: None,
                 ip_address: None,
                 mfa_verified: false,
                 last_password_change: 0,
                 features: vec![],
                 family_id: None,
-            },
+            }),
             claims_json: "{}".into(),
             verifying_key: Arc::new(VerifyingKey::from_schedule(&schedule).unwrap()),
         })

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use prost_types::Timestamp;
 use tessera_common::UnixMillis;
 use tessera_common::bundle::{BundleChange, BundleEvent, Revision, TrustBundle, ValidationPolicy};
+use tessera_common::claims::{TokenClaims, TokenType};
 use tessera_common::ids::KeyId;
 use tessera_common::jwk::Jwk;
 use tessera_common::keys::KeySchedule;
@@ -192,11 +193,22 @@ fn revocation_from_proto(entry: pb::RevocationEntry) -> Result<RevocationEntry, 
 }
 
 fn policy_from_proto(policy: pb::ValidationPolicy) -> ValidationPolicy {
+    // A type this build does not know (from a newer issuer) cannot be asked for here:
+    // skipped, like an unknown field.
+    let token_lifetimes = policy
+        .token_lifetimes
+        .into_iter()
+        .filter_map(|lifetime| {
+            let token_type = lifetime.token_type.parse::<TokenType>().ok()?;
+            Some((token_type, lifetime.max_ttl_seconds))
+        })
+        .collect();
     ValidationPolicy {
         issuer: policy.issuer,
         audiences: policy.audiences,
         leeway_seconds: policy.leeway_seconds,
         max_token_ttl_seconds: policy.max_token_ttl_seconds,
+        token_lifetimes,
     }
 }
 
@@ -237,28 +249,36 @@ pub fn reason(rejection: Rejection) -> pb::Reason {
         Rejection::LifetimeTooLong => pb::Reason::LifetimeTooLong,
         Rejection::KeyNotActive => pb::Reason::KeyNotActive,
         Rejection::WrongTenant => pb::Reason::WrongTenant,
+        Rejection::UnknownTokenType => pb::Reason::UnknownTokenType,
     }
 }
 
-/// Returns the typed claims of a verified token.
+/// Returns the typed claims of a verified token: the claims every type carries, and the
+/// access-only ones (role, session, MFA, features) for access tokens; a service token's
+/// scopes are its permissions. Every claim of every type is in `claims_json`.
 pub fn token_claims(token: &VerifiedToken) -> pb::TokenClaims {
-    let claims = &token.claims;
-    pb::TokenClaims {
-        subject: claims.sub.clone(),
-        tenant_id: claims.tenant_id.clone(),
-        role: claims.role.clone(),
-        permissions: claims.permissions.clone(),
-        session_id: claims.session_id.clone(),
-        jti: claims.jti.clone(),
-        expires_at: Some(timestamp(UnixMillis::from_secs(claims.exp))),
-        issued_at: Some(timestamp(UnixMillis(claims.iat_ms))),
-        issuer: claims.iss.clone(),
-        audience: claims.aud.clone(),
-        token_type: claims.token_type.clone(),
-        mfa_verified: claims.mfa_verified,
-        features: claims.features.clone(),
+    let registered = token.claims.registered();
+    let mut claims = pb::TokenClaims {
+        subject: registered.sub.to_owned(),
+        tenant_id: registered.tenant_id.to_owned(),
+        role: token.claims.role().unwrap_or_default().to_owned(),
+        permissions: token.claims.permissions().to_vec(),
+        session_id: token.claims.session_id().unwrap_or_default().to_owned(),
+        jti: registered.jti.to_owned(),
+        expires_at: Some(timestamp(UnixMillis::from_secs(registered.exp))),
+        issued_at: Some(timestamp(UnixMillis(registered.iat_ms))),
+        issuer: registered.iss.to_owned(),
+        audience: registered.aud.to_owned(),
+        token_type: registered.token_type.to_owned(),
+        mfa_verified: false,
+        features: Vec::new(),
         kid: token.kid.clone(),
+    };
+    if let Some(access) = token.claims.as_access() {
+        claims.mfa_verified = access.mfa_verified;
+        claims.features = access.features.clone();
     }
+    claims
 }
 
 /// Returns the `ValidateToken` response for `verdict`.
@@ -300,28 +320,37 @@ fn non_empty(text: &str) -> Option<&str> {
     (!text.is_empty()).then_some(text)
 }
 
-/// Returns the query of a `ValidateToken` request.
-pub fn query(request: &pb::ValidateTokenRequest) -> TokenQuery<'_> {
-    TokenQuery {
-        token: &request.token,
-        audience: non_empty(&request.audience),
-        required_permissions: &request.required_permissions,
-        required_role: non_empty(&request.required_role),
-        token_type: non_empty(&request.token_type),
-        tenant_id: non_empty(&request.tenant_id),
+/// Returns the token type a request asks for: `access` when empty, a typed rejection
+/// when it names no type (the caller's mistake, answered like any other reason).
+fn token_type(name: &str) -> Result<TokenType, Rejection> {
+    match non_empty(name) {
+        None => Ok(TokenType::Access),
+        Some(name) => name.parse().map_err(|_| Rejection::UnknownTokenType),
     }
 }
 
-/// Returns the query of a stream request.
-pub fn stream_query(request: &pb::ValidateStreamRequest) -> TokenQuery<'_> {
-    TokenQuery {
+/// Returns the query of a `ValidateToken` request.
+pub fn query(request: &pb::ValidateTokenRequest) -> Result<TokenQuery<'_>, Rejection> {
+    Ok(TokenQuery {
         token: &request.token,
         audience: non_empty(&request.audience),
         required_permissions: &request.required_permissions,
         required_role: non_empty(&request.required_role),
-        token_type: non_empty(&request.token_type),
+        token_type: token_type(&request.token_type)?,
         tenant_id: non_empty(&request.tenant_id),
-    }
+    })
+}
+
+/// Returns the query of a stream request.
+pub fn stream_query(request: &pb::ValidateStreamRequest) -> Result<TokenQuery<'_>, Rejection> {
+    Ok(TokenQuery {
+        token: &request.token,
+        audience: non_empty(&request.audience),
+        required_permissions: &request.required_permissions,
+        required_role: non_empty(&request.required_role),
+        token_type: token_type(&request.token_type)?,
+        tenant_id: non_empty(&request.tenant_id),
+    })
 }
 
 #[cfg(test)]
@@ -352,11 +381,52 @@ mod tests {
             (Rejection::LifetimeTooLong, "LIFETIME_TOO_LONG"),
             (Rejection::KeyNotActive, "KEY_NOT_ACTIVE"),
             (Rejection::WrongTenant, "WRONG_TENANT"),
+            (Rejection::UnknownTokenType, "UNKNOWN_TOKEN_TYPE"),
         ];
         for (rejection, name) in table {
             assert_eq!(reason(rejection).as_str_name(), name);
             assert_eq!(rejection.as_str().to_uppercase(), name);
         }
+    }
+
+    #[test]
+    fn the_requested_token_type_selects_the_pipelines_type_and_an_unknown_one_is_refused() {
+        assert_eq!(token_type(""), Ok(TokenType::Access));
+        for kind in TokenType::ALL {
+            assert_eq!(token_type(kind.as_str()), Ok(kind));
+        }
+        for unknown in ["refresh", "Access", "at+jwt", "x"] {
+            assert_eq!(
+                token_type(unknown),
+                Err(Rejection::UnknownTokenType),
+                "{unknown}"
+            );
+        }
+    }
+
+    #[test]
+    fn published_lifetimes_are_read_and_unknown_types_skipped() {
+        let policy = policy_from_proto(pb::ValidationPolicy {
+            issuer: "tessera".into(),
+            audiences: vec![],
+            leeway_seconds: 30,
+            max_token_ttl_seconds: 900,
+            token_lifetimes: vec![
+                pb::TokenLifetime {
+                    token_type: "reset".into(),
+                    max_ttl_seconds: 600,
+                },
+                pb::TokenLifetime {
+                    token_type: "otp".into(),
+                    max_ttl_seconds: 300,
+                },
+            ],
+        });
+        assert_eq!(
+            policy.max_lifetime(TokenType::Reset),
+            std::time::Duration::from_secs(600)
+        );
+        assert_eq!(policy.token_lifetimes.len(), 1);
     }
 
     #[test]

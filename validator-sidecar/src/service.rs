@@ -52,7 +52,10 @@ impl ValidatorService for ValidatorGrpc {
         request: Request<pb::ValidateTokenRequest>,
     ) -> Result<Response<pb::ValidateTokenResponse>, Status> {
         let request = request.into_inner();
-        let verdict = self.validator.validate(&convert::query(&request)).await;
+        let verdict = match convert::query(&request) {
+            Ok(query) => self.validator.validate(&query).await,
+            Err(rejection) => self.validator.refuse(rejection),
+        };
         if let Err(rejection) = &verdict {
             tracing::debug!(reason = rejection.as_str(), "token rejected");
         }
@@ -109,7 +112,11 @@ async fn pump(
                 break;
             }
         };
-        if let Some(verdict) = validator.validate_cheap(&convert::stream_query(&request)) {
+        let cheap = match convert::stream_query(&request) {
+            Ok(query) => validator.validate_cheap(&query),
+            Err(rejection) => Some(validator.refuse(rejection)),
+        };
+        if let Some(verdict) = cheap {
             let response = convert::stream_response(request.request_id, &verdict);
             drop(permit);
             if outbound.send(Ok(response)).await.is_err() {
@@ -120,7 +127,10 @@ async fn pump(
         let validator = validator.clone();
         let outbound = outbound.clone();
         tokio::spawn(async move {
-            let verdict = validator.validate(&convert::stream_query(&request)).await;
+            let verdict = match convert::stream_query(&request) {
+                Ok(query) => validator.validate(&query).await,
+                Err(rejection) => validator.refuse(rejection),
+            };
             let _ = outbound
                 .send(Ok(convert::stream_response(request.request_id, &verdict)))
                 .await;

@@ -1,16 +1,15 @@
 //! The trust bundle held in memory. Every change builds a new immutable [`BundleView`]
-//! (the bundle plus its keys parsed once) and swaps it in, so the hot path takes a read
-//! lock only long enough to clone an `Arc` and never parses a JWK.
+//! (the bundle plus its [`Verifier`]: the keys parsed once, reusing the previous view's)
+//! and swaps it in, so the hot path takes a read lock only long enough to clone an `Arc`
+//! and never parses a JWK.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use tessera_common::UnixMillis;
 use tessera_common::bundle::TrustBundle;
-use tessera_common::keys::KeySchedule;
-use tessera_common::verify::VerifyingKey;
+use tessera_common::verify::{Audiences, KeyEntry, Verifier};
 use tokio::sync::watch;
 
 use crate::config::StalePolicy;
@@ -20,19 +19,12 @@ use crate::config::StalePolicy;
 pub struct BundleView {
     pub bundle: TrustBundle,
     /// Every key of the bundle by kid, with its JWK parsed once.
-    keys: HashMap<String, KeyEntry>,
+    verifier: Verifier,
     /// Audiences accepted after the operator's narrowing.
     accepted_audiences: Vec<String>,
     /// True when the operator's audiences and the bundle's have nothing in common: every
     /// token is then refused for its audience (an empty list would mean "any").
     audiences_unsatisfiable: bool,
-}
-
-/// A key of the bundle: its schedule, and the parsed key unless its JWK was unusable.
-#[derive(Debug)]
-pub struct KeyEntry {
-    pub schedule: KeySchedule,
-    pub verifying_key: Option<Arc<VerifyingKey>>,
 }
 
 /// Whether the sidecar can validate right now.
@@ -68,27 +60,7 @@ impl BundleView {
         previous: Option<&BundleView>,
         narrowed_audiences: &[String],
     ) -> Self {
-        let mut keys = HashMap::with_capacity(bundle.keys.len());
-        for (kid, schedule) in &bundle.keys {
-            let reused = previous
-                .and_then(|previous| previous.keys.get(kid.as_str()))
-                .filter(|entry| entry.schedule == *schedule && entry.verifying_key.is_some());
-            let verifying_key = match reused {
-                Some(entry) => entry.verifying_key.clone(),
-                None => match VerifyingKey::from_schedule(schedule) {
-                    Ok(key) => Some(Arc::new(key)),
-                    Err(error) => {
-                        tracing::warn!(%error, "published key is unusable; its tokens will be refused");
-                        None
-                    }
-                },
-            };
-            let entry = KeyEntry {
-                schedule: schedule.clone(),
-                verifying_key,
-            };
-            keys.insert(kid.as_str().to_owned(), entry);
-        }
+        let verifier = Verifier::build(&bundle.keys, previous.map(|previous| &previous.verifier));
         let policy_audiences = &bundle.policy.audiences;
         let (accepted_audiences, audiences_unsatisfiable) = if narrowed_audiences.is_empty() {
             (policy_audiences.clone(), false)
@@ -110,7 +82,7 @@ impl BundleView {
         };
         BundleView {
             bundle,
-            keys,
+            verifier,
             accepted_audiences,
             audiences_unsatisfiable,
         }
@@ -118,12 +90,17 @@ impl BundleView {
 
     /// Returns the key `kid`, if the bundle holds it.
     pub fn key(&self, kid: &str) -> Option<&KeyEntry> {
-        self.keys.get(kid)
+        self.verifier.key(kid)
     }
 
-    /// Returns the audiences accepted, and whether no audience can be accepted at all.
-    pub fn audiences(&self) -> (&[String], bool) {
-        (&self.accepted_audiences, self.audiences_unsatisfiable)
+    /// Returns the audiences accepted (none at all when the operator's narrowing and the
+    /// issuer's audiences are disjoint).
+    pub fn audiences(&self) -> Audiences<'_> {
+        if self.audiences_unsatisfiable {
+            Audiences::None
+        } else {
+            Audiences::from_list(&self.accepted_audiences)
+        }
     }
 }
 
@@ -240,23 +217,24 @@ mod tests {
     use super::*;
 
     fn policy(audiences: &[&str]) -> ValidationPolicy {
-        ValidationPolicy {
-            issuer: "tessera".into(),
-            audiences: audiences.iter().map(|aud| (*aud).to_owned()).collect(),
-            leeway_seconds: 30,
-            max_token_ttl_seconds: 900,
-        }
+        ValidationPolicy::new(
+            "tessera".into(),
+            audiences.iter().map(|aud| (*aud).to_owned()).collect(),
+            Duration::from_secs(30),
+            Duration::from_secs(900),
+        )
     }
 
     #[test]
     fn narrowing_intersects_and_flags_an_empty_intersection() {
         let narrowed = vec!["a".to_owned()];
         let view = BundleView::build(TrustBundle::empty(policy(&["a", "b"])), None, &narrowed);
-        assert_eq!(view.audiences(), (&["a".to_owned()][..], false));
+        let a = ["a".to_owned()];
+        assert_eq!(view.audiences(), Audiences::OneOf(&a));
         let view = BundleView::build(TrustBundle::empty(policy(&["b"])), None, &narrowed);
-        assert!(view.audiences().1);
+        assert_eq!(view.audiences(), Audiences::None);
         let view = BundleView::build(TrustBundle::empty(policy(&["b"])), None, &[]);
-        assert_eq!(view.audiences(), (&["b".to_owned()][..], false));
+        assert_eq!(view.audiences(), Audiences::OneOf(&["b".to_owned()]));
     }
 
     #[test]

@@ -1,18 +1,18 @@
-//! Token validation against the bundle in memory, in DESIGN §7's order (detailed in
-//! `tessera_common::verify`): staleness, size, header, kid, algorithm pinned by the key,
-//! signature, then iss/aud/exp/nbf/iat, lifetime bound, token type, the key's signing
-//! window, the required tenant, revocation, permissions and role. Only the signature work
-//! is cached: everything after it depends on the instant or the query and runs on every
-//! cache hit. Domain types only; the gRPC edge converts.
+//! Token validation against the bundle in memory: staleness, then the one pipeline of
+//! `tessera_common::verify` for the token type the caller asks for (size, header, kid,
+//! algorithm pinned by the key, signature, the claims decoded for the type the token
+//! names; then the required tenant, iss/aud/exp/nbf/iat, token type, the type's lifetime
+//! bound, the key's signing window, revocation, permissions and role). Only the signature
+//! work is cached: everything after it depends on the instant or the query and runs on
+//! every cache hit. Domain types only; the gRPC edge converts.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tessera_common::keys::KeyState;
+use tessera_common::claims::{AnyClaims, TokenType};
 use tessera_common::limits::MAX_TOKEN_BYTES;
 use tessera_common::verify::{
-    ClaimRules, Rejection, check_authorization, check_claims, check_revocation, check_signature,
-    check_tenant, decode_claims, parse_compact,
+    ClaimRules, Rejection, Rules, TenantRule, authenticate, parse_compact,
 };
 use tessera_common::{Clock, UnixMillis};
 use tokio::sync::Notify;
@@ -27,15 +27,15 @@ use crate::state::{BundleState, BundleView};
 pub const RESYNC_WAIT: Duration = Duration::from_millis(250);
 
 /// What the caller asks about a token.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct TokenQuery<'a> {
     pub token: &'a str,
     /// Required `aud` (`None`: any accepted audience).
     pub audience: Option<&'a str>,
     pub required_permissions: &'a [String],
     pub required_role: Option<&'a str>,
-    /// Required `token_type` (`None`: `access`).
-    pub token_type: Option<&'a str>,
+    /// The type the token must be; it selects the pipeline's claims and lifetime bound.
+    pub token_type: TokenType,
     /// Tenant the token must belong to (`None`: any).
     pub tenant_id: Option<&'a str>,
 }
@@ -116,6 +116,14 @@ impl Validator {
         }
     }
 
+    /// Returns (and counts) the verdict on a request refused before any token check,
+    /// such as one asking for an unknown token type.
+    pub fn refuse(&self, rejection: Rejection) -> Verdict {
+        let verdict = Err(rejection);
+        metrics::record_validation(&verdict);
+        verdict
+    }
+
     /// Returns the number of cached verified tokens.
     pub fn cached_tokens(&self) -> u64 {
         self.cache.entry_count()
@@ -146,19 +154,14 @@ impl Validator {
             return Attempt::Done(Err(Rejection::TooLarge));
         };
         if let Some(hit) = self.cache.get(hash) {
-            let same_key = view.key(&hit.kid).filter(|entry| {
-                entry
-                    .verifying_key
-                    .as_ref()
-                    .is_some_and(|key| Arc::ptr_eq(key, &hit.verifying_key))
-            });
-            if let Some(entry) = same_key {
-                if matches!(entry.schedule.state_at(now), KeyState::Retired { .. }) {
-                    return Attempt::Done(Err(Rejection::UnknownKid));
-                }
-                return Attempt::Done(self.check_verified(&view, hit, query, now));
+            let same_key = view
+                .key(&hit.kid)
+                .and_then(|entry| entry.usable_at(now).ok())
+                .is_some_and(|key| Arc::ptr_eq(key, &hit.verifying_key));
+            if same_key {
+                return Attempt::Done(self.check_verified(&view, &hit, query, now).map(|()| hit));
             }
-            // The key changed or left the bundle since: verify afresh.
+            // The key changed, retired or left the bundle since: verify afresh.
             self.cache.invalidate(hash);
         }
         let jws = match parse_compact(query.token) {
@@ -183,13 +186,9 @@ impl Validator {
             }
             return Attempt::Done(Err(Rejection::UnknownKid));
         };
-        // A key past its overlap window no longer verifies, even before the issuer's
-        // unpublish message arrives.
-        if matches!(entry.schedule.state_at(now), KeyState::Retired { .. }) {
-            return Attempt::Done(Err(Rejection::UnknownKid));
-        }
-        let Some(key) = entry.verifying_key.as_ref() else {
-            return Attempt::Done(Err(Rejection::UnknownKid));
+        let key = match entry.usable_at(now) {
+            Ok(key) => key,
+            Err(rejection) => return Attempt::Done(Err(rejection)),
         };
         if jws.header.alg != key.algorithm.as_str() {
             return Attempt::Done(Err(Rejection::AlgorithmMismatch));
@@ -197,76 +196,44 @@ impl Validator {
         if !full {
             return Attempt::NeedsFullPath;
         }
-        if let Err(rejection) = check_signature(&jws, key) {
-            return Attempt::Done(Err(rejection));
-        }
-        let (claims, claims_json) = match decode_claims(&jws) {
-            Ok(decoded) => decoded,
+        let verified: Arc<VerifiedToken> = match authenticate::<AnyClaims>(&jws, kid, key) {
+            Ok(verified) => Arc::new(verified),
             Err(rejection) => return Attempt::Done(Err(rejection)),
         };
-        let verified = Arc::new(VerifiedToken {
-            kid: kid.to_owned(),
-            header: jws.header.clone(),
-            claims,
-            claims_json,
-            verifying_key: key.clone(),
-        });
         self.cache
             .insert(*hash, verified.clone(), self.config.leeway, now);
-        Attempt::Done(self.check_verified(&view, verified, query, now))
+        Attempt::Done(
+            self.check_verified(&view, &verified, query, now)
+                .map(|()| verified),
+        )
     }
 
-    /// Runs the checks that follow the signature: claims, token type, the key's signing
-    /// window, the required tenant, revocation (entries and the key's own), permissions
-    /// and role. Runs on every cache hit: all of it depends on `now` or on the query.
+    /// Runs the checks that follow the signature (`Verified::check`: the required tenant,
+    /// claims, token type and its lifetime bound, the key's signing window, revocation,
+    /// permissions and role) with the sidecar's audiences and leeway. Runs on every cache
+    /// hit: all of it depends on `now` or on the query.
     fn check_verified(
         &self,
         view: &BundleView,
-        verified: Arc<VerifiedToken>,
+        verified: &VerifiedToken,
         query: &TokenQuery<'_>,
         now: UnixMillis,
-    ) -> Verdict {
-        let (audiences, unsatisfiable) = view.audiences();
-        let rules = ClaimRules {
-            issuer: &view.bundle.policy.issuer,
-            audiences,
-            required_audience: query.audience,
-            leeway: self.config.leeway,
-            token_type: query.token_type.unwrap_or("access"),
-            max_access_ttl: Duration::from_secs(u64::from(
-                view.bundle.policy.max_token_ttl_seconds,
-            )),
+    ) -> Result<(), Rejection> {
+        let policy = &view.bundle.policy;
+        let rules = Rules {
+            claims: ClaimRules {
+                audiences: view.audiences(),
+                required_audience: query.audience,
+                leeway: self.config.leeway,
+                ..ClaimRules::new(policy, query.token_type)
+            },
+            tenant: query.tenant_id.map_or(TenantRule::Any, TenantRule::Exactly),
+            required_permissions: query.required_permissions,
+            required_role: query.required_role,
         };
-        let claims_checked = check_claims(
-            &verified.header,
-            &verified.claims,
-            &verified.verifying_key,
-            &rules,
-            now,
-        );
-        match claims_checked {
-            Err(Rejection::WrongIssuer) => return Err(Rejection::WrongIssuer),
-            _ if unsatisfiable => return Err(Rejection::WrongAudience),
-            result => result?,
-        }
-        // Before revocation: a caller asking for its own tenant must not learn whether
-        // another tenant's token is revoked.
-        check_tenant(&verified.claims, query.tenant_id)?;
-        check_revocation(
-            &verified.claims,
-            &verified.kid,
-            &verified.verifying_key,
-            &view.bundle.revocations,
-        )?;
-        check_authorization(
-            &verified.claims,
-            query.required_permissions,
-            query.required_role,
-        )?;
-        Ok(verified)
+        verified.check(&rules, &view.bundle.revocations, now)
     }
 }
-
 impl std::fmt::Debug for Validator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Validator")

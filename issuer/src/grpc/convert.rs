@@ -73,6 +73,14 @@ pub fn policy(policy: &ValidationPolicy) -> pb::ValidationPolicy {
         audiences: policy.audiences.clone(),
         leeway_seconds: policy.leeway_seconds,
         max_token_ttl_seconds: policy.max_token_ttl_seconds,
+        token_lifetimes: policy
+            .token_lifetimes
+            .iter()
+            .map(|(token_type, &max_ttl_seconds)| pb::TokenLifetime {
+                token_type: token_type.as_str().to_owned(),
+                max_ttl_seconds,
+            })
+            .collect(),
     }
 }
 

@@ -243,7 +243,7 @@ impl pb::token_service_server::TokenService for TokenServiceImpl {
         if token.starts_with(tessera_common::credential::CredentialKind::Refresh.prefix()) {
             return self.introspect_refresh(&caller, &token).await;
         }
-        let bundle = self.app.hub.current();
+        let verification = self.app.hub.verification();
         let inactive = |reason: &str| pb::IntrospectTokenResponse {
             active: false,
             reason: reason.to_owned(),
@@ -253,7 +253,14 @@ impl pb::token_service_server::TokenService for TokenServiceImpl {
             refresh: None,
         };
         let may_see_tenant = |tenant: &str| caller.may_act_on(tenant);
-        let response = match tokens::introspect(&token, &bundle, self.app.now(), may_see_tenant) {
+        let introspected = tokens::introspect(
+            &token,
+            &verification.bundle,
+            &verification.verifier,
+            self.app.now(),
+            &may_see_tenant,
+        );
+        let response = match introspected {
             // RFC 7662: a token of a tenant the caller may not see is simply not active,
             // whatever its state (introspect checks the tenant before expiry and
             // revocation, so that state does not leak).
@@ -263,7 +270,9 @@ impl pb::token_service_server::TokenService for TokenServiceImpl {
                 reason: String::new(),
                 claims: Some(convert::claims(&found.claims, &found.kid)),
                 claims_json: found.claims_json,
-                token_type: "access".into(),
+                token_type: tessera_common::claims::TokenType::Access
+                    .as_str()
+                    .to_owned(),
                 refresh: None,
             },
             Err(rejection) => inactive(rejection.as_str()),

@@ -9,3 +9,4 @@ mod sessions;
 mod store_suite;
 mod tenancy;
 mod tls;
+mod verification;

@@ -111,6 +111,7 @@ impl FakeIssuer {
                 audiences: vec!["tessera-api".into(), "billing".into()],
                 leeway_seconds: 30,
                 max_token_ttl_seconds: 900,
+                token_lifetimes: vec![],
             },
             updates: broadcast::channel(1024).0,
             n_subscriptions: AtomicUsize::new(0),

@@ -11,4 +11,5 @@ mod lifecycle;
 mod revocation;
 mod stream;
 mod tls;
+mod types;
 mod validate;

@@ -320,6 +320,7 @@ pub fn tagged_change(tag: &str) -> BundleChange {
             audiences: vec!["api".into()],
             leeway_seconds: 30,
             max_token_ttl_seconds: 900,
+            token_lifetimes: Default::default(),
         },
     }
 }
