@@ -35,10 +35,10 @@ impl BenchKey {
     pub fn generate(algorithm: Algorithm) -> anyhow::Result<Self> {
         let kid = "access-bench";
         let generated = material::generate(algorithm, kid)?;
-        let signer = Signer::from_pkcs8(KeyId::new(kid)?, algorithm, &generated.pkcs8)?;
+        let signer = Signer::from_pkcs8(KeyId::new(kid)?, algorithm, &generated.private_key)?;
         Ok(BenchKey {
             signer,
-            pkcs8: generated.pkcs8.to_vec(),
+            pkcs8: generated.private_key.to_vec(),
             public_jwk: generated.public_jwk.clone(),
             algorithm,
         })

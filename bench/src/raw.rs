@@ -58,6 +58,7 @@ pub fn sign_jsonwebtoken(algorithm: Algorithm, plan: RawPlan) -> anyhow::Result<
             jsonwebtoken::Algorithm::EdDSA,
             jsonwebtoken::EncodingKey::from_ed_der(&key.pkcs8),
         ),
+        Algorithm::Hs256 => anyhow::bail!("HS256 keys do not sign JWS"),
     };
     let mut header = jsonwebtoken::Header::new(jwt_algorithm);
     header.kid = Some(key.signer.kid().to_string());

@@ -1,5 +1,9 @@
-//! Signing-key vocabulary: key sets, algorithms, lifecycle states and the public record
-//! of a key that verifiers receive.
+//! Key vocabulary: key sets, algorithms, lifecycle states, the schedule of a key (what
+//! verifiers receive for a published key) and each set's rotation policy.
+//!
+//! Two kinds of key set share this model: the JWS sets (`access`, `action`), whose public
+//! keys are published in the JWKS and the trust bundle, and the HMAC set (`webhook`),
+//! whose keys are symmetric secrets that never leave the issuer (`KeySetName::is_published`).
 
 use std::time::Duration;
 
@@ -17,18 +21,40 @@ pub enum KeySetName {
     Access,
     /// Signs action links, password-reset and email-verification tokens.
     Action,
+    /// MACs webhook payloads (HMAC-SHA256). Symmetric: never published.
+    Webhook,
 }
 
 impl KeySetName {
     /// Every key set, in a stable order.
-    pub const ALL: [KeySetName; 2] = [KeySetName::Access, KeySetName::Action];
+    pub const ALL: [KeySetName; 3] = [KeySetName::Access, KeySetName::Action, KeySetName::Webhook];
+
+    /// The sets whose public keys verifiers receive (JWKS, trust bundle), in a stable order.
+    pub const PUBLISHED: [KeySetName; 2] = [KeySetName::Access, KeySetName::Action];
 
     /// Returns the wire and database name.
     pub const fn as_str(self) -> &'static str {
         match self {
             KeySetName::Access => "access",
             KeySetName::Action => "action",
+            KeySetName::Webhook => "webhook",
         }
+    }
+
+    /// Returns true when the set's keys are asymmetric and their public halves go to
+    /// verifiers. An HMAC key has no public half: publishing it would hand out the secret.
+    pub const fn is_published(self) -> bool {
+        match self {
+            KeySetName::Access | KeySetName::Action => true,
+            KeySetName::Webhook => false,
+        }
+    }
+
+    /// Returns true when keys of this set may use `algorithm`: the JWS sets sign with an
+    /// asymmetric algorithm only (a verifier must never need the signing secret), the
+    /// HMAC set with HS256 only.
+    pub const fn allows(self, algorithm: Algorithm) -> bool {
+        self.is_published() != algorithm.is_symmetric()
     }
 }
 
@@ -39,6 +65,7 @@ impl std::str::FromStr for KeySetName {
         match value {
             "access" => Ok(KeySetName::Access),
             "action" => Ok(KeySetName::Action),
+            "webhook" => Ok(KeySetName::Webhook),
             other => Err(UnknownName {
                 kind: "key set",
                 value: other.chars().take(64).collect(),
@@ -61,7 +88,7 @@ pub struct UnknownName {
     pub value: String,
 }
 
-/// A JWS signature algorithm Tessera signs with. Each key is pinned to exactly one.
+/// An algorithm Tessera signs or MACs with. Each key is pinned to exactly one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Algorithm {
     /// RSASSA-PKCS1-v1_5 with SHA-256, 2048-bit keys.
@@ -73,6 +100,10 @@ pub enum Algorithm {
     /// Ed25519.
     #[serde(rename = "EdDSA")]
     EdDsa,
+    /// HMAC with SHA-256 and a 256-bit secret (webhook payloads; never a JWS verifiers
+    /// accept).
+    #[serde(rename = "HS256")]
+    Hs256,
 }
 
 impl Algorithm {
@@ -82,7 +113,13 @@ impl Algorithm {
             Algorithm::Rs256 => "RS256",
             Algorithm::Es256 => "ES256",
             Algorithm::EdDsa => "EdDSA",
+            Algorithm::Hs256 => "HS256",
         }
+    }
+
+    /// Returns true for a symmetric (MAC) algorithm, whose key must stay secret.
+    pub const fn is_symmetric(self) -> bool {
+        matches!(self, Algorithm::Hs256)
     }
 }
 
@@ -94,6 +131,7 @@ impl std::str::FromStr for Algorithm {
             "RS256" => Ok(Algorithm::Rs256),
             "ES256" => Ok(Algorithm::Es256),
             "EdDSA" => Ok(Algorithm::EdDsa),
+            "HS256" => Ok(Algorithm::Hs256),
             other => Err(UnknownName {
                 kind: "algorithm",
                 value: other.chars().take(64).collect(),
@@ -210,7 +248,8 @@ pub struct KeySetPolicy {
     pub max_token_ttl: Duration,
 }
 
-/// A policy that would let tokens outlive their key's overlap window.
+/// A policy that cannot be used: tokens would outlive their key, a successor would never
+/// be prepublished, or the algorithm does not fit the set.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
     #[error(
@@ -231,30 +270,83 @@ pub enum PolicyError {
     },
     #[error("key set `{key_set}`: rotation interval must be positive")]
     ZeroInterval { key_set: KeySetName },
+    #[error("key set `{key_set}`: algorithm {algorithm} is not allowed (allowed: {allowed})")]
+    AlgorithmNotAllowed {
+        key_set: KeySetName,
+        algorithm: Algorithm,
+        allowed: &'static str,
+    },
 }
 
+/// The part of a policy a [`PolicyError`] is about, so configuration can name its field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicySetting {
+    Algorithm,
+    RotateEvery,
+    Overlap,
+    Prepublish,
+}
+
+impl PolicyError {
+    /// Returns the setting to change to fix the policy.
+    pub const fn setting(&self) -> PolicySetting {
+        match self {
+            PolicyError::OverlapTooShort { .. } => PolicySetting::Overlap,
+            PolicyError::PrepublishTooLong { .. } => PolicySetting::Prepublish,
+            PolicyError::ZeroInterval { .. } => PolicySetting::RotateEvery,
+            PolicyError::AlgorithmNotAllowed { .. } => PolicySetting::Algorithm,
+        }
+    }
+}
+
+const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
 impl KeySetPolicy {
-    /// Returns the default policy of `key_set` (the seed's: 90-day rotation, 7-day
-    /// overlap, 1-hour prepublish; 15-minute access tokens, 24-hour action tokens).
+    /// Returns the default policy of `key_set` (DESIGN §3, the seeds'): `access` and
+    /// `action` rotate every 90 days with a 7-day overlap (15-minute access tokens,
+    /// 24-hour action tokens), `webhook` every 30 days with a 3-day overlap; every set
+    /// prepublishes its successor 1 hour ahead.
     pub const fn default_for(key_set: KeySetName) -> Self {
-        let max_token_ttl = match key_set {
-            KeySetName::Access => Duration::from_secs(15 * 60),
-            // Email verification links live 24 h (DESIGN §4).
-            KeySetName::Action => DAY,
-        };
-        KeySetPolicy {
-            algorithm: Algorithm::Rs256,
-            rotate_every: Duration::from_secs(90 * 24 * 3600),
-            overlap: Duration::from_secs(7 * 24 * 3600),
-            prepublish: Duration::from_secs(3600),
-            max_token_ttl,
+        match key_set {
+            KeySetName::Access => KeySetPolicy {
+                algorithm: Algorithm::Rs256,
+                rotate_every: Duration::from_secs(90 * DAY.as_secs()),
+                overlap: Duration::from_secs(7 * DAY.as_secs()),
+                prepublish: HOUR,
+                max_token_ttl: Duration::from_secs(15 * 60),
+            },
+            KeySetName::Action => KeySetPolicy {
+                // Email verification links live 24 h (DESIGN §4).
+                max_token_ttl: DAY,
+                ..KeySetPolicy::default_for(KeySetName::Access)
+            },
+            KeySetName::Webhook => KeySetPolicy {
+                algorithm: Algorithm::Hs256,
+                rotate_every: Duration::from_secs(30 * DAY.as_secs()),
+                overlap: Duration::from_secs(3 * DAY.as_secs()),
+                prepublish: HOUR,
+                // A receiver checks a delivery's signature when it arrives; retried
+                // deliveries are signed again, so an hour covers any one attempt.
+                max_token_ttl: HOUR,
+            },
         }
     }
 
-    /// Refuses a policy under which a token could outlive its key.
+    /// Refuses a policy under which a token could outlive its key, or whose algorithm
+    /// does not fit the set.
     pub fn validate(&self, key_set: KeySetName) -> Result<(), PolicyError> {
+        if !key_set.allows(self.algorithm) {
+            return Err(PolicyError::AlgorithmNotAllowed {
+                key_set,
+                algorithm: self.algorithm,
+                allowed: if key_set.is_published() {
+                    "RS256, ES256, EdDSA"
+                } else {
+                    "HS256"
+                },
+            });
+        }
         if self.rotate_every.is_zero() {
             return Err(PolicyError::ZeroInterval { key_set });
         }
@@ -326,5 +418,40 @@ mod tests {
         let message = policy.validate(KeySetName::Access).unwrap_err().to_string();
         assert!(message.contains("600 s"), "{message}");
         assert!(message.contains("900 s"), "{message}");
+    }
+
+    #[test]
+    fn webhook_set_is_hmac_unpublished_with_its_own_default_policy() {
+        assert!(KeySetName::ALL.contains(&KeySetName::Webhook));
+        assert!(!KeySetName::PUBLISHED.contains(&KeySetName::Webhook));
+        assert!(!KeySetName::Webhook.is_published());
+        assert_eq!("webhook".parse(), Ok(KeySetName::Webhook));
+        assert_eq!("HS256".parse(), Ok(Algorithm::Hs256));
+        let policy = KeySetPolicy::default_for(KeySetName::Webhook);
+        assert_eq!(policy.algorithm, Algorithm::Hs256);
+        assert_eq!(policy.rotate_every, 30 * DAY);
+        assert_eq!(policy.overlap, 3 * DAY);
+        assert_eq!(policy.validate(KeySetName::Webhook), Ok(()));
+        let access = KeySetPolicy::default_for(KeySetName::Access);
+        assert_eq!((access.rotate_every, access.overlap), (90 * DAY, 7 * DAY));
+    }
+
+    #[test]
+    fn policy_refuses_an_algorithm_of_the_other_kind() {
+        // An HMAC key in a published set would hand its secret to every verifier; an
+        // asymmetric key in the webhook set is not what receivers check.
+        for (key_set, algorithm) in [
+            (KeySetName::Access, Algorithm::Hs256),
+            (KeySetName::Action, Algorithm::Hs256),
+            (KeySetName::Webhook, Algorithm::Rs256),
+            (KeySetName::Webhook, Algorithm::EdDsa),
+        ] {
+            let policy = KeySetPolicy {
+                algorithm,
+                ..KeySetPolicy::default_for(key_set)
+            };
+            let error = policy.validate(key_set).unwrap_err();
+            assert_eq!(error.setting(), PolicySetting::Algorithm, "{error}");
+        }
     }
 }

@@ -45,7 +45,7 @@ pub struct ConnectArgs {
 pub enum KeysCommand {
     /// List signing keys with their states.
     List {
-        /// Only this key set (access, action).
+        /// Only this key set (access, action, webhook).
         #[arg(long)]
         key_set: Option<String>,
         /// Include retired and revoked keys.
@@ -54,7 +54,7 @@ pub enum KeysCommand {
     },
     /// Rotate a key set: a new key signs, the old one verifies through the overlap window.
     Rotate {
-        /// Key set to rotate (access, action).
+        /// Key set to rotate (access, action, webhook).
         #[arg(long, default_value = "access")]
         key_set: String,
         /// Why (recorded in the audit log).

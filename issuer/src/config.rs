@@ -1,17 +1,22 @@
 //! Configuration: flags, their environment variables and an optional TOML file, resolved
-//! and validated into one `IssuerConfig` before any port is bound. Environment variables
-//! are read here and nowhere else. A bad value is a `ConfigError` naming the field; the
-//! binary exits with code 64 on it.
+//! and validated into one `IssuerConfig` before any port is bound. Each setting is
+//! declared once (`config/settings.rs`); key-set policies resolve in
+//! `config/key_sets.rs`. Environment variables are read here and nowhere else. A bad value
+//! is a `ConfigError` naming the field; the binary exits with code 64 on it.
+
+mod key_sets;
+mod settings;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Args;
 use serde::Deserialize;
-use tessera_common::keys::{Algorithm, KeySetName, KeySetPolicy};
+use tessera_common::keys::{KeySetName, KeySetPolicy};
 
+pub use self::key_sets::KeySetSettings;
+pub use self::settings::ServeArgs;
 use crate::store::postgres::PostgresOptions;
 use crate::tokens::TokenPolicy;
 
@@ -28,131 +33,6 @@ fn invalid(field: &str, message: impl std::fmt::Display) -> ConfigError {
         field: field.to_owned(),
         message: message.to_string(),
     }
-}
-
-/// `tessera-issuer serve` flags. Every flag can also be set in the config file (same name
-/// with underscores) and through its environment variable; flags win over the file.
-#[derive(Args, Debug, Default, Clone)]
-pub struct ServeArgs {
-    /// TOML configuration file.
-    #[arg(long, env = "TESSERA_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// gRPC listen address [default: 127.0.0.1:50051].
-    #[arg(long, env = "TESSERA_GRPC_ADDR")]
-    pub grpc_addr: Option<String>,
-    /// HTTP listen address for JWKS, discovery, health and metrics [default: 127.0.0.1:8080].
-    #[arg(long, env = "TESSERA_HTTP_ADDR")]
-    pub http_addr: Option<String>,
-    /// Directory for the embedded database, the development KEK and the admin token
-    /// [default: ./tessera-data].
-    #[arg(long, env = "TESSERA_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// PostgreSQL URL; without it state lives in <data-dir>/tessera.db (SQLite).
-    #[arg(long, env = "TESSERA_DATABASE_URL")]
-    pub database_url: Option<String>,
-    /// PostgreSQL connection pool size [default: 16].
-    #[arg(long, env = "TESSERA_DATABASE_POOL_SIZE")]
-    pub database_pool_size: Option<usize>,
-    /// CA certificate (PEM) for PostgreSQL TLS.
-    #[arg(long, env = "TESSERA_DATABASE_CA_FILE")]
-    pub database_ca_file: Option<PathBuf>,
-    /// File holding the base64 KEK; TESSERA_KEK may hold it directly. Without either, a
-    /// development KEK is created at <data-dir>/kek.
-    #[arg(long, env = "TESSERA_KEK_FILE")]
-    pub kek_file: Option<PathBuf>,
-    /// `iss` of every token [default: tessera].
-    #[arg(long, env = "TESSERA_ISSUER")]
-    pub issuer: Option<String>,
-    /// Audiences tokens may be issued for, comma-separated; the first is the default
-    /// [default: tessera-api].
-    #[arg(long, env = "TESSERA_AUDIENCES", value_delimiter = ',')]
-    pub audiences: Option<Vec<String>>,
-    /// Public base URL of the HTTP endpoint, used in discovery [default: http://<http-addr>].
-    #[arg(long, env = "TESSERA_PUBLIC_URL")]
-    pub public_url: Option<String>,
-    /// Algorithm of new `access` keys: RS256, ES256 or EdDSA [default: RS256].
-    #[arg(long, env = "TESSERA_ACCESS_ALGORITHM")]
-    pub access_algorithm: Option<String>,
-    /// Algorithm of new `action` keys [default: RS256].
-    #[arg(long, env = "TESSERA_ACTION_ALGORITHM")]
-    pub action_algorithm: Option<String>,
-    /// Days a key signs before its scheduled successor takes over [default: 90].
-    #[arg(long, env = "TESSERA_ROTATE_EVERY_DAYS")]
-    pub rotate_every_days: Option<u64>,
-    /// Hours a replaced key keeps verifying [default: 168].
-    #[arg(long, env = "TESSERA_OVERLAP_HOURS")]
-    pub overlap_hours: Option<u64>,
-    /// Seconds a successor is published before it signs [default: 3600].
-    #[arg(long, env = "TESSERA_PREPUBLISH_SECONDS")]
-    pub prepublish_seconds: Option<u64>,
-    /// Default access-token lifetime, seconds [default: 900].
-    #[arg(long, env = "TESSERA_ACCESS_TOKEN_TTL_SECONDS")]
-    pub access_token_ttl_seconds: Option<u64>,
-    /// Longest access-token lifetime a caller may ask for, seconds [default: 900].
-    #[arg(long, env = "TESSERA_MAX_ACCESS_TOKEN_TTL_SECONDS")]
-    pub max_access_token_ttl_seconds: Option<u64>,
-    /// Server certificate (PEM) for gRPC TLS.
-    #[arg(long, env = "TESSERA_TLS_CERT_FILE")]
-    pub tls_cert_file: Option<PathBuf>,
-    /// Server private key (PEM) for gRPC TLS.
-    #[arg(long, env = "TESSERA_TLS_KEY_FILE")]
-    pub tls_key_file: Option<PathBuf>,
-    /// CA (PEM) that client certificates must chain to (enables mTLS).
-    #[arg(long, env = "TESSERA_TLS_CLIENT_CA_FILE")]
-    pub tls_client_ca_file: Option<PathBuf>,
-    /// Seconds between heartbeats on idle trust-bundle streams [default: 5].
-    #[arg(long, env = "TESSERA_HEARTBEAT_SECONDS")]
-    pub heartbeat_seconds: Option<u64>,
-    /// Seconds between rotation-scheduler runs [default: 60].
-    #[arg(long, env = "TESSERA_ROTATION_CHECK_SECONDS")]
-    pub rotation_check_seconds: Option<u64>,
-    /// Lifetime of each refresh token, seconds [default: 2592000 = 30 days].
-    #[arg(long, env = "TESSERA_REFRESH_TTL_SECONDS")]
-    pub refresh_ttl_seconds: Option<u64>,
-    /// Seconds a just-rotated refresh token still returns the same successor (concurrent
-    /// tabs); 0 disables [default: 30].
-    #[arg(long, env = "TESSERA_REFRESH_REUSE_GRACE_SECONDS")]
-    pub refresh_reuse_grace_seconds: Option<u64>,
-    /// Create <data-dir>/admin.token on first start when it is missing [default: true].
-    #[arg(long, env = "TESSERA_BOOTSTRAP_ADMIN")]
-    pub bootstrap_admin: Option<bool>,
-    /// Log as JSON lines.
-    #[arg(long, env = "TESSERA_LOG_JSON")]
-    pub log_json: Option<bool>,
-}
-
-/// The same settings, read from the TOML file.
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    grpc_addr: Option<String>,
-    http_addr: Option<String>,
-    data_dir: Option<PathBuf>,
-    database_url: Option<String>,
-    database_pool_size: Option<usize>,
-    database_ca_file: Option<PathBuf>,
-    kek_file: Option<PathBuf>,
-    issuer: Option<String>,
-    audiences: Option<Vec<String>>,
-    public_url: Option<String>,
-    access_algorithm: Option<String>,
-    action_algorithm: Option<String>,
-    rotate_every_days: Option<u64>,
-    overlap_hours: Option<u64>,
-    prepublish_seconds: Option<u64>,
-    access_token_ttl_seconds: Option<u64>,
-    max_access_token_ttl_seconds: Option<u64>,
-    tls_cert_file: Option<PathBuf>,
-    tls_key_file: Option<PathBuf>,
-    tls_client_ca_file: Option<PathBuf>,
-    heartbeat_seconds: Option<u64>,
-    rotation_check_seconds: Option<u64>,
-    refresh_ttl_seconds: Option<u64>,
-    refresh_reuse_grace_seconds: Option<u64>,
-    bootstrap_admin: Option<bool>,
-    log_json: Option<bool>,
-    #[serde(default)]
-    mtls_clients: Vec<MtlsClientConfig>,
 }
 
 /// A client identified by its TLS certificate instead of a bearer credential (config file
@@ -236,15 +116,13 @@ impl IssuerConfig {
     pub fn resolve(args: &ServeArgs) -> Result<IssuerConfig, ConfigError> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+            None => ServeArgs::default(),
         };
-        let inline_kek = std::env::var("TESSERA_KEK")
-            .ok()
-            .filter(|value| !value.is_empty());
-        let otlp_endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .ok()
-            .filter(|value| !value.is_empty());
-        resolve(args.clone(), file, inline_kek, otlp_endpoint)
+        let environment = Environment {
+            inline_kek: non_empty_env("TESSERA_KEK"),
+            otlp_endpoint: non_empty_env("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        };
+        resolve(args.clone().over(file), environment)
     }
 
     /// Returns the defaults with the given data directory (for tests and examples).
@@ -254,94 +132,99 @@ impl IssuerConfig {
             ..ServeArgs::default()
         };
         // The defaults are valid by construction; a failure here is a bug in this file.
-        resolve(args, FileConfig::default(), None, None).expect("default configuration is valid")
+        resolve(args, Environment::default()).expect("default configuration is valid")
     }
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+/// The environment variables that are not also flags.
+#[derive(Default)]
+struct Environment {
+    inline_kek: Option<String>,
+    otlp_endpoint: Option<String>,
+}
+
+fn non_empty_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|value| !value.is_empty())
+}
+
+fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| invalid("config", format!("{}: {error}", path.display())))?;
     toml::from_str(&text).map_err(|error| invalid("config", format!("{}: {error}", path.display())))
 }
 
-fn resolve(
-    args: ServeArgs,
-    file: FileConfig,
-    inline_kek: Option<String>,
-    otlp_endpoint: Option<String>,
-) -> Result<IssuerConfig, ConfigError> {
-    let grpc_addr = parse_addr(
-        "grpc_addr",
-        args.grpc_addr.or(file.grpc_addr),
-        "127.0.0.1:50051",
-    )?;
-    let http_addr = parse_addr(
-        "http_addr",
-        args.http_addr.or(file.http_addr),
-        "127.0.0.1:8080",
-    )?;
-    let data_dir = args
+/// Turns merged settings (flags over file) into the validated configuration.
+fn resolve(settings: ServeArgs, environment: Environment) -> Result<IssuerConfig, ConfigError> {
+    let grpc_addr = parse_addr("grpc_addr", settings.grpc_addr.clone(), "127.0.0.1:50051")?;
+    let http_addr = parse_addr("http_addr", settings.http_addr.clone(), "127.0.0.1:8080")?;
+    let data_dir = settings
         .data_dir
-        .or(file.data_dir)
+        .clone()
         .unwrap_or_else(|| PathBuf::from("./tessera-data"));
-    let public_url = args
+    let public_url = settings
         .public_url
-        .or(file.public_url)
+        .clone()
         .unwrap_or_else(|| format!("http://{http_addr}"))
         .trim_end_matches('/')
         .to_owned();
     if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
         return Err(invalid("public_url", "must start with http:// or https://"));
     }
-
-    let pool_size = args
-        .database_pool_size
-        .or(file.database_pool_size)
-        .unwrap_or(16);
-    if pool_size == 0 || pool_size > 1024 {
-        return Err(invalid("database_pool_size", "must be between 1 and 1024"));
-    }
-    let store = match args.database_url.or(file.database_url) {
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            StoreConfig::Postgres(PostgresOptions {
-                url,
-                pool_size,
-                ca_file: args.database_ca_file.or(file.database_ca_file),
-                schema: None,
-            })
-        }
-        Some(_) => return Err(invalid("database_url", "must be a postgres:// URL")),
-        None => StoreConfig::Sqlite {
-            path: data_dir.join("tessera.db"),
-        },
-    };
-    let kek = match (inline_kek, args.kek_file.or(file.kek_file)) {
+    let store = store(&settings, &data_dir)?;
+    let kek = match (environment.inline_kek, settings.kek_file.clone()) {
         (Some(text), _) => KekSource::Inline(zeroize::Zeroizing::new(text)),
         (None, Some(path)) => KekSource::File(path),
         (None, None) => KekSource::DevelopmentFile(data_dir.join("kek")),
     };
+    let tokens = tokens(&settings)?;
+    let key_policies = key_sets::policies(&settings, tokens.max_ttl)?;
+    let tls = tls(&settings)?;
+    let timers = timers(&settings, &key_policies)?;
+    Ok(IssuerConfig {
+        grpc_addr,
+        http_addr,
+        public_url,
+        data_dir,
+        store,
+        kek,
+        key_policies,
+        tokens,
+        tls,
+        heartbeat: timers.heartbeat,
+        refresh_ttl: timers.refresh_ttl,
+        refresh_reuse_grace: timers.refresh_reuse_grace,
+        rotation_check: timers.rotation_check,
+        bootstrap_admin: settings.bootstrap_admin.unwrap_or(true),
+        log_json: settings.log_json.unwrap_or(false),
+        otlp_endpoint: environment.otlp_endpoint,
+    })
+}
 
-    let rotate_every = Duration::from_secs(
-        args.rotate_every_days
-            .or(file.rotate_every_days)
-            .unwrap_or(90)
-            * 24
-            * 3600,
-    );
-    let overlap =
-        Duration::from_secs(args.overlap_hours.or(file.overlap_hours).unwrap_or(168) * 3600);
-    let prepublish = Duration::from_secs(
-        args.prepublish_seconds
-            .or(file.prepublish_seconds)
-            .unwrap_or(3600),
-    );
-    let default_ttl = args
-        .access_token_ttl_seconds
-        .or(file.access_token_ttl_seconds)
-        .unwrap_or(900);
-    let max_ttl = args
+fn store(settings: &ServeArgs, data_dir: &Path) -> Result<StoreConfig, ConfigError> {
+    let pool_size = settings.database_pool_size.unwrap_or(16);
+    if pool_size == 0 || pool_size > 1024 {
+        return Err(invalid("database_pool_size", "must be between 1 and 1024"));
+    }
+    match settings.database_url.clone() {
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(StoreConfig::Postgres(PostgresOptions {
+                url,
+                pool_size,
+                ca_file: settings.database_ca_file.clone(),
+                schema: None,
+            }))
+        }
+        Some(_) => Err(invalid("database_url", "must be a postgres:// URL")),
+        None => Ok(StoreConfig::Sqlite {
+            path: data_dir.join("tessera.db"),
+        }),
+    }
+}
+
+fn tokens(settings: &ServeArgs) -> Result<TokenPolicy, ConfigError> {
+    let default_ttl = settings.access_token_ttl_seconds.unwrap_or(900);
+    let max_ttl = settings
         .max_access_token_ttl_seconds
-        .or(file.max_access_token_ttl_seconds)
         .unwrap_or(default_ttl.max(900));
     if default_ttl == 0 || default_ttl > max_ttl {
         return Err(invalid(
@@ -351,48 +234,17 @@ fn resolve(
             ),
         ));
     }
-    let mut key_policies = BTreeMap::new();
-    for (key_set, algorithm_value, field) in [
-        (
-            KeySetName::Access,
-            args.access_algorithm.or(file.access_algorithm),
-            "access_algorithm",
-        ),
-        (
-            KeySetName::Action,
-            args.action_algorithm.or(file.action_algorithm),
-            "action_algorithm",
-        ),
-    ] {
-        let algorithm: Algorithm = algorithm_value
-            .as_deref()
-            .unwrap_or("RS256")
-            .parse()
-            .map_err(|error| invalid(field, error))?;
-        let mut policy = KeySetPolicy::default_for(key_set);
-        policy.algorithm = algorithm;
-        policy.rotate_every = rotate_every;
-        policy.overlap = overlap;
-        policy.prepublish = prepublish;
-        if key_set == KeySetName::Access {
-            policy.max_token_ttl = Duration::from_secs(max_ttl);
-        }
-        policy
-            .validate(key_set)
-            .map_err(|error| invalid("overlap_hours", error))?;
-        key_policies.insert(key_set, policy);
+    // Token lifetimes are added to instants in milliseconds: refuse what cannot be.
+    if max_ttl > i64::MAX as u64 / 1000 {
+        return Err(invalid("max_access_token_ttl_seconds", "too large"));
     }
-
-    let issuer = args
-        .issuer
-        .or(file.issuer)
-        .unwrap_or_else(|| "tessera".into());
+    let issuer = settings.issuer.clone().unwrap_or_else(|| "tessera".into());
     if issuer.is_empty() || issuer.len() > 256 {
         return Err(invalid("issuer", "must be 1 to 256 bytes"));
     }
-    let audiences = args
+    let audiences = settings
         .audiences
-        .or(file.audiences)
+        .clone()
         .unwrap_or_else(|| vec!["tessera-api".into()]);
     if audiences.is_empty()
         || audiences
@@ -404,25 +256,27 @@ fn resolve(
             "must list at least one audience of 1 to 256 bytes",
         ));
     }
-    let tokens = TokenPolicy {
+    Ok(TokenPolicy {
         issuer,
         audiences,
         default_ttl: Duration::from_secs(default_ttl),
         max_ttl: Duration::from_secs(max_ttl),
         min_ttl: Duration::from_secs(30.min(default_ttl)),
         ..TokenPolicy::default()
-    };
+    })
+}
 
+fn tls(settings: &ServeArgs) -> Result<Option<TlsConfig>, ConfigError> {
     let tls = match (
-        args.tls_cert_file.or(file.tls_cert_file),
-        args.tls_key_file.or(file.tls_key_file),
-        args.tls_client_ca_file.or(file.tls_client_ca_file),
+        settings.tls_cert_file.clone(),
+        settings.tls_key_file.clone(),
+        settings.tls_client_ca_file.clone(),
     ) {
         (Some(cert_file), Some(key_file), client_ca_file) => Some(TlsConfig {
             cert_file,
             key_file,
             client_ca_file,
-            mtls_clients: file.mtls_clients.clone(),
+            mtls_clients: settings.mtls_clients.clone(),
         }),
         (None, None, None) => None,
         (None, _, _) => return Err(invalid("tls_cert_file", "required when TLS is configured")),
@@ -435,40 +289,52 @@ fn resolve(
     };
     if let Some(tls) = &tls {
         check_mtls_clients(tls)?;
-    } else if !file.mtls_clients.is_empty() {
+    } else if !settings.mtls_clients.is_empty() {
         return Err(invalid(
             "mtls_clients",
             "needs tls_cert_file, tls_key_file and tls_client_ca_file",
         ));
     }
-    let heartbeat_seconds = args
-        .heartbeat_seconds
-        .or(file.heartbeat_seconds)
-        .unwrap_or(5);
+    Ok(tls)
+}
+
+/// The periods the issuer's background work runs on.
+struct Timers {
+    heartbeat: Duration,
+    refresh_ttl: Duration,
+    refresh_reuse_grace: Duration,
+    rotation_check: Duration,
+}
+
+fn timers(
+    settings: &ServeArgs,
+    key_policies: &BTreeMap<KeySetName, KeySetPolicy>,
+) -> Result<Timers, ConfigError> {
+    let heartbeat_seconds = settings.heartbeat_seconds.unwrap_or(5);
     if heartbeat_seconds == 0 || heartbeat_seconds > 3600 {
         return Err(invalid("heartbeat_seconds", "must be between 1 and 3600"));
     }
-    let refresh_ttl_seconds = args
-        .refresh_ttl_seconds
-        .or(file.refresh_ttl_seconds)
-        .unwrap_or(30 * 24 * 3600);
+    let refresh_ttl_seconds = settings.refresh_ttl_seconds.unwrap_or(30 * 24 * 3600);
     if refresh_ttl_seconds < 60 {
         return Err(invalid("refresh_ttl_seconds", "must be at least 60"));
     }
-    let refresh_reuse_grace_seconds = args
-        .refresh_reuse_grace_seconds
-        .or(file.refresh_reuse_grace_seconds)
-        .unwrap_or(30);
+    if refresh_ttl_seconds > i64::MAX as u64 / 1000 {
+        return Err(invalid("refresh_ttl_seconds", "too large"));
+    }
+    let refresh_reuse_grace_seconds = settings.refresh_reuse_grace_seconds.unwrap_or(30);
     if refresh_reuse_grace_seconds > 600 {
         return Err(invalid(
             "refresh_reuse_grace_seconds",
             "must be at most 600",
         ));
     }
-    let rotation_check_seconds = args
-        .rotation_check_seconds
-        .or(file.rotation_check_seconds)
-        .unwrap_or(60);
+    // Every set's successor must be published by a scheduler run before it signs.
+    let prepublish = key_policies
+        .values()
+        .map(|policy| policy.prepublish)
+        .min()
+        .unwrap_or(Duration::ZERO);
+    let rotation_check_seconds = settings.rotation_check_seconds.unwrap_or(60);
     if rotation_check_seconds == 0
         || Duration::from_secs(rotation_check_seconds) >= prepublish.max(Duration::from_secs(2))
     {
@@ -480,26 +346,11 @@ fn resolve(
             ),
         ));
     }
-    Ok(IssuerConfig {
-        grpc_addr,
-        http_addr,
-        public_url,
-        data_dir,
-        store,
-        kek,
-        key_policies,
-        tokens,
-        tls,
+    Ok(Timers {
         heartbeat: Duration::from_secs(heartbeat_seconds),
         refresh_ttl: Duration::from_secs(refresh_ttl_seconds),
         refresh_reuse_grace: Duration::from_secs(refresh_reuse_grace_seconds),
         rotation_check: Duration::from_secs(rotation_check_seconds),
-        bootstrap_admin: args
-            .bootstrap_admin
-            .or(file.bootstrap_admin)
-            .unwrap_or(true),
-        log_json: args.log_json.or(file.log_json).unwrap_or(false),
-        otlp_endpoint,
     })
 }
 
@@ -555,10 +406,12 @@ fn parse_addr(
 
 #[cfg(test)]
 mod tests {
+    use clap::{Args, Command};
+
     use super::*;
 
     fn resolve_args(args: ServeArgs) -> Result<IssuerConfig, ConfigError> {
-        resolve(args, FileConfig::default(), None, None)
+        resolve(args, Environment::default())
     }
 
     #[test]
@@ -570,6 +423,7 @@ mod tests {
         );
         assert!(matches!(config.kek, KekSource::DevelopmentFile(_)));
         assert_eq!(config.tokens.default_ttl, Duration::from_secs(900));
+        assert_eq!(config.key_policies.len(), KeySetName::ALL.len());
     }
 
     #[test]
@@ -605,6 +459,13 @@ mod tests {
             ),
             (
                 ServeArgs {
+                    prepublish_seconds: Some(100 * 24 * 3600),
+                    ..Default::default()
+                },
+                "prepublish_seconds",
+            ),
+            (
+                ServeArgs {
                     tls_key_file: Some("k".into()),
                     ..Default::default()
                 },
@@ -616,6 +477,20 @@ mod tests {
                     ..Default::default()
                 },
                 "heartbeat_seconds",
+            ),
+            (
+                ServeArgs {
+                    key_set_policy: vec!["webhook.overlap_days=0".into()],
+                    ..Default::default()
+                },
+                "key_sets.webhook.overlap_days",
+            ),
+            (
+                ServeArgs {
+                    max_access_token_ttl_seconds: Some(u64::MAX),
+                    ..Default::default()
+                },
+                "max_access_token_ttl_seconds",
             ),
         ];
         for (args, field) in cases {
@@ -642,15 +517,80 @@ mod tests {
 
     #[test]
     fn file_values_apply_under_flags() {
-        let file: FileConfig =
-            toml::from_str("grpc_addr = \"127.0.0.1:6000\"\nissuer = \"from-file\"").unwrap();
+        let file: ServeArgs = toml::from_str(
+            "grpc_addr = \"127.0.0.1:6000\"\nissuer = \"from-file\"\n\
+             [key_sets.webhook]\noverlap_days = 4\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             issuer: Some("from-flag".into()),
             ..Default::default()
         };
-        let config = resolve(args, file, None, None).unwrap();
+        let config = resolve_args(args.over(file)).unwrap();
         assert_eq!(config.grpc_addr.port(), 6000);
         assert_eq!(config.tokens.issuer, "from-flag");
-        assert!(toml::from_str::<FileConfig>("unknown_key = 1").is_err());
+        assert_eq!(
+            config.key_policies[&KeySetName::Webhook].overlap,
+            Duration::from_secs(4 * 24 * 3600)
+        );
+        assert!(toml::from_str::<ServeArgs>("unknown_key = 1").is_err());
+        // Flag-only settings are not file keys.
+        assert!(toml::from_str::<ServeArgs>("config = \"other.toml\"").is_err());
+        assert!(toml::from_str::<ServeArgs>("key_set_policy = []").is_err());
+    }
+
+    /// The point of `settings.rs`: one declaration gives each setting a flag, an
+    /// environment variable and a file key, all of the same name.
+    #[test]
+    fn every_setting_is_a_flag_an_env_var_and_a_file_key_of_one_name() {
+        let command = ServeArgs::augment_args(Command::new("serve"));
+        let mut n_settings = 0;
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            let flag = arg.get_long().unwrap_or_default();
+            assert_eq!(flag, id.replace('_', "-"), "flag of {id}");
+            let env = arg
+                .get_env()
+                .and_then(|env| env.to_str())
+                .unwrap_or_default();
+            assert_eq!(env, format!("TESSERA_{}", id.to_uppercase()), "env of {id}");
+            if id == "config" || id == "key_set_policy" {
+                continue;
+            }
+            // A value of the wrong type is refused as such, never as an unknown key.
+            let parsed = toml::from_str::<ServeArgs>(&format!("{id} = {{}}"));
+            let message = parsed.expect_err(id).to_string();
+            assert!(!message.contains("unknown field"), "{id}: {message}");
+            n_settings += 1;
+        }
+        assert_eq!(n_settings, 26, "a setting was added or lost");
+    }
+
+    #[test]
+    fn environment_names_the_issuer_always_used_still_apply() {
+        // Through clap, as the binary parses them.
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let command = <Cli as clap::CommandFactory>::command();
+        let envs: Vec<_> = command
+            .get_arguments()
+            .filter_map(|arg| arg.get_env()?.to_str().map(str::to_owned))
+            .collect();
+        for name in [
+            "TESSERA_GRPC_ADDR",
+            "TESSERA_DATABASE_URL",
+            "TESSERA_KEK_FILE",
+            "TESSERA_ROTATE_EVERY_DAYS",
+            "TESSERA_OVERLAP_HOURS",
+            "TESSERA_PREPUBLISH_SECONDS",
+            "TESSERA_ACCESS_ALGORITHM",
+            "TESSERA_LOG_JSON",
+            "TESSERA_KEY_SET_POLICY",
+        ] {
+            assert!(envs.iter().any(|env| env == name), "{name} missing");
+        }
     }
 }

@@ -98,7 +98,8 @@ impl BundleHub {
         // Read the revision before the keys: replaying events past it is idempotent.
         let revision = store.latest_revision().await?;
         let mut bundle = TrustBundle::empty(policy);
-        for key_set in KeySetName::ALL {
+        // Only published sets: an HMAC key's record must never reach a subscriber.
+        for key_set in KeySetName::PUBLISHED {
             for key in store.key_set(key_set).await?.keys {
                 let state = key.schedule.state_at(now);
                 if state.is_published() || key.schedule.revoked_at.is_some() {

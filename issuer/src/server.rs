@@ -257,8 +257,10 @@ impl Issuer {
         let jwks_max_age = self
             .config
             .key_policies
-            .values()
-            .map(|policy| policy.prepublish / 2)
+            .iter()
+            // Only sets in the JWKS bound its cache lifetime.
+            .filter(|(key_set, _)| key_set.is_published())
+            .map(|(_, policy)| policy.prepublish / 2)
             .min()
             .unwrap_or(Duration::from_secs(300))
             .min(Duration::from_secs(300));

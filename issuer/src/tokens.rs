@@ -259,7 +259,8 @@ mod tests {
     fn bundle_and_signer() -> (TrustBundle, Signer) {
         let generated = material::generate(Algorithm::EdDsa, "k1").unwrap();
         let kid = KeyId::new("k1").unwrap();
-        let signer = Signer::from_pkcs8(kid.clone(), Algorithm::EdDsa, &generated.pkcs8).unwrap();
+        let signer =
+            Signer::from_pkcs8(kid.clone(), Algorithm::EdDsa, &generated.private_key).unwrap();
         let mut bundle = TrustBundle::empty(ValidationPolicy::new(
             "tessera".into(),
             vec!["tessera-api".into()],

@@ -98,6 +98,9 @@ fn parse_jwk(jwk: &Jwk, algorithm: Algorithm) -> Result<ParsedPublicKey, &'stati
             ParsedPublicKey::new(&signature::ED25519, field(&jwk.x, "bad x")?)
                 .map_err(|_| "rejected Ed25519 key")
         }
+        // An HMAC key has no public half; one that reached a verifier is refused, so a
+        // token can never be checked with a shared secret (RFC 8725 §2.1).
+        Algorithm::Hs256 => Err("HMAC keys are never published"),
     }
 }
 

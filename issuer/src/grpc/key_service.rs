@@ -1,8 +1,11 @@
-//! `tessera.v1.KeyService`: list, rotate and revoke signing keys; the JWKS.
+//! `tessera.v1.KeyService`: list, rotate and revoke keys of every set (HMAC sets too,
+//! metadata only); the JWKS, which holds only published, asymmetric keys.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tessera_common::UnixMillis;
+use tessera_common::bundle::TrustBundle;
 use tessera_common::ids::KeyId;
 use tessera_common::keys::{KeySetName, KeyState};
 use tessera_common::limits::MAX_REASON_BYTES;
@@ -28,7 +31,7 @@ pub struct KeyServiceImpl {
 fn parse_key_set(value: &str) -> Result<KeySetName, Status> {
     value
         .parse()
-        .map_err(|_| Status::invalid_argument("key_set: must be `access` or `action`"))
+        .map_err(|_| Status::invalid_argument("key_set: must be `access`, `action` or `webhook`"))
 }
 
 fn required_reason(reason: &str) -> Result<String, Status> {
@@ -186,11 +189,17 @@ impl pb::key_service_server::KeyService for KeyServiceImpl {
 
 /// Returns the published JWKS (pending, active and retiring keys) as JSON.
 pub fn jwks_json(app: &App) -> String {
-    let bundle = app.hub.current();
-    let now = app.now();
+    jwks_of(&app.hub.current(), app.now())
+}
+
+/// Returns the JWKS of `bundle` at `now`. HMAC keys never reach the bundle (the key
+/// manager appends no event for them); this filter is the second line, so a symmetric
+/// key could not be published even if one did.
+fn jwks_of(bundle: &TrustBundle, now: UnixMillis) -> String {
     let keys: Vec<_> = bundle
         .keys
         .values()
+        .filter(|schedule| schedule.key_set.is_published() && !schedule.algorithm.is_symmetric())
         .filter(|schedule| {
             matches!(
                 schedule.state_at(now),
@@ -201,4 +210,52 @@ pub fn jwks_json(app: &App) -> String {
         .collect();
     serde_json::to_string(&tessera_common::jwk::JwkSet { keys })
         .unwrap_or_else(|_| "{\"keys\":[]}".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_common::bundle::ValidationPolicy;
+    use tessera_common::keys::{Algorithm, KeySchedule};
+
+    use super::*;
+    use crate::keys::material;
+
+    fn schedule(kid: &str, key_set: KeySetName, algorithm: Algorithm) -> KeySchedule {
+        KeySchedule {
+            kid: KeyId::new(kid).unwrap(),
+            key_set,
+            algorithm,
+            created_at: UnixMillis(0),
+            activates_at: UnixMillis(0),
+            deactivates_at: None,
+            verify_until: None,
+            revoked_at: None,
+            public_jwk: material::generate(algorithm, kid).unwrap().public_jwk,
+        }
+    }
+
+    #[test]
+    fn jwks_never_holds_an_hmac_key_even_one_that_reached_the_bundle() {
+        let policy: ValidationPolicy = serde_json::from_value(serde_json::json!({
+            "issuer": "tessera",
+            "audiences": ["api"],
+            "leeway_seconds": 30,
+            "max_token_ttl_seconds": 900,
+        }))
+        .unwrap();
+        let mut bundle = TrustBundle::empty(policy);
+        for key in [
+            schedule("access-1", KeySetName::Access, Algorithm::Es256),
+            schedule("webhook-1", KeySetName::Webhook, Algorithm::Hs256),
+            // Wrong set and algorithm together: refused on either count.
+            schedule("access-2", KeySetName::Access, Algorithm::Hs256),
+        ] {
+            bundle.keys.insert(key.kid.clone(), key);
+        }
+        let jwks = jwks_of(&bundle, UnixMillis(1));
+        assert!(jwks.contains("access-1"), "{jwks}");
+        assert!(!jwks.contains("webhook-1"), "{jwks}");
+        assert!(!jwks.contains("access-2"), "{jwks}");
+        assert!(!jwks.contains("oct"), "{jwks}");
+    }
 }

@@ -1,6 +1,12 @@
 //! The key manager: turns rotation plans into store commits (retrying on optimistic
 //! concurrency conflicts, so with several replicas exactly one performs each scheduled
 //! rotation) and keeps the signers of the current keys parsed in memory.
+//!
+//! Every set, JWS or HMAC, goes through the same planner and commit. What differs is
+//! publication: a commit to a set that is not published (`webhook`) appends no bundle
+//! event, so its keys never reach the event log, the hub or a sidecar. Its MAC keys are
+//! therefore looked up in the store on use (`mac_key`, `mac_key_by_kid`) rather than
+//! reloaded on events, which keeps every replica current without any event.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -11,6 +17,7 @@ use tessera_common::keys::{KeySchedule, KeySetName, KeySetPolicy, KeyState, Poli
 use tessera_common::{Clock, UnixMillis};
 use tracing::{info, warn};
 
+use super::mac::MacKey;
 use super::material::{self, KeyMaterialError};
 use super::rotation::{self, KeyView, Plan, PlanError, Trigger};
 use super::signer::Signer;
@@ -78,6 +85,9 @@ pub struct RotationOutcome {
 struct KeyRing {
     schedules: BTreeMap<KeySetName, Vec<KeyView>>,
     signers: HashMap<KeyId, Arc<Signer>>,
+    /// Parsed MAC keys of each HMAC set by kid, so a secret is unwrapped once, not on
+    /// every MAC; only keys whose tags still verify are kept.
+    macs: BTreeMap<KeySetName, HashMap<KeyId, Arc<MacKey>>>,
 }
 
 /// Owns the key sets' lifecycle.
@@ -166,21 +176,14 @@ impl KeyManager {
         let mut wanted: Vec<(KeySetName, StoredKey)> = Vec::new();
         for key_set in KeySetName::ALL {
             let state = self.store.key_set(key_set).await?;
-            let views = state
-                .keys
-                .iter()
-                .map(|key| KeyView {
-                    schedule: key.schedule.clone(),
-                    has_private: key.wrapped_private.is_some(),
-                })
-                .collect::<Vec<_>>();
-            loaded.insert(key_set, views);
+            loaded.insert(key_set, key_views(&state.keys));
             for key in state.keys {
                 let may_sign = matches!(
                     key.schedule.state_at(now),
                     KeyState::Pending { .. } | KeyState::Active { .. }
                 );
-                if may_sign && key.wrapped_private.is_some() {
+                // MAC keys are not JWS signers; `mac_key` parses them when used.
+                if may_sign && key.wrapped_private.is_some() && key_set.is_published() {
                     wanted.push((key_set, key));
                 }
             }
@@ -213,6 +216,87 @@ impl KeyManager {
         ring.schedules = loaded;
         ring.signers = signers;
         Ok(())
+    }
+
+    /// Returns the MAC key of HMAC set `key_set` that signs at `now`. Read from the store:
+    /// a rotation on another replica appends no event to learn it from.
+    pub async fn mac_key(
+        &self,
+        key_set: KeySetName,
+        now: UnixMillis,
+    ) -> Result<Arc<MacKey>, KeyError> {
+        let state = self.store.key_set(key_set).await?;
+        let views = key_views(&state.keys);
+        let kid = rotation::signer_at(&views, now)
+            .map(|schedule| schedule.kid.clone())
+            .ok_or(KeyError::NoSigner(key_set))?;
+        self.parsed_mac(key_set, &state.keys, &kid, now)
+    }
+
+    /// Returns MAC key `kid` of HMAC set `key_set` while its tags verify at `now`
+    /// (pending, active or retiring): a receiver may hold a tag of the predecessor
+    /// during the overlap.
+    pub async fn mac_key_by_kid(
+        &self,
+        key_set: KeySetName,
+        kid: &KeyId,
+        now: UnixMillis,
+    ) -> Result<Arc<MacKey>, KeyError> {
+        let state = self.store.key_set(key_set).await?;
+        self.parsed_mac(key_set, &state.keys, kid, now)
+    }
+
+    /// Returns the parsed MAC key `kid` among `stored` (the set as just read) if its tags
+    /// verify at `now`, unwrapping it on first use. Forgets cached keys that no longer
+    /// verify, so a retired or revoked secret does not linger in memory.
+    fn parsed_mac(
+        &self,
+        key_set: KeySetName,
+        stored: &[StoredKey],
+        kid: &KeyId,
+        now: UnixMillis,
+    ) -> Result<Arc<MacKey>, KeyError> {
+        let verifying: Vec<&StoredKey> = stored
+            .iter()
+            .filter(|key| {
+                key.schedule.state_at(now).is_published() && key.wrapped_private.is_some()
+            })
+            .collect();
+        let cached = {
+            let mut ring = self
+                .ring
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let macs = ring.macs.entry(key_set).or_default();
+            macs.retain(|cached_kid, _| {
+                verifying.iter().any(|key| &key.schedule.kid == cached_kid)
+            });
+            macs.get(kid).cloned()
+        };
+        if let Some(mac) = cached {
+            return Ok(mac);
+        }
+        let key = verifying
+            .iter()
+            .find(|key| &key.schedule.kid == kid)
+            .ok_or_else(|| KeyError::UnknownKey(kid.clone()))?;
+        let Some(wrapped) = &key.wrapped_private else {
+            return Err(KeyError::UnknownKey(kid.clone()));
+        };
+        let secret = self.kek.unwrap(key_set, kid.as_str(), wrapped)?;
+        let mac = Arc::new(MacKey::from_secret(
+            kid.clone(),
+            key.schedule.algorithm,
+            &secret,
+        )?);
+        self.ring
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .macs
+            .entry(key_set)
+            .or_default()
+            .insert(kid.clone(), mac.clone());
+        Ok(mac)
     }
 
     /// Runs the scheduler's check on every set: bootstrap, due rotations, retirements.
@@ -277,14 +361,7 @@ impl KeyManager {
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             let now = self.clock.now();
             let state = self.store.key_set(key_set).await?;
-            let views: Vec<KeyView> = state
-                .keys
-                .iter()
-                .map(|key| KeyView {
-                    schedule: key.schedule.clone(),
-                    has_private: key.wrapped_private.is_some(),
-                })
-                .collect();
+            let views = key_views(&state.keys);
             let new_kid =
                 KeyId::new(material::new_kid(key_set)).map_err(|_| KeyError::NoSigner(key_set))?;
             let plan = rotation::plan(&views, &policy, &trigger, now, new_kid)?;
@@ -359,7 +436,7 @@ impl KeyManager {
             let generated = material::generate(new_key.algorithm, new_key.kid.as_str())?;
             let wrapped = self
                 .kek
-                .wrap(key_set, new_key.kid.as_str(), &generated.pkcs8);
+                .wrap(key_set, new_key.kid.as_str(), &generated.private_key);
             let schedule = KeySchedule {
                 kid: new_key.kid.clone(),
                 key_set,
@@ -423,6 +500,11 @@ impl KeyManager {
         if let Some(action) = rotated {
             audit.push(audit_entry(action, key_set.as_str()));
         }
+        // Filtered at the source: a set that is not published (HMAC) puts nothing in the
+        // event log, so neither the hub nor any sidecar ever receives its keys.
+        if !key_set.is_published() {
+            changes.clear();
+        }
         Ok(KeyCommit {
             key_set,
             expected_generation: generation,
@@ -432,6 +514,16 @@ impl KeyManager {
             at: now,
         })
     }
+}
+
+/// Returns the planner's view of stored keys.
+fn key_views(keys: &[StoredKey]) -> Vec<KeyView> {
+    keys.iter()
+        .map(|key| KeyView {
+            schedule: key.schedule.clone(),
+            has_private: key.wrapped_private.is_some(),
+        })
+        .collect()
 }
 
 fn outcome_of(key_set: KeySetName, plan: &Plan, revision: Revision) -> RotationOutcome {

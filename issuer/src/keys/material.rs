@@ -1,7 +1,11 @@
-//! Key generation: a fresh key pair per algorithm, its PKCS#8 private key (to be wrapped
-//! under the KEK at once) and its public JWK.
+//! Key generation: a fresh key per algorithm, its private material (to be wrapped under
+//! the KEK at once) and its JWK. For an asymmetric algorithm the material is the PKCS#8
+//! key pair and the JWK its public half; for HS256 the material is a 256-bit secret and
+//! the JWK is metadata only (`kty: oct` without `k`), so nothing secret can be published
+//! through it.
 
 use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::rsa::KeySize;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, RsaKeyPair};
 use base64::Engine;
@@ -17,11 +21,22 @@ pub enum KeyMaterialError {
     Generate(Algorithm),
     #[error("stored private key for {0} is not a valid PKCS#8 document")]
     Parse(Algorithm),
+    #[error("{0} keys do not sign JWS")]
+    NotJws(Algorithm),
+    #[error("{0} keys do not compute MACs")]
+    NotMac(Algorithm),
+    #[error("stored {0} secret has the wrong length")]
+    SecretLength(Algorithm),
 }
 
-/// A freshly generated key: private PKCS#8 (wiped on drop) and public JWK.
+/// Length of an HS256 secret: the hash output size (RFC 7518 §3.2).
+pub const HMAC_KEY_BYTES: usize = 32;
+
+/// A freshly generated key: private material (wiped on drop) and public JWK.
 pub struct GeneratedKey {
-    pub pkcs8: Zeroizing<Vec<u8>>,
+    /// PKCS#8 for RS256, ES256 and EdDSA; the raw secret for HS256.
+    pub private_key: Zeroizing<Vec<u8>>,
+    /// The public key, or for HS256 the key's metadata only.
     pub public_jwk: Jwk,
 }
 
@@ -50,7 +65,7 @@ pub fn generate(algorithm: Algorithm, kid: &str) -> Result<GeneratedKey, KeyMate
                 ..base_jwk(algorithm, kid)
             };
             Ok(GeneratedKey {
-                pkcs8: Zeroizing::new(pkcs8.as_ref().to_vec()),
+                private_key: Zeroizing::new(pkcs8.as_ref().to_vec()),
                 public_jwk: jwk,
             })
         }
@@ -69,7 +84,7 @@ pub fn generate(algorithm: Algorithm, kid: &str) -> Result<GeneratedKey, KeyMate
                 ..base_jwk(algorithm, kid)
             };
             Ok(GeneratedKey {
-                pkcs8: Zeroizing::new(pkcs8.as_ref().to_vec()),
+                private_key: Zeroizing::new(pkcs8.as_ref().to_vec()),
                 public_jwk: jwk,
             })
         }
@@ -83,8 +98,21 @@ pub fn generate(algorithm: Algorithm, kid: &str) -> Result<GeneratedKey, KeyMate
                 ..base_jwk(algorithm, kid)
             };
             Ok(GeneratedKey {
-                pkcs8: Zeroizing::new(pkcs8.as_ref().to_vec()),
+                private_key: Zeroizing::new(pkcs8.as_ref().to_vec()),
                 public_jwk: jwk,
+            })
+        }
+        Algorithm::Hs256 => {
+            let mut secret = Zeroizing::new(vec![0u8; HMAC_KEY_BYTES]);
+            SystemRandom::new()
+                .fill(secret.as_mut_slice())
+                .map_err(|_| KeyMaterialError::Generate(algorithm))?;
+            Ok(GeneratedKey {
+                private_key: secret,
+                public_jwk: Jwk {
+                    kty: "oct".into(),
+                    ..base_jwk(algorithm, kid)
+                },
             })
         }
     }
@@ -107,4 +135,23 @@ fn base_jwk(algorithm: Algorithm, kid: &str) -> Jwk {
 /// Returns a new key id: `<set>-<UUIDv7>` so ids sort by creation and name their set.
 pub fn new_kid(key_set: tessera_common::keys::KeySetName) -> String {
     format!("{}-{}", key_set.as_str(), uuid::Uuid::now_v7().simple())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_key_is_a_fresh_secret_and_its_jwk_carries_none_of_it() {
+        let first = generate(Algorithm::Hs256, "webhook-1").unwrap();
+        let second = generate(Algorithm::Hs256, "webhook-2").unwrap();
+        assert_eq!(first.private_key.len(), HMAC_KEY_BYTES);
+        assert_ne!(first.private_key, second.private_key);
+        let jwk = serde_json::to_value(&first.public_jwk).unwrap();
+        assert_eq!(
+            jwk,
+            serde_json::json!({"kty": "oct", "kid": "webhook-1", "alg": "HS256", "use": "sig"})
+        );
+        assert!(!format!("{first:?}").contains("private_key"));
+    }
 }

@@ -300,7 +300,35 @@ mod tests {
     #[test]
     fn a_year_of_scheduled_rotations_with_the_default_policy() {
         let started = std::time::Instant::now();
-        let policy = KeySetPolicy::default_for(KeySetName::Access);
+        let (n_created, activation_days) =
+            simulate_a_year(&KeySetPolicy::default_for(KeySetName::Access));
+        // The initial key plus four scheduled rotations (days 90, 180, 270, 360).
+        assert_eq!(n_created, 5);
+        assert_eq!(activation_days, vec![0, 90, 180, 270, 360]);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+
+    /// The HMAC set goes through the same planner: bootstrap, a successor prepublished
+    /// every 30 days, the predecessor verifying 3 more days, material dropped at retirement.
+    #[test]
+    fn a_year_of_scheduled_webhook_rotations_follows_its_own_policy() {
+        let policy = KeySetPolicy::default_for(KeySetName::Webhook);
+        let (n_created, activation_days) = simulate_a_year(&policy);
+        assert_eq!(n_created, 13);
+        assert_eq!(
+            activation_days,
+            (0..=12).map(|month| month * 30).collect::<Vec<u64>>()
+        );
+    }
+
+    /// Runs the scheduler every 10 minutes for 365 days under `policy`, checking every
+    /// invariant at each step; returns the keys created and the days each signer began.
+    fn simulate_a_year(policy: &KeySetPolicy) -> (usize, Vec<u64>) {
+        let policy = *policy;
         let start = UnixMillis::from_secs(1_700_000_000);
         let mut keys: Vec<KeyView> = Vec::new();
         let mut n_created = 0;
@@ -360,24 +388,18 @@ mod tests {
             );
             now = now.plus(step);
         }
-        // The initial key plus four scheduled rotations (days 90, 180, 270, 360).
-        assert_eq!(n_created, 5);
         let activation_days: Vec<u64> = signer_history
             .iter()
             .map(|(at, _)| at.since(start).as_secs() / DAY.as_secs())
             .collect();
-        assert_eq!(activation_days, vec![0, 90, 180, 270, 360]);
         // Every retired key has had its private key dropped.
         for key in &keys {
             if matches!(key.schedule.state_at(now), KeyState::Retired { .. }) {
                 assert!(!key.has_private);
             }
+            assert_eq!(key.schedule.algorithm, policy.algorithm);
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "took {:?}",
-            started.elapsed()
-        );
+        (n_created, activation_days)
     }
 
     fn bootstrap(policy: &KeySetPolicy, now: UnixMillis) -> Vec<KeyView> {

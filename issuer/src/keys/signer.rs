@@ -63,6 +63,8 @@ impl Signer {
             Algorithm::EdDsa => {
                 ParsedKeyPair::Ed25519(Ed25519KeyPair::from_pkcs8(pkcs8).map_err(parse_failed)?)
             }
+            // A MAC key is a `MacKey`: a JWS verifiers accept is never signed with one.
+            Algorithm::Hs256 => return Err(KeyMaterialError::NotJws(algorithm)),
         };
         Ok(Signer {
             kid,
@@ -145,7 +147,8 @@ mod tests {
         for algorithm in [Algorithm::Rs256, Algorithm::Es256, Algorithm::EdDsa] {
             let generated = material::generate(algorithm, "k1").unwrap();
             let signer =
-                Signer::from_pkcs8(KeyId::new("k1").unwrap(), algorithm, &generated.pkcs8).unwrap();
+                Signer::from_pkcs8(KeyId::new("k1").unwrap(), algorithm, &generated.private_key)
+                    .unwrap();
             let token = signer
                 .sign_jws("at+jwt", &serde_json::json!({"sub": "u"}))
                 .unwrap();
@@ -176,9 +179,12 @@ mod tests {
     #[test]
     fn debug_shows_no_key_material() {
         let generated = material::generate(Algorithm::EdDsa, "k").unwrap();
-        let signer =
-            Signer::from_pkcs8(KeyId::new("k").unwrap(), Algorithm::EdDsa, &generated.pkcs8)
-                .unwrap();
+        let signer = Signer::from_pkcs8(
+            KeyId::new("k").unwrap(),
+            Algorithm::EdDsa,
+            &generated.private_key,
+        )
+        .unwrap();
         assert_eq!(
             format!("{signer:?}"),
             "Signer { kid: KeyId(\"k\"), algorithm: EdDsa, .. }"

@@ -10,3 +10,4 @@ mod store_suite;
 mod tenancy;
 mod tls;
 mod verification;
+mod webhook_keys;
