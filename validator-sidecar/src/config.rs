@@ -106,7 +106,14 @@ struct Cli {
     /// Name reported to the issuer (default: hostname/pid).
     #[arg(long, env = "TESSERA_SIDECAR_SUBSCRIBER_ID")]
     subscriber_id: Option<String>,
+    /// Log as JSON lines [default: false]. The issuer's setting, same flag and variable;
+    /// `TESSERA_LOG_FORMAT=json` is still read as a deprecated alias.
+    #[arg(long, env = "TESSERA_LOG_JSON")]
+    log_json: Option<bool>,
 }
+
+/// The deprecated variable `TESSERA_LOG_JSON` replaces.
+pub const DEPRECATED_LOG_FORMAT_VAR: &str = "TESSERA_LOG_FORMAT";
 
 /// A validated sidecar configuration.
 #[derive(Clone, Debug)]
@@ -116,6 +123,19 @@ pub struct SidecarConfig {
     pub validation: ValidationConfig,
     /// Where the bundle is persisted; `None` keeps it in memory only.
     pub bundle_cache: Option<PathBuf>,
+    pub telemetry: TelemetryConfig,
+}
+
+/// Logging and tracing, named as for the issuer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector (`OTEL_EXPORTER_OTLP_ENDPOINT`); spans are exported when set.
+    pub otlp_endpoint: Option<String>,
+    /// JSON log lines (`--log-json` / `TESSERA_LOG_JSON`).
+    pub log_json: bool,
+    /// Set when the deprecated `TESSERA_LOG_FORMAT` decided `log_json`, so the sidecar
+    /// can warn once logging is up.
+    pub used_deprecated_log_format: bool,
 }
 
 /// How to reach the issuer's trust-bundle stream.
@@ -241,14 +261,32 @@ impl SidecarConfig {
         T: Into<OsString> + Clone,
     {
         let cli = Cli::try_parse_from(args)?;
-        cli.validate()
+        let telemetry = telemetry(cli.log_json, |name| std::env::var(name).ok());
+        cli.validate(telemetry)
+    }
+}
+
+/// Resolves the telemetry settings; `var` reads an environment variable. The issuer's
+/// `TESSERA_LOG_JSON` (already in `log_json`, flag or variable) wins over the deprecated
+/// `TESSERA_LOG_FORMAT`, which keeps its old meaning: `json` turns JSON logs on.
+fn telemetry(log_json: Option<bool>, var: impl Fn(&str) -> Option<String>) -> TelemetryConfig {
+    let deprecated = var(DEPRECATED_LOG_FORMAT_VAR).filter(|value| !value.is_empty());
+    let (log_json, used_deprecated_log_format) = match (log_json, deprecated) {
+        (Some(log_json), _) => (log_json, false),
+        (None, Some(format)) => (format == "json", true),
+        (None, None) => (false, false),
+    };
+    TelemetryConfig {
+        otlp_endpoint: var("OTEL_EXPORTER_OTLP_ENDPOINT").filter(|value| !value.is_empty()),
+        log_json,
+        used_deprecated_log_format,
     }
 }
 
 // === impl Cli ===
 
 impl Cli {
-    fn validate(self) -> Result<SidecarConfig, ConfigError> {
+    fn validate(self, telemetry: TelemetryConfig) -> Result<SidecarConfig, ConfigError> {
         let issuer = IssuerConfig {
             tls: self.tls_config()?,
             addr: validate_issuer_addr(&self.issuer_addr)?,
@@ -306,6 +344,7 @@ impl Cli {
             serve,
             validation,
             bundle_cache: self.bundle_cache,
+            telemetry,
         })
     }
 
@@ -484,6 +523,52 @@ mod tests {
         assert_eq!(
             config.issuer.credential.load().unwrap().as_deref(),
             Some("s3cret")
+        );
+    }
+
+    #[test]
+    fn telemetry_uses_the_issuers_names_and_keeps_the_old_one_as_an_alias() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| (*value).to_owned())
+            }
+        };
+        let none = telemetry(None, env(&[]));
+        assert_eq!(none, TelemetryConfig::default());
+        // The deprecated name still works, and is reported as used.
+        let old = telemetry(None, env(&[("TESSERA_LOG_FORMAT", "json")]));
+        assert!(old.log_json && old.used_deprecated_log_format);
+        let old_text = telemetry(None, env(&[("TESSERA_LOG_FORMAT", "text")]));
+        assert!(!old_text.log_json);
+        // TESSERA_LOG_JSON (through clap, as `log_json`) wins over it.
+        let both = telemetry(Some(false), env(&[("TESSERA_LOG_FORMAT", "json")]));
+        assert!(!both.log_json && !both.used_deprecated_log_format);
+        let otlp = telemetry(
+            None,
+            env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")]),
+        );
+        assert_eq!(otlp.otlp_endpoint.as_deref(), Some("http://collector:4317"));
+        assert_eq!(
+            telemetry(None, env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "")])).otlp_endpoint,
+            None
+        );
+    }
+
+    #[test]
+    fn log_json_is_the_issuers_flag_and_variable() {
+        let config = parse(&["--log-json", "true"]).unwrap();
+        assert!(config.telemetry.log_json);
+        let command = <Cli as clap::CommandFactory>::command();
+        let log_json = command
+            .get_arguments()
+            .find(|arg| arg.get_id() == "log_json")
+            .expect("log_json flag");
+        assert_eq!(
+            log_json.get_env().and_then(|env| env.to_str()),
+            Some("TESSERA_LOG_JSON")
         );
     }
 

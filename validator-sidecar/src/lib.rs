@@ -36,7 +36,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::Instrument;
 
-pub use config::{ConfigError, SidecarConfig, StalePolicy};
+pub use config::{ConfigError, SidecarConfig, StalePolicy, TelemetryConfig};
 pub use server::{BindError, Listeners};
 
 /// Largest request message accepted (tokens are at most 8 KiB; the slack lets an

@@ -1,5 +1,6 @@
-//! `tessera-sidecar`: parses the configuration, initialises telemetry, binds the
-//! listeners and hands over to [`tessera_sidecar::run`] until SIGTERM or SIGINT.
+//! `tessera-sidecar`: parses the configuration (the environment is read there only),
+//! initialises telemetry, binds the listeners and hands over to [`tessera_sidecar::run`]
+//! until SIGTERM or SIGINT.
 
 use std::process::ExitCode;
 
@@ -33,10 +34,16 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: SidecarConfig) -> ExitCode {
-    let otlp_endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok();
-    let json_logs = std::env::var("TESSERA_LOG_FORMAT").is_ok_and(|format| format == "json");
-    let _telemetry =
-        tessera_common::telemetry::init("tessera-sidecar", otlp_endpoint.as_deref(), json_logs);
+    let _telemetry = tessera_common::telemetry::init(
+        "tessera-sidecar",
+        config.telemetry.otlp_endpoint.as_deref(),
+        config.telemetry.log_json,
+    );
+    if config.telemetry.used_deprecated_log_format {
+        tracing::warn!(
+            "TESSERA_LOG_FORMAT is deprecated; set TESSERA_LOG_JSON=true (the issuer's name) instead"
+        );
+    }
     let listeners = match Listeners::bind(&config.serve).await {
         Ok(listeners) => listeners,
         Err(error) => {
