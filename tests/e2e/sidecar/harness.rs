@@ -39,6 +39,9 @@ pub const REVISION: &str = "tessera_trust_bundle_revision";
 pub const RESYNCS: &str = "tessera_sidecar_resync_total";
 /// Metric: successful subscriptions to the issuer's trust-bundle stream.
 pub const SUBSCRIBED: &str = "tessera_sidecar_subscription_attempts_total{result=\"ok\"}";
+/// Metric: failed attempts to subscribe to the issuer's trust-bundle stream.
+pub const SUBSCRIPTION_FAILED: &str =
+    "tessera_sidecar_subscription_attempts_total{result=\"error\"}";
 /// The tenant of every token the sidecar tests issue.
 pub const TENANT: &str = "acme";
 
@@ -397,16 +400,27 @@ impl Sidecar {
         String::from_utf8_lossy(&std::fs::read(&self.log_path).unwrap_or_default()).into_owned()
     }
 
-    /// The resident set size from `/proc/<pid>/status` (VmRSS), in KiB.
+    /// The resident set size from `/proc/<pid>/status` (VmRSS), in KiB: anonymous memory
+    /// plus the mapped pages of the binary and its libraries.
     pub fn rss_kib(&self) -> u64 {
+        self.proc_status_kib("VmRSS")
+    }
+
+    /// The resident anonymous memory from `/proc/<pid>/status` (RssAnon), in KiB: heap
+    /// and stacks, what the sidecar's data and threads cost whatever the build profile.
+    pub fn rss_anon_kib(&self) -> u64 {
+        self.proc_status_kib("RssAnon")
+    }
+
+    fn proc_status_kib(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .expect("read /proc/<pid>/status");
         status
             .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
             .and_then(|value| value.trim().strip_suffix("kB"))
             .and_then(|value| value.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no VmRSS line in:\n{status}"))
+            .unwrap_or_else(|| panic!("no {field} line in:\n{status}"))
     }
 
     /// `/metrics` as text.

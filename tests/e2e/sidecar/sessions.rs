@@ -67,6 +67,8 @@ fn login_refresh_reuse_revokes_the_family_at_the_sidecar_within_one_second() {
         "login token validates at the sidecar"
     );
 
+    // Taken before the rotation: the grace window cannot close before `rotated_before + grace`.
+    let rotated_before = Instant::now();
     let refreshed = issuer.cli_json(&["session", "refresh", &first_refresh]);
     let second_access = field(&refreshed, "access_token");
     let second_refresh = field(&refreshed, "refresh_token");
@@ -81,13 +83,30 @@ fn login_refresh_reuse_revokes_the_family_at_the_sidecar_within_one_second() {
         "the old access token stays valid until it expires"
     );
 
-    std::thread::sleep(Duration::from_millis(GRACE_SECONDS * 1000 + 300));
-    let started = Instant::now();
-    let reuse = issuer.cli(&["session", "refresh", &first_refresh]);
-    let returned = started.elapsed();
+    // Present the rotated token until the grace window closes: within it the same
+    // successor comes back; the first presentation past it is reuse, refused.
+    let (reuse, returned) = loop {
+        let started = Instant::now();
+        let presented = issuer.cli(&["session", "refresh", &first_refresh, "--json"]);
+        let returned = started.elapsed();
+        if !presented.success() {
+            break (presented, returned);
+        }
+        let again: Value = serde_json::from_str(&presented.stdout).expect("refresh prints JSON");
+        assert_eq!(
+            field(&again, "refresh_token"),
+            second_refresh,
+            "within the grace window the rotated token returns its successor"
+        );
+        assert!(
+            rotated_before.elapsed() < Duration::from_secs(GRACE_SECONDS + 10),
+            "the rotated token is still accepted long after the grace window"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(
-        !reuse.success(),
-        "reuse after the grace window must be refused"
+        rotated_before.elapsed() >= Duration::from_secs(GRACE_SECONDS),
+        "reuse refused before the grace window closed"
     );
     let stderr = &reuse.stderr;
     assert!(stderr.contains("reuse"), "the refusal says why: {stderr}");

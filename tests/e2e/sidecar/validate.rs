@@ -1,7 +1,7 @@
 //! Validation over the sidecar's Unix socket from Rust (tonic): claims of a token issued
 //! with the CLI, and the documented reason for a tampered, expired, wrong-audience,
 //! unknown-kid and `alg: none` token, unary and on a `ValidateStream`; plus the sidecar's
-//! idle RSS.
+//! idle memory against the DESIGN §10 target.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,10 +14,38 @@ use super::harness::{
 };
 use crate::support::wait::patience;
 
-/// Idle RSS target of issue 3 (point 7), in KiB. Recorded, not asserted: a debug build
-/// sits around it (about 21 MiB measured), so only the benchmark's release build can
-/// show it.
+/// Idle memory target of DESIGN §10 (a sidecar idle with its bundle under 20 MiB), in KiB.
 const IDLE_RSS_TARGET_KIB: u64 = 20 * 1024;
+
+/// DESIGN §10: an idle sidecar holding its bundle stays under 20 MiB. Its anonymous
+/// memory (heap and stacks: what its bundle, caches, buffers and threads cost) is held to
+/// the target in every build. The whole resident set also counts the mapped pages of the
+/// binary, which an unoptimised debug build makes several times larger (about 21 MiB in
+/// all, measured) without the sidecar holding any more; it is held to the target in a
+/// release build, which is what runs in production (`bench/idle_rss.sh` measures it too).
+#[test]
+fn an_idle_sidecar_stays_under_the_memory_target() {
+    let stack = Stack::start(&[]);
+    // `start` returns once the sidecar is ready: it holds the bundle and serves.
+    let sidecar = stack.sidecar("sidecar").start();
+    let (rss, anon) = (sidecar.rss_kib(), sidecar.rss_anon_kib());
+    let release = !cfg!(debug_assertions);
+    eprintln!(
+        "sidecar idle: VmRSS {rss} KiB, RssAnon {anon} KiB (target < {IDLE_RSS_TARGET_KIB} KiB; \
+         {} build)",
+        if release { "release" } else { "debug" }
+    );
+    assert!(
+        anon < IDLE_RSS_TARGET_KIB,
+        "idle anonymous memory {anon} KiB is over the {IDLE_RSS_TARGET_KIB} KiB target"
+    );
+    if release {
+        assert!(
+            rss < IDLE_RSS_TARGET_KIB,
+            "idle RSS {rss} KiB is over the {IDLE_RSS_TARGET_KIB} KiB target"
+        );
+    }
+}
 
 #[test]
 fn sidecar_validates_issued_tokens_over_the_unix_socket_from_rust() {
@@ -33,20 +61,6 @@ fn sidecar_validates_issued_tokens_over_the_unix_socket_from_rust() {
         .sidecar("sidecar")
         .args(["--leeway-seconds", "0"])
         .start();
-
-    // Idle: the bundle is loaded (ready), nothing has been validated yet.
-    std::thread::sleep(Duration::from_secs(1));
-    let idle_rss = sidecar.rss_kib();
-    eprintln!(
-        "sidecar idle RSS: {idle_rss} KiB ({:.1} MiB; target < {} KiB; {} build)",
-        idle_rss as f64 / 1024.0,
-        IDLE_RSS_TARGET_KIB,
-        if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        }
-    );
 
     let client = sidecar.client();
     let issued = issue(
