@@ -17,8 +17,9 @@ pub struct SessionPolicy {
     /// A rotated token presented again within this window returns the same successor
     /// (concurrent tabs); later it is reuse. Zero disables the window.
     pub reuse_grace: Duration,
-    /// How long a revocation entry must outlive its instant: the longest access-token
-    /// lifetime plus clock leeway.
+    /// How long a revocation entry must outlive its instant: the bundle policy's
+    /// `revocation_horizon` (the longest lifetime of any token type a key set signs, plus
+    /// clock leeway), so an entry outlives every token it can match.
     pub revocation_horizon: Duration,
 }
 
@@ -27,7 +28,8 @@ impl Default for SessionPolicy {
         SessionPolicy {
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             reuse_grace: Duration::from_secs(30),
-            revocation_horizon: Duration::from_secs(15 * 60 + 30),
+            // 24 h (email verification, service tokens) and 30 s of leeway.
+            revocation_horizon: Duration::from_secs(24 * 3600 + 30),
         }
     }
 }
