@@ -337,6 +337,34 @@ mod tests {
     }
 
     #[test]
+    fn introspection_answers_for_access_tokens_only() {
+        // The same key and claims, typed as another kind of token: introspection asks the
+        // pipeline for an access token, so neither the header nor the claim may differ.
+        let (bundle, signer) = bundle_and_signer();
+        let now = UnixMillis(1_700_000_000_000);
+        let any = |_: &str| true;
+        let claims = build_claims(&request(), &TokenPolicy::default(), now, "j".into()).unwrap();
+        let as_service = signer
+            .sign_jws(TokenType::Service.jws_typ(), &claims)
+            .unwrap();
+        assert_eq!(
+            introspect_with(&as_service, &bundle, now, any).unwrap_err(),
+            Rejection::WrongTokenType
+        );
+        let relabelled = AccessClaims {
+            token_type: TokenType::Service.as_str().into(),
+            ..claims
+        };
+        let token = signer
+            .sign_jws(TokenType::Access.jws_typ(), &relabelled)
+            .unwrap();
+        assert_eq!(
+            introspect_with(&token, &bundle, now, any).unwrap_err(),
+            Rejection::WrongTokenType
+        );
+    }
+
+    #[test]
     fn introspection_applies_the_shared_validity_bounds() {
         let (bundle, signer) = bundle_and_signer();
         let now = UnixMillis(1_700_000_000_000);
