@@ -113,15 +113,13 @@ impl Caller {
     }
 }
 
-/// Why a call was refused.
+/// Why a caller could not be authenticated. Refusals of an authenticated caller (a
+/// missing scope, a tenant outside its confinement) are decided on the [`Caller`] and
+/// audited by `App::authorize`, `check_tenant` and `require_unconfined`, not here.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("missing or malformed credential")]
     Unauthenticated,
-    #[error("caller lacks scope `{0}`")]
-    MissingScope(&'static str),
-    #[error("caller may not act on tenant `{0}`")]
-    WrongTenant(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -17,8 +17,11 @@ use tessera_common::ids::ClientId;
 use tessera_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 use crate::app::App;
@@ -37,17 +40,6 @@ use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{AuditEntry, SessionStore, Store};
 use tessera_common::trace_context::TraceContextLayer;
-
-/// The gRPC services this server answers (and lists over reflection).
-const SERVED_SERVICES: &[&str] = &[
-    "tessera.v1.KeyService",
-    "tessera.v1.TokenService",
-    "tessera.v1.TrustBundleService",
-    "tessera.v1.AdminService",
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1.ServerReflection",
-    "grpc.reflection.v1alpha.ServerReflection",
-];
 
 /// How long a disabled client may keep working on other replicas.
 const CLIENT_CACHE_TTL: Duration = Duration::from_secs(5);
@@ -187,28 +179,14 @@ impl Issuer {
         ));
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<pb::token_service_server::TokenServiceServer<TokenServiceImpl>>()
-            .await;
-        health_reporter
-            .set_serving::<pb::key_service_server::KeyServiceServer<KeyServiceImpl>>()
-            .await;
-        health_reporter
-            .set_serving::<pb::trust_bundle_service_server::TrustBundleServiceServer<TrustBundleServiceImpl>>()
-            .await;
-        // Reflection lists only what this server answers; the shared descriptor set also
-        // describes the sidecar's ValidatorService.
-        let reflection = || {
-            let mut builder = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(tessera_proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-            for name in SERVED_SERVICES {
-                builder = builder.with_service_name(*name);
-            }
-            builder
-        };
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let mut services = issuer_services(&app);
+        services.add(health_service);
+        services.add_reflection()?;
+        for name in &services.names {
+            health_reporter
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
+        }
 
         // Requests carrying a W3C `traceparent` continue the caller's trace (DESIGN §9).
         let mut builder = Server::builder().layer(TraceContextLayer);
@@ -227,32 +205,8 @@ impl Issuer {
             }
             builder = builder.tls_config(tls_config)?;
         }
-        let grpc_router = builder
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(
-                pb::key_service_server::KeyServiceServer::new(KeyServiceImpl { app: app.clone() })
-                    .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
-            .add_service(
-                pb::token_service_server::TokenServiceServer::new(TokenServiceImpl {
-                    app: app.clone(),
-                })
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
-            .add_service(
-                pb::trust_bundle_service_server::TrustBundleServiceServer::new(
-                    TrustBundleServiceImpl { app: app.clone() },
-                )
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
-            )
-            .add_service(
-                pb::admin_service_server::AdminServiceServer::new(AdminServiceImpl {
-                    app: app.clone(),
-                })
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
-            );
+        let served = services.names.clone();
+        let grpc_router = builder.add_routes(services.routes.routes());
 
         let jwks_max_age = self
             .config
@@ -275,9 +229,11 @@ impl Issuer {
         tokio::spawn(async move {
             shutdown.await;
             info!("shutting down: closing streams, finishing in-flight requests");
-            health_reporter
-                .set_not_serving::<pb::token_service_server::TokenServiceServer<TokenServiceImpl>>()
-                .await;
+            for name in &served {
+                health_reporter
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
             let _ = shutdown_sender.send(true);
             let _ = stop_sender.send(true);
         });
@@ -317,6 +273,85 @@ impl Issuer {
         info!("tessera-issuer stopped");
         Ok(())
     }
+}
+
+/// The gRPC services the issuer answers, each registered once: the registration feeds
+/// the router, the health service (SERVING while the server runs, NOT_SERVING from
+/// shutdown on) and reflection, so no service can be answered yet missing from either.
+#[derive(Default)]
+pub struct Services {
+    /// The registered services' gRPC names, in registration order.
+    pub names: Vec<&'static str>,
+    routes: RoutesBuilder,
+}
+
+impl Services {
+    /// Registers `service` under its gRPC name.
+    pub fn add<S>(&mut self, service: S) -> &mut Self
+    where
+        S: tower::Service<axum::http::Request<tonic::body::Body>, Error = std::convert::Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Registers reflection (v1 and v1alpha) listing every service registered so far and
+    /// itself: only what this server answers, although the shared descriptor set also
+    /// describes the sidecar's ValidatorService.
+    pub fn add_reflection(&mut self) -> Result<&mut Self, tonic_reflection::server::Error> {
+        let own_names = [
+            tonic_reflection::pb::v1::server_reflection_server::SERVICE_NAME,
+            tonic_reflection::pb::v1alpha::server_reflection_server::SERVICE_NAME,
+        ];
+        let reflection = || {
+            self.names.iter().chain(&own_names).fold(
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(tessera_proto::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                |builder, name| builder.with_service_name(*name),
+            )
+        };
+        let (v1, v1alpha) = (reflection().build_v1()?, reflection().build_v1alpha()?);
+        Ok(self.add(v1).add(v1alpha))
+    }
+}
+
+/// Registers the issuer's own services (every request message bounded by
+/// [`MAX_REQUEST_BYTES`]).
+pub fn issuer_services(app: &Arc<App>) -> Services {
+    let mut services = Services::default();
+    services
+        .add(
+            pb::key_service_server::KeyServiceServer::new(KeyServiceImpl { app: app.clone() })
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add(
+            pb::token_service_server::TokenServiceServer::new(TokenServiceImpl {
+                app: app.clone(),
+            })
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add(
+            pb::trust_bundle_service_server::TrustBundleServiceServer::new(
+                TrustBundleServiceImpl { app: app.clone() },
+            )
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add(
+            pb::admin_service_server::AdminServiceServer::new(AdminServiceImpl {
+                app: app.clone(),
+            })
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        );
+    services
 }
 
 /// Builds the certificate-identified callers of the mTLS configuration.

@@ -3,6 +3,7 @@
 
 mod abuse;
 mod harness;
+mod health;
 mod postgres_replicas;
 mod server;
 mod sessions;
