@@ -17,10 +17,12 @@ use tokio::sync::Notify;
 use crate::kek::KekVersion;
 
 mod columns;
+pub mod emergency;
 pub mod postgres;
 pub mod sessions;
 pub mod sqlite;
 
+pub use emergency::{EmergencyCommit, EmergencyCommitted, IncidentRecord};
 pub use sessions::{
     RefreshContext, RefreshState, RefreshTokenRecord, RevocationEffect, SessionRecord, SessionStore,
 };
@@ -28,9 +30,21 @@ pub use sessions::{
 /// A storage failure, already translated from the backend's own error type.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// A uniqueness or optimistic-concurrency check failed: someone else wrote first.
+    /// An optimistic-concurrency check failed, or the database aborted the transaction
+    /// (serialization failure, deadlock): someone else wrote first and running the
+    /// operation again may succeed.
     #[error("conflicting write")]
     Conflict,
+    /// A record with the same identity (primary key or unique column) already exists:
+    /// running the operation again fails the same way.
+    #[error("already exists")]
+    AlreadyExists,
+    /// The write breaks a rule of the stored data (a reference to a missing record, a
+    /// check, a not-null column, an append-only guard): it does not fit the current state
+    /// and running it again fails the same way. Carries the constraint's description for
+    /// the logs (names of tables and constraints, never values).
+    #[error("constraint violated: {0}")]
+    ConstraintViolated(String),
     /// The record asked for does not exist.
     #[error("not found")]
     NotFound,
@@ -224,7 +238,7 @@ pub trait Store: Send + Sync + 'static {
 
     // === API clients ===
 
-    /// Inserts a client and its audit entry; `Conflict` if the id exists.
+    /// Inserts a client and its audit entry; `AlreadyExists` if the id exists.
     async fn insert_client(
         &self,
         client: ClientRecord,

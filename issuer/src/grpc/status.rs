@@ -14,6 +14,11 @@ use crate::tokens::IssueError;
 pub fn from_store(error: StoreError) -> Status {
     match error {
         StoreError::Conflict => Status::aborted("conflicting concurrent change; retry"),
+        StoreError::AlreadyExists => Status::already_exists("already exists"),
+        StoreError::ConstraintViolated(detail) => {
+            error!(%detail, "store constraint violated");
+            Status::failed_precondition("the change does not fit the stored state")
+        }
         StoreError::NotFound => Status::not_found("not found"),
         StoreError::Unavailable(detail) => {
             error!(%detail, "store unavailable");
@@ -92,14 +97,22 @@ mod tests {
 
     use super::*;
 
+    /// Store detail that must reach the logs only, never the caller.
+    const HIDDEN: &str = "FOREIGN KEY constraint failed on refresh_tokens";
+
     #[test]
     fn every_error_maps_to_a_deliberate_code() {
         let kid = || KeyId::new("k").unwrap();
         let cases: Vec<(Status, Code)> = vec![
             (from_store(StoreError::Conflict), Code::Aborted),
+            (from_store(StoreError::AlreadyExists), Code::AlreadyExists),
+            (
+                from_store(StoreError::ConstraintViolated(HIDDEN.into())),
+                Code::FailedPrecondition,
+            ),
             (from_store(StoreError::NotFound), Code::NotFound),
             (
-                from_store(StoreError::Unavailable("x".into())),
+                from_store(StoreError::Unavailable(HIDDEN.into())),
                 Code::Unavailable,
             ),
             (from_store(StoreError::Corrupt("x".into())), Code::Internal),
@@ -143,6 +156,7 @@ mod tests {
         for (status, code) in cases {
             assert_eq!(status.code(), code, "{status:?}");
             assert!(!status.message().contains("corrupt"), "{status:?}");
+            assert!(!status.message().contains(HIDDEN), "{status:?}");
         }
     }
 }

@@ -12,10 +12,11 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::convert;
-use super::emergency;
+use super::emergency as grpc_emergency;
 use super::status::{from_issue, from_key, from_session};
 use crate::app::{App, request_id};
 use crate::auth::{Caller, Scope};
+use crate::emergency::{self, IncidentId};
 use crate::sessions::service::{Actor, RevocationTarget};
 use crate::sessions::{RefreshRejection, SessionError, SessionTokens};
 use crate::store::RefreshState;
@@ -443,27 +444,27 @@ impl pb::token_service_server::TokenService for TokenServiceImpl {
         let message = request.into_inner();
         let reason = required_reason(&message.reason)?;
         let incident_id = required("incident_id", message.incident_id)?;
-        check_identifier("incident_id", &incident_id).map_err(invalid)?;
-        // Confinement is checked here, before emergency.rs claims the incident id: a
-        // refused call must not burn an incident another caller would then see replayed.
-        let outcome = match message.scope {
+        let incident = IncidentId::new(incident_id).map_err(invalid)?;
+        // Confinement is checked here, before the incident is recorded: a refused call
+        // must not burn an incident another caller would then see replayed.
+        let scope = match message.scope {
             Some(EmergencyScope::TenantId(tenant)) => {
                 let tenant = TenantId::new(tenant).map_err(invalid)?;
                 self.app
                     .check_tenant(&caller, tenant.as_str(), EMERGENCY_REVOKE, &request_id)
                     .await?;
-                let actor = actor(&caller, request_id, reason);
-                emergency::revoke_tenant(&self.app, &incident_id, tenant, &actor).await?
+                emergency::EmergencyScope::Tenant(tenant)
             }
             Some(EmergencyScope::Global(true)) => {
                 self.app
                     .require_unconfined(&caller, EMERGENCY_REVOKE, &request_id)
                     .await?;
-                let actor = actor(&caller, request_id, reason);
-                emergency::revoke_everything(&self.app, &incident_id, &actor).await?
+                emergency::EmergencyScope::Global
             }
             _ => return Err(Status::invalid_argument("scope: tenant_id or global")),
         };
+        let actor = actor(&caller, request_id, reason);
+        let outcome = grpc_emergency::revoke(&self.app, &incident, &scope, &actor).await?;
         let _ = self.app.hub.catch_up().await;
         Ok(Response::new(outcome))
     }

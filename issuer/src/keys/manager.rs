@@ -90,6 +90,20 @@ struct KeyRing {
     macs: BTreeMap<KeySetName, HashMap<KeyId, Arc<MacKey>>>,
 }
 
+/// A change planned and built by [`KeyManager::prepare`], not yet committed.
+#[derive(Debug)]
+pub struct PreparedChange {
+    pub commit: KeyCommit,
+    plan: Plan,
+}
+
+impl PreparedChange {
+    /// Returns what the change did once committed at `revision`.
+    pub fn outcome(&self, revision: Revision) -> RotationOutcome {
+        outcome_of(self.commit.key_set, &self.plan, revision)
+    }
+}
+
 /// Owns the key sets' lifecycle.
 pub struct KeyManager {
     store: Arc<dyn Store>,
@@ -357,26 +371,12 @@ impl KeyManager {
         trigger: Trigger,
         context: &ChangeContext,
     ) -> Result<Option<RotationOutcome>, KeyError> {
-        let policy = self.policy(key_set);
         for _ in 0..MAX_COMMIT_ATTEMPTS {
-            let now = self.clock.now();
-            let state = self.store.key_set(key_set).await?;
-            let views = key_views(&state.keys);
-            let new_kid =
-                KeyId::new(material::new_kid(key_set)).map_err(|_| KeyError::NoSigner(key_set))?;
-            let plan = rotation::plan(&views, &policy, &trigger, now, new_kid)?;
-            if plan.is_empty() {
+            let Some(PreparedChange { commit, plan }) =
+                self.prepare(key_set, &trigger, context).await?
+            else {
                 return Ok(None);
-            }
-            let commit = self.build_commit(
-                key_set,
-                &trigger,
-                &plan,
-                &state.keys,
-                state.generation,
-                now,
-                context,
-            )?;
+            };
             match self.store.commit_keys(commit).await {
                 Ok(revision) => {
                     let outcome = outcome_of(key_set, &plan, revision);
@@ -400,6 +400,39 @@ impl KeyManager {
             }
         }
         Err(KeyError::Busy(key_set))
+    }
+
+    /// Plans one change of `key_set` on its stored state and builds its commit without
+    /// writing it; `None` when nothing is due. The commit carries the generation it was
+    /// planned on, so once someone else changes the set it fails with `Conflict`: plan
+    /// again. Used by [`Self::apply`] and by an emergency, which commits the changes of
+    /// every set together with its revocation.
+    pub async fn prepare(
+        &self,
+        key_set: KeySetName,
+        trigger: &Trigger,
+        context: &ChangeContext,
+    ) -> Result<Option<PreparedChange>, KeyError> {
+        let policy = self.policy(key_set);
+        let now = self.clock.now();
+        let state = self.store.key_set(key_set).await?;
+        let views = key_views(&state.keys);
+        let new_kid =
+            KeyId::new(material::new_kid(key_set)).map_err(|_| KeyError::NoSigner(key_set))?;
+        let plan = rotation::plan(&views, &policy, trigger, now, new_kid)?;
+        if plan.is_empty() {
+            return Ok(None);
+        }
+        let commit = self.build_commit(
+            key_set,
+            trigger,
+            &plan,
+            &state.keys,
+            state.generation,
+            now,
+            context,
+        )?;
+        Ok(Some(PreparedChange { commit, plan }))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -318,6 +318,12 @@ impl SessionService {
         Ok(Some((token, session)))
     }
 
+    /// Returns how long a revocation entry is kept: the longest lifetime of any token
+    /// type plus leeway, after which every token it could match has expired.
+    pub fn revocation_horizon(&self) -> Duration {
+        self.policy.revocation_horizon
+    }
+
     /// Revokes `target` (confined to `scope_tenant` when given), ending matching sessions.
     /// A session or family is revoked only within its own tenant: named with a
     /// `scope_tenant` it does not belong to, the entry is filed under `scope_tenant`

@@ -9,7 +9,7 @@ use tessera_common::credential::PepperVersion;
 use tessera_common::ids::{SessionId, Subject, TenantId};
 use tessera_common::revocation::RevocationEntry;
 
-use super::{AuditEntry, StoreError};
+use super::{AuditEntry, EmergencyCommit, EmergencyCommitted, StoreError};
 
 /// A login session. Access tokens minted on refresh reuse `claims_template`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,6 +171,17 @@ pub trait SessionStore: Send + Sync + 'static {
         at: UnixMillis,
         audit: Vec<AuditEntry>,
     ) -> Result<(Revision, u64), StoreError>;
+
+    /// In one transaction: records `commit.incident` — or, when it is already recorded,
+    /// writes nothing and returns [`EmergencyCommitted::AlreadyRecorded`] — then applies
+    /// every key commit (as [`super::Store::commit_keys`]; a stale generation fails the
+    /// whole commit with `Conflict`) and the revocation (as [`SessionStore::revoke`]). A
+    /// failure anywhere leaves nothing, the incident record included, so a retry does it
+    /// all; of concurrent commits of one incident exactly one applies.
+    async fn commit_emergency(
+        &self,
+        commit: EmergencyCommit,
+    ) -> Result<EmergencyCommitted, StoreError>;
 
     /// Returns every stored entry with `drop_after > now`.
     async fn live_revocations(&self, now: UnixMillis) -> Result<Vec<RevocationEntry>, StoreError>;

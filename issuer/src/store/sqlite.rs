@@ -1,6 +1,7 @@
 //! The SQLite backend: the embedded default store for a single issuer replica. One
 //! connection behind a mutex; every call runs on tokio's blocking pool.
 
+mod emergency;
 mod error;
 mod migrations;
 mod queries;
@@ -20,7 +21,7 @@ use tessera_common::keys::KeySetName;
 use tokio::sync::Notify;
 
 use self::error::SqliteFailure;
-use self::queries::{insert_audit, insert_events, latest_revision, write_key};
+use self::queries::{insert_audit, insert_events, latest_revision};
 use self::rows::{
     AUDIT_COLUMNS, CLIENT_COLUMNS, KEY_COLUMNS, audit_from_row, client_from_row,
     credential_kind_to_column, event_from_row, key_from_row, limit_to_column, revision_from_column,
@@ -247,34 +248,7 @@ impl Store for SqliteStore {
             .iter()
             .any(|write| matches!(write, KeyWrite::Update(key) if key.wrapped_private.is_none()));
         let revision = self
-            .write(move |tx| {
-                let key_set = commit.key_set.as_str();
-                tx.prepare_cached(
-                    "INSERT INTO key_sets (name, generation) VALUES (?1, 0) \
-                     ON CONFLICT (name) DO NOTHING",
-                )?
-                .execute([key_set])?;
-                let n_bumped = tx
-                    .prepare_cached(
-                        "UPDATE key_sets SET generation = generation + 1 \
-                         WHERE name = ?1 AND generation = ?2",
-                    )?
-                    .execute(params![key_set, commit.expected_generation])?;
-                if n_bumped == 0 {
-                    return Err(StoreError::Conflict.into());
-                }
-                for write in &commit.writes {
-                    write_key(tx, write)?;
-                }
-                let revision = match insert_events(tx, &commit.changes, commit.at)? {
-                    Some(revision) => revision,
-                    None => latest_revision(tx)?,
-                };
-                for entry in &commit.audit {
-                    insert_audit(tx, entry)?;
-                }
-                Ok(revision)
-            })
+            .write(move |tx| queries::commit_keys(tx, &commit))
             .await?;
         if appends_events {
             self.signal_change();
@@ -521,7 +495,7 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, 3);
     }
 
     #[tokio::test]

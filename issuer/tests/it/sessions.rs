@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_common::{Clock, SystemClock};
+use tessera_common::{Clock, ManualClock, SystemClock};
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::trust_bundle_update::Kind;
 use tonic::Code;
@@ -66,7 +66,10 @@ fn short_grace(seconds: u64) -> impl FnOnce(&mut tessera_issuer::config::IssuerC
 
 #[tokio::test]
 async fn refresh_rotates_and_reuse_after_grace_revokes_the_family() {
-    let issuer = TestIssuer::start_with(short_grace(1), Arc::new(SystemClock)).await;
+    // The grace window runs on the issuer's injected clock, moved by hand: no sleep, and
+    // a slow machine cannot push a "within grace" call past the window.
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
+    let issuer = TestIssuer::start_with(short_grace(1), clock.clone()).await;
     let first = create_session(&issuer, "acme").await;
     assert!(first.refresh_token.starts_with("tbf_"));
     assert!(introspect(&issuer, &first.access_token).await.active);
@@ -99,7 +102,13 @@ async fn refresh_rotates_and_reuse_after_grace_revokes_the_family() {
     // The first access token stays valid until it expires.
     assert!(introspect(&issuer, &first.access_token).await.active);
 
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    // The last millisecond of the window still returns the successor; the next is reuse.
+    clock.advance(Duration::from_secs(1));
+    let at_the_edge = refresh(&issuer, &first.refresh_token)
+        .await
+        .expect("at the end of the grace window");
+    assert_eq!(at_the_edge.refresh_token, second.refresh_token);
+    clock.advance(Duration::from_millis(1));
     let status = refresh(&issuer, &first.refresh_token)
         .await
         .expect_err("reuse after grace");
@@ -114,6 +123,7 @@ async fn refresh_rotates_and_reuse_after_grace_revokes_the_family() {
         &first.access_token,
         &second.access_token,
         &again.access_token,
+        &at_the_edge.access_token,
     ] {
         let response = introspect(&issuer, token).await;
         assert!(
@@ -389,6 +399,24 @@ async fn emergency_revocation_of_a_tenant_and_of_everything_is_idempotent() {
     // New tokens work after the emergency.
     let fresh = create_session(&issuer, "globex").await;
     assert!(introspect(&issuer, &fresh.access_token).await.active);
+    // An incident id is scoped by what it revokes: acme's `inc-1` does not make globex's
+    // emergency with the same id a replay that revokes nothing.
+    let globex_incident = tokens
+        .emergency_revoke(issuer.as_admin(pb::EmergencyRevokeRequest {
+            scope: Some(pb::emergency_revoke_request::Scope::TenantId(
+                "globex".into(),
+            )),
+            incident_id: "inc-1".into(),
+            reason: "breach".into(),
+        }))
+        .await
+        .expect("globex's own inc-1")
+        .into_inner();
+    assert!(
+        !globex_incident.replayed && globex_incident.n_sessions_revoked == 1,
+        "{globex_incident:?}"
+    );
+    assert!(!introspect(&issuer, &fresh.access_token).await.active);
     let status = tokens
         .emergency_revoke(issuer.as_admin(pb::EmergencyRevokeRequest {
             scope: Some(pb::emergency_revoke_request::Scope::Global(true)),

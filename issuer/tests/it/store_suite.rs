@@ -6,6 +6,7 @@
 //! schema dropped afterwards; unset, its tests print that they were skipped, unless
 //! `TESSERA_REQUIRE_POSTGRES=1`, which makes them fail.
 
+mod emergency;
 mod events;
 mod fixture;
 mod keys;
@@ -35,6 +36,11 @@ macro_rules! store_test_suite {
                 clients_insert_get_list_disable,
                 meta_put_if_absent_keeps_the_first_value,
                 a_reopened_store_sees_the_same_state,
+            },
+            emergency::{
+                an_emergency_commit_records_its_incident_with_its_effects_once,
+                a_failed_emergency_commit_leaves_nothing_and_its_retry_applies,
+                each_kind_of_refused_write_has_its_own_error,
             },
             sessions::{
                 session_and_token_round_trip_keeps_every_field,

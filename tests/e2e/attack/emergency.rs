@@ -196,6 +196,69 @@ fn retrying_an_incident_whose_work_failed_is_not_answered_replayed() {
     assert_eq!(replay["replayed"], true, "{replay}");
 }
 
+#[test]
+fn an_emergency_that_fails_between_key_sets_changes_nothing_and_its_retry_does_it_all() {
+    let root = tempfile::tempdir().unwrap();
+    let issuer = Issuer::start(root.path());
+    let issued = issuer.cli_json(&["token", "issue", "--subject", "alice", "--tenant", "acme"]);
+    let token = issued["token"].as_str().unwrap().to_owned();
+    let keys_before = key_states(&issuer);
+    let wrapped_before = wrapped_private_keys(&issuer.data_dir);
+    let emergency = [
+        "emergency",
+        "--global",
+        "--incident",
+        "inc-half",
+        "--reason",
+        "host compromised",
+    ];
+
+    // Fail the second key set's rotation, after the first one's has been written.
+    let database = rusqlite::Connection::open(issuer.data_dir.join("tessera.db")).unwrap();
+    database.busy_timeout(Duration::from_secs(5)).unwrap();
+    database
+        .execute_batch(
+            "CREATE TRIGGER injected_failure BEFORE UPDATE ON key_sets \
+             WHEN NEW.name = 'action' \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+        )
+        .unwrap();
+    let failed = issuer.cli(&emergency);
+    assert!(
+        !failed.success(),
+        "the emergency succeeded despite the injected failure"
+    );
+    // Nothing of it is in force: the access set was not rotated either.
+    assert_eq!(key_states(&issuer), keys_before, "a half-done emergency");
+    assert_eq!(
+        wrapped_private_keys(&issuer.data_dir)
+            .iter()
+            .map(|key| key.kid.clone())
+            .collect::<BTreeSet<_>>(),
+        wrapped_before
+            .iter()
+            .map(|key| key.kid.clone())
+            .collect::<BTreeSet<_>>()
+    );
+    let introspected = issuer.cli_json(&["token", "introspect", &token]);
+    assert_eq!(introspected["active"], true, "{introspected}");
+    database
+        .execute_batch("DROP TRIGGER injected_failure;")
+        .unwrap();
+
+    // The retry, with the same incident id, does all of it.
+    let retried = issuer.cli_json(&emergency);
+    assert_eq!(retried["replayed"], false, "{retried}");
+    let revoked = kids(&retried["revoked_kids"]);
+    let held: BTreeSet<String> = wrapped_before.iter().map(|key| key.kid.clone()).collect();
+    assert_eq!(revoked, held, "every key held is revoked: {retried}");
+    let introspected = issuer.cli_json(&["token", "introspect", &token]);
+    assert_eq!(introspected["active"], false, "{introspected}");
+    assert_eq!(introspected["reason"], "key_revoked", "{introspected}");
+    let replay = issuer.cli_json(&emergency);
+    assert_eq!(replay["replayed"], true, "{replay}");
+}
+
 /// Builds [`ThreeKeys`] and checks the sidecar accepts both tokens before the emergency.
 fn retiring_active_and_pending(issuer: &Issuer, client: &SocketClient) -> ThreeKeys {
     let retiring = issue(issuer, "alice", 600, &[]);

@@ -57,9 +57,7 @@ impl PgFailure {
         }
     }
 
-    /// Returns the store error: 23505 (unique violation) and, once retries are spent,
-    /// 40001/40P01 become [`StoreError::Conflict`]; everything else
-    /// [`StoreError::Unavailable`].
+    /// Returns the store error: see [`translate`].
     pub(super) fn into_store(self) -> StoreError {
         match self {
             PgFailure::Store(error) => error,
@@ -79,16 +77,37 @@ fn is_transient(code: &SqlState) -> bool {
     *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED
 }
 
+/// 23505 (unique violation) becomes [`StoreError::AlreadyExists`]; any other integrity
+/// violation (class 23: foreign key, check, not null, exclusion) and P0001 (raised by a
+/// trigger — ours guard the append-only audit log) [`StoreError::ConstraintViolated`];
+/// 40001/40P01, once retries are spent, [`StoreError::Conflict`]; everything else
+/// [`StoreError::Unavailable`].
 fn translate(error: &tokio_postgres::Error) -> StoreError {
-    match error.code() {
-        Some(code) if *code == SqlState::UNIQUE_VIOLATION => StoreError::Conflict,
-        Some(code) if is_transient(code) => StoreError::Conflict,
-        _ => {
-            let description = describe(error);
-            tracing::warn!(error = %description, "postgres operation failed");
-            StoreError::Unavailable(description)
-        }
+    let Some(code) = error.code() else {
+        return unavailable(error);
+    };
+    if *code == SqlState::UNIQUE_VIOLATION {
+        StoreError::AlreadyExists
+    } else if is_transient(code) {
+        StoreError::Conflict
+    } else if is_constraint(code) {
+        let description = describe(error);
+        tracing::warn!(error = %description, "postgres constraint violated");
+        StoreError::ConstraintViolated(description)
+    } else {
+        unavailable(error)
     }
+}
+
+fn unavailable(error: &tokio_postgres::Error) -> StoreError {
+    let description = describe(error);
+    tracing::warn!(error = %description, "postgres operation failed");
+    StoreError::Unavailable(description)
+}
+
+/// Class 23 (integrity constraint violation) and P0001 (`RAISE EXCEPTION`).
+fn is_constraint(code: &SqlState) -> bool {
+    code.code().starts_with("23") || *code == SqlState::RAISE_EXCEPTION
 }
 
 /// Returns a one-line description of `error` and its causes, for logs and for
@@ -118,4 +137,29 @@ pub(super) fn describe(error: &tokio_postgres::Error) -> String {
 /// Returns a [`StoreError::Corrupt`] failure carrying `error`.
 pub(super) fn corrupt(error: impl std::fmt::Display) -> PgFailure {
     PgFailure::Store(StoreError::Corrupt(error.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integrity_and_trigger_codes_are_constraints_and_nothing_else_is() {
+        for code in [
+            SqlState::FOREIGN_KEY_VIOLATION,
+            SqlState::CHECK_VIOLATION,
+            SqlState::NOT_NULL_VIOLATION,
+            SqlState::EXCLUSION_VIOLATION,
+            SqlState::RAISE_EXCEPTION,
+        ] {
+            assert!(is_constraint(&code), "{}", code.code());
+        }
+        for code in [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::CONNECTION_FAILURE,
+            SqlState::UNDEFINED_TABLE,
+        ] {
+            assert!(!is_constraint(&code), "{}", code.code());
+        }
+    }
 }

@@ -28,8 +28,8 @@ use crate::store::columns::{
     revocation_kind_from_column, revocation_kind_to_column,
 };
 use crate::store::{
-    AuditEntry, RefreshContext, RefreshTokenRecord, RevocationEffect, SessionRecord, SessionStore,
-    StoreError,
+    AuditEntry, EmergencyCommit, EmergencyCommitted, RefreshContext, RefreshTokenRecord,
+    RevocationEffect, SessionRecord, SessionStore, StoreError,
 };
 
 /// The columns [`session_from_row`] reads, in order.
@@ -241,6 +241,13 @@ impl SessionStore for PostgresStore {
         Ok(outcome)
     }
 
+    async fn commit_emergency(
+        &self,
+        commit: EmergencyCommit,
+    ) -> Result<EmergencyCommitted, StoreError> {
+        self.commit_emergency_now(commit).await
+    }
+
     async fn live_revocations(&self, now: UnixMillis) -> Result<Vec<RevocationEntry>, StoreError> {
         let client = self.client().await?;
         let read = async {
@@ -296,7 +303,7 @@ async fn create_session(
 
 /// Ends sessions, revokes their tokens, stores the entries, then appends their events
 /// (under the events lock) and the audit entries (under the audit lock), in that order.
-async fn revoke(
+pub(super) async fn revoke(
     tx: &Transaction<'_>,
     entries: Vec<RevocationEntry>,
     effects: Vec<RevocationEffect>,

@@ -25,8 +25,7 @@ impl From<StoreError> for SqliteFailure {
 }
 
 impl SqliteFailure {
-    /// Returns the store error: unique and primary-key violations become
-    /// [`StoreError::Conflict`], everything else [`StoreError::Unavailable`].
+    /// Returns the store error: see [`translate`].
     pub(super) fn into_store(self) -> StoreError {
         match self {
             SqliteFailure::Store(error) => error,
@@ -35,17 +34,27 @@ impl SqliteFailure {
     }
 }
 
+/// Unique and primary-key violations become [`StoreError::AlreadyExists`]; every other
+/// constraint (foreign key, check, not null, a trigger's `RAISE(ABORT)` — ours guard the
+/// append-only audit log) [`StoreError::ConstraintViolated`]; everything else
+/// [`StoreError::Unavailable`]. SQLite has no serialization failures: one writer at a
+/// time, so a busy database is `Unavailable` after the busy timeout.
 fn translate(error: rusqlite::Error) -> StoreError {
-    if let rusqlite::Error::SqliteFailure(failure, _) = &error
-        && matches!(
-            failure.extended_code,
-            ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY
-        )
-    {
-        return StoreError::Conflict;
-    }
     // SQLite messages name tables and constraints, never bound values, so they are safe
-    // to log and to return.
+    // to log and to carry.
+    if let rusqlite::Error::SqliteFailure(failure, _) = &error
+        && failure.code == ffi::ErrorCode::ConstraintViolation
+    {
+        return match failure.extended_code {
+            ffi::SQLITE_CONSTRAINT_UNIQUE | ffi::SQLITE_CONSTRAINT_PRIMARYKEY => {
+                StoreError::AlreadyExists
+            }
+            _ => {
+                tracing::warn!(error = %error, "sqlite constraint violated");
+                StoreError::ConstraintViolated(error.to_string())
+            }
+        };
+    }
     tracing::warn!(error = %error, "sqlite operation failed");
     StoreError::Unavailable(error.to_string())
 }
@@ -54,32 +63,60 @@ fn translate(error: rusqlite::Error) -> StoreError {
 mod tests {
     use super::*;
 
+    fn store_error_of(connection: &rusqlite::Connection, sql: &str) -> StoreError {
+        let error = connection.execute(sql, []).unwrap_err();
+        SqliteFailure::from(error).into_store()
+    }
+
     #[test]
-    fn unique_violations_become_conflicts() {
+    fn each_kind_of_failure_becomes_its_own_store_error() {
         let connection = rusqlite::Connection::open_in_memory().unwrap();
         connection
-            .execute_batch("CREATE TABLE t (id TEXT PRIMARY KEY, u TEXT UNIQUE); INSERT INTO t VALUES ('a', 'x');")
+            .execute_batch(
+                "PRAGMA foreign_keys = ON; \
+                 CREATE TABLE parent (id TEXT PRIMARY KEY); \
+                 CREATE TABLE t (id TEXT PRIMARY KEY, u TEXT UNIQUE, \
+                     n TEXT NOT NULL, c TEXT CHECK (c IN ('ok')), \
+                     p TEXT REFERENCES parent (id)); \
+                 CREATE TRIGGER t_no_delete BEFORE DELETE ON t \
+                     BEGIN SELECT RAISE(ABORT, 't is append-only'); END; \
+                 INSERT INTO t VALUES ('a', 'x', 'n', 'ok', NULL);",
+            )
             .unwrap();
-        let primary_key = connection
-            .execute("INSERT INTO t VALUES ('a', 'y')", [])
-            .unwrap_err();
-        assert!(matches!(
-            SqliteFailure::from(primary_key).into_store(),
-            StoreError::Conflict
-        ));
-        let unique = connection
-            .execute("INSERT INTO t VALUES ('b', 'x')", [])
-            .unwrap_err();
-        assert!(matches!(
-            SqliteFailure::from(unique).into_store(),
-            StoreError::Conflict
-        ));
-        let syntax = connection
-            .execute("INSERT INTO nowhere VALUES (1)", [])
-            .unwrap_err();
-        assert!(matches!(
-            SqliteFailure::from(syntax).into_store(),
-            StoreError::Unavailable(_)
-        ));
+        let cases = [
+            (
+                "INSERT INTO t VALUES ('a', 'y', 'n', 'ok', NULL)",
+                "primary key",
+            ),
+            ("INSERT INTO t VALUES ('b', 'x', 'n', 'ok', NULL)", "unique"),
+        ];
+        for (sql, what) in cases {
+            let error = store_error_of(&connection, sql);
+            assert!(
+                matches!(error, StoreError::AlreadyExists),
+                "{what}: {error:?}"
+            );
+        }
+        let cases = [
+            (
+                "INSERT INTO t VALUES ('c', 'z', 'n', 'ok', 'nobody')",
+                "foreign key",
+            ),
+            ("INSERT INTO t VALUES ('d', 'w', 'n', 'bad', NULL)", "check"),
+            (
+                "INSERT INTO t VALUES ('e', 'v', NULL, 'ok', NULL)",
+                "not null",
+            ),
+            ("DELETE FROM t", "trigger"),
+        ];
+        for (sql, what) in cases {
+            let error = store_error_of(&connection, sql);
+            assert!(
+                matches!(error, StoreError::ConstraintViolated(_)),
+                "{what}: {error:?}"
+            );
+        }
+        let error = store_error_of(&connection, "INSERT INTO nowhere VALUES (1)");
+        assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
     }
 }

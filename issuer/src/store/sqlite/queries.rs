@@ -8,7 +8,7 @@ use tessera_common::bundle::{BundleChange, Revision};
 use super::error::SqliteFailure;
 use super::rows::{revision_from_column, to_column, to_json, wrapped_key_to_columns};
 use crate::audit::{GENESIS_HASH, chain_hash};
-use crate::store::{AuditEntry, AuditRecord, KeyWrite, StoreError};
+use crate::store::{AuditEntry, AuditRecord, KeyCommit, KeyWrite, StoreError};
 
 /// Inserts or updates one key row. An update of a key that does not exist in its set
 /// fails with [`StoreError::NotFound`].
@@ -63,6 +63,41 @@ pub(super) fn write_key(tx: &Transaction<'_>, write: &KeyWrite) -> Result<(), Sq
         }
     }
     Ok(())
+}
+
+/// Applies a key commit inside `tx`: bumps the set's generation if it is still the
+/// expected one ([`StoreError::Conflict`] otherwise), writes the keys, appends the events
+/// and the audit entries. Returns the last event's revision (the current one when none).
+pub(super) fn commit_keys(
+    tx: &Transaction<'_>,
+    commit: &KeyCommit,
+) -> Result<Revision, SqliteFailure> {
+    let key_set = commit.key_set.as_str();
+    tx.prepare_cached(
+        "INSERT INTO key_sets (name, generation) VALUES (?1, 0) \
+         ON CONFLICT (name) DO NOTHING",
+    )?
+    .execute([key_set])?;
+    let n_bumped = tx
+        .prepare_cached(
+            "UPDATE key_sets SET generation = generation + 1 \
+             WHERE name = ?1 AND generation = ?2",
+        )?
+        .execute(params![key_set, commit.expected_generation])?;
+    if n_bumped == 0 {
+        return Err(StoreError::Conflict.into());
+    }
+    for write in &commit.writes {
+        write_key(tx, write)?;
+    }
+    let revision = match insert_events(tx, &commit.changes, commit.at)? {
+        Some(revision) => revision,
+        None => latest_revision(tx)?,
+    };
+    for entry in &commit.audit {
+        insert_audit(tx, entry)?;
+    }
+    Ok(revision)
 }
 
 /// Appends one event per change; returns the last revision, `None` if there was none.

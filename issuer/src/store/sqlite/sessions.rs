@@ -17,7 +17,8 @@ use crate::store::columns::{
     revocation_kind_from_column, revocation_kind_to_column,
 };
 use crate::store::{
-    AuditEntry, RefreshTokenRecord, RevocationEffect, SessionRecord, SessionStore, StoreError,
+    AuditEntry, EmergencyCommit, EmergencyCommitted, RefreshTokenRecord, RevocationEffect,
+    SessionRecord, SessionStore, StoreError,
 };
 
 /// The columns [`session_from_row`] reads, in order.
@@ -134,14 +135,14 @@ impl SessionStore for SqliteStore {
                 if n_rotated == 0 {
                     return Ok(false);
                 }
-                // A duplicate successor fails with `Conflict`, rolling the rotation back.
+                // A duplicate successor fails with `AlreadyExists`, rolling the rotation back.
                 insert_token(tx, &successor)?;
                 Ok(true)
             })
             .await;
         match rotated {
             // Someone else inserted this successor first: nothing was written, they won.
-            Err(StoreError::Conflict) => Ok(false),
+            Err(StoreError::AlreadyExists) => Ok(false),
             other => other,
         }
     }
@@ -155,42 +156,19 @@ impl SessionStore for SqliteStore {
     ) -> Result<(Revision, u64), StoreError> {
         let appends_events = !entries.is_empty();
         let outcome = self
-            .write(move |tx| {
-                let mut n_sessions_revoked = 0_u64;
-                for effect in &effects {
-                    n_sessions_revoked += end_sessions(tx, effect, at)?;
-                }
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO revocations (kind, value, tenant_id, revoked_at, drop_after) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?;
-                for entry in &entries {
-                    insert.execute(params![
-                        revocation_kind_to_column(entry.kind),
-                        entry.value,
-                        entry.tenant_id,
-                        entry.revoked_at.0,
-                        entry.drop_after.0,
-                    ])?;
-                }
-                let changes: Vec<BundleChange> = entries
-                    .into_iter()
-                    .map(|entry| BundleChange::RevocationAdded { entry })
-                    .collect();
-                let revision = match insert_events(tx, &changes, at)? {
-                    Some(revision) => revision,
-                    None => latest_revision(tx)?,
-                };
-                for entry in &audit {
-                    insert_audit(tx, entry)?;
-                }
-                Ok((revision, n_sessions_revoked))
-            })
+            .write(move |tx| revoke(tx, entries, &effects, at, &audit))
             .await?;
         if appends_events {
             self.signal_change();
         }
         Ok(outcome)
+    }
+
+    async fn commit_emergency(
+        &self,
+        commit: EmergencyCommit,
+    ) -> Result<EmergencyCommitted, StoreError> {
+        self.commit_emergency_now(commit).await
     }
 
     async fn live_revocations(&self, now: UnixMillis) -> Result<Vec<RevocationEntry>, StoreError> {
@@ -223,6 +201,46 @@ impl SessionStore for SqliteStore {
 }
 
 // === statements ===
+
+/// Ends the sessions `effects` select, stores `entries` and appends their events and the
+/// audit entries, inside `tx`. Returns the last revision and the sessions newly ended.
+pub(super) fn revoke(
+    tx: &Connection,
+    entries: Vec<RevocationEntry>,
+    effects: &[RevocationEffect],
+    at: UnixMillis,
+    audit: &[AuditEntry],
+) -> Result<(Revision, u64), SqliteFailure> {
+    let mut n_sessions_revoked = 0_u64;
+    for effect in effects {
+        n_sessions_revoked += end_sessions(tx, effect, at)?;
+    }
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO revocations (kind, value, tenant_id, revoked_at, drop_after) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for entry in &entries {
+        insert.execute(params![
+            revocation_kind_to_column(entry.kind),
+            entry.value,
+            entry.tenant_id,
+            entry.revoked_at.0,
+            entry.drop_after.0,
+        ])?;
+    }
+    let changes: Vec<BundleChange> = entries
+        .into_iter()
+        .map(|entry| BundleChange::RevocationAdded { entry })
+        .collect();
+    let revision = match insert_events(tx, &changes, at)? {
+        Some(revision) => revision,
+        None => latest_revision(tx)?,
+    };
+    for entry in audit {
+        insert_audit(tx, entry)?;
+    }
+    Ok((revision, n_sessions_revoked))
+}
 
 fn insert_token(connection: &Connection, token: &RefreshTokenRecord) -> Result<(), SqliteFailure> {
     let (state, state_at, successor_id) = refresh_state_to_columns(&token.state);

@@ -89,7 +89,10 @@ pub async fn key_round_trip_keeps_every_field(fixture: &Fixture) {
             vec![],
         ))
         .await;
-    assert!(matches!(result, Err(StoreError::Conflict)), "{result:?}");
+    assert!(
+        matches!(result, Err(StoreError::AlreadyExists)),
+        "{result:?}"
+    );
     let state = store.key_set(KeySetName::Access).await.unwrap();
     assert_eq!(
         state.generation, 2,

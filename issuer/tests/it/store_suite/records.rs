@@ -154,7 +154,10 @@ pub async fn clients_insert_get_list_disable(fixture: &Fixture) {
     let mut duplicate = client("svc-a", 3_000);
     duplicate.name = "impostor".into();
     let result = store.insert_client(duplicate, audit_entry(3)).await;
-    assert!(matches!(result, Err(StoreError::Conflict)), "{result:?}");
+    assert!(
+        matches!(result, Err(StoreError::AlreadyExists)),
+        "{result:?}"
+    );
     assert_eq!(
         store.client(&id("svc-a")).await.unwrap(),
         Some(newer.clone())

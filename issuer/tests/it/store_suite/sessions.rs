@@ -15,11 +15,11 @@ use tessera_issuer::store::{
 
 use super::fixture::{Fixture, assert_chain, audit_entry, notified_within, tagged_change};
 
-const T0: i64 = 1_700_000_000_000;
+pub(super) const T0: i64 = 1_700_000_000_000;
 const DAY_MS: i64 = 86_400_000;
 
 /// Returns a session `id` of `subject` in `tenant`, with family `fam-<id>`.
-fn session(id: &str, tenant: &str, subject: &str) -> SessionRecord {
+pub(super) fn session(id: &str, tenant: &str, subject: &str) -> SessionRecord {
     SessionRecord {
         session_id: SessionId::new(id).unwrap(),
         tenant_id: TenantId::new(tenant).unwrap(),
@@ -33,7 +33,7 @@ fn session(id: &str, tenant: &str, subject: &str) -> SessionRecord {
 }
 
 /// Returns an active refresh token `id` of `session`, child of `parent`.
-fn token(
+pub(super) fn token(
     id: &str,
     session: &SessionRecord,
     parent: Option<&str>,
@@ -70,7 +70,7 @@ fn entry(
 }
 
 /// Creates `session` with its first token `<session id>-t0`; returns the token.
-async fn create(
+pub(super) async fn create(
     store: &Arc<dyn SessionStore>,
     session: &SessionRecord,
     n: u64,
@@ -92,7 +92,10 @@ async fn state_of(store: &Arc<dyn SessionStore>, token_id: &str) -> RefreshState
         .state
 }
 
-async fn revoked_at_of(store: &Arc<dyn SessionStore>, session_id: &str) -> Option<UnixMillis> {
+pub(super) async fn revoked_at_of(
+    store: &Arc<dyn SessionStore>,
+    session_id: &str,
+) -> Option<UnixMillis> {
     store
         .session(&SessionId::new(session_id).unwrap())
         .await
@@ -102,7 +105,7 @@ async fn revoked_at_of(store: &Arc<dyn SessionStore>, session_id: &str) -> Optio
 }
 
 /// A session and its tokens come back with every field; unknown ids are `None`; a
-/// duplicate session is a `Conflict` that writes nothing (not its token, not its audit).
+/// duplicate session is `AlreadyExists` and writes nothing (not its token, not its audit).
 pub async fn session_and_token_round_trip_keeps_every_field(fixture: &Fixture) {
     let store = &fixture.sessions;
     let full = session("s-full", "acme", "alice");
@@ -157,8 +160,8 @@ pub async fn session_and_token_round_trip_keeps_every_field(fixture: &Fixture) {
         )
         .await;
     assert!(
-        matches!(duplicate, Err(StoreError::Conflict)),
-        "a duplicate session is a conflict: {duplicate:?}"
+        matches!(duplicate, Err(StoreError::AlreadyExists)),
+        "a duplicate session already exists: {duplicate:?}"
     );
     assert_eq!(store.refresh_token("tok-dup").await.unwrap(), None);
     let audit = fixture.store.audit_after(0, 100).await.unwrap();
