@@ -41,6 +41,7 @@ macro_rules! store_test_suite {
                 an_emergency_commit_records_its_incident_with_its_effects_once,
                 a_failed_emergency_commit_leaves_nothing_and_its_retry_applies,
                 each_kind_of_refused_write_has_its_own_error,
+                concurrent_commits_of_one_incident_apply_exactly_once,
             },
             sessions::{
                 session_and_token_round_trip_keeps_every_field,

@@ -231,3 +231,32 @@ pub async fn each_kind_of_refused_write_has_its_own_error(fixture: &Fixture) {
         .await;
     assert!(matches!(stale, Err(StoreError::Conflict)), "{stale:?}");
 }
+
+/// Two replicas committing the same incident at once: exactly one applies it, the other
+/// is told it is recorded, and the entry is published once.
+pub async fn concurrent_commits_of_one_incident_apply_exactly_once(fixture: &Fixture) {
+    create(&fixture.sessions, &session("s1", "acme", "alice"), 1).await;
+    let (_, other_replica) = fixture.open_session_replica().await;
+    let before = fixture.store.latest_revision().await.unwrap();
+    let (first, second) = tokio::join!(
+        fixture.sessions.commit_emergency(emergency(vec![])),
+        other_replica.commit_emergency(emergency(vec![])),
+    );
+    let mut outcomes = [first.unwrap(), second.unwrap()];
+    outcomes.sort_by_key(|outcome| *outcome == EmergencyCommitted::AlreadyRecorded);
+    assert!(
+        matches!(
+            outcomes,
+            [
+                EmergencyCommitted::Applied { n_sessions: 1, .. },
+                EmergencyCommitted::AlreadyRecorded
+            ]
+        ),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        fixture.store.latest_revision().await.unwrap(),
+        Revision(before.0 + 1),
+        "the entry is published once"
+    );
+}
