@@ -108,7 +108,7 @@ pub async fn empty(
     );
     // The same credential header as the real path, so request bytes match too.
     let authorization: MetadataValue<Ascii> =
-        "Bearer tbk_benchmark.0000000000000000000000000000000000000000000".parse()?;
+        "Bearer tbc_benchmark.0000000000000000000000000000000000000000000".parse()?;
     let measurement = match service {
         EmptyService::Token => token_calls(&name, &server.target, authorization, plan).await,
         EmptyService::Validate => validate_calls(&name, &server.target, algorithm, plan).await,

@@ -1,24 +1,28 @@
 //! Caller authentication and scopes. Every RPC names the scope it needs; a caller proves
-//! itself with `authorization: Bearer <tbk_ credential>` (an API client created by an
-//! admin, stored as an HMAC hash and compared in constant time). Clients may be confined
+//! itself with `authorization: Bearer <tbc_ credential>` (an API client created by an
+//! admin, stored as an HMAC hash and compared in constant time; see `credentials.rs`).
+//! Clients created before caller credentials had their own prefix hold a `tbk_` one,
+//! the prefix DESIGN §4 gives tenant API keys; their records say so and keep accepting
+//! exactly that prefix, while every new client gets `tbc_`. Clients may be confined
 //! to tenants; confinement holds whatever the scopes (a confined `admin` administers its
 //! tenants, never the platform), and no caller may grant more than it holds.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tessera_common::credential::{self, Credential, CredentialKind, PepperVersion};
+use tessera_common::credential::{Credential, CredentialKind, PepperVersion};
 use tessera_common::ids::ClientId;
 use tessera_common::revocation::RevocationEntry;
 use tessera_common::{Clock, UnixMillis};
 use tonic::metadata::MetadataMap;
-use zeroize::Zeroizing;
 
 use crate::abuse::AbuseGuard;
+use crate::credentials::{CredentialRecord, Credentials};
 use crate::store::{AuditEntry, ClientRecord, Store, StoreError};
 
-/// The pepper version credentials are hashed with today.
-pub const PEPPER_VERSION: PepperVersion = PepperVersion::FIRST;
+/// The prefixes a caller credential may carry: its own, and the legacy one that only
+/// clients created before it existed answer to.
+const CALLER_KINDS: [CredentialKind; 2] = [CredentialKind::IssuerCaller, CredentialKind::ApiKey];
 
 /// What a caller may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -151,7 +155,7 @@ pub struct Authenticator {
     /// Callers identified by a verified client certificate, by SHA-256 of its DER.
     certificate_callers: std::collections::HashMap<[u8; 32], Caller>,
     clock: Arc<dyn Clock>,
-    pepper: Zeroizing<Vec<u8>>,
+    credentials: Arc<Credentials>,
     cache: moka::future::Cache<String, Arc<ClientRecord>>,
     /// Client ids the store did not hold (negative cache).
     unknown_ids: moka::future::Cache<String, ()>,
@@ -166,14 +170,14 @@ impl Authenticator {
     pub fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
-        pepper: Zeroizing<Vec<u8>>,
+        credentials: Arc<Credentials>,
         cache_ttl: Duration,
     ) -> Self {
         Authenticator {
             store,
             certificate_callers: std::collections::HashMap::new(),
             clock,
-            pepper,
+            credentials,
             cache: moka::future::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(cache_ttl)
@@ -182,6 +186,11 @@ impl Authenticator {
             known_ids: id_cache(KNOWN_ID_TTL),
             abuse: Arc::new(AbuseGuard::default()),
         }
+    }
+
+    /// Returns the credential model (and through it the keyring) callers are checked with.
+    pub fn credentials(&self) -> &Arc<Credentials> {
+        &self.credentials
     }
 
     /// Returns the per-peer budgets and burst summaries of refused calls.
@@ -247,17 +256,14 @@ impl Authenticator {
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or(AuthError::Unauthenticated)?;
         let credential =
-            Credential::parse(presented.trim()).map_err(|_| AuthError::Unauthenticated)?;
-        if credential.kind != CredentialKind::ApiKey {
-            return Err(AuthError::Unauthenticated);
-        }
+            Credentials::parse(presented, &CALLER_KINDS).ok_or(AuthError::Unauthenticated)?;
         let client_id =
             ClientId::new(credential.id.clone()).map_err(|_| AuthError::Unauthenticated)?;
         let record = self.client_record(&client_id, access).await?;
         if record.disabled_at.is_some_and(|at| at <= self.clock.now()) {
             return Err(AuthError::Unauthenticated);
         }
-        if !credential::secret_matches(&self.pepper, &credential.secret, &record.secret_hash) {
+        if !self.credentials.verify(&credential, record.as_ref()).await {
             return Err(AuthError::Unauthenticated);
         }
         Ok(Caller {
@@ -314,7 +320,12 @@ impl Authenticator {
         tenants: Vec<String>,
         audit: AuditEntry,
     ) -> Result<(ClientRecord, Credential), StoreError> {
-        let credential = Credential::generate(CredentialKind::ApiKey);
+        // A sealed keyring is a dependency that is not there yet, like a database that
+        // cannot be reached: the caller may retry.
+        let (credential, hashed) = self
+            .credentials
+            .issue(CredentialKind::IssuerCaller)
+            .map_err(|error| StoreError::Unavailable(error.to_string()))?;
         let record = ClientRecord {
             // Generated ids are base62 and 16 characters long: always a valid identifier.
             client_id: ClientId::new(credential.id.clone())
@@ -326,8 +337,8 @@ impl Authenticator {
                 .collect(),
             tenants,
             credential_kind: credential.kind,
-            secret_hash: credential::hash_secret(&self.pepper, &credential.secret).to_vec(),
-            pepper_version: PEPPER_VERSION,
+            secret_hash: hashed.hash,
+            pepper_version: hashed.pepper_version,
             created_at: self.clock.now(),
             disabled_at: None,
         };
@@ -348,6 +359,21 @@ impl Authenticator {
     /// Returns the current time (for callers that stamp audit entries).
     pub fn now(&self) -> UnixMillis {
         self.clock.now()
+    }
+}
+
+/// A client answers to the one prefix its credential was issued with.
+impl CredentialRecord for ClientRecord {
+    fn accepts(&self, kind: CredentialKind) -> bool {
+        kind == self.credential_kind
+    }
+
+    fn pepper_version(&self) -> PepperVersion {
+        self.pepper_version
+    }
+
+    fn secret_hash(&self) -> &[u8] {
+        &self.secret_hash
     }
 }
 

@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use crate::app::App;
 use crate::auth::{Authenticator, Caller, Scope};
 use crate::config::{IssuerConfig, KekSource, StoreConfig};
+use crate::credentials::Credentials;
 use crate::grpc::admin_service::AdminServiceImpl;
 use crate::grpc::bundle_service::TrustBundleServiceImpl;
 use crate::grpc::key_service::KeyServiceImpl;
@@ -34,6 +35,7 @@ use crate::grpc::token_service::TokenServiceImpl;
 use crate::http::{self, HttpState};
 use crate::hub::BundleHub;
 use crate::kek::Kek;
+use crate::keyring::{self, Keyring};
 use crate::keys::KeyManager;
 use crate::sessions::{SessionPolicy, SessionService};
 use crate::store::postgres::PostgresStore;
@@ -43,10 +45,6 @@ use tessera_common::trace_context::TraceContextLayer;
 
 /// How long a disabled client may keep working on other replicas.
 const CLIENT_CACHE_TTL: Duration = Duration::from_secs(5);
-/// Label of the KEK-derived credential pepper, version 1.
-const PEPPER_LABEL: &str = "tessera-credential-pepper-v1";
-/// Label of the KEK-derived key that derives refresh-token successors.
-const SUCCESSOR_LABEL: &str = "tessera-refresh-successor-v1";
 /// How long in-flight work may take to finish after shutdown begins.
 /// The largest request message any issuer RPC accepts (tonic's default is 4 MiB). The
 /// biggest legitimate request, an access token with many permissions and features or a
@@ -84,10 +82,15 @@ impl Issuer {
                 (postgres.clone(), postgres)
             }
         };
-        let kek = Arc::new(load_kek(&config.kek)?);
+        let keyring = Arc::new(Keyring::from_kek(load_kek(&config.kek)?)?);
+        let pepper = keyring::load_stored_peppers(&keyring, store.as_ref())
+            .await
+            .context("loading the credential pepper versions")?;
+        info!(%pepper, "credential pepper loaded");
+        let credentials = Arc::new(Credentials::new(keyring.clone(), store.clone()));
         let keys = Arc::new(KeyManager::new(
             store.clone(),
-            kek.clone(),
+            keyring.clone(),
             clock.clone(),
             config.key_policies.clone(),
         )?);
@@ -102,7 +105,7 @@ impl Issuer {
             Authenticator::new(
                 store.clone(),
                 clock.clone(),
-                kek.derive(PEPPER_LABEL),
+                credentials.clone(),
                 CLIENT_CACHE_TTL,
             )
             .with_certificate_callers(certificate_callers(&config)?),
@@ -128,8 +131,7 @@ impl Issuer {
                 // The bundle's own horizon: what verifiers bound token lifetimes by.
                 revocation_horizon: policy.revocation_horizon(),
             },
-            kek.derive(PEPPER_LABEL),
-            &kek.derive(SUCCESSOR_LABEL),
+            credentials,
             clock.clone(),
         ));
         let live_revocations = session_store.live_revocations(clock.now()).await?;

@@ -151,7 +151,7 @@ fn clients_create_out_writes_a_private_credential_file_that_works() {
     assert_eq!(file_mode(&out), 0o600);
     let credential = std::fs::read_to_string(&out).unwrap().trim().to_owned();
     assert!(
-        credential.starts_with("tbk_"),
+        credential.starts_with("tbc_"),
         "not a credential: {credential}"
     );
     assert!(

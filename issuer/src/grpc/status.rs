@@ -70,6 +70,10 @@ pub fn from_session(error: SessionError) -> Status {
         SessionError::Store(error) => from_store(error),
         SessionError::Key(error) => from_key(error),
         SessionError::Issue(error) => from_issue(error),
+        SessionError::Keyring(error) => {
+            error!(%error, "refresh token pepper unavailable");
+            Status::unavailable("credential keyring unavailable")
+        }
         SessionError::Corrupt(detail) => {
             error!(%detail, "corrupt session");
             Status::internal("internal error")
@@ -151,6 +155,10 @@ mod tests {
             (
                 from_issue(IssueError::UnknownAudience("a".into())),
                 Code::InvalidArgument,
+            ),
+            (
+                from_session(SessionError::Keyring(crate::keyring::KeyringError::Sealed)),
+                Code::Unavailable,
             ),
         ];
         for (status, code) in cases {

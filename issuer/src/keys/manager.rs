@@ -21,7 +21,8 @@ use super::mac::MacKey;
 use super::material::{self, KeyMaterialError};
 use super::rotation::{self, KeyView, Plan, PlanError, Trigger};
 use super::signer::Signer;
-use crate::kek::{Kek, KekError};
+use crate::kek::KekError;
+use crate::keyring::Keyring;
 use crate::store::{AuditEntry, KeyCommit, KeyWrite, Store, StoreError, StoredKey};
 
 /// Attempts at a commit before giving up on repeated conflicts.
@@ -107,7 +108,9 @@ impl PreparedChange {
 /// Owns the key sets' lifecycle.
 pub struct KeyManager {
     store: Arc<dyn Store>,
-    kek: Arc<Kek>,
+    /// The keyring: wraps new private keys under the current KEK version and unwraps
+    /// each stored one with the version it records.
+    kek: Arc<Keyring>,
     clock: Arc<dyn Clock>,
     policies: BTreeMap<KeySetName, KeySetPolicy>,
     ring: RwLock<KeyRing>,
@@ -117,7 +120,7 @@ impl KeyManager {
     /// Builds a manager, refusing any policy under which a token could outlive its key.
     pub fn new(
         store: Arc<dyn Store>,
-        kek: Arc<Kek>,
+        kek: Arc<Keyring>,
         clock: Arc<dyn Clock>,
         policies: BTreeMap<KeySetName, KeySetPolicy>,
     ) -> Result<Self, KeyError> {
@@ -469,7 +472,7 @@ impl KeyManager {
             let generated = material::generate(new_key.algorithm, new_key.kid.as_str())?;
             let wrapped = self
                 .kek
-                .wrap(key_set, new_key.kid.as_str(), &generated.private_key);
+                .wrap(key_set, new_key.kid.as_str(), &generated.private_key)?;
             let schedule = KeySchedule {
                 kid: new_key.kid.clone(),
                 key_set,

@@ -4,19 +4,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lc_rs::hmac;
 use serde::{Deserialize, Serialize};
 use tessera_common::bundle::Revision;
-use tessera_common::credential::{self, Credential, CredentialKind};
+use tessera_common::credential::{Credential, CredentialKind};
 use tessera_common::ids::{SessionId, Subject, TenantId};
 use tessera_common::keys::KeySetName;
 use tessera_common::revocation::{RevocationEntry, RevocationKind};
 use tessera_common::{Clock, UnixMillis};
 use tracing::warn;
-use zeroize::Zeroizing;
 
 use super::decision::{self, RefreshDecision, RefreshRejection, SessionPolicy};
-use crate::auth::PEPPER_VERSION;
+use crate::credentials::{CredentialRecord, Credentials};
+use crate::keyring::KeyringError;
 use crate::keys::KeyManager;
 use crate::keys::manager::KeyError;
 use crate::store::{
@@ -43,6 +42,8 @@ pub enum SessionError {
     Issue(#[from] IssueError),
     #[error("stored session is unreadable: {0}")]
     Corrupt(String),
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
 }
 
 /// The tokens handed to a client at login or refresh.
@@ -134,20 +135,20 @@ pub struct SessionService {
     keys: Arc<KeyManager>,
     tokens: TokenPolicy,
     policy: SessionPolicy,
-    pepper: Zeroizing<Vec<u8>>,
-    successor_key: hmac::Key,
+    /// Hashes and verifies refresh tokens; its keyring also holds, per pepper version,
+    /// the key that derives successors.
+    credentials: Arc<Credentials>,
     clock: Arc<dyn Clock>,
 }
 
 impl SessionService {
-    /// Builds the service. `successor_secret` keys the successor derivation.
+    /// Builds the service.
     pub fn new(
         store: Arc<dyn SessionStore>,
         keys: Arc<KeyManager>,
         tokens: TokenPolicy,
         policy: SessionPolicy,
-        pepper: Zeroizing<Vec<u8>>,
-        successor_secret: &[u8],
+        credentials: Arc<Credentials>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         SessionService {
@@ -155,8 +156,7 @@ impl SessionService {
             keys,
             tokens,
             policy,
-            pepper,
-            successor_key: hmac::Key::new(hmac::HMAC_SHA256, successor_secret),
+            credentials,
             clock,
         }
     }
@@ -204,7 +204,7 @@ impl SessionService {
         // Sign first: a login that cannot get an access token should leave no session.
         let access = self.issue_access(&session, &template, now)?;
         let refresh = Credential::generate(CredentialKind::Refresh);
-        let record = self.refresh_record(&refresh, &session, None, now);
+        let record = self.refresh_record(&refresh, &session, None, now)?;
         let audit = AuditEntry {
             at: now,
             actor: actor.actor.clone(),
@@ -233,11 +233,8 @@ impl SessionService {
         presented_text: &str,
         actor: &Actor,
     ) -> Result<SessionTokens, SessionError> {
-        let presented =
-            Credential::parse(presented_text.trim()).map_err(|_| RefreshRejection::Invalid)?;
-        if presented.kind != CredentialKind::Refresh {
-            return Err(RefreshRejection::Invalid.into());
-        }
+        let presented = Credentials::parse(presented_text, &[CredentialKind::Refresh])
+            .ok_or(RefreshRejection::Invalid)?;
         for _ in 0..MAX_REFRESH_ATTEMPTS {
             let now = self.clock.now();
             let RefreshContext {
@@ -249,10 +246,14 @@ impl SessionService {
                 .refresh_context(&presented.id)
                 .await?
                 .ok_or(RefreshRejection::Invalid)?;
-            if !credential::secret_matches(&self.pepper, &presented.secret, &token.secret_hash) {
+            if !self.credentials.verify(&presented, &token).await {
                 return Err(RefreshRejection::Invalid.into());
             }
-            let successor = decision::successor_credential(&self.successor_key, &presented);
+            // The successor is derived with the pepper version that hashed the presented
+            // token, so every exchange of it derives the same successor, whichever version
+            // is current.
+            let pepper = self.credentials.keyring().pepper(token.pepper_version)?;
+            let successor = decision::successor_credential(pepper.successor_key(), &presented);
             match decision::decide(
                 &token,
                 successor_record.as_ref(),
@@ -266,7 +267,7 @@ impl SessionService {
                         &session,
                         Some(token.token_id.clone()),
                         now,
-                    );
+                    )?;
                     let expires_at = record.expires_at;
                     if !self
                         .store
@@ -300,16 +301,13 @@ impl SessionService {
         &self,
         presented_text: &str,
     ) -> Result<Option<(RefreshTokenRecord, SessionRecord)>, SessionError> {
-        let Ok(presented) = Credential::parse(presented_text.trim()) else {
+        let Some(presented) = Credentials::parse(presented_text, &[CredentialKind::Refresh]) else {
             return Ok(None);
         };
-        if presented.kind != CredentialKind::Refresh {
-            return Ok(None);
-        }
         let Some(token) = self.store.refresh_token(&presented.id).await? else {
             return Ok(None);
         };
-        if !credential::secret_matches(&self.pepper, &presented.secret, &token.secret_hash) {
+        if !self.credentials.verify(&presented, &token).await {
             return Ok(None);
         }
         let Some(session) = self.store.session(&token.session_id).await? else {
@@ -535,22 +533,38 @@ impl SessionService {
         session: &SessionRecord,
         parent_id: Option<String>,
         now: UnixMillis,
-    ) -> RefreshTokenRecord {
+    ) -> Result<RefreshTokenRecord, SessionError> {
+        let hashed = self.credentials.hash(credential)?;
         let mut expires_at = now.plus(self.policy.refresh_ttl);
         if let Some(end) = session.expires_at {
             expires_at = expires_at.min(end);
         }
-        RefreshTokenRecord {
+        Ok(RefreshTokenRecord {
             token_id: credential.id.clone(),
             family_id: session.family_id.clone(),
             session_id: session.session_id.clone(),
             tenant_id: session.tenant_id.clone(),
             parent_id,
-            secret_hash: credential::hash_secret(&self.pepper, &credential.secret).to_vec(),
-            pepper_version: PEPPER_VERSION,
+            secret_hash: hashed.hash,
+            pepper_version: hashed.pepper_version,
             issued_at: now,
             expires_at,
             state: RefreshState::Active,
-        }
+        })
+    }
+}
+
+/// A refresh token answers to its own prefix only.
+impl CredentialRecord for RefreshTokenRecord {
+    fn accepts(&self, kind: CredentialKind) -> bool {
+        kind == CredentialKind::Refresh
+    }
+
+    fn pepper_version(&self) -> tessera_common::credential::PepperVersion {
+        self.pepper_version
+    }
+
+    fn secret_hash(&self) -> &[u8] {
+        &self.secret_hash
     }
 }

@@ -13,6 +13,9 @@ use tessera_common::ids::ClientId;
 use tessera_common::keys::KeySetName;
 use tessera_common::{SystemClock, UnixMillis};
 use tessera_issuer::auth::{Authenticator, Scope, StoreAccess};
+use tessera_issuer::credentials::Credentials;
+use tessera_issuer::kek::{KEK_BYTES, Kek};
+use tessera_issuer::keyring::Keyring;
 use tessera_issuer::store::sqlite::SqliteStore;
 use tessera_issuer::store::{
     AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeySetState, Store, StoreError,
@@ -119,10 +122,13 @@ fn counting_authenticator() -> (Arc<CountingStore>, Authenticator) {
         inner: SqliteStore::open_in_memory().expect("in-memory store"),
         n_client_lookups: AtomicUsize::new(0),
     });
+    let keyring =
+        Keyring::from_kek(Kek::from_bytes(&[7u8; KEK_BYTES]).expect("kek")).expect("keyring");
+    let credentials = Credentials::new(Arc::new(keyring), store.clone());
     let authenticator = Authenticator::new(
         store.clone(),
         Arc::new(SystemClock),
-        zeroize::Zeroizing::new(vec![7u8; 32]),
+        Arc::new(credentials),
         Duration::from_secs(5),
     );
     (store, authenticator)
@@ -152,7 +158,7 @@ fn audit_entry() -> AuditEntry {
 #[tokio::test]
 async fn a_flood_of_unknown_client_ids_reaches_the_store_once_per_id() {
     let (store, authenticator) = counting_authenticator();
-    let unknown = Credential::generate(CredentialKind::ApiKey).expose();
+    let unknown = Credential::generate(CredentialKind::IssuerCaller).expose();
     for _ in 0..200 {
         assert!(authenticator.authenticate(&bearer(&unknown)).await.is_err());
     }
@@ -162,7 +168,7 @@ async fn a_flood_of_unknown_client_ids_reaches_the_store_once_per_id() {
         "one lookup, then the negative cache answers"
     );
     for _ in 0..10 {
-        let fresh = Credential::generate(CredentialKind::ApiKey).expose();
+        let fresh = Credential::generate(CredentialKind::IssuerCaller).expose();
         assert!(authenticator.authenticate(&bearer(&fresh)).await.is_err());
     }
     assert_eq!(store.n_client_lookups.load(Ordering::SeqCst), 11);
@@ -176,7 +182,7 @@ async fn a_peer_over_budget_costs_no_lookup_for_unknown_ids_but_known_clients_st
         .await
         .expect("create client");
     for _ in 0..50 {
-        let guess = Credential::generate(CredentialKind::ApiKey).expose();
+        let guess = Credential::generate(CredentialKind::IssuerCaller).expose();
         assert!(
             authenticator
                 .authenticate_with(&bearer(&guess), StoreAccess::KnownClientsOnly)
@@ -195,7 +201,7 @@ async fn a_peer_over_budget_costs_no_lookup_for_unknown_ids_but_known_clients_st
         .expect("a client created on this replica is known");
     assert_eq!(caller.scopes, vec![Scope::Issue]);
     // A wrong secret for a known id is refused whatever the cache holds.
-    let mut forged = Credential::generate(CredentialKind::ApiKey);
+    let mut forged = Credential::generate(CredentialKind::IssuerCaller);
     forged.id = credential.id.clone();
     assert!(
         authenticator

@@ -4,6 +4,7 @@
 mod abuse;
 mod harness;
 mod health;
+mod keyring;
 mod postgres_replicas;
 mod server;
 mod sessions;

@@ -288,13 +288,13 @@ async fn credentials_scopes_and_tenants_are_enforced_and_denials_audited() {
         .expect_err("no credential");
     assert_eq!(status.code(), Code::Unauthenticated);
     let status = tokens
-        .issue_access_token(with_credential(issue_request("acme"), "tbk_notreal_x"))
+        .issue_access_token(with_credential(issue_request("acme"), "tbc_notreal_x"))
         .await
         .expect_err("garbage credential");
     assert_eq!(status.code(), Code::Unauthenticated);
     // A well-formed credential with a valid checksum but a wrong secret.
     let forged = tessera_common::credential::Credential::generate(
-        tessera_common::credential::CredentialKind::ApiKey,
+        tessera_common::credential::CredentialKind::IssuerCaller,
     )
     .expose();
     let status = tokens
@@ -313,7 +313,7 @@ async fn credentials_scopes_and_tenants_are_enforced_and_denials_audited() {
         .await
         .expect("create client")
         .into_inner();
-    assert!(created.credential.starts_with("tbk_"));
+    assert!(created.credential.starts_with("tbc_"));
     tokens
         .issue_access_token(with_credential(issue_request("acme"), &created.credential))
         .await
@@ -391,7 +391,7 @@ async fn credentials_scopes_and_tenants_are_enforced_and_denials_audited() {
     );
     for event in &events {
         assert!(
-            !event.reason.contains(&created.credential) && !event.target.contains("tbk_"),
+            !event.reason.contains(&created.credential) && !event.target.contains("tbc_"),
             "{event:?}"
         );
     }

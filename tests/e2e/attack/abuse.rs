@@ -37,7 +37,7 @@ fn summarised_count(event: &Value) -> Option<u64> {
 /// A well-formed credential (valid checksum) that the issuer never issued.
 fn forged_credential() -> String {
     tessera_common::credential::Credential::generate(
-        tessera_common::credential::CredentialKind::ApiKey,
+        tessera_common::credential::CredentialKind::IssuerCaller,
     )
     .expose()
 }

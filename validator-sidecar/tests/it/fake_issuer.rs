@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status};
 use crate::keys::{TestKey, now_ms};
 
 /// The credential the fake issuer accepts.
-pub const CREDENTIAL: &str = "tbk_test-bundle-reader";
+pub const CREDENTIAL: &str = "tbc_test-bundle-reader";
 /// Heartbeat period of the fake issuer.
 pub const HEARTBEAT: Duration = Duration::from_millis(100);
 

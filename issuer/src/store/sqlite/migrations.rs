@@ -151,3 +151,39 @@ fn apply_inner(connection: &mut Connection) -> Result<(), SqliteFailure> {
     tx.commit()?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows written before migration 3 keep working: their key was sealed by the one KEK
+    /// there was (version 1) and their client was issued a `tbk_` credential.
+    #[test]
+    fn migration_3_marks_existing_rows_as_kek_1_and_tbk() {
+        let mut connection = Connection::open_in_memory().unwrap();
+        connection.execute_batch(V1_INITIAL).unwrap();
+        connection.execute_batch(V2_SESSIONS).unwrap();
+        connection.pragma_update(None, "user_version", 2).unwrap();
+        connection
+            .execute_batch(
+                "INSERT INTO key_sets (name, generation) VALUES ('access', 1);
+                 INSERT INTO signing_keys (kid, key_set, algorithm, created_at, activates_at,
+                     public_jwk, wrapped_private)
+                     VALUES ('k1', 'access', 'ES256', 0, 0, '{}', x'01');
+                 INSERT INTO api_clients (client_id, name, scopes, tenants, secret_hash,
+                     pepper_version, created_at)
+                     VALUES ('c1', 'old', '[]', '[]', x'02', 1, 0);",
+            )
+            .unwrap();
+        apply(&mut connection).unwrap();
+        let kek_version: i64 = connection
+            .query_row("SELECT kek_version FROM signing_keys", [], |row| row.get(0))
+            .unwrap();
+        let prefix: String = connection
+            .query_row("SELECT credential_prefix FROM api_clients", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!((kek_version, prefix.as_str()), (1, "tbk_"));
+    }
+}
