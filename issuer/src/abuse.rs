@@ -22,7 +22,8 @@ use tracing::{Instrument, info_span, warn};
 
 pub use self::bucket::{BucketPolicy, Peer, PeerLimiter};
 pub use self::digest::{DenialDigest, DenialSummary, DigestPolicy};
-use crate::store::{AuditEntry, Store};
+use crate::audit::{AuditAction, AuditEntry, AuditOutcome, Principal};
+use crate::store::Store;
 
 /// How often the flusher looks for ended bursts.
 const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -124,13 +125,13 @@ impl Default for AbuseGuard {
 pub fn summary_entry(summary: &DenialSummary, at: UnixMillis) -> AuditEntry {
     AuditEntry {
         at,
-        actor: "anonymous".into(),
-        action: "auth.denied".into(),
+        actor: Principal::Anonymous,
+        action: AuditAction::AuthDenied,
         target: summary.target(),
         // A summary stands for many requests; it gets an id of its own.
         request_id: uuid::Uuid::now_v7().to_string(),
         reason: summary.reason(),
-        outcome: "denied".into(),
+        outcome: AuditOutcome::Denied,
     }
 }
 

@@ -10,11 +10,12 @@ use tonic::Status;
 use tracing::warn;
 
 use crate::abuse::{self, Peer, Refusal};
+use crate::audit::{Actor, AuditAction, AuditEntry, AuditOutcome};
 use crate::auth::{AuthError, Authenticator, Caller, Scope, StoreAccess};
 use crate::hub::BundleHub;
 use crate::keys::KeyManager;
 use crate::sessions::SessionService;
-use crate::store::{AuditEntry, SessionStore, Store};
+use crate::store::{SessionStore, Store};
 use crate::tokens::TokenPolicy;
 
 /// Everything a request handler needs.
@@ -59,7 +60,7 @@ impl App {
             Ok(caller) if caller.has(scope) => Ok(caller),
             Ok(caller) => {
                 self.audit_denial(
-                    &caller.client_id.to_string(),
+                    &caller,
                     rpc,
                     &request_id(request),
                     &format!("missing scope {}", scope.as_str()),
@@ -97,7 +98,7 @@ impl App {
             return Ok(());
         }
         self.audit_denial(
-            &caller.client_id.to_string(),
+            caller,
             rpc,
             request_id,
             &format!("tenant {tenant_id} not allowed"),
@@ -141,8 +142,7 @@ impl App {
         reason: &str,
         message: &'static str,
     ) -> Status {
-        self.audit_denial(&caller.client_id.to_string(), rpc, request_id, reason)
-            .await;
+        self.audit_denial(caller, rpc, request_id, reason).await;
         Status::permission_denied(message)
     }
 
@@ -171,16 +171,16 @@ impl App {
         }
     }
 
-    async fn audit_denial(&self, actor: &str, rpc: &str, request_id: &str, reason: &str) {
+    async fn audit_denial(&self, caller: &Caller, rpc: &str, request_id: &str, reason: &str) {
         metrics::counter!("tessera_auth_denied_total", "rpc" => rpc.to_owned()).increment(1);
+        let actor = Actor::client(
+            caller.client_id.clone(),
+            request_id.to_owned(),
+            reason.to_owned(),
+        );
         self.audit(AuditEntry {
-            at: self.now(),
-            actor: actor.to_owned(),
-            action: "auth.denied".into(),
-            target: rpc.to_owned(),
-            request_id: request_id.to_owned(),
-            reason: reason.to_owned(),
-            outcome: "denied".into(),
+            outcome: AuditOutcome::Denied,
+            ..actor.entry(self.now(), AuditAction::AuthDenied, rpc)
         })
         .await;
     }

@@ -29,13 +29,13 @@ use tessera_common::revocation::{RevocationEntry, RevocationKind};
 use tessera_common::{Clock, UnixMillis};
 use tracing::{info, warn};
 
+use crate::audit::{Actor, AuditAction};
 use crate::keys::KeyManager;
-use crate::keys::manager::{ChangeContext, KeyError, PreparedChange};
+use crate::keys::manager::{KeyError, PreparedChange};
 use crate::keys::rotation::Trigger;
-use crate::sessions::service::Actor;
 use crate::store::{
-    AuditEntry, EmergencyCommit, EmergencyCommitted, IncidentRecord, RevocationEffect,
-    SessionStore, Store, StoreError,
+    EmergencyCommit, EmergencyCommitted, IncidentRecord, RevocationEffect, SessionStore, Store,
+    StoreError,
 };
 
 /// Plans of a global emergency tried before giving up on key sets that keep changing.
@@ -162,16 +162,11 @@ impl Emergency<'_> {
         if *scope != EmergencyScope::Global {
             return Ok(Vec::new());
         }
-        let context = ChangeContext {
-            actor: actor.actor.clone(),
-            request_id: actor.request_id.clone(),
-            reason: actor.reason.clone(),
-        };
         let mut prepared = Vec::new();
         for key_set in KeySetName::ALL {
             let change = self
                 .keys
-                .prepare(key_set, &Trigger::Emergency, &context)
+                .prepare(key_set, &Trigger::Emergency, actor)
                 .await?
                 .ok_or(KeyError::NoSigner(key_set))?;
             prepared.push(change);
@@ -188,19 +183,15 @@ impl Emergency<'_> {
     ) -> EmergencyCommit {
         let now = self.clock.now();
         let (entry, effect) = revocation_of(scope, now, now.plus(self.revocation_horizon));
-        let audit = AuditEntry {
-            at: now,
-            actor: actor.actor.clone(),
-            action: format!("revoke.{}", entry.kind.as_str()),
-            target: entry.value.clone(),
-            request_id: actor.request_id.clone(),
-            reason: actor.reason.clone(),
-            outcome: "ok".into(),
-        };
+        let audit = actor.entry(
+            now,
+            AuditAction::revocation(entry.kind),
+            entry.value.clone(),
+        );
         EmergencyCommit {
             incident: IncidentRecord {
                 name: incident_record_name(incident, scope),
-                value: format!("{} {} {}", actor.actor, actor.request_id, now.0).into_bytes(),
+                value: format!("{} {} {}", actor.principal, actor.request_id, now.0).into_bytes(),
             },
             key_commits: prepared
                 .iter()

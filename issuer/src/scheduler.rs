@@ -10,10 +10,11 @@ use tessera_common::keys::KeySetName;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::audit::{Actor, AuditAction, AuditEntry, AuditOutcome};
 use crate::hub::RETAINED_EVENTS;
 use crate::keys::KeyManager;
 use crate::keys::rotation::{KeyView, signer_at};
-use crate::store::{AuditEntry, SessionStore, Store};
+use crate::store::{SessionStore, Store};
 
 /// Events kept in the store beyond the in-memory window (for resumption after restarts).
 const EVENTS_KEPT: u64 = 10 * RETAINED_EVENTS as u64;
@@ -52,14 +53,10 @@ pub async fn run_once(keys: &KeyManager, store: &Arc<dyn Store>, clock: &dyn Clo
         Err(error) => {
             warn!(%error, "scheduled rotation failed");
             metrics::counter!("tessera_rotation_failures_total").increment(1);
+            let actor = Actor::system(uuid::Uuid::now_v7().to_string(), "scheduled rotation");
             let entry = AuditEntry {
-                at: clock.now(),
-                actor: "system".into(),
-                action: "key.rotate.scheduled".into(),
-                target: "keys".into(),
-                request_id: uuid::Uuid::now_v7().to_string(),
-                reason: "scheduled rotation".into(),
-                outcome: "failed".into(),
+                outcome: AuditOutcome::Failed,
+                ..actor.entry(clock.now(), AuditAction::KeyRotateScheduled, "keys")
             };
             if let Err(error) = store.append_audit(entry).await {
                 warn!(%error, "audit append failed");

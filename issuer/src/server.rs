@@ -25,6 +25,7 @@ use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
 use crate::app::App;
+use crate::audit::{Actor, AuditAction};
 use crate::auth::{Authenticator, Caller, Scope};
 use crate::config::{IssuerConfig, KekSource, StoreConfig};
 use crate::credentials::Credentials;
@@ -40,7 +41,7 @@ use crate::keys::KeyManager;
 use crate::sessions::{SessionPolicy, SessionService};
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{AuditEntry, SessionStore, Store};
+use crate::store::{SessionStore, Store};
 use tessera_common::trace_context::TraceContextLayer;
 
 /// How long a disabled client may keep working on other replicas.
@@ -450,15 +451,11 @@ async fn bootstrap_admin(
     {
         return Ok(Some(path));
     }
-    let audit = AuditEntry {
-        at: auth.now(),
-        actor: "system".into(),
-        action: "client.create".into(),
-        target: String::new(),
-        request_id: uuid::Uuid::now_v7().to_string(),
-        reason: "bootstrap admin credential".into(),
-        outcome: "ok".into(),
-    };
+    let audit = Actor::system(
+        uuid::Uuid::now_v7().to_string(),
+        "bootstrap admin credential",
+    )
+    .entry(auth.now(), AuditAction::ClientCreate, String::new());
     let (_, credential) = auth
         .create_client(
             "bootstrap-admin".into(),

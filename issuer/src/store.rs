@@ -22,6 +22,7 @@ pub mod postgres;
 pub mod sessions;
 pub mod sqlite;
 
+pub use crate::audit::{AuditEntry, AuditRecord, StoredAuditEntry};
 pub use emergency::{EmergencyCommit, EmergencyCommitted, IncidentRecord};
 pub use sessions::{
     RefreshContext, RefreshState, RefreshTokenRecord, RevocationEffect, SessionRecord, SessionStore,
@@ -116,30 +117,6 @@ pub struct KeyCommit {
     pub at: UnixMillis,
 }
 
-/// One audit event before it is chained. Never holds a secret.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuditEntry {
-    pub at: UnixMillis,
-    /// A client id, `system` or `anonymous`.
-    pub actor: String,
-    /// Dotted verb: `key.create`, `key.rotate`, `key.revoke`, `auth.denied`, …
-    pub action: String,
-    pub target: String,
-    pub request_id: String,
-    pub reason: String,
-    /// `ok`, `denied` or `failed`.
-    pub outcome: String,
-}
-
-/// An audit event as stored: its position and its link in the hash chain.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuditRecord {
-    pub seq: u64,
-    pub entry: AuditEntry,
-    pub prev_hash: [u8; 32],
-    pub hash: [u8; 32],
-}
-
 /// A caller of the issuer (API client). Its credential is stored only as a hash.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientRecord {
@@ -219,7 +196,8 @@ pub trait Store: Send + Sync + 'static {
 
     // === audit log (append-only, hash-chained) ===
 
-    /// Appends `entry`, chaining it to the previous event's hash (see `audit::chain_hash`).
+    /// Appends `entry`, chaining it to the previous event's hash
+    /// ([`AuditRecord::following`]).
     async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError>;
 
     /// Returns up to `limit` events with seq < `before_seq` (all when `None`), newest first.

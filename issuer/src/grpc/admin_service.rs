@@ -11,9 +11,9 @@ use tracing::instrument;
 use super::convert;
 use super::status::from_store;
 use crate::app::{App, request_id};
-use crate::audit::{GENESIS_HASH, chain_hash};
+use crate::audit::{Actor, AuditAction, ChainVerifier};
 use crate::auth::Scope;
-use crate::store::{AuditEntry, AuditRecord, ClientRecord};
+use crate::store::{AuditRecord, ClientRecord};
 
 /// Events read per batch when verifying the chain.
 const VERIFY_BATCH: usize = 1000;
@@ -111,15 +111,12 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
                 )
                 .await);
         }
-        let audit = AuditEntry {
-            at: self.app.now(),
-            actor: caller.client_id.to_string(),
-            action: "client.create".into(),
-            target: String::new(),
-            request_id,
-            reason: format!("name={} scopes={}", message.name, message.scopes.join(",")),
-            outcome: "ok".into(),
-        };
+        let reason = format!("name={} scopes={}", message.name, message.scopes.join(","));
+        let audit = Actor::client(caller.client_id.clone(), request_id, reason).entry(
+            self.app.now(),
+            AuditAction::ClientCreate,
+            String::new(),
+        );
         let (record, credential) = self
             .app
             .auth
@@ -185,15 +182,11 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
             return Err(Status::not_found("client_id: no such client"));
         }
         let now = self.app.now();
-        let audit = AuditEntry {
-            at: now,
-            actor: caller.client_id.to_string(),
-            action: "client.disable".into(),
-            target: client_id.to_string(),
-            request_id,
-            reason: message.reason,
-            outcome: "ok".into(),
-        };
+        let audit = Actor::client(caller.client_id.clone(), request_id, message.reason).entry(
+            now,
+            AuditAction::ClientDisable,
+            client_id.to_string(),
+        );
         self.app
             .store
             .disable_client(&client_id, now, audit)
@@ -254,8 +247,7 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
                 &request_id(&request),
             )
             .await?;
-        let mut previous = GENESIS_HASH;
-        let mut n_events = 0u64;
+        let mut verifier = ChainVerifier::default();
         let mut after = 0u64;
         loop {
             let batch = self
@@ -268,22 +260,19 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
                 break;
             }
             for record in &batch {
-                let expected = chain_hash(&previous, record.seq, &record.entry);
-                if record.prev_hash != previous || record.hash != expected {
+                if !verifier.check(record) {
                     return Ok(Response::new(pb::VerifyAuditLogResponse {
                         intact: false,
-                        n_events,
+                        n_events: verifier.n_events(),
                         first_broken_seq: record.seq,
                     }));
                 }
-                previous = record.hash;
-                n_events += 1;
                 after = record.seq;
             }
         }
         Ok(Response::new(pb::VerifyAuditLogResponse {
             intact: true,
-            n_events,
+            n_events: verifier.n_events(),
             first_broken_seq: 0,
         }))
     }

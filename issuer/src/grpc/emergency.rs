@@ -7,8 +7,8 @@ use tonic::Status;
 
 use super::status::{from_key, from_store};
 use crate::app::App;
+use crate::audit::Actor;
 use crate::emergency::{Emergency, EmergencyError, EmergencyOutcome, EmergencyScope, IncidentId};
-use crate::sessions::service::Actor;
 
 /// Carries out `incident` over `scope` (the caller's confinement already checked).
 pub async fn revoke(

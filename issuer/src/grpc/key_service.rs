@@ -16,8 +16,8 @@ use tracing::instrument;
 use super::convert;
 use super::status::from_key;
 use crate::app::{App, request_id};
+use crate::audit::Actor;
 use crate::auth::Scope;
-use crate::keys::manager::ChangeContext;
 use crate::keys::rotation::Trigger;
 
 /// Longest prepublish an operator may ask for on a manual rotation.
@@ -99,11 +99,7 @@ impl pb::key_service_server::KeyService for KeyServiceImpl {
         } else {
             Trigger::Manual { prepublish }
         };
-        let context = ChangeContext {
-            actor: caller.client_id.to_string(),
-            request_id,
-            reason,
-        };
+        let context = Actor::client(caller.client_id.clone(), request_id, reason);
         let outcome = self
             .app
             .keys
@@ -151,11 +147,7 @@ impl pb::key_service_server::KeyService for KeyServiceImpl {
         let kid =
             KeyId::new(message.kid).map_err(|error| Status::invalid_argument(error.to_string()))?;
         let reason = required_reason(&message.reason)?;
-        let context = ChangeContext {
-            actor: caller.client_id.to_string(),
-            request_id,
-            reason,
-        };
+        let context = Actor::client(caller.client_id.clone(), request_id, reason);
         let outcome = self
             .app
             .keys

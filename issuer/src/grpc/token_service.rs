@@ -15,9 +15,10 @@ use super::convert;
 use super::emergency as grpc_emergency;
 use super::status::{from_issue, from_key, from_session};
 use crate::app::{App, request_id};
+use crate::audit::Actor;
 use crate::auth::{Caller, Scope};
 use crate::emergency::{self, IncidentId};
-use crate::sessions::service::{Actor, RevocationTarget};
+use crate::sessions::service::RevocationTarget;
 use crate::sessions::{RefreshRejection, SessionError, SessionTokens};
 use crate::store::RefreshState;
 use crate::tokens::{self, AccessTokenRequest};
@@ -505,9 +506,5 @@ fn session_tokens(tokens: SessionTokens) -> pb::SessionTokens {
 
 /// Who does what, for the audit log: the authenticated client and this request.
 fn actor(caller: &Caller, request_id: String, reason: String) -> Actor {
-    Actor {
-        actor: caller.client_id.to_string(),
-        request_id,
-        reason,
-    }
+    Actor::client(caller.client_id.clone(), request_id, reason)
 }

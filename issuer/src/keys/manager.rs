@@ -21,9 +21,10 @@ use super::mac::MacKey;
 use super::material::{self, KeyMaterialError};
 use super::rotation::{self, KeyView, Plan, PlanError, Trigger};
 use super::signer::Signer;
+use crate::audit::{Actor, AuditAction};
 use crate::kek::KekError;
 use crate::keyring::Keyring;
-use crate::store::{AuditEntry, KeyCommit, KeyWrite, Store, StoreError, StoredKey};
+use crate::store::{KeyCommit, KeyWrite, Store, StoreError, StoredKey};
 
 /// Attempts at a commit before giving up on repeated conflicts.
 const MAX_COMMIT_ATTEMPTS: usize = 5;
@@ -47,25 +48,6 @@ pub enum KeyError {
     UnknownKey(KeyId),
     #[error("too many concurrent changes to key set `{0}`; retry")]
     Busy(KeySetName),
-}
-
-/// Who asked for a change and why; recorded in the audit log.
-#[derive(Clone, Debug)]
-pub struct ChangeContext {
-    pub actor: String,
-    pub request_id: String,
-    pub reason: String,
-}
-
-impl ChangeContext {
-    /// The context of the scheduler's own changes.
-    pub fn system(reason: &str) -> Self {
-        ChangeContext {
-            actor: "system".into(),
-            request_id: uuid::Uuid::now_v7().to_string(),
-            reason: reason.into(),
-        }
-    }
 }
 
 /// The result of a committed plan.
@@ -320,7 +302,7 @@ impl KeyManager {
     pub async fn run_scheduled(&self) -> Result<Vec<RotationOutcome>, KeyError> {
         let mut outcomes = Vec::new();
         for key_set in KeySetName::ALL {
-            let context = ChangeContext::system("scheduled rotation");
+            let context = Actor::system(uuid::Uuid::now_v7().to_string(), "scheduled rotation");
             if let Some(outcome) = self.apply(key_set, Trigger::Scheduled, &context).await? {
                 outcomes.push(outcome);
             }
@@ -336,7 +318,7 @@ impl KeyManager {
         &self,
         key_set: KeySetName,
         trigger: Trigger,
-        context: &ChangeContext,
+        context: &Actor,
     ) -> Result<RotationOutcome, KeyError> {
         let outcome = self
             .apply(key_set, trigger, context)
@@ -347,11 +329,7 @@ impl KeyManager {
     }
 
     /// Revokes one key (in whichever set holds it).
-    pub async fn revoke(
-        &self,
-        kid: &KeyId,
-        context: &ChangeContext,
-    ) -> Result<RotationOutcome, KeyError> {
+    pub async fn revoke(&self, kid: &KeyId, context: &Actor) -> Result<RotationOutcome, KeyError> {
         for key_set in KeySetName::ALL {
             let state = self.store.key_set(key_set).await?;
             if state.keys.iter().any(|key| &key.schedule.kid == kid) {
@@ -372,7 +350,7 @@ impl KeyManager {
         &self,
         key_set: KeySetName,
         trigger: Trigger,
-        context: &ChangeContext,
+        context: &Actor,
     ) -> Result<Option<RotationOutcome>, KeyError> {
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             let Some(PreparedChange { commit, plan }) =
@@ -390,7 +368,7 @@ impl KeyManager {
                         revoked = plan.revoked.len(),
                         retired = plan.retired.len(),
                         revision = revision.0,
-                        actor = %context.actor,
+                        actor = %context.principal,
                         "key set changed"
                     );
                     return Ok(Some(outcome));
@@ -414,7 +392,7 @@ impl KeyManager {
         &self,
         key_set: KeySetName,
         trigger: &Trigger,
-        context: &ChangeContext,
+        context: &Actor,
     ) -> Result<Option<PreparedChange>, KeyError> {
         let policy = self.policy(key_set);
         let now = self.clock.now();
@@ -447,20 +425,12 @@ impl KeyManager {
         stored: &[StoredKey],
         generation: i64,
         now: UnixMillis,
-        context: &ChangeContext,
+        context: &Actor,
     ) -> Result<KeyCommit, KeyError> {
         let mut writes = Vec::new();
         let mut changes = Vec::new();
         let mut audit = Vec::new();
-        let audit_entry = |action: &str, target: &str| AuditEntry {
-            at: now,
-            actor: context.actor.clone(),
-            action: action.to_owned(),
-            target: target.to_owned(),
-            request_id: context.request_id.clone(),
-            reason: context.reason.clone(),
-            outcome: "ok".into(),
-        };
+        let audit_entry = |action: AuditAction, target: &str| context.entry(now, action, target);
         let wrapped_of = |kid: &KeyId| {
             stored
                 .iter()
@@ -489,7 +459,7 @@ impl KeyManager {
                 wrapped_private: Some(wrapped),
             }));
             changes.push(BundleChange::KeyUpserted { key: schedule });
-            audit.push(audit_entry("key.create", new_key.kid.as_str()));
+            audit.push(audit_entry(AuditAction::KeyCreate, new_key.kid.as_str()));
         }
         for schedule in &plan.rescheduled {
             let revoked = plan.revoked.contains(&schedule.kid);
@@ -506,7 +476,7 @@ impl KeyManager {
                 changes.push(BundleChange::KeyRevoked {
                     key: schedule.clone(),
                 });
-                audit.push(audit_entry("key.revoke", schedule.kid.as_str()));
+                audit.push(audit_entry(AuditAction::KeyRevoke, schedule.kid.as_str()));
             } else {
                 changes.push(BundleChange::KeyUpserted {
                     key: schedule.clone(),
@@ -522,14 +492,14 @@ impl KeyManager {
             }
             if plan.retired.contains(kid) {
                 changes.push(BundleChange::KeyUnpublished { kid: kid.clone() });
-                audit.push(audit_entry("key.retire", kid.as_str()));
+                audit.push(audit_entry(AuditAction::KeyRetire, kid.as_str()));
             }
         }
         let rotated = match trigger {
-            Trigger::Emergency => Some("key.rotate.emergency"),
-            Trigger::Manual { .. } => Some("key.rotate"),
+            Trigger::Emergency => Some(AuditAction::KeyRotateEmergency),
+            Trigger::Manual { .. } => Some(AuditAction::KeyRotate),
             Trigger::Scheduled if plan.previous_signer.is_some() && plan.create.is_some() => {
-                Some("key.rotate.scheduled")
+                Some(AuditAction::KeyRotateScheduled)
             }
             _ => None,
         };

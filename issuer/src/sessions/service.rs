@@ -14,12 +14,13 @@ use tessera_common::{Clock, UnixMillis};
 use tracing::warn;
 
 use super::decision::{self, RefreshDecision, RefreshRejection, SessionPolicy};
+use crate::audit::{Actor, AuditAction, AuditEntry, AuditOutcome};
 use crate::credentials::{CredentialRecord, Credentials};
 use crate::keyring::KeyringError;
 use crate::keys::KeyManager;
 use crate::keys::manager::KeyError;
 use crate::store::{
-    AuditEntry, RefreshContext, RefreshState, RefreshTokenRecord, RevocationEffect, SessionRecord,
+    RefreshContext, RefreshState, RefreshTokenRecord, RevocationEffect, SessionRecord,
     SessionStore, StoreError,
 };
 use crate::tokens::{self, AccessTokenRequest, IssueError, IssuedToken, TokenPolicy};
@@ -79,14 +80,6 @@ pub enum RevocationTarget {
     Tenant(TenantId),
     Family(String),
     All,
-}
-
-/// Who asks, and why.
-#[derive(Clone, Debug)]
-pub struct Actor {
-    pub actor: String,
-    pub request_id: String,
-    pub reason: String,
 }
 
 /// A committed revocation.
@@ -205,15 +198,12 @@ impl SessionService {
         let access = self.issue_access(&session, &template, now)?;
         let refresh = Credential::generate(CredentialKind::Refresh);
         let record = self.refresh_record(&refresh, &session, None, now)?;
-        let audit = AuditEntry {
-            at: now,
-            actor: actor.actor.clone(),
-            action: "session.create".into(),
-            target: session_id.to_string(),
-            request_id: actor.request_id.clone(),
-            reason: format!("tenant={} subject={}", session.tenant_id, session.subject),
-            outcome: "ok".into(),
-        };
+        let audit = actor
+            .with_reason(format!(
+                "tenant={} subject={}",
+                session.tenant_id, session.subject
+            ))
+            .entry(now, AuditAction::SessionCreate, session_id.to_string());
         self.store
             .create_session(session, record.clone(), audit)
             .await?;
@@ -347,15 +337,7 @@ impl SessionService {
             revoked_at: now,
             drop_after,
         };
-        let audit = AuditEntry {
-            at: now,
-            actor: actor.actor.clone(),
-            action: format!("revoke.{}", kind.as_str()),
-            target: value,
-            request_id: actor.request_id.clone(),
-            reason: actor.reason.clone(),
-            outcome: "ok".into(),
-        };
+        let audit = actor.entry(now, AuditAction::revocation(kind), value);
         let (revision, n_sessions) = self
             .store
             .revoke(vec![entry], effect.into_iter().collect(), now, vec![audit])
@@ -453,17 +435,17 @@ impl SessionService {
             revoked_at: now,
             drop_after: now.plus(self.policy.revocation_horizon),
         };
+        let reason = format!(
+            "rotated token {} presented again; session {} revoked",
+            token.token_id, session.session_id
+        );
         let audit = AuditEntry {
-            at: now,
-            actor: actor.actor.clone(),
-            action: "refresh.reuse_detected".into(),
-            target: token.family_id.clone(),
-            request_id: actor.request_id.clone(),
-            reason: format!(
-                "rotated token {} presented again; session {} revoked",
-                token.token_id, session.session_id
-            ),
-            outcome: "denied".into(),
+            outcome: AuditOutcome::Denied,
+            ..actor.with_reason(reason).entry(
+                now,
+                AuditAction::RefreshReuseDetected,
+                token.family_id.clone(),
+            )
         };
         match self
             .store

@@ -8,6 +8,7 @@ use tessera_common::credential::{CredentialKind, PepperVersion};
 use tessera_common::revocation::RevocationKind;
 
 use super::{RefreshState, StoreError, WrappedKey};
+use crate::audit::ChainHead;
 use crate::kek::KekVersion;
 
 fn corrupt(message: String) -> StoreError {
@@ -68,6 +69,18 @@ pub(crate) fn revision_from_column(value: i64) -> Result<Revision, StoreError> {
 pub(crate) fn hash_from_column(value: Vec<u8>) -> Result<[u8; 32], StoreError> {
     <[u8; 32]>::try_from(value.as_slice())
         .map_err(|_| corrupt(format!("audit hash of {} bytes", value.len())))
+}
+
+pub(crate) fn audit_seq_from_column(value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| corrupt(format!("negative audit seq {value}")))
+}
+
+/// The newest audit row's `(seq, hash)`, as the next append chains to it.
+pub(crate) fn chain_head_from_columns(seq: i64, hash: Vec<u8>) -> Result<ChainHead, StoreError> {
+    Ok(ChainHead {
+        seq: audit_seq_from_column(seq)?,
+        hash: hash_from_column(hash)?,
+    })
 }
 
 pub(crate) fn pepper_version_from_column(value: i32) -> Result<PepperVersion, StoreError> {
@@ -138,6 +151,8 @@ mod tests {
         assert!(revocation_kind_from_column("nobody").is_err());
         assert!(revision_from_column(-1).is_err());
         assert!(hash_from_column(vec![0; 31]).is_err());
+        assert!(chain_head_from_columns(-1, vec![0; 32]).is_err());
+        assert!(chain_head_from_columns(1, vec![0; 33]).is_err());
         assert_eq!(limit_to_column(usize::MAX), i64::MAX);
         assert!(pepper_version_from_column(0).is_err());
         assert!(wrapped_key_from_columns(0, Some(vec![1])).is_err());

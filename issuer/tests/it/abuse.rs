@@ -12,6 +12,7 @@ use tessera_common::credential::{Credential, CredentialKind};
 use tessera_common::ids::ClientId;
 use tessera_common::keys::KeySetName;
 use tessera_common::{SystemClock, UnixMillis};
+use tessera_issuer::audit::{Actor, AuditAction};
 use tessera_issuer::auth::{Authenticator, Scope, StoreAccess};
 use tessera_issuer::credentials::Credentials;
 use tessera_issuer::kek::{KEK_BYTES, Kek};
@@ -144,15 +145,7 @@ fn bearer(credential: &str) -> MetadataMap {
 }
 
 fn audit_entry() -> AuditEntry {
-    AuditEntry {
-        at: UnixMillis(1),
-        actor: "test".into(),
-        action: "client.create".into(),
-        target: String::new(),
-        request_id: "r1".into(),
-        reason: String::new(),
-        outcome: "ok".into(),
-    }
+    Actor::system("r1".into(), "").entry(UnixMillis(1), AuditAction::ClientCreate, String::new())
 }
 
 #[tokio::test]

@@ -11,12 +11,13 @@ use tessera_common::SystemClock;
 use tessera_common::credential::{Credential, CredentialKind, PepperVersion};
 use tessera_common::ids::ClientId;
 use tessera_common::keys::KeySetName;
+use tessera_issuer::audit::{Actor, AuditAction};
 use tessera_issuer::auth::Scope;
 use tessera_issuer::config::IssuerConfig;
 use tessera_issuer::credentials::Credentials;
 use tessera_issuer::kek::{KEK_BYTES, Kek, KekVersion};
 use tessera_issuer::keyring::{self, Keyring};
-use tessera_issuer::store::{AuditEntry, ClientRecord};
+use tessera_issuer::store::ClientRecord;
 use tessera_proto::v1 as pb;
 use tonic::Code;
 
@@ -233,15 +234,11 @@ async fn caller_credentials_are_tbc_and_a_legacy_tbk_client_keeps_only_its_own_p
         created_at: issuer.app.now(),
         disabled_at: None,
     };
-    let audit = AuditEntry {
-        at: issuer.app.now(),
-        actor: "test".into(),
-        action: "client.create".into(),
-        target: legacy.id.clone(),
-        request_id: "r1".into(),
-        reason: "legacy client".into(),
-        outcome: "ok".into(),
-    };
+    let audit = Actor::system("r1".into(), "legacy client").entry(
+        issuer.app.now(),
+        AuditAction::ClientCreate,
+        legacy.id.clone(),
+    );
     issuer
         .app
         .store

@@ -2,9 +2,11 @@
 //! backends, and in-process servers on real sockets.
 
 mod abuse;
+mod audit;
 mod harness;
 mod health;
 mod keyring;
+mod legacy_audit;
 mod postgres_replicas;
 mod server;
 mod sessions;

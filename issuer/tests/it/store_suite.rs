@@ -36,6 +36,7 @@ macro_rules! store_test_suite {
                 clients_insert_get_list_disable,
                 meta_put_if_absent_keeps_the_first_value,
                 a_reopened_store_sees_the_same_state,
+                audit_rows_written_before_typed_actions_chain_with_new_ones,
             },
             emergency::{
                 an_emergency_commit_records_its_incident_with_its_effects_once,

@@ -10,10 +10,9 @@ use tokio_postgres::types::ToSql;
 use super::error::PgFailure;
 use super::listener::CHANNEL;
 use super::rows::{
-    credential_kind_to_column, hash_from_column, revision_from_column, to_column, to_json,
-    wrapped_key_to_columns,
+    credential_kind_to_column, revision_from_column, to_column, to_json, wrapped_key_to_columns,
 };
-use crate::audit::{GENESIS_HASH, chain_hash};
+use crate::store::columns::chain_head_from_columns;
 use crate::store::{AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeyWrite, StoreError};
 use tessera_common::ids::ClientId;
 
@@ -276,50 +275,39 @@ pub(super) async fn latest_revision<C: GenericClient>(client: &C) -> Result<Revi
 }
 
 /// Appends `entry` to the audit chain under [`AUDIT_LOCK`]: reads the last link,
-/// hashes, inserts.
+/// chains, inserts.
 pub(super) async fn insert_audit(
     tx: &Transaction<'_>,
     entry: &AuditEntry,
 ) -> Result<AuditRecord, PgFailure> {
     execute(tx, "SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]).await?;
-    let last = query_opt(
+    let head = query_opt(
         tx,
         "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
         &[],
     )
-    .await?;
-    let (seq, prev_hash) = match last {
-        None => (1_u64, GENESIS_HASH),
-        Some(row) => {
-            let seq: i64 = row.try_get(0)?;
-            let seq = u64::try_from(seq)
-                .map_err(|_| StoreError::Corrupt(format!("negative audit seq {seq}")))?;
-            (seq + 1, hash_from_column(row.try_get(1)?)?)
-        }
-    };
-    let hash = chain_hash(&prev_hash, seq, entry);
+    .await?
+    .map(|row| Ok::<_, PgFailure>(chain_head_from_columns(row.try_get(0)?, row.try_get(1)?)?))
+    .transpose()?;
+    let record = AuditRecord::following(head, entry);
+    let stored = &record.entry;
     execute(
         tx,
         "INSERT INTO audit_log (seq, at, actor, action, target, request_id, reason, outcome, \
          prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         &[
-            &to_column(seq),
-            &entry.at.0,
-            &entry.actor,
-            &entry.action,
-            &entry.target,
-            &entry.request_id,
-            &entry.reason,
-            &entry.outcome,
-            &prev_hash.as_slice(),
-            &hash.as_slice(),
+            &to_column(record.seq),
+            &stored.at.0,
+            &stored.actor,
+            &stored.action,
+            &stored.target,
+            &stored.request_id,
+            &stored.reason,
+            &stored.outcome,
+            &record.prev_hash.as_slice(),
+            &record.hash.as_slice(),
         ],
     )
     .await?;
-    Ok(AuditRecord {
-        seq,
-        entry: entry.clone(),
-        prev_hash,
-        hash,
-    })
+    Ok(record)
 }

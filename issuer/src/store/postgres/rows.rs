@@ -8,7 +8,7 @@ use tessera_common::keys::KeySchedule;
 use tokio_postgres::Row;
 
 use super::error::{PgFailure, corrupt};
-use crate::store::{AuditEntry, AuditRecord, ClientRecord, StoredKey};
+use crate::store::{AuditRecord, ClientRecord, StoredAuditEntry, StoredKey};
 
 use crate::store::columns::{
     credential_kind_from_column, pepper_version_from_column, wrapped_key_from_columns,
@@ -65,7 +65,7 @@ pub(super) fn audit_from_row(row: &Row) -> Result<AuditRecord, PgFailure> {
     let seq: i64 = row.try_get(0)?;
     Ok(AuditRecord {
         seq: u64::try_from(seq).map_err(corrupt)?,
-        entry: AuditEntry {
+        entry: StoredAuditEntry {
             at: UnixMillis(row.try_get(1)?),
             actor: row.try_get(2)?,
             action: row.try_get(3)?,

@@ -7,7 +7,7 @@ use tessera_common::bundle::{BundleChange, Revision};
 
 use super::error::SqliteFailure;
 use super::rows::{revision_from_column, to_column, to_json, wrapped_key_to_columns};
-use crate::audit::{GENESIS_HASH, chain_hash};
+use crate::store::columns::chain_head_from_columns;
 use crate::store::{AuditEntry, AuditRecord, KeyCommit, KeyWrite, StoreError};
 
 /// Inserts or updates one key row. An update of a key that does not exist in its set
@@ -124,47 +124,35 @@ pub(super) fn latest_revision(connection: &Connection) -> Result<Revision, Sqlit
     Ok(revision_from_column(latest)?)
 }
 
-/// Appends `entry` to the audit chain: reads the last link, hashes, inserts.
+/// Appends `entry` to the audit chain: reads the last link, chains, inserts.
 pub(super) fn insert_audit(
     connection: &Connection,
     entry: &AuditEntry,
 ) -> Result<AuditRecord, SqliteFailure> {
-    let last: Option<(i64, Vec<u8>)> = connection
+    let head = connection
         .prepare_cached("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
         .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
-        .optional()?;
-    let (seq, prev_hash) = match last {
-        None => (1_u64, GENESIS_HASH),
-        Some((seq, hash)) => {
-            let seq = u64::try_from(seq)
-                .map_err(|_| StoreError::Corrupt(format!("negative audit seq {seq}")))?;
-            let hash = <[u8; 32]>::try_from(hash.as_slice())
-                .map_err(|_| StoreError::Corrupt("audit hash is not 32 bytes".to_owned()))?;
-            (seq + 1, hash)
-        }
-    };
-    let hash = chain_hash(&prev_hash, seq, entry);
+        .optional()?
+        .map(|(seq, hash)| chain_head_from_columns(seq, hash))
+        .transpose()?;
+    let record = AuditRecord::following(head, entry);
+    let stored = &record.entry;
     connection
         .prepare_cached(
             "INSERT INTO audit_log (seq, at, actor, action, target, request_id, reason, outcome, \
              prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
         .execute(params![
-            to_column(seq),
-            entry.at.0,
-            entry.actor,
-            entry.action,
-            entry.target,
-            entry.request_id,
-            entry.reason,
-            entry.outcome,
-            prev_hash.as_slice(),
-            hash.as_slice(),
+            to_column(record.seq),
+            stored.at.0,
+            stored.actor,
+            stored.action,
+            stored.target,
+            stored.request_id,
+            stored.reason,
+            stored.outcome,
+            record.prev_hash.as_slice(),
+            record.hash.as_slice(),
         ])?;
-    Ok(AuditRecord {
-        seq,
-        entry: entry.clone(),
-        prev_hash,
-        hash,
-    })
+    Ok(record)
 }

@@ -8,7 +8,7 @@ use tessera_common::jwk::Jwk;
 use tessera_common::keys::KeySchedule;
 
 use super::error::SqliteFailure;
-use crate::store::{AuditEntry, AuditRecord, ClientRecord, StoreError, StoredKey};
+use crate::store::{AuditRecord, ClientRecord, StoreError, StoredAuditEntry, StoredKey};
 
 use crate::store::columns::{
     credential_kind_from_column, pepper_version_from_column, wrapped_key_from_columns,
@@ -65,7 +65,7 @@ pub(super) fn audit_from_row(row: &Row<'_>) -> Result<AuditRecord, SqliteFailure
     let seq: i64 = row.get(0)?;
     Ok(AuditRecord {
         seq: u64::try_from(seq).map_err(corrupt)?,
-        entry: AuditEntry {
+        entry: StoredAuditEntry {
             at: UnixMillis(row.get(1)?),
             actor: row.get(2)?,
             action: row.get(3)?,

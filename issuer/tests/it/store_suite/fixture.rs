@@ -13,7 +13,7 @@ use tessera_common::ids::{ClientId, KeyId};
 use tessera_common::jwk::Jwk;
 use tessera_common::keys::{Algorithm, KeySchedule, KeySetName};
 use tessera_common::revocation::{RevocationEntry, RevocationKind};
-use tessera_issuer::audit::{GENESIS_HASH, chain_hash};
+use tessera_issuer::audit::{Actor, AuditAction, GENESIS_HASH, chain_hash};
 use tessera_issuer::store::postgres::{PostgresOptions, PostgresStore};
 use tessera_issuer::store::sqlite::SqliteStore;
 use tessera_issuer::store::{
@@ -348,15 +348,12 @@ pub fn revocation_change(value: &str, at: i64) -> BundleChange {
 
 /// Returns an audit entry whose fields all carry `n`.
 pub fn audit_entry(n: u64) -> AuditEntry {
-    AuditEntry {
-        at: UnixMillis(1_700_000_000_000 + n as i64),
-        actor: format!("client-{n}"),
-        action: "key.rotate".into(),
-        target: format!("access/{n}"),
-        request_id: format!("req-{n}"),
-        reason: format!("reason {n}"),
-        outcome: "ok".into(),
-    }
+    let client_id = ClientId::new(format!("client-{n}")).expect("client id");
+    Actor::client(client_id, format!("req-{n}"), format!("reason {n}")).entry(
+        UnixMillis(1_700_000_000_000 + n as i64),
+        AuditAction::KeyRotate,
+        format!("access/{n}"),
+    )
 }
 
 /// Returns an API client created at `created_at` ms.

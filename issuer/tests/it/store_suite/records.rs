@@ -8,7 +8,10 @@ use tessera_common::ids::ClientId;
 use tessera_common::keys::KeySetName;
 use tessera_issuer::store::{KeyWrite, Store, StoreError};
 
+use tessera_issuer::audit::ChainVerifier;
+
 use super::fixture::{Fixture, assert_chain, audit_entry, client, commit, full_key, tagged_change};
+use crate::legacy_audit::{Dialect, LEGACY_AUDIT_ROWS};
 
 /// Every appended audit event links to the previous one through `chain_hash`, whatever
 /// wrote it (a plain append, a client write).
@@ -31,7 +34,7 @@ pub async fn audit_entries_chain_their_hashes(fixture: &Fixture) {
         "the store returns what it stored"
     );
     assert_eq!(stored.len(), 4);
-    assert_eq!(stored[3].entry, audit_entry(4));
+    assert_eq!(stored[3].entry, audit_entry(4).stored());
     assert_chain(&stored);
 }
 
@@ -87,7 +90,7 @@ pub async fn audit_pages_run_newest_first_and_after_runs_oldest_first(fixture: &
     assert_eq!(seqs(store.audit_after(2, 10).await.unwrap()), vec![3, 4, 5]);
     assert!(store.audit_after(5, 10).await.unwrap().is_empty());
     let page = store.audit_page(None, 1).await.unwrap();
-    assert_eq!(page[0].entry, audit_entry(5));
+    assert_eq!(page[0].entry, audit_entry(5).stored());
 }
 
 /// The database itself refuses to update or delete audit rows, whoever asks.
@@ -118,7 +121,7 @@ pub async fn audit_log_rejects_update_and_delete(fixture: &Fixture) {
     }
     let audit = store.audit_after(0, 10).await.unwrap();
     assert_eq!(audit.len(), 2);
-    assert_eq!(audit[0].entry, audit_entry(1));
+    assert_eq!(audit[0].entry, audit_entry(1).stored());
     assert_chain(&audit);
 }
 
@@ -271,4 +274,50 @@ pub async fn a_reopened_store_sees_the_same_state(fixture: &Fixture) {
     let seqs: BTreeSet<u64> = audit.iter().map(|record| record.seq).collect();
     assert_eq!(seqs, BTreeSet::from([1, 2, 3]));
     assert_chain(&audit);
+}
+
+/// Rows an earlier version wrote (actions as string literals) and rows appended now
+/// through typed entries form one chain: the store links the first new row to the last
+/// old one, and the verifier `VerifyAuditLog` runs accepts every row.
+pub async fn audit_rows_written_before_typed_actions_chain_with_new_ones(fixture: &Fixture) {
+    let dialect = Dialect::of_backend(fixture.backend());
+    for row in &LEGACY_AUDIT_ROWS {
+        fixture
+            .execute_raw(&row.insert_sql(dialect))
+            .await
+            .expect("legacy row");
+    }
+    let store = &fixture.store;
+    let appended = store.append_audit(audit_entry(5)).await.unwrap();
+    assert_eq!(appended.seq, 5);
+    assert_eq!(hex(&appended.prev_hash), LEGACY_AUDIT_ROWS[3].hash);
+    store
+        .insert_client(client("svc-a", 1_000), audit_entry(6))
+        .await
+        .unwrap();
+
+    let records = store.audit_after(0, 100).await.unwrap();
+    assert_eq!(records.len(), 6);
+    let mut verifier = ChainVerifier::default();
+    for record in &records {
+        assert!(
+            verifier.check(record),
+            "seq {} breaks the chain",
+            record.seq
+        );
+    }
+    for (record, row) in records.iter().zip(&LEGACY_AUDIT_ROWS) {
+        assert_eq!(hex(&record.hash), row.hash);
+        assert_eq!(record.entry.action, row.action);
+        assert!(
+            record.entry.action().is_some(),
+            "{} is a known action",
+            row.action
+        );
+    }
+    assert_eq!(records[5].entry, audit_entry(6).stored());
+}
+
+fn hex(bytes: &[u8; 32]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

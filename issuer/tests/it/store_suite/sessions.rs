@@ -166,7 +166,7 @@ pub async fn session_and_token_round_trip_keeps_every_field(fixture: &Fixture) {
     assert_eq!(store.refresh_token("tok-dup").await.unwrap(), None);
     let audit = fixture.store.audit_after(0, 100).await.unwrap();
     assert_eq!(audit.len(), 2, "the refused session wrote no audit entry");
-    assert_eq!(audit[0].entry, audit_entry(1));
+    assert_eq!(audit[0].entry, audit_entry(1).stored());
     assert_chain(&audit);
 }
 
@@ -601,7 +601,11 @@ pub async fn revoke_publishes_entries_events_and_audit(fixture: &Fixture) {
             .iter()
             .map(|record| record.entry.clone())
             .collect::<Vec<_>>(),
-        vec![audit_entry(1), audit_entry(2), audit_entry(3)]
+        vec![
+            audit_entry(1).stored(),
+            audit_entry(2).stored(),
+            audit_entry(3).stored()
+        ]
     );
     assert_chain(&audit);
 

@@ -1,0 +1,223 @@
+//! Every audited action and outcome, each with the name stored in the audit log.
+//!
+//! The names are part of the hash chain of rows already written: a name here never
+//! changes and a variant is never removed (a retired action stays, so old rows still
+//! parse). A new kind of credential adds its actions here, and nowhere else spells them.
+
+use tessera_common::revocation::RevocationKind;
+
+/// What an audit event records. [`AuditAction::as_str`] is the one table of stored names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AuditAction {
+    /// A call was refused: bad or missing credential (one summary row per burst), scope
+    /// or tenant.
+    AuthDenied,
+    /// An API client was created.
+    ClientCreate,
+    /// An API client was disabled.
+    ClientDisable,
+    /// A login session started.
+    SessionCreate,
+    /// A rotated refresh token was presented again; its family was revoked.
+    RefreshReuseDetected,
+    /// A revocation entry of each kind was filed (`revoke.<kind>`).
+    RevokeJti,
+    RevokeSession,
+    RevokeUser,
+    RevokeTenant,
+    RevokeFamily,
+    RevokeKey,
+    RevokeAll,
+    /// A signing key was created.
+    KeyCreate,
+    /// A signing key was revoked (compromised, or replaced in an emergency).
+    KeyRevoke,
+    /// A signing key was retired (unpublished after its verification window).
+    KeyRetire,
+    /// A key set was rotated by an operator.
+    KeyRotate,
+    /// A key set was rotated in emergency mode (its keys revoked).
+    KeyRotateEmergency,
+    /// A key set was rotated by the scheduler (or a scheduled run failed).
+    KeyRotateScheduled,
+}
+
+impl AuditAction {
+    /// Every action, in a fixed order.
+    pub const ALL: [AuditAction; 18] = [
+        AuditAction::AuthDenied,
+        AuditAction::ClientCreate,
+        AuditAction::ClientDisable,
+        AuditAction::SessionCreate,
+        AuditAction::RefreshReuseDetected,
+        AuditAction::RevokeJti,
+        AuditAction::RevokeSession,
+        AuditAction::RevokeUser,
+        AuditAction::RevokeTenant,
+        AuditAction::RevokeFamily,
+        AuditAction::RevokeKey,
+        AuditAction::RevokeAll,
+        AuditAction::KeyCreate,
+        AuditAction::KeyRevoke,
+        AuditAction::KeyRetire,
+        AuditAction::KeyRotate,
+        AuditAction::KeyRotateEmergency,
+        AuditAction::KeyRotateScheduled,
+    ];
+
+    /// Returns the name stored in the audit log (a dotted verb). Never change one: rows
+    /// already written hash these exact bytes.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::AuthDenied => "auth.denied",
+            AuditAction::ClientCreate => "client.create",
+            AuditAction::ClientDisable => "client.disable",
+            AuditAction::SessionCreate => "session.create",
+            AuditAction::RefreshReuseDetected => "refresh.reuse_detected",
+            AuditAction::RevokeJti => "revoke.jti",
+            AuditAction::RevokeSession => "revoke.session",
+            AuditAction::RevokeUser => "revoke.user",
+            AuditAction::RevokeTenant => "revoke.tenant",
+            AuditAction::RevokeFamily => "revoke.family",
+            AuditAction::RevokeKey => "revoke.key",
+            AuditAction::RevokeAll => "revoke.all",
+            AuditAction::KeyCreate => "key.create",
+            AuditAction::KeyRevoke => "key.revoke",
+            AuditAction::KeyRetire => "key.retire",
+            AuditAction::KeyRotate => "key.rotate",
+            AuditAction::KeyRotateEmergency => "key.rotate.emergency",
+            AuditAction::KeyRotateScheduled => "key.rotate.scheduled",
+        }
+    }
+
+    /// Returns the action stored as `name`, if this version knows it.
+    pub fn from_name(name: &str) -> Option<AuditAction> {
+        AuditAction::ALL
+            .into_iter()
+            .find(|action| action.as_str() == name)
+    }
+
+    /// Returns the action of filing a revocation entry of `kind`.
+    pub const fn revocation(kind: RevocationKind) -> AuditAction {
+        match kind {
+            RevocationKind::Jti => AuditAction::RevokeJti,
+            RevocationKind::Session => AuditAction::RevokeSession,
+            RevocationKind::User => AuditAction::RevokeUser,
+            RevocationKind::Tenant => AuditAction::RevokeTenant,
+            RevocationKind::Family => AuditAction::RevokeFamily,
+            RevocationKind::Key => AuditAction::RevokeKey,
+            RevocationKind::All => AuditAction::RevokeAll,
+        }
+    }
+}
+
+impl std::fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How an audited action ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AuditOutcome {
+    /// It was done.
+    Ok,
+    /// It was refused (authorization, reuse detection).
+    Denied,
+    /// It was attempted and failed (a scheduled rotation that could not commit).
+    Failed,
+}
+
+impl AuditOutcome {
+    /// Every outcome, in a fixed order.
+    pub const ALL: [AuditOutcome; 3] =
+        [AuditOutcome::Ok, AuditOutcome::Denied, AuditOutcome::Failed];
+
+    /// Returns the name stored in the audit log. Never change one (see [`AuditAction::as_str`]).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AuditOutcome::Ok => "ok",
+            AuditOutcome::Denied => "denied",
+            AuditOutcome::Failed => "failed",
+        }
+    }
+
+    /// Returns the outcome stored as `name`, if this version knows it.
+    pub fn from_name(name: &str) -> Option<AuditOutcome> {
+        AuditOutcome::ALL
+            .into_iter()
+            .find(|outcome| outcome.as_str() == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stored names of every action written before actions were typed, byte for byte:
+    /// rows holding them are hash-chained, so none may change.
+    #[test]
+    fn stored_names_of_existing_actions_never_change() {
+        let expected = [
+            "auth.denied",
+            "client.create",
+            "client.disable",
+            "session.create",
+            "refresh.reuse_detected",
+            "revoke.jti",
+            "revoke.session",
+            "revoke.user",
+            "revoke.tenant",
+            "revoke.family",
+            "revoke.key",
+            "revoke.all",
+            "key.create",
+            "key.revoke",
+            "key.retire",
+            "key.rotate",
+            "key.rotate.emergency",
+            "key.rotate.scheduled",
+        ];
+        let names: Vec<&str> = AuditAction::ALL
+            .iter()
+            .map(|action| action.as_str())
+            .collect();
+        assert_eq!(names, expected);
+        let outcomes: Vec<&str> = AuditOutcome::ALL
+            .iter()
+            .map(|outcome| outcome.as_str())
+            .collect();
+        assert_eq!(outcomes, ["ok", "denied", "failed"]);
+    }
+
+    #[test]
+    fn names_are_unique_and_parse_back() {
+        for action in AuditAction::ALL {
+            assert_eq!(AuditAction::from_name(action.as_str()), Some(action));
+        }
+        let mut names: Vec<&str> = AuditAction::ALL
+            .iter()
+            .map(|action| action.as_str())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), AuditAction::ALL.len());
+        for outcome in AuditOutcome::ALL {
+            assert_eq!(AuditOutcome::from_name(outcome.as_str()), Some(outcome));
+        }
+        assert_eq!(AuditAction::from_name("key.unknown"), None);
+        assert_eq!(AuditOutcome::from_name("maybe"), None);
+    }
+
+    /// A revocation's action is `revoke.<kind>` for every kind, as the string built from
+    /// the kind's name was before.
+    #[test]
+    fn revocation_actions_keep_the_kind_name() {
+        for kind in RevocationKind::ALL {
+            assert_eq!(
+                AuditAction::revocation(kind).as_str(),
+                format!("revoke.{}", kind.as_str())
+            );
+        }
+    }
+}
