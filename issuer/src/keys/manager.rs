@@ -92,7 +92,7 @@ pub struct KeyManager {
     store: Arc<dyn Store>,
     /// The keyring: wraps new private keys under the current KEK version and unwraps
     /// each stored one with the version it records.
-    kek: Arc<Keyring>,
+    keyring: Arc<Keyring>,
     clock: Arc<dyn Clock>,
     policies: BTreeMap<KeySetName, KeySetPolicy>,
     ring: RwLock<KeyRing>,
@@ -102,7 +102,7 @@ impl KeyManager {
     /// Builds a manager, refusing any policy under which a token could outlive its key.
     pub fn new(
         store: Arc<dyn Store>,
-        kek: Arc<Keyring>,
+        keyring: Arc<Keyring>,
         clock: Arc<dyn Clock>,
         policies: BTreeMap<KeySetName, KeySetPolicy>,
     ) -> Result<Self, KeyError> {
@@ -111,7 +111,7 @@ impl KeyManager {
         }
         Ok(KeyManager {
             store,
-            kek,
+            keyring,
             clock,
             policies,
             ring: RwLock::new(KeyRing::default()),
@@ -204,7 +204,7 @@ impl KeyManager {
             let Some(wrapped) = &key.wrapped_private else {
                 continue;
             };
-            let pkcs8 = self.kek.unwrap(key_set, kid.as_str(), wrapped)?;
+            let pkcs8 = self.keyring.unwrap(key_set, kid.as_str(), wrapped)?;
             let signer = Signer::from_pkcs8(kid.clone(), key.schedule.algorithm, &pkcs8)?;
             signers.insert(kid, Arc::new(signer));
         }
@@ -282,7 +282,7 @@ impl KeyManager {
         let Some(wrapped) = &key.wrapped_private else {
             return Err(KeyError::UnknownKey(kid.clone()));
         };
-        let secret = self.kek.unwrap(key_set, kid.as_str(), wrapped)?;
+        let secret = self.keyring.unwrap(key_set, kid.as_str(), wrapped)?;
         let mac = Arc::new(MacKey::from_secret(
             kid.clone(),
             key.schedule.algorithm,
@@ -440,9 +440,9 @@ impl KeyManager {
 
         if let Some(new_key) = &plan.create {
             let generated = material::generate(new_key.algorithm, new_key.kid.as_str())?;
-            let wrapped = self
-                .kek
-                .wrap(key_set, new_key.kid.as_str(), &generated.private_key)?;
+            let wrapped =
+                self.keyring
+                    .wrap(key_set, new_key.kid.as_str(), &generated.private_key)?;
             let schedule = KeySchedule {
                 kid: new_key.kid.clone(),
                 key_set,
