@@ -372,6 +372,7 @@ mod tests {
 
     use super::*;
     use crate::kek::KEK_BYTES;
+    use crate::sessions::decision::successor_credential;
 
     fn kek(byte: u8, version: i32) -> Kek {
         Kek::from_bytes(&[byte; KEK_BYTES])
@@ -387,6 +388,15 @@ mod tests {
         let hashed = keyring.hash_secret(&secret).unwrap();
         assert_eq!(hashed.pepper_version, PepperVersion::FIRST);
         assert_eq!(hashed.hash, before.to_vec());
+        // The successor key too: a refresh token rotated before versions existed and
+        // presented again within its grace window derives the same successor.
+        let presented = Credential::generate(CredentialKind::Refresh);
+        let successor_v1 = hmac::Key::new(hmac::HMAC_SHA256, &kek(1, 1).derive(SUCCESSOR_V1_LABEL));
+        let pepper = keyring.current_pepper().unwrap();
+        assert_eq!(
+            successor_credential(pepper.successor_key(), &presented).expose(),
+            successor_credential(&successor_v1, &presented).expose()
+        );
     }
 
     #[test]

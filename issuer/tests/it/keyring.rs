@@ -111,6 +111,9 @@ async fn a_second_pepper_version_hashes_new_credentials_and_old_ones_still_verif
         PepperVersion::FIRST
     );
 
+    let racing = login(&issuer).await;
+    let racing_successor = refresh(&issuer, &racing.refresh_token).await;
+
     let v2 = keyring::introduce_pepper(&keyring, issuer.app.store.as_ref())
         .await
         .expect("introduce pepper v2");
@@ -120,6 +123,11 @@ async fn a_second_pepper_version_hashes_new_credentials_and_old_ones_still_verif
     assert_eq!(issue_with(&issuer, &old_client.credential).await, Code::Ok);
     assert_eq!(issue_with(&issuer, &issuer.admin_token).await, Code::Ok);
     let rotated = refresh(&issuer, &old_session.refresh_token).await;
+    // A token exchanged just before v2 and presented again within the grace window
+    // (a concurrent tab) gets the same successor: the derivation uses the presented
+    // token's pepper version, not the current one.
+    let repeated = refresh(&issuer, &racing.refresh_token).await;
+    assert_eq!(repeated.refresh_token, racing_successor.refresh_token);
     // New ones are hashed with the new version, and verify too.
     let new_client = create_client(&issuer, "after").await;
     assert_eq!(client_pepper(&issuer, &new_client.client_id).await, v2);
