@@ -132,7 +132,7 @@ fn no_secret_of_a_journey_reaches_logs_database_or_bundle_cache() {
     let mut remember = |what: &str, secret: &str| {
         assert!(!secret.is_empty(), "{what} is empty");
         secrets.push((what.to_owned(), secret.as_bytes().to_vec()));
-        // The secret half of an opaque credential alone, too: `tbk_<id>_<secret><crc>`.
+        // The secret half of an opaque credential alone, too: `tbc_<id>_<secret><crc>`.
         let opaque = secret.starts_with("tb");
         if let Some((_, secret_part)) = secret
             .split_once('_')
