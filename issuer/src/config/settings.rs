@@ -23,7 +23,7 @@ macro_rules! serve_settings {
         /// `tessera-issuer serve` settings. Each is a flag, an environment variable and a
         /// key of the same name (with underscores) in the TOML file given with
         /// `--config`; a flag or variable wins over the file.
-        #[derive(clap::Args, serde::Deserialize, Debug, Default, Clone)]
+        #[derive(clap::Args, serde::Deserialize, Default, Clone)]
         #[serde(deny_unknown_fields)]
         pub struct ServeArgs {
             /// TOML configuration file.
@@ -57,6 +57,26 @@ macro_rules! serve_settings {
             pub mtls_clients: Vec<MtlsClientConfig>,
         }
 
+        /// Shows every setting but the secret ones (`SECRET_SETTINGS`), which show only
+        /// whether they are set.
+        impl std::fmt::Debug for ServeArgs {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let mut out = f.debug_struct("ServeArgs");
+                out.field("config", &self.config);
+                $(
+                    if SECRET_SETTINGS.contains(&stringify!($name)) {
+                        out.field(stringify!($name), &self.$name.as_ref().map(|_| "<redacted>"));
+                    } else {
+                        out.field(stringify!($name), &self.$name);
+                    }
+                )*
+                out.field("key_set_policy", &self.key_set_policy)
+                    .field("key_sets", &self.key_sets)
+                    .field("mtls_clients", &self.mtls_clients)
+                    .finish()
+            }
+        }
+
         impl ServeArgs {
             /// Returns these settings (flags and environment) with each one left unset
             /// taken from `file`. Key-set tables merge field by field in
@@ -73,6 +93,9 @@ macro_rules! serve_settings {
         }
     };
 }
+
+/// Settings whose value may hold a secret (a PostgreSQL URL may carry a password).
+const SECRET_SETTINGS: &[&str] = &["database_url"];
 
 serve_settings! {
     /// gRPC listen address [default: 127.0.0.1:50051].
@@ -135,4 +158,25 @@ serve_settings! {
     bootstrap_admin: bool = "TESSERA_BOOTSTRAP_ADMIN";
     /// Log as JSON lines [default: false].
     log_json: bool = "TESSERA_LOG_JSON";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_redacts_the_database_url() {
+        let settings = ServeArgs {
+            database_url: Some("postgres://tessera:hunter2@db/tessera".into()),
+            issuer: Some("tessera".into()),
+            ..ServeArgs::default()
+        };
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(
+            debug.contains("database_url: Some(\"<redacted>\")"),
+            "{debug}"
+        );
+        assert!(debug.contains("issuer: Some(\"tessera\")"), "{debug}");
+    }
 }
