@@ -34,8 +34,8 @@ use crate::keys::KeyManager;
 use crate::keys::manager::{KeyError, PreparedChange};
 use crate::keys::rotation::Trigger;
 use crate::store::{
-    EmergencyCommit, EmergencyCommitted, IncidentRecord, RevocationEffect, SessionStore, Store,
-    StoreError,
+    EmergencyCommit, EmergencyCommitted, IncidentRecord, Revocation, RevocationEffect,
+    SessionStore, Store, StoreError,
 };
 
 /// Plans of a global emergency tried before giving up on key sets that keep changing.
@@ -197,10 +197,12 @@ impl Emergency<'_> {
                 .iter()
                 .map(|change| change.commit.clone())
                 .collect(),
-            entries: vec![entry],
-            effects: vec![effect],
-            audit: vec![audit],
-            at: now,
+            revocation: Revocation {
+                entries: vec![entry],
+                effects: vec![effect],
+                audit: vec![audit],
+                at: now,
+            },
         }
     }
 

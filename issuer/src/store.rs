@@ -1,6 +1,7 @@
 //! The storage boundary: one trait holding domain records, two backends (SQLite, the
 //! embedded default; PostgreSQL for production and several replicas), one conformance
-//! suite (`tests/it/store_suite.rs`) run against both.
+//! suite (`tests/it/store_suite.rs`) run against both. What the backends do alike lives
+//! once in `shared.rs`; a backend holds only SQL text and row mapping.
 //!
 //! Only this module and its children talk to a database.
 
@@ -20,12 +21,14 @@ mod columns;
 pub mod emergency;
 pub mod postgres;
 pub mod sessions;
+mod shared;
 pub mod sqlite;
 
 pub use crate::audit::{AuditEntry, AuditRecord, StoredAuditEntry};
 pub use emergency::{EmergencyCommit, EmergencyCommitted, IncidentRecord};
 pub use sessions::{
-    RefreshContext, RefreshState, RefreshTokenRecord, RevocationEffect, SessionRecord, SessionStore,
+    RefreshContext, RefreshState, RefreshTokenRecord, Revocation, RevocationEffect, SessionRecord,
+    SessionStore,
 };
 
 /// A storage failure, already translated from the backend's own error type.

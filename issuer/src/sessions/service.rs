@@ -20,7 +20,7 @@ use crate::keyring::KeyringError;
 use crate::keys::KeyManager;
 use crate::keys::manager::KeyError;
 use crate::store::{
-    RefreshContext, RefreshState, RefreshTokenRecord, RevocationEffect, SessionRecord,
+    RefreshContext, RefreshState, RefreshTokenRecord, Revocation, RevocationEffect, SessionRecord,
     SessionStore, StoreError,
 };
 use crate::tokens::{self, AccessTokenRequest, IssueError, IssuedToken, TokenPolicy};
@@ -340,7 +340,12 @@ impl SessionService {
         let audit = actor.entry(now, AuditAction::revocation(kind), value);
         let (revision, n_sessions) = self
             .store
-            .revoke(vec![entry], effect.into_iter().collect(), now, vec![audit])
+            .revoke(Revocation {
+                entries: vec![entry],
+                effects: effect.into_iter().collect(),
+                audit: vec![audit],
+                at: now,
+            })
             .await?;
         metrics::counter!("tessera_token_invalidation_total", "reason" => kind.as_str())
             .increment(1);
@@ -449,15 +454,15 @@ impl SessionService {
         };
         match self
             .store
-            .revoke(
-                vec![entry],
-                vec![RevocationEffect::Family {
+            .revoke(Revocation {
+                entries: vec![entry],
+                effects: vec![RevocationEffect::Family {
                     tenant_id: session.tenant_id.clone(),
                     family_id: token.family_id.clone(),
                 }],
-                now,
-                vec![audit],
-            )
+                audit: vec![audit],
+                at: now,
+            })
             .await
         {
             Ok(_) => SessionError::ReuseDetected,

@@ -3,11 +3,9 @@
 //! ([`super::SessionStore::commit_emergency`]), so an incident is recorded exactly when its
 //! effects are.
 
-use tessera_common::UnixMillis;
 use tessera_common::bundle::Revision;
-use tessera_common::revocation::RevocationEntry;
 
-use super::{AuditEntry, KeyCommit, KeyWrite, RevocationEffect};
+use super::{KeyCommit, Revocation};
 
 /// The name an incident is recorded under in the metadata table, chosen by the domain
 /// (`emergency::incident_record_name`). Recording it is what makes a repeat a replay.
@@ -26,33 +24,21 @@ pub struct EmergencyCommit {
     /// [`super::Store::commit_keys`]; a stale one fails the whole commit with
     /// [`super::StoreError::Conflict`].
     pub key_commits: Vec<KeyCommit>,
-    /// Revocation entries, published as [`super::SessionStore::revoke`] publishes them,
-    /// after the key changes.
-    pub entries: Vec<RevocationEntry>,
-    /// The sessions the entries end.
-    pub effects: Vec<RevocationEffect>,
-    pub audit: Vec<AuditEntry>,
-    pub at: UnixMillis,
+    /// The revocation entry and the sessions it ends, written as
+    /// [`super::SessionStore::revoke`] writes them, after the key changes.
+    pub revocation: Revocation,
 }
 
 impl EmergencyCommit {
     /// Returns true when the commit deletes a wrapped private key (a revoked key's), so
     /// a backend that keeps deleted bytes around (SQLite's WAL) must scrub them.
     pub fn drops_material(&self) -> bool {
-        self.key_commits.iter().any(|commit| {
-            commit.writes.iter().any(
-                |write| matches!(write, KeyWrite::Update(key) if key.wrapped_private.is_none()),
-            )
-        })
+        self.key_commits.iter().any(KeyCommit::drops_material)
     }
 
     /// Returns true when the commit appends events (then subscribers must be woken).
     pub fn appends_events(&self) -> bool {
-        !self.entries.is_empty()
-            || self
-                .key_commits
-                .iter()
-                .any(|commit| !commit.changes.is_empty())
+        self.revocation.appends_events() || self.key_commits.iter().any(KeyCommit::appends_events)
     }
 }
 

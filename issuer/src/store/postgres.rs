@@ -3,7 +3,6 @@
 //! replica LISTENs and pokes its change signal, so a change made on one replica reaches
 //! the subscribers of all of them.
 
-mod emergency;
 mod error;
 mod listener;
 mod migrations;
@@ -12,6 +11,7 @@ mod queries;
 mod rows;
 mod sessions;
 mod tls;
+mod tx;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,18 +25,20 @@ use tessera_common::bundle::{BundleChange, BundleEvent, Revision};
 use tessera_common::ids::ClientId;
 use tessera_common::keys::KeySetName;
 use tokio::sync::Notify;
-use tokio_postgres::{IsolationLevel, NoTls};
+use tokio_postgres::{IsolationLevel, NoTls, Row};
 
 pub use self::options::PostgresOptions;
 
 use self::error::PgFailure;
 use self::options::check_schema_name;
-use self::queries::{query, query_one, query_opt};
+use self::queries::{Params, query, query_one, query_opt};
 use self::rows::{
     AUDIT_COLUMNS, CLIENT_COLUMNS, KEY_COLUMNS, audit_from_row, client_from_row, event_from_row,
     key_from_row, limit_to_column, revision_from_column, to_column,
 };
 use self::tls::Tls;
+use self::tx::PgTx;
+use crate::store::shared::{self, at_most_one};
 use crate::store::{
     AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeySetState, Store, StoreError,
 };
@@ -125,6 +127,24 @@ impl PostgresStore {
             .map_err(|error| PgFailure::from(error).into_store())
     }
 
+    /// Returns every row `sql` selects with `params`, read by `from_row`.
+    async fn read_rows<T>(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+        from_row: fn(&Row) -> Result<T, PgFailure>,
+    ) -> Result<Vec<T>, StoreError> {
+        let client = self.client().await?;
+        let read = async {
+            query(&client, sql, params)
+                .await?
+                .iter()
+                .map(from_row)
+                .collect::<Result<Vec<_>, _>>()
+        };
+        read.await.map_err(PgFailure::into_store)
+    }
+
     /// Runs `body` in one transaction, committed when it returns `Ok` and rolled back
     /// otherwise; a serialization failure or deadlock runs it again, up to
     /// [`MAX_TX_ATTEMPTS`] times in all, then becomes [`StoreError::Conflict`]. Every
@@ -158,10 +178,16 @@ impl PostgresStore {
         Ok(value)
     }
 
-    /// Pokes the change signal after a local commit that appended events (the LISTEN
-    /// task pokes it again when the NOTIFY comes back; a spurious wake is harmless).
-    fn signal_change(&self) {
-        self.change_signal.notify_one();
+    /// Runs `body` as [`Self::write`] does and, when it `appends_events`, pokes the change
+    /// signal once it has committed.
+    async fn write_publishing<T, F>(&self, appends_events: bool, body: F) -> Result<T, StoreError>
+    where
+        T: Send,
+        F: for<'t> FnMut(&'t Transaction<'t>) -> TxFuture<'t, T> + Send,
+    {
+        let value = self.write(body).await?;
+        shared::signal_if(&self.change_signal, appends_events);
+        Ok(value)
     }
 }
 
@@ -234,14 +260,11 @@ impl Store for PostgresStore {
     }
 
     async fn commit_keys(&self, commit: KeyCommit) -> Result<Revision, StoreError> {
-        let appends_events = !commit.changes.is_empty();
-        let revision = self
-            .write(|tx| Box::pin(queries::commit_keys(tx, commit.clone())))
-            .await?;
-        if appends_events {
-            self.signal_change();
-        }
-        Ok(revision)
+        self.write_publishing(commit.appends_events(), |tx| {
+            let commit = commit.clone();
+            Box::pin(async move { shared::commit_keys(&PgTx(tx), &commit).await })
+        })
+        .await
     }
 
     async fn append_events(
@@ -249,16 +272,11 @@ impl Store for PostgresStore {
         changes: Vec<BundleChange>,
         at: UnixMillis,
     ) -> Result<Revision, StoreError> {
-        let revision = self
-            .write(|tx| Box::pin(queries::append_events(tx, changes.clone(), at)))
-            .await?;
-        match revision {
-            Some(revision) => {
-                self.signal_change();
-                Ok(revision)
-            }
-            None => self.latest_revision().await,
-        }
+        self.write_publishing(!changes.is_empty(), |tx| {
+            let changes = changes.clone();
+            Box::pin(async move { shared::append_events(&PgTx(tx), &changes, at).await })
+        })
+        .await
     }
 
     async fn events_after(
@@ -266,20 +284,10 @@ impl Store for PostgresStore {
         after: Revision,
         limit: usize,
     ) -> Result<Vec<BundleEvent>, StoreError> {
-        let client = self.client().await?;
-        let read = async {
-            query(
-                &client,
-                "SELECT revision, at, payload FROM events WHERE revision > $1 \
-                 ORDER BY revision LIMIT $2",
-                &[&to_column(after.0), &limit_to_column(limit)],
-            )
-            .await?
-            .iter()
-            .map(event_from_row)
-            .collect::<Result<Vec<_>, _>>()
-        };
-        read.await.map_err(PgFailure::into_store)
+        let sql = "SELECT revision, at, payload FROM events WHERE revision > $1 \
+                   ORDER BY revision LIMIT $2";
+        let params: Params = &[&to_column(after.0), &limit_to_column(limit)];
+        self.read_rows(sql, params, event_from_row).await
     }
 
     async fn latest_revision(&self) -> Result<Revision, StoreError> {
@@ -309,8 +317,11 @@ impl Store for PostgresStore {
     }
 
     async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
-        self.write(|tx| Box::pin(queries::append_audit(tx, entry.clone())))
-            .await
+        self.write(|tx| {
+            let entry = entry.clone();
+            Box::pin(async move { shared::append_audit_entry(&PgTx(tx), &entry).await })
+        })
+        .await
     }
 
     async fn audit_page(
@@ -319,18 +330,11 @@ impl Store for PostgresStore {
         limit: usize,
     ) -> Result<Vec<AuditRecord>, StoreError> {
         let before = before_seq.map_or(i64::MAX, to_column);
-        let client = self.client().await?;
         let sql = format!(
             "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq < $1 ORDER BY seq DESC LIMIT $2"
         );
-        let read = async {
-            query(&client, &sql, &[&before, &limit_to_column(limit)])
-                .await?
-                .iter()
-                .map(audit_from_row)
-                .collect::<Result<Vec<_>, _>>()
-        };
-        read.await.map_err(PgFailure::into_store)
+        let params: Params = &[&before, &limit_to_column(limit)];
+        self.read_rows(&sql, params, audit_from_row).await
     }
 
     async fn audit_after(
@@ -338,21 +342,10 @@ impl Store for PostgresStore {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let client = self.client().await?;
         let sql =
             format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2");
-        let read = async {
-            query(
-                &client,
-                &sql,
-                &[&to_column(after_seq), &limit_to_column(limit)],
-            )
-            .await?
-            .iter()
-            .map(audit_from_row)
-            .collect::<Result<Vec<_>, _>>()
-        };
-        read.await.map_err(PgFailure::into_store)
+        let params: Params = &[&to_column(after_seq), &limit_to_column(limit)];
+        self.read_rows(&sql, params, audit_from_row).await
     }
 
     async fn insert_client(
@@ -360,35 +353,24 @@ impl Store for PostgresStore {
         client: ClientRecord,
         audit: AuditEntry,
     ) -> Result<(), StoreError> {
-        self.write(|tx| Box::pin(queries::insert_client(tx, client.clone(), audit.clone())))
-            .await
+        self.write(|tx| {
+            let (client, audit) = (client.clone(), audit.clone());
+            Box::pin(async move { shared::insert_client(&PgTx(tx), &client, &audit).await })
+        })
+        .await
     }
 
     async fn client(&self, client_id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
-        let client = self.client().await?;
         let sql = format!("SELECT {CLIENT_COLUMNS} FROM api_clients WHERE client_id = $1");
-        let read = async {
-            query_opt(&client, &sql, &[&client_id.as_str()])
-                .await?
-                .as_ref()
-                .map(client_from_row)
-                .transpose()
-        };
-        read.await.map_err(PgFailure::into_store)
+        self.read_rows(&sql, &[&client_id.as_str()], client_from_row)
+            .await
+            .map(at_most_one)
     }
 
     async fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
-        let client = self.client().await?;
         let sql =
             format!("SELECT {CLIENT_COLUMNS} FROM api_clients ORDER BY created_at, client_id");
-        let read = async {
-            query(&client, &sql, &[])
-                .await?
-                .iter()
-                .map(client_from_row)
-                .collect::<Result<Vec<_>, _>>()
-        };
-        read.await.map_err(PgFailure::into_store)
+        self.read_rows(&sql, &[], client_from_row).await
     }
 
     async fn disable_client(
@@ -398,35 +380,23 @@ impl Store for PostgresStore {
         audit: AuditEntry,
     ) -> Result<(), StoreError> {
         self.write(|tx| {
-            Box::pin(queries::disable_client(
-                tx,
-                client_id.clone(),
-                at,
-                audit.clone(),
-            ))
+            let (client_id, audit) = (client_id.clone(), audit.clone());
+            Box::pin(async move { shared::disable_client(&PgTx(tx), &client_id, at, &audit).await })
         })
         .await
     }
 
     async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let client = self.client().await?;
-        let read = async {
-            query_opt(&client, "SELECT value FROM meta WHERE name = $1", &[&name])
-                .await?
-                .map(|row| row.try_get::<_, Vec<u8>>(0))
-                .transpose()
-                .map_err(PgFailure::from)
-        };
-        read.await.map_err(PgFailure::into_store)
+        let sql = "SELECT value FROM meta WHERE name = $1";
+        self.read_rows(sql, &[&name], |row| Ok(row.try_get(0)?))
+            .await
+            .map(at_most_one)
     }
 
     async fn put_meta_if_absent(&self, name: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
         self.write(|tx| {
-            Box::pin(queries::put_meta_if_absent(
-                tx,
-                name.to_owned(),
-                value.clone(),
-            ))
+            let (name, value) = (name.to_owned(), value.clone());
+            Box::pin(async move { shared::put_meta_if_absent(&PgTx(tx), &name, &value).await })
         })
         .await
     }

@@ -97,6 +97,16 @@ pub enum RevocationEffect {
     All,
 }
 
+/// One revocation, written in one transaction by [`SessionStore::revoke`]: the entries
+/// to store and publish, the sessions they end, and their audit entries.
+#[derive(Clone, Debug)]
+pub struct Revocation {
+    pub entries: Vec<RevocationEntry>,
+    pub effects: Vec<RevocationEffect>,
+    pub audit: Vec<AuditEntry>,
+    pub at: UnixMillis,
+}
+
 /// A presented refresh token with its session and, once rotated, its successor.
 #[derive(Clone, Debug)]
 pub struct RefreshContext {
@@ -160,17 +170,11 @@ pub trait SessionStore: Send + Sync + 'static {
         at: UnixMillis,
     ) -> Result<bool, StoreError>;
 
-    /// In one transaction: ends the sessions selected by `effects` (sets `revoked_at`,
-    /// revokes their active and rotated refresh tokens), stores `entries`, appends one
-    /// `RevocationAdded` event per entry (consecutive revisions) and the audit entries.
-    /// Returns the last revision and the number of sessions newly revoked.
-    async fn revoke(
-        &self,
-        entries: Vec<RevocationEntry>,
-        effects: Vec<RevocationEffect>,
-        at: UnixMillis,
-        audit: Vec<AuditEntry>,
-    ) -> Result<(Revision, u64), StoreError>;
+    /// In one transaction: ends the sessions selected by `revocation.effects` (sets
+    /// `revoked_at`, revokes their active and rotated refresh tokens), stores its entries,
+    /// appends one `RevocationAdded` event per entry (consecutive revisions) and the audit
+    /// entries. Returns the last revision and the number of sessions newly revoked.
+    async fn revoke(&self, revocation: Revocation) -> Result<(Revision, u64), StoreError>;
 
     /// In one transaction: records `commit.incident` — or, when it is already recorded,
     /// writes nothing and returns [`EmergencyCommitted::AlreadyRecorded`] — then applies

@@ -1,19 +1,22 @@
 //! The SQLite backend: the embedded default store for a single issuer replica. One
 //! connection behind a mutex; every call runs on tokio's blocking pool.
 
-mod emergency;
 mod error;
 mod migrations;
 mod queries;
 mod rows;
 mod sessions;
+mod tx;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::types::Value;
+use rusqlite::{
+    Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params_from_iter,
+};
 use tessera_common::UnixMillis;
 use tessera_common::bundle::{BundleChange, BundleEvent, Revision};
 use tessera_common::ids::ClientId;
@@ -21,14 +24,15 @@ use tessera_common::keys::KeySetName;
 use tokio::sync::Notify;
 
 use self::error::SqliteFailure;
-use self::queries::{insert_audit, insert_events, latest_revision};
+use self::queries::latest_revision;
 use self::rows::{
-    AUDIT_COLUMNS, CLIENT_COLUMNS, KEY_COLUMNS, audit_from_row, client_from_row,
-    credential_kind_to_column, event_from_row, key_from_row, limit_to_column, revision_from_column,
-    revision_to_column, to_column, to_json,
+    AUDIT_COLUMNS, CLIENT_COLUMNS, KEY_COLUMNS, audit_from_row, client_from_row, event_from_row,
+    key_from_row, limit_to_column, revision_from_column, revision_to_column, to_column,
 };
+use self::tx::{SqliteTx, complete};
+use crate::store::shared::{self, WriteTx, at_most_one};
 use crate::store::{
-    AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeySetState, KeyWrite, Store, StoreError,
+    AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeySetState, Store, StoreError,
 };
 
 /// How long a write waits for another process's write lock before failing.
@@ -131,6 +135,25 @@ impl SqliteStore {
         }
     }
 
+    /// Returns every row `sql` selects with `params`, read by `from_row`.
+    async fn read_rows<T: Send + 'static>(
+        &self,
+        sql: String,
+        params: Vec<Value>,
+        from_row: fn(&Row<'_>) -> Result<T, SqliteFailure>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.with_connection(move |connection| {
+            let mut statement = connection.prepare_cached(&sql)?;
+            let mut rows = statement.query(params_from_iter(params))?;
+            let mut records = Vec::new();
+            while let Some(row) = rows.next()? {
+                records.push(from_row(row)?);
+            }
+            Ok(records)
+        })
+        .await
+    }
+
     /// Runs `body` in one `BEGIN IMMEDIATE` transaction, committed when `body` returns
     /// `Ok` and rolled back otherwise. Every multi-statement write goes through here.
     async fn write<T, F>(&self, body: F) -> Result<T, StoreError>
@@ -147,9 +170,16 @@ impl SqliteStore {
         .await
     }
 
-    /// Pokes the change signal after a commit that appended events.
-    fn signal_change(&self) {
-        self.change_signal.notify_one();
+    /// Runs `body` as [`Self::write`] does and, when it `appends_events`, pokes the change
+    /// signal once it has committed.
+    async fn write_publishing<T, F>(&self, appends_events: bool, body: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Transaction<'_>) -> Result<T, SqliteFailure> + Send + 'static,
+    {
+        let value = self.write(body).await?;
+        shared::signal_if(&self.change_signal, appends_events);
+        Ok(value)
     }
 
     /// Copies the WAL into the database and truncates it. The WAL still holds the frames
@@ -242,17 +272,12 @@ impl Store for SqliteStore {
     }
 
     async fn commit_keys(&self, commit: KeyCommit) -> Result<Revision, StoreError> {
-        let appends_events = !commit.changes.is_empty();
-        let drops_material = commit
-            .writes
-            .iter()
-            .any(|write| matches!(write, KeyWrite::Update(key) if key.wrapped_private.is_none()));
+        let drops_material = commit.drops_material();
         let revision = self
-            .write(move |tx| queries::commit_keys(tx, &commit))
+            .write_publishing(commit.appends_events(), move |tx| {
+                complete(shared::commit_keys(&SqliteTx(tx), &commit))
+            })
             .await?;
-        if appends_events {
-            self.signal_change();
-        }
         if drops_material {
             self.truncate_wal().await;
         }
@@ -264,16 +289,10 @@ impl Store for SqliteStore {
         changes: Vec<BundleChange>,
         at: UnixMillis,
     ) -> Result<Revision, StoreError> {
-        let revision = self
-            .write(move |tx| insert_events(tx, &changes, at))
-            .await?;
-        match revision {
-            Some(revision) => {
-                self.signal_change();
-                Ok(revision)
-            }
-            None => self.latest_revision().await,
-        }
+        self.write_publishing(!changes.is_empty(), move |tx| {
+            complete(shared::append_events(&SqliteTx(tx), &changes, at))
+        })
+        .await
     }
 
     async fn events_after(
@@ -281,20 +300,13 @@ impl Store for SqliteStore {
         after: Revision,
         limit: usize,
     ) -> Result<Vec<BundleEvent>, StoreError> {
-        self.with_connection(move |connection| {
-            let mut statement = connection.prepare_cached(
-                "SELECT revision, at, payload FROM events WHERE revision > ?1 \
-                 ORDER BY revision LIMIT ?2",
-            )?;
-            let mut rows =
-                statement.query(params![revision_to_column(after), limit_to_column(limit)])?;
-            let mut events = Vec::new();
-            while let Some(row) = rows.next()? {
-                events.push(event_from_row(row)?);
-            }
-            Ok(events)
-        })
-        .await
+        let sql = "SELECT revision, at, payload FROM events WHERE revision > ?1 \
+                   ORDER BY revision LIMIT ?2";
+        let params = vec![
+            revision_to_column(after).into(),
+            limit_to_column(limit).into(),
+        ];
+        self.read_rows(sql.to_owned(), params, event_from_row).await
     }
 
     async fn latest_revision(&self) -> Result<Revision, StoreError> {
@@ -323,7 +335,8 @@ impl Store for SqliteStore {
     }
 
     async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
-        self.write(move |tx| insert_audit(tx, &entry)).await
+        self.write(move |tx| complete(shared::append_audit_entry(&SqliteTx(tx), &entry)))
+            .await
     }
 
     async fn audit_page(
@@ -332,19 +345,11 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<AuditRecord>, StoreError> {
         let before = before_seq.map_or(i64::MAX, to_column);
-        self.with_connection(move |connection| {
-            let sql = format!(
-                "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2"
-            );
-            let mut statement = connection.prepare_cached(&sql)?;
-            let mut rows = statement.query(params![before, limit_to_column(limit)])?;
-            let mut records = Vec::new();
-            while let Some(row) = rows.next()? {
-                records.push(audit_from_row(row)?);
-            }
-            Ok(records)
-        })
-        .await
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2"
+        );
+        let params = vec![before.into(), limit_to_column(limit).into()];
+        self.read_rows(sql, params, audit_from_row).await
     }
 
     async fn audit_after(
@@ -352,20 +357,10 @@ impl Store for SqliteStore {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let after = to_column(after_seq);
-        self.with_connection(move |connection| {
-            let sql = format!(
-                "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-            );
-            let mut statement = connection.prepare_cached(&sql)?;
-            let mut rows = statement.query(params![after, limit_to_column(limit)])?;
-            let mut records = Vec::new();
-            while let Some(row) = rows.next()? {
-                records.push(audit_from_row(row)?);
-            }
-            Ok(records)
-        })
-        .await
+        let sql =
+            format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2");
+        let params = vec![to_column(after_seq).into(), limit_to_column(limit).into()];
+        self.read_rows(sql, params, audit_from_row).await
     }
 
     async fn insert_client(
@@ -373,56 +368,22 @@ impl Store for SqliteStore {
         client: ClientRecord,
         audit: AuditEntry,
     ) -> Result<(), StoreError> {
-        self.write(move |tx| {
-            tx.prepare_cached(
-                "INSERT INTO api_clients (client_id, name, scopes, tenants, secret_hash, \
-                 pepper_version, created_at, disabled_at, credential_prefix) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )?
-            .execute(params![
-                client.client_id.as_str(),
-                client.name,
-                to_json(&client.scopes)?,
-                to_json(&client.tenants)?,
-                client.secret_hash,
-                client.pepper_version.get(),
-                client.created_at.0,
-                client.disabled_at.map(|at| at.0),
-                credential_kind_to_column(client.credential_kind),
-            ])?;
-            insert_audit(tx, &audit)?;
-            Ok(())
-        })
-        .await
+        self.write(move |tx| complete(shared::insert_client(&SqliteTx(tx), &client, &audit)))
+            .await
     }
 
     async fn client(&self, client_id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
-        let client_id = client_id.clone();
-        self.with_connection(move |connection| {
-            let sql = format!("SELECT {CLIENT_COLUMNS} FROM api_clients WHERE client_id = ?1");
-            let mut statement = connection.prepare_cached(&sql)?;
-            let mut rows = statement.query([client_id.as_str()])?;
-            match rows.next()? {
-                Some(row) => Ok(Some(client_from_row(row)?)),
-                None => Ok(None),
-            }
-        })
-        .await
+        let sql = format!("SELECT {CLIENT_COLUMNS} FROM api_clients WHERE client_id = ?1");
+        let params = vec![client_id.to_string().into()];
+        self.read_rows(sql, params, client_from_row)
+            .await
+            .map(at_most_one)
     }
 
     async fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
-        self.with_connection(|connection| {
-            let sql =
-                format!("SELECT {CLIENT_COLUMNS} FROM api_clients ORDER BY created_at, client_id");
-            let mut statement = connection.prepare_cached(&sql)?;
-            let mut rows = statement.query([])?;
-            let mut clients = Vec::new();
-            while let Some(row) = rows.next()? {
-                clients.push(client_from_row(row)?);
-            }
-            Ok(clients)
-        })
-        .await
+        let sql =
+            format!("SELECT {CLIENT_COLUMNS} FROM api_clients ORDER BY created_at, client_id");
+        self.read_rows(sql, Vec::new(), client_from_row).await
     }
 
     async fn disable_client(
@@ -433,47 +394,26 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         let client_id = client_id.clone();
         self.write(move |tx| {
-            // COALESCE keeps the first disabling instant: disabling twice changes nothing.
-            let n_matched = tx
-                .prepare_cached(
-                    "UPDATE api_clients SET disabled_at = COALESCE(disabled_at, ?2) \
-                     WHERE client_id = ?1",
-                )?
-                .execute(params![client_id.as_str(), at.0])?;
-            if n_matched == 0 {
-                return Err(StoreError::NotFound.into());
-            }
-            insert_audit(tx, &audit)?;
-            Ok(())
+            complete(shared::disable_client(
+                &SqliteTx(tx),
+                &client_id,
+                at,
+                &audit,
+            ))
         })
         .await
     }
 
     async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let name = name.to_owned();
-        self.with_connection(move |connection| {
-            let value = connection
-                .prepare_cached("SELECT value FROM meta WHERE name = ?1")?
-                .query_row([&name], |row| row.get(0))
-                .optional()?;
-            Ok(value)
-        })
-        .await
+        self.with_connection(move |connection| complete(SqliteTx(connection).meta(&name)))
+            .await
     }
 
     async fn put_meta_if_absent(&self, name: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
         let name = name.to_owned();
-        self.write(move |tx| {
-            tx.prepare_cached(
-                "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING",
-            )?
-            .execute(params![name, value])?;
-            let stored = tx
-                .prepare_cached("SELECT value FROM meta WHERE name = ?1")?
-                .query_row([&name], |row| row.get(0))?;
-            Ok(stored)
-        })
-        .await
+        self.write(move |tx| complete(shared::put_meta_if_absent(&SqliteTx(tx), &name, &value)))
+            .await
     }
 }
 

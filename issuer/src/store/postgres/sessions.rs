@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 use tessera_common::UnixMillis;
-use tessera_common::bundle::{BundleChange, Revision};
+use tessera_common::bundle::Revision;
 use tessera_common::ids::{SessionId, Subject, TenantId};
 use tessera_common::revocation::RevocationEntry;
 use tokio_postgres::Row;
@@ -22,14 +22,16 @@ use tokio_postgres::types::ToSql;
 
 use super::PostgresStore;
 use super::error::{PgFailure, corrupt};
-use super::queries::{execute, insert_audit, insert_events, latest_revision, query, query_opt};
+use super::queries::{execute, query, query_opt};
+use super::tx::PgTx;
 use crate::store::columns::{
     pepper_version_from_column, refresh_state_from_columns, refresh_state_to_columns,
-    revocation_kind_from_column, revocation_kind_to_column,
+    revocation_kind_from_column,
 };
+use crate::store::shared::{self, at_most_one, where_equal};
 use crate::store::{
     AuditEntry, EmergencyCommit, EmergencyCommitted, RefreshContext, RefreshTokenRecord,
-    RevocationEffect, SessionRecord, SessionStore, StoreError,
+    Revocation, RevocationEffect, SessionRecord, SessionStore, StoreError,
 };
 
 /// The columns [`session_from_row`] reads, in order.
@@ -69,9 +71,6 @@ fn qualified(alias: &str, columns: &str) -> String {
         .join(", ")
 }
 
-/// Refresh tokens are kept this long past their expiry before pruning deletes them.
-const EXPIRED_TOKEN_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
-
 /// Marks `$1` rotated into `$3` if it is active and its session open (share-locking the
 /// session row), and inserts the successor `$3..$14` only if it did. Returns the
 /// successor's id when the rotation happened, no row otherwise.
@@ -102,59 +101,39 @@ impl SessionStore for PostgresStore {
         audit: AuditEntry,
     ) -> Result<(), StoreError> {
         self.write(|tx| {
-            Box::pin(create_session(
-                tx,
-                session.clone(),
-                first_token.clone(),
-                audit.clone(),
-            ))
+            let (session, token, audit) = (session.clone(), first_token.clone(), audit.clone());
+            Box::pin(
+                async move { shared::create_session(&PgTx(tx), &session, &token, &audit).await },
+            )
         })
         .await
     }
 
     async fn session(&self, session_id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
-        let client = self.client().await?;
         let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1");
-        let read = async {
-            query_opt(&client, &sql, &[&session_id.as_str()])
-                .await?
-                .as_ref()
-                .map(session_from_row)
-                .transpose()
-        };
-        read.await.map_err(PgFailure::into_store)
+        self.read_rows(&sql, &[&session_id.as_str()], session_from_row)
+            .await
+            .map(at_most_one)
     }
 
     async fn session_of_family(
         &self,
         family_id: &str,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        let client = self.client().await?;
         let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE family_id = $1");
-        let read = async {
-            query_opt(&client, &sql, &[&family_id])
-                .await?
-                .as_ref()
-                .map(session_from_row)
-                .transpose()
-        };
-        read.await.map_err(PgFailure::into_store)
+        self.read_rows(&sql, &[&family_id], session_from_row)
+            .await
+            .map(at_most_one)
     }
 
     async fn refresh_token(
         &self,
         token_id: &str,
     ) -> Result<Option<RefreshTokenRecord>, StoreError> {
-        let client = self.client().await?;
         let sql = format!("SELECT {TOKEN_COLUMNS} FROM refresh_tokens WHERE token_id = $1");
-        let read = async {
-            query_opt(&client, &sql, &[&token_id])
-                .await?
-                .as_ref()
-                .map(token_from_row)
-                .transpose()
-        };
-        read.await.map_err(PgFailure::into_store)
+        self.read_rows(&sql, &[&token_id], token_from_row)
+            .await
+            .map(at_most_one)
     }
 
     async fn refresh_context(&self, token_id: &str) -> Result<Option<RefreshContext>, StoreError> {
@@ -216,153 +195,48 @@ impl SessionStore for PostgresStore {
         }
     }
 
-    async fn revoke(
-        &self,
-        entries: Vec<RevocationEntry>,
-        effects: Vec<RevocationEffect>,
-        at: UnixMillis,
-        audit: Vec<AuditEntry>,
-    ) -> Result<(Revision, u64), StoreError> {
-        let appends_events = !entries.is_empty();
-        let outcome = self
-            .write(|tx| {
-                Box::pin(revoke(
-                    tx,
-                    entries.clone(),
-                    effects.clone(),
-                    at,
-                    audit.clone(),
-                ))
-            })
-            .await?;
-        if appends_events {
-            self.signal_change();
-        }
-        Ok(outcome)
+    async fn revoke(&self, revocation: Revocation) -> Result<(Revision, u64), StoreError> {
+        self.write_publishing(revocation.appends_events(), |tx| {
+            let revocation = revocation.clone();
+            Box::pin(async move { shared::revoke(&PgTx(tx), &revocation).await })
+        })
+        .await
     }
 
     async fn commit_emergency(
         &self,
         commit: EmergencyCommit,
     ) -> Result<EmergencyCommitted, StoreError> {
-        self.commit_emergency_now(commit).await
+        let appends_events = commit.appends_events();
+        let committed = self
+            .write(|tx| {
+                let commit = commit.clone();
+                Box::pin(async move { shared::commit_emergency(&PgTx(tx), &commit).await })
+            })
+            .await?;
+        let published = committed != EmergencyCommitted::AlreadyRecorded;
+        shared::signal_if(&self.change_signal, appends_events && published);
+        Ok(committed)
     }
 
     async fn live_revocations(&self, now: UnixMillis) -> Result<Vec<RevocationEntry>, StoreError> {
-        let client = self.client().await?;
-        let read = async {
-            query(
-                &client,
-                "SELECT kind, value, tenant_id, revoked_at, drop_after FROM revocations \
-                 WHERE drop_after > $1 ORDER BY id",
-                &[&now.0],
-            )
-            .await?
-            .iter()
-            .map(revocation_from_row)
-            .collect::<Result<Vec<_>, _>>()
-        };
-        read.await.map_err(PgFailure::into_store)
+        let sql = "SELECT kind, value, tenant_id, revoked_at, drop_after FROM revocations \
+                   WHERE drop_after > $1 ORDER BY id";
+        self.read_rows(sql, &[&now.0], revocation_from_row).await
     }
 
     async fn prune_revocations(&self, now: UnixMillis) -> Result<u64, StoreError> {
-        self.write(|tx| Box::pin(prune_revocations(tx, now))).await
+        self.write(|tx| Box::pin(async move { shared::prune_revocations(&PgTx(tx), now).await }))
+            .await
     }
-}
-
-// === transaction bodies ===
-
-async fn create_session(
-    tx: &Transaction<'_>,
-    session: SessionRecord,
-    first_token: RefreshTokenRecord,
-    audit: AuditEntry,
-) -> Result<(), PgFailure> {
-    let expires_at = session.expires_at.map(|at| at.0);
-    let revoked_at = session.revoked_at.map(|at| at.0);
-    execute(
-        tx,
-        "INSERT INTO sessions (session_id, tenant_id, subject, family_id, created_at, \
-         expires_at, revoked_at, claims_template) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        &[
-            &session.session_id.as_str(),
-            &session.tenant_id.as_str(),
-            &session.subject.as_str(),
-            &session.family_id,
-            &session.created_at.0,
-            &expires_at,
-            &revoked_at,
-            &session.claims_template,
-        ],
-    )
-    .await?;
-    insert_token(tx, &first_token).await?;
-    insert_audit(tx, &audit).await?;
-    Ok(())
-}
-
-/// Ends sessions, revokes their tokens, stores the entries, then appends their events
-/// (under the events lock) and the audit entries (under the audit lock), in that order.
-pub(super) async fn revoke(
-    tx: &Transaction<'_>,
-    entries: Vec<RevocationEntry>,
-    effects: Vec<RevocationEffect>,
-    at: UnixMillis,
-    audit: Vec<AuditEntry>,
-) -> Result<(Revision, u64), PgFailure> {
-    let mut n_sessions_revoked = 0_u64;
-    for effect in &effects {
-        n_sessions_revoked += end_sessions(tx, effect, at).await?;
-    }
-    for entry in &entries {
-        execute(
-            tx,
-            "INSERT INTO revocations (kind, value, tenant_id, revoked_at, drop_after) \
-             VALUES ($1, $2, $3, $4, $5)",
-            &[
-                &revocation_kind_to_column(entry.kind),
-                &entry.value,
-                &entry.tenant_id,
-                &entry.revoked_at.0,
-                &entry.drop_after.0,
-            ],
-        )
-        .await?;
-    }
-    let changes: Vec<BundleChange> = entries
-        .into_iter()
-        .map(|entry| BundleChange::RevocationAdded { entry })
-        .collect();
-    let revision = match insert_events(tx, &changes, at).await? {
-        Some(revision) => revision,
-        None => latest_revision(tx).await?,
-    };
-    for entry in &audit {
-        insert_audit(tx, entry).await?;
-    }
-    Ok((revision, n_sessions_revoked))
-}
-
-async fn prune_revocations(tx: &Transaction<'_>, now: UnixMillis) -> Result<u64, PgFailure> {
-    let n_entries = execute(
-        tx,
-        "DELETE FROM revocations WHERE drop_after <= $1",
-        &[&now.0],
-    )
-    .await?;
-    let expired_before = now.0.saturating_sub(EXPIRED_TOKEN_RETENTION_MS);
-    execute(
-        tx,
-        "DELETE FROM refresh_tokens WHERE expires_at <= $1",
-        &[&expired_before],
-    )
-    .await?;
-    Ok(n_entries)
 }
 
 // === statements ===
 
-async fn insert_token(tx: &Transaction<'_>, token: &RefreshTokenRecord) -> Result<(), PgFailure> {
+pub(super) async fn insert_token(
+    tx: &Transaction<'_>,
+    token: &RefreshTokenRecord,
+) -> Result<(), PgFailure> {
     let (state, state_at, successor_id) = refresh_state_to_columns(&token.state);
     execute(
         tx,
@@ -395,42 +269,19 @@ async fn insert_token(tx: &Transaction<'_>, token: &RefreshTokenRecord) -> Resul
 /// The token update is a second statement on purpose: under READ COMMITTED its snapshot
 /// is taken after the session row locks were granted, so it sees the successor of any
 /// rotation that held the session's share lock first.
-async fn end_sessions(
+pub(super) async fn end_sessions(
     tx: &Transaction<'_>,
     effect: &RevocationEffect,
     at: UnixMillis,
 ) -> Result<u64, PgFailure> {
-    let (selector, values): (&str, Vec<&str>) = match effect {
-        RevocationEffect::Session {
-            tenant_id,
-            session_id,
-        } => (
-            "tenant_id = $2 AND session_id = $3",
-            vec![tenant_id.as_str(), session_id.as_str()],
-        ),
-        RevocationEffect::Family {
-            tenant_id,
-            family_id,
-        } => (
-            "tenant_id = $2 AND family_id = $3",
-            vec![tenant_id.as_str(), family_id.as_str()],
-        ),
-        RevocationEffect::User {
-            tenant_id: Some(tenant_id),
-            subject,
-        } => (
-            "tenant_id = $2 AND subject = $3",
-            vec![tenant_id.as_str(), subject.as_str()],
-        ),
-        RevocationEffect::User {
-            tenant_id: None,
-            subject,
-        } => ("subject = $2", vec![subject.as_str()]),
-        RevocationEffect::Tenant(tenant_id) => ("tenant_id = $2", vec![tenant_id.as_str()]),
-        RevocationEffect::All => ("TRUE", Vec::new()),
-    };
+    let conditions = effect.session_conditions();
+    let selector = where_equal(&conditions, |index| format!("${index}"));
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&at.0];
-    params.extend(values.iter().map(|value| value as &(dyn ToSql + Sync)));
+    params.extend(
+        conditions
+            .iter()
+            .map(|(_, value)| value as &(dyn ToSql + Sync)),
+    );
     let n_ended = execute(
         tx,
         &format!("UPDATE sessions SET revoked_at = $1 WHERE revoked_at IS NULL AND {selector}"),

@@ -5,20 +5,21 @@
 use async_trait::async_trait;
 use rusqlite::{Connection, Row, ToSql, params};
 use tessera_common::UnixMillis;
-use tessera_common::bundle::{BundleChange, Revision};
+use tessera_common::bundle::Revision;
 use tessera_common::ids::{SessionId, Subject, TenantId};
 use tessera_common::revocation::RevocationEntry;
 
 use super::SqliteStore;
 use super::error::SqliteFailure;
-use super::queries::{insert_audit, insert_events, latest_revision};
+use super::tx::{SqliteTx, complete};
 use crate::store::columns::{
     pepper_version_from_column, refresh_state_from_columns, refresh_state_to_columns,
-    revocation_kind_from_column, revocation_kind_to_column,
+    revocation_kind_from_column,
 };
+use crate::store::shared::{self, at_most_one, where_equal};
 use crate::store::{
-    AuditEntry, EmergencyCommit, EmergencyCommitted, RefreshTokenRecord, RevocationEffect,
-    SessionRecord, SessionStore, StoreError,
+    AuditEntry, EmergencyCommit, EmergencyCommitted, RefreshTokenRecord, Revocation,
+    RevocationEffect, SessionRecord, SessionStore, StoreError,
 };
 
 /// The columns [`session_from_row`] reads, in order.
@@ -28,9 +29,6 @@ const SESSION_COLUMNS: &str = "session_id, tenant_id, subject, family_id, create
 /// The columns [`token_from_row`] reads, in order.
 const TOKEN_COLUMNS: &str = "token_id, family_id, session_id, tenant_id, parent_id, \
      secret_hash, pepper_version, issued_at, expires_at, state, state_at, successor_id";
-
-/// Refresh tokens are kept this long past their expiry before pruning deletes them.
-const EXPIRED_TOKEN_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;
 
 // === impl SessionStore for SqliteStore ===
 
@@ -43,74 +41,42 @@ impl SessionStore for SqliteStore {
         audit: AuditEntry,
     ) -> Result<(), StoreError> {
         self.write(move |tx| {
-            tx.prepare_cached(
-                "INSERT INTO sessions (session_id, tenant_id, subject, family_id, created_at, \
-                 expires_at, revoked_at, claims_template) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                session.session_id.as_str(),
-                session.tenant_id.as_str(),
-                session.subject.as_str(),
-                session.family_id,
-                session.created_at.0,
-                session.expires_at.map(|at| at.0),
-                session.revoked_at.map(|at| at.0),
-                session.claims_template,
-            ])?;
-            insert_token(tx, &first_token)?;
-            insert_audit(tx, &audit)?;
-            Ok(())
+            complete(shared::create_session(
+                &SqliteTx(tx),
+                &session,
+                &first_token,
+                &audit,
+            ))
         })
         .await
     }
 
     async fn session(&self, session_id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
-        let session_id = session_id.clone();
-        self.with_connection(move |connection| {
-            let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1");
-            let mut statement = connection.prepare_cached(&sql)?;
-            let mut rows = statement.query([session_id.as_str()])?;
-            match rows.next()? {
-                Some(row) => Ok(Some(session_from_row(row)?)),
-                None => Ok(None),
-            }
-        })
-        .await
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1");
+        let params = vec![session_id.to_string().into()];
+        self.read_rows(sql, params, session_from_row)
+            .await
+            .map(at_most_one)
     }
 
     async fn session_of_family(
         &self,
         family_id: &str,
     ) -> Result<Option<SessionRecord>, StoreError> {
-        let family_id = family_id.to_owned();
-        self.with_connection(move |connection| {
-            let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE family_id = ?1");
-            let mut statement = connection.prepare_cached(&sql)?;
-            let mut rows = statement.query([&family_id])?;
-            match rows.next()? {
-                Some(row) => Ok(Some(session_from_row(row)?)),
-                None => Ok(None),
-            }
-        })
-        .await
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE family_id = ?1");
+        self.read_rows(sql, vec![family_id.to_owned().into()], session_from_row)
+            .await
+            .map(at_most_one)
     }
 
     async fn refresh_token(
         &self,
         token_id: &str,
     ) -> Result<Option<RefreshTokenRecord>, StoreError> {
-        let token_id = token_id.to_owned();
-        self.with_connection(move |connection| {
-            let sql = format!("SELECT {TOKEN_COLUMNS} FROM refresh_tokens WHERE token_id = ?1");
-            let mut statement = connection.prepare_cached(&sql)?;
-            let mut rows = statement.query([&token_id])?;
-            match rows.next()? {
-                Some(row) => Ok(Some(token_from_row(row)?)),
-                None => Ok(None),
-            }
-        })
-        .await
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM refresh_tokens WHERE token_id = ?1");
+        self.read_rows(sql, vec![token_id.to_owned().into()], token_from_row)
+            .await
+            .map(at_most_one)
     }
 
     async fn rotate_refresh_token(
@@ -147,102 +113,51 @@ impl SessionStore for SqliteStore {
         }
     }
 
-    async fn revoke(
-        &self,
-        entries: Vec<RevocationEntry>,
-        effects: Vec<RevocationEffect>,
-        at: UnixMillis,
-        audit: Vec<AuditEntry>,
-    ) -> Result<(Revision, u64), StoreError> {
-        let appends_events = !entries.is_empty();
-        let outcome = self
-            .write(move |tx| revoke(tx, entries, &effects, at, &audit))
-            .await?;
-        if appends_events {
-            self.signal_change();
-        }
-        Ok(outcome)
+    async fn revoke(&self, revocation: Revocation) -> Result<(Revision, u64), StoreError> {
+        self.write_publishing(revocation.appends_events(), move |tx| {
+            complete(shared::revoke(&SqliteTx(tx), &revocation))
+        })
+        .await
     }
 
     async fn commit_emergency(
         &self,
         commit: EmergencyCommit,
     ) -> Result<EmergencyCommitted, StoreError> {
-        self.commit_emergency_now(commit).await
+        let appends_events = commit.appends_events();
+        let drops_material = commit.drops_material();
+        let committed = self
+            .write(move |tx| complete(shared::commit_emergency(&SqliteTx(tx), &commit)))
+            .await?;
+        if committed == EmergencyCommitted::AlreadyRecorded {
+            return Ok(committed);
+        }
+        shared::signal_if(&self.change_signal, appends_events);
+        if drops_material {
+            self.truncate_wal().await;
+        }
+        Ok(committed)
     }
 
     async fn live_revocations(&self, now: UnixMillis) -> Result<Vec<RevocationEntry>, StoreError> {
-        self.with_connection(move |connection| {
-            let mut statement = connection.prepare_cached(
-                "SELECT kind, value, tenant_id, revoked_at, drop_after FROM revocations \
-                 WHERE drop_after > ?1 ORDER BY id",
-            )?;
-            let mut rows = statement.query([now.0])?;
-            let mut entries = Vec::new();
-            while let Some(row) = rows.next()? {
-                entries.push(revocation_from_row(row)?);
-            }
-            Ok(entries)
-        })
-        .await
+        let sql = "SELECT kind, value, tenant_id, revoked_at, drop_after FROM revocations \
+                   WHERE drop_after > ?1 ORDER BY id";
+        self.read_rows(sql.to_owned(), vec![now.0.into()], revocation_from_row)
+            .await
     }
 
     async fn prune_revocations(&self, now: UnixMillis) -> Result<u64, StoreError> {
-        self.write(move |tx| {
-            let n_entries = tx
-                .prepare_cached("DELETE FROM revocations WHERE drop_after <= ?1")?
-                .execute([now.0])?;
-            tx.prepare_cached("DELETE FROM refresh_tokens WHERE expires_at <= ?1")?
-                .execute([now.0.saturating_sub(EXPIRED_TOKEN_RETENTION_MS)])?;
-            Ok(n_entries as u64)
-        })
-        .await
+        self.write(move |tx| complete(shared::prune_revocations(&SqliteTx(tx), now)))
+            .await
     }
 }
 
 // === statements ===
 
-/// Ends the sessions `effects` select, stores `entries` and appends their events and the
-/// audit entries, inside `tx`. Returns the last revision and the sessions newly ended.
-pub(super) fn revoke(
-    tx: &Connection,
-    entries: Vec<RevocationEntry>,
-    effects: &[RevocationEffect],
-    at: UnixMillis,
-    audit: &[AuditEntry],
-) -> Result<(Revision, u64), SqliteFailure> {
-    let mut n_sessions_revoked = 0_u64;
-    for effect in effects {
-        n_sessions_revoked += end_sessions(tx, effect, at)?;
-    }
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO revocations (kind, value, tenant_id, revoked_at, drop_after) \
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
-    for entry in &entries {
-        insert.execute(params![
-            revocation_kind_to_column(entry.kind),
-            entry.value,
-            entry.tenant_id,
-            entry.revoked_at.0,
-            entry.drop_after.0,
-        ])?;
-    }
-    let changes: Vec<BundleChange> = entries
-        .into_iter()
-        .map(|entry| BundleChange::RevocationAdded { entry })
-        .collect();
-    let revision = match insert_events(tx, &changes, at)? {
-        Some(revision) => revision,
-        None => latest_revision(tx)?,
-    };
-    for entry in audit {
-        insert_audit(tx, entry)?;
-    }
-    Ok((revision, n_sessions_revoked))
-}
-
-fn insert_token(connection: &Connection, token: &RefreshTokenRecord) -> Result<(), SqliteFailure> {
+pub(super) fn insert_token(
+    connection: &Connection,
+    token: &RefreshTokenRecord,
+) -> Result<(), SqliteFailure> {
     let (state, state_at, successor_id) = refresh_state_to_columns(&token.state);
     connection
         .prepare_cached(
@@ -269,42 +184,15 @@ fn insert_token(connection: &Connection, token: &RefreshTokenRecord) -> Result<(
 
 /// Ends the sessions `effect` selects that are still open, and revokes the active and
 /// rotated refresh tokens of every session it selects; returns how many sessions ended.
-fn end_sessions(
+pub(super) fn end_sessions(
     connection: &Connection,
     effect: &RevocationEffect,
     at: UnixMillis,
 ) -> Result<u64, SqliteFailure> {
-    let (selector, values): (&str, Vec<&str>) = match effect {
-        RevocationEffect::Session {
-            tenant_id,
-            session_id,
-        } => (
-            "tenant_id = ?2 AND session_id = ?3",
-            vec![tenant_id.as_str(), session_id.as_str()],
-        ),
-        RevocationEffect::Family {
-            tenant_id,
-            family_id,
-        } => (
-            "tenant_id = ?2 AND family_id = ?3",
-            vec![tenant_id.as_str(), family_id.as_str()],
-        ),
-        RevocationEffect::User {
-            tenant_id: Some(tenant_id),
-            subject,
-        } => (
-            "tenant_id = ?2 AND subject = ?3",
-            vec![tenant_id.as_str(), subject.as_str()],
-        ),
-        RevocationEffect::User {
-            tenant_id: None,
-            subject,
-        } => ("subject = ?2", vec![subject.as_str()]),
-        RevocationEffect::Tenant(tenant_id) => ("tenant_id = ?2", vec![tenant_id.as_str()]),
-        RevocationEffect::All => ("1 = 1", Vec::new()),
-    };
+    let conditions = effect.session_conditions();
+    let selector = where_equal(&conditions, |index| format!("?{index}"));
     let mut bound: Vec<&dyn ToSql> = vec![&at.0];
-    bound.extend(values.iter().map(|value| value as &dyn ToSql));
+    bound.extend(conditions.iter().map(|(_, value)| value as &dyn ToSql));
     let n_ended = connection
         .prepare_cached(&format!(
             "UPDATE sessions SET revoked_at = ?1 WHERE revoked_at IS NULL AND {selector}"

@@ -7,8 +7,8 @@ use tessera_common::bundle::{BundleChange, Revision};
 use tessera_common::keys::KeySetName;
 use tessera_common::revocation::{RevocationEntry, RevocationKind};
 use tessera_issuer::store::{
-    EmergencyCommit, EmergencyCommitted, IncidentRecord, KeyWrite, RevocationEffect, StoreError,
-    StoredKey,
+    EmergencyCommit, EmergencyCommitted, IncidentRecord, KeyWrite, Revocation, RevocationEffect,
+    StoreError, StoredKey,
 };
 
 use super::fixture::{Fixture, audit_entry, commit, full_key};
@@ -66,16 +66,18 @@ fn emergency(key_commits: Vec<tessera_issuer::store::KeyCommit>) -> EmergencyCom
             value: b"root req-1".to_vec(),
         },
         key_commits,
-        entries: vec![RevocationEntry {
-            kind: RevocationKind::All,
-            value: String::new(),
-            tenant_id: None,
-            revoked_at: UnixMillis(T0 + 10),
-            drop_after: UnixMillis(T0 + 960_000),
-        }],
-        effects: vec![RevocationEffect::All],
-        audit: vec![audit_entry(11)],
-        at: UnixMillis(T0 + 10),
+        revocation: Revocation {
+            entries: vec![RevocationEntry {
+                kind: RevocationKind::All,
+                value: String::new(),
+                tenant_id: None,
+                revoked_at: UnixMillis(T0 + 10),
+                drop_after: UnixMillis(T0 + 960_000),
+            }],
+            effects: vec![RevocationEffect::All],
+            audit: vec![audit_entry(11)],
+            at: UnixMillis(T0 + 10),
+        },
     }
 }
 

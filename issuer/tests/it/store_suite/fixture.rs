@@ -17,8 +17,8 @@ use tessera_issuer::audit::{Actor, AuditAction, GENESIS_HASH, chain_hash};
 use tessera_issuer::store::postgres::{PostgresOptions, PostgresStore};
 use tessera_issuer::store::sqlite::SqliteStore;
 use tessera_issuer::store::{
-    AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeyWrite, SessionStore, Store, StoredKey,
-    WrappedKey,
+    AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeyWrite, Revocation, RevocationEffect,
+    SessionStore, Store, StoredKey, WrappedKey,
 };
 use tokio::sync::Notify;
 
@@ -354,6 +354,21 @@ pub fn audit_entry(n: u64) -> AuditEntry {
         AuditAction::KeyRotate,
         format!("access/{n}"),
     )
+}
+
+/// Returns a revocation of `entries` ending the sessions `effects` select.
+pub fn revocation(
+    entries: Vec<RevocationEntry>,
+    effects: Vec<RevocationEffect>,
+    at: UnixMillis,
+    audit: Vec<AuditEntry>,
+) -> Revocation {
+    Revocation {
+        entries,
+        effects,
+        audit,
+        at,
+    }
 }
 
 /// Returns an API client created at `created_at` ms.

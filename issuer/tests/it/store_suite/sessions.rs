@@ -13,7 +13,9 @@ use tessera_issuer::store::{
     RefreshState, RefreshTokenRecord, RevocationEffect, SessionRecord, SessionStore, StoreError,
 };
 
-use super::fixture::{Fixture, assert_chain, audit_entry, notified_within, tagged_change};
+use super::fixture::{
+    Fixture, assert_chain, audit_entry, notified_within, revocation, tagged_change,
+};
 
 pub(super) const T0: i64 = 1_700_000_000_000;
 const DAY_MS: i64 = 86_400_000;
@@ -438,7 +440,12 @@ pub async fn revoke_effects_end_exactly_the_selected_sessions(fixture: &Fixture)
     for (step, (effect, n_expected, newly_ended)) in steps.into_iter().enumerate() {
         let at = T0 + 1_000 * (step as i64 + 1);
         let (_, n_ended) = store
-            .revoke(vec![], vec![effect.clone()], UnixMillis(at), vec![])
+            .revoke(revocation(
+                vec![],
+                vec![effect.clone()],
+                UnixMillis(at),
+                vec![],
+            ))
             .await
             .unwrap();
         assert_eq!(n_ended, n_expected, "{effect:?} ends {n_expected} sessions");
@@ -492,12 +499,12 @@ pub async fn session_and_family_revocations_stay_in_their_tenant(fixture: &Fixtu
     ];
     for (step, effect) in attacks.into_iter().enumerate() {
         let (_, n_ended) = store
-            .revoke(
+            .revoke(revocation(
                 vec![],
                 vec![effect.clone()],
                 UnixMillis(T0 + step as i64 + 1),
                 vec![],
-            )
+            ))
             .await
             .unwrap();
         assert_eq!(n_ended, 0, "{effect:?} must end nothing of globex");
@@ -530,7 +537,7 @@ pub async fn session_and_family_revocations_stay_in_their_tenant(fixture: &Fixtu
     ];
     let at = UnixMillis(T0 + 10);
     let (_, n_ended) = store
-        .revoke(vec![], owner_revocations.to_vec(), at, vec![])
+        .revoke(revocation(vec![], owner_revocations.to_vec(), at, vec![]))
         .await
         .unwrap();
     assert_eq!(n_ended, 2, "the owning tenant ends both");
@@ -565,7 +572,7 @@ pub async fn revoke_publishes_entries_events_and_audit(fixture: &Fixture) {
         entry(RevocationKind::All, "", None, at),
     ];
     let (last, n_ended) = store
-        .revoke(
+        .revoke(revocation(
             entries.clone(),
             vec![RevocationEffect::Session {
                 tenant_id: alice.tenant_id.clone(),
@@ -573,7 +580,7 @@ pub async fn revoke_publishes_entries_events_and_audit(fixture: &Fixture) {
             }],
             UnixMillis(at),
             vec![audit_entry(2), audit_entry(3)],
-        )
+        ))
         .await
         .unwrap();
     assert_eq!(n_ended, 1);
@@ -610,7 +617,7 @@ pub async fn revoke_publishes_entries_events_and_audit(fixture: &Fixture) {
     assert_chain(&audit);
 
     let (unchanged, n_ended) = store
-        .revoke(vec![], vec![], UnixMillis(at + 1), vec![])
+        .revoke(revocation(vec![], vec![], UnixMillis(at + 1), vec![]))
         .await
         .unwrap();
     assert_eq!((unchanged, n_ended), (last, 0));
@@ -631,7 +638,7 @@ pub async fn prune_revocations_drops_only_expired_entries(fixture: &Fixture) {
         with_drop_after("j300", 300),
     ];
     store
-        .revoke(entries.clone(), vec![], UnixMillis(50), vec![])
+        .revoke(revocation(entries.clone(), vec![], UnixMillis(50), vec![]))
         .await
         .unwrap();
     assert_eq!(
@@ -708,7 +715,7 @@ pub async fn change_signal_fires_after_revoke(fixture: &Fixture) {
     );
     fixture
         .sessions
-        .revoke(
+        .revoke(revocation(
             vec![entry(RevocationKind::Session, "s1", Some("acme"), T0)],
             vec![RevocationEffect::Session {
                 tenant_id: alice.tenant_id.clone(),
@@ -716,7 +723,7 @@ pub async fn change_signal_fires_after_revoke(fixture: &Fixture) {
             }],
             UnixMillis(T0),
             vec![audit_entry(2)],
-        )
+        ))
         .await
         .unwrap();
     assert!(
