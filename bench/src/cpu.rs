@@ -1,7 +1,38 @@
 //! How much CPU *other* processes used during a measurement. The machine is shared (other
 //! developers compile on the same 2 cores), so each measurement records the share of all
 //! cores busy outside this process over its window; a large share marks a number as
-//! disturbed. Read from /proc/stat (all CPUs) and /proc/self/stat (this process).
+//! disturbed. Read from /proc/stat (all CPUs), /proc/self/stat (this process) and the
+//! stat files of the server processes this process started ([`watch_pid`]): the programs
+//! under test are not "other" processes.
+
+use std::sync::Mutex;
+
+/// Server processes whose CPU counts as the benchmark's own.
+static WATCHED: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Counts `pid`'s CPU time as the benchmark's own from now on.
+pub fn watch_pid(pid: u32) {
+    if let Ok(mut pids) = WATCHED.lock() {
+        pids.push(pid);
+    }
+}
+
+/// Stops counting `pid` (it is about to exit).
+pub fn unwatch_pid(pid: u32) {
+    if let Ok(mut pids) = WATCHED.lock() {
+        pids.retain(|watched| *watched != pid);
+    }
+}
+
+/// utime + stime of a process, in clock ticks, from its stat file's contents.
+fn process_ticks(stat: &str) -> Option<u64> {
+    // Fields after the parenthesised command name: utime and stime are 14th and 15th.
+    let after_name = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
 
 /// CPU counters at one instant, in clock ticks.
 #[derive(Clone, Copy, Debug)]
@@ -25,17 +56,15 @@ impl CpuSample {
         // user nice system idle iowait irq softirq steal
         let total = fields.iter().sum();
         let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-        let own_stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        // Fields after the parenthesised command name: utime and stime are 14th and 15th.
-        let after_name = own_stat.rsplit_once(')')?.1;
-        let own_fields: Vec<&str> = after_name.split_whitespace().collect();
-        let utime: u64 = own_fields.get(11)?.parse().ok()?;
-        let stime: u64 = own_fields.get(12)?.parse().ok()?;
-        Some(CpuSample {
-            total,
-            idle,
-            own: utime + stime,
-        })
+        let mut own = process_ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?;
+        let watched = WATCHED.lock().map(|pids| pids.clone()).unwrap_or_default();
+        for pid in watched {
+            own += std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| process_ticks(&stat))
+                .unwrap_or(0);
+        }
+        Some(CpuSample { total, idle, own })
     }
 
     /// Returns the share (0–1) of all CPU time between `self` and `later` that was busy

@@ -1,14 +1,17 @@
-//! `all-issue`: for each algorithm, in one process run, the raw signing rate, the empty
-//! `IssueAccessToken` rate over TCP at the same concurrency, and real issuance; then the
-//! additive limit `1/(1/raw + 1/empty)` and the ratios issue/limit and issue/raw
+//! `all-issue`: for each algorithm, in one run, the raw signing rate (one thread on the
+//! server cpus), the empty `IssueAccessToken` rate over TCP at the same concurrency
+//! (`serve-empty` answering a copy of the issuer's answer), and real issuance by a
+//! `tessera-issuer serve` process on the server cpus, driven from the client cpus; then
+//! the additive limit `1/(1/raw + 1/empty)` and the ratios issue/limit and issue/raw
 //! (DESIGN §10, issue 2 point 15).
 
 use serde::Serialize;
 use tessera_common::keys::Algorithm;
 
-use crate::issuer_server::InProcessIssuer;
+use crate::Timing;
 use crate::latency::Percentiles;
-use crate::raw::{self, RawPlan};
+use crate::noop::Canned;
+use crate::procs::{self, EmptyProcess, IssuerProcess, RawKind};
 use crate::report::{self, Measurement, additive_limit};
 use crate::rpc::{self, EmptyService, RpcPlan};
 use crate::sampling::{Quiet, quietest};
@@ -22,7 +25,6 @@ const TARGET_RATIO: f64 = 0.80;
 pub struct IssueSummary {
     pub algorithm: String,
     pub raw_sign_rate: f64,
-    pub jsonwebtoken_sign_rate: f64,
     pub empty_rpc_rate: f64,
     pub issuer_health_rate: f64,
     pub limit: f64,
@@ -40,20 +42,21 @@ pub struct IssueSummary {
 /// Runs the suite for `algorithms` and prints every table, the summary and a JSON line.
 pub async fn run(
     algorithms: &[Algorithm],
-    raw_plan: RawPlan,
+    timing: Timing,
     rpc_plan: RpcPlan,
     quiet: Quiet,
 ) -> anyhow::Result<Vec<IssueSummary>> {
     let mut summaries = Vec::new();
     for &algorithm in algorithms {
-        let summary = run_one(algorithm, raw_plan, rpc_plan, quiet).await?;
+        let summary = run_one(algorithm, timing, rpc_plan, quiet).await?;
         report::print_table(&format!("all-issue {algorithm}"), &summary.measurements);
         summaries.push(summary);
     }
-    print_summary(&summaries, raw_plan, rpc_plan);
+    print_summary(&summaries, rpc_plan);
     report::print_json(&serde_json::json!({
         "bench": "all-issue",
-        "threads": raw_plan.threads,
+        "pinning": procs::pinning_json(),
+        "raw_threads": 1,
         "concurrency": rpc_plan.concurrency,
         "connections": rpc_plan.connections,
         "seconds": rpc_plan.measure.as_secs_f64(),
@@ -64,29 +67,40 @@ pub async fn run(
 
 async fn run_one(
     algorithm: Algorithm,
-    raw_plan: RawPlan,
+    timing: Timing,
     rpc_plan: RpcPlan,
     quiet: Quiet,
 ) -> anyhow::Result<IssueSummary> {
-    eprintln!("[all-issue {algorithm}] raw signing…");
-    let raw_sign = quietest(quiet, || async {
-        tokio::task::spawn_blocking(move || raw::sign(algorithm, raw_plan)).await?
+    eprintln!("[all-issue {algorithm}] raw signing (1 thread on the server cpus)…");
+    let raw_sign = quietest(quiet, || {
+        procs::raw_on_server_cpus(RawKind::Sign, algorithm, timing)
     })
     .await?;
-    let jwt_sign = quietest(quiet, || async {
-        tokio::task::spawn_blocking(move || raw::sign_jsonwebtoken(algorithm, raw_plan)).await?
-    })
-    .await?;
-    eprintln!("[all-issue {algorithm}] empty RPC…");
+    eprintln!("[all-issue {algorithm}] issuer and empty server…");
+    let issuer = IssuerProcess::start(algorithm).await?;
+    // The empty server answers a copy of the issuer's own answer, to the same request
+    // with the same credential header.
+    let canned = Canned {
+        issue: rpc::one_issue(&issuer).await?,
+        ..Canned::default()
+    };
+    let empty_server =
+        EmptyProcess::start(Transport::Tcp, &canned, rpc_plan.server_nodelay).await?;
+    let empty_name = rpc::empty_name(EmptyService::Token, "same-size", Transport::Tcp, rpc_plan);
     let empty = quietest(quiet, || {
-        rpc::empty(Transport::Tcp, EmptyService::Token, algorithm, rpc_plan)
+        rpc::token_calls(
+            &empty_name,
+            &empty_server.target,
+            issuer.authorization.clone(),
+            rpc_plan,
+        )
     })
     .await?;
+    drop(empty_server);
     eprintln!("[all-issue {algorithm}] issuance…");
-    let issuer = InProcessIssuer::start(algorithm).await?;
     let health = quietest(quiet, || rpc::health_on_issuer(&issuer, rpc_plan)).await?;
     let issue = quietest(quiet, || rpc::issue_against(&issuer, algorithm, rpc_plan)).await?;
-    issuer.stop().await?;
+    drop(issuer);
 
     let limit = additive_limit(raw_sign.rate, empty.rate);
     let issue_over_limit = ratio(issue.rate, limit);
@@ -94,7 +108,6 @@ async fn run_one(
     Ok(IssueSummary {
         algorithm: algorithm.to_string(),
         raw_sign_rate: raw_sign.rate,
-        jsonwebtoken_sign_rate: jwt_sign.rate,
         empty_rpc_rate: empty.rate,
         issuer_health_rate: health.rate,
         limit,
@@ -108,7 +121,7 @@ async fn run_one(
             .iter()
             .filter_map(|m| m.foreign_cpu)
             .fold(0.0, f64::max),
-        measurements: vec![raw_sign, jwt_sign, empty, health, issue],
+        measurements: vec![raw_sign, empty, health, issue],
     })
 }
 
@@ -120,10 +133,9 @@ fn ratio(numerator: f64, denominator: f64) -> f64 {
     }
 }
 
-fn print_summary(summaries: &[IssueSummary], raw_plan: RawPlan, rpc_plan: RpcPlan) {
+fn print_summary(summaries: &[IssueSummary], rpc_plan: RpcPlan) {
     println!(
-        "\n== issuance summary ({} signing threads; RPC: tcp, concurrency {}, {} connections, {} s) ==",
-        raw_plan.threads,
+        "\n== issuance summary (raw: 1 signing thread on the server cpus; RPC: tcp, concurrency {}, {} connections, {} s) ==",
         rpc_plan.concurrency,
         rpc_plan.connections,
         rpc_plan.measure.as_secs()

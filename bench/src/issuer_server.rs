@@ -1,6 +1,8 @@
 //! An issuer started in-process exactly as `tessera-issuer serve` starts it (same
 //! `Issuer::start` and `serve`), with its own temporary data directory (SQLite, KEK,
 //! admin credential), gRPC and HTTP on 127.0.0.1:0, and the chosen access algorithm.
+//! Used by the propagation and refresh scenarios only; the DESIGN §10 suites run the
+//! `tessera-issuer` binary as a separate process (`procs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +10,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use tessera_common::SystemClock;
 use tessera_common::keys::{Algorithm, KeySetName};
-use tessera_issuer::app::App;
 use tessera_issuer::config::{IssuerConfig, KekSource, StoreConfig};
 use tessera_issuer::server::Issuer;
 use tessera_issuer::store::postgres::PostgresOptions;
@@ -22,9 +23,6 @@ pub struct InProcessIssuer {
     pub grpc_addr: SocketAddr,
     /// `Bearer <admin credential>`, ready to attach to requests.
     pub authorization: MetadataValue<Ascii>,
-    /// Path of the admin credential file (sidecars read it as their issuer token).
-    pub admin_token_path: std::path::PathBuf,
-    pub app: Arc<App>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
     _data_dir: tempfile::TempDir,
@@ -54,7 +52,6 @@ impl InProcessIssuer {
         let authorization = format!("Bearer {}", credential.trim())
             .parse()
             .context("the admin credential is not valid header text")?;
-        let app = issuer.app.clone();
         let grpc = TcpListener::bind("127.0.0.1:0").await?;
         let http = TcpListener::bind("127.0.0.1:0").await?;
         let grpc_addr = grpc.local_addr()?;
@@ -65,8 +62,6 @@ impl InProcessIssuer {
         Ok(InProcessIssuer {
             grpc_addr,
             authorization,
-            admin_token_path,
-            app,
             stop: Some(stop),
             task,
             _data_dir: data_dir,

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Raw latency samples, in nanoseconds.
 #[derive(Debug, Default)]
@@ -12,7 +12,7 @@ pub struct Latencies {
 }
 
 /// Percentiles of a set of samples, in microseconds.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
 pub struct Percentiles {
     pub p50_us: f64,
     pub p99_us: f64,

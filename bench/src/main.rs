@@ -1,6 +1,9 @@
-//! `tessera-bench`: Tessera's load generator and in-process baselines. Each subcommand
-//! prints a human table and one JSON line; `all-issue` (and `all-validate`) measure a
-//! path and its limits in one run, as DESIGN §10 asks.
+//! `tessera-bench`: Tessera's load generator. Each subcommand prints a human table and one
+//! JSON line; `all-issue` (and `all-validate`) measure a path and its limits in one run,
+//! as DESIGN §10 asks. The RPC scenarios drive the real `tessera-issuer` and
+//! `tessera-sidecar` binaries (and the empty server, `serve-empty`) as separate processes
+//! pinned to the server cpus (`--server-cpus`, default 0), with this process pinned to
+//! the client cpus (`--client-cpus`, default 1): see `procs`.
 
 mod cpu;
 mod fixtures;
@@ -9,14 +12,13 @@ mod issuer_server;
 mod latency;
 mod load;
 mod noop;
+mod procs;
 mod propagation;
 mod raw;
 mod refresh;
 mod report;
 mod rpc;
 mod sampling;
-#[cfg(feature = "sidecar")]
-mod sidecar_server;
 #[cfg(feature = "sidecar")]
 mod stream_load;
 mod transport;
@@ -30,6 +32,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use tessera_common::keys::Algorithm;
 
+use crate::procs::Pinning;
 use crate::raw::RawPlan;
 use crate::report::{Measurement, print_json, print_table};
 use crate::rpc::{EmptyService, RpcPlan};
@@ -40,10 +43,19 @@ use crate::transport::Transport;
 #[derive(Parser, Debug)]
 #[command(name = "tessera-bench", version)]
 struct Cli {
-    /// Worker threads of the async runtime shared by servers and load generator
-    /// [default: all cores].
+    /// Worker threads of this process's async runtime [default: the cores it may use,
+    /// i.e. one once pinned to one core].
     #[arg(long, global = true)]
     runtime_threads: Option<usize>,
+    /// Cpus (taskset list) the server processes run on: issuer, sidecar, empty server
+    /// and the raw crypto loop; `none` leaves them unpinned [default: 0 on a machine
+    /// with 2 or more cores].
+    #[arg(long, global = true)]
+    server_cpus: Option<String>,
+    /// Cpus (taskset list) the RPC scenarios pin this process, the load generator, to;
+    /// `none` leaves it unpinned [default: 1 on a machine with 2 or more cores].
+    #[arg(long, global = true)]
+    client_cpus: Option<String>,
     /// Do not install the issuer's tracing subscriber (the binary installs it).
     #[arg(long, global = true)]
     no_telemetry: bool,
@@ -57,7 +69,28 @@ enum Command {
     RawSign(RawArgs),
     /// In-process verification rate (tessera_common::verify).
     RawVerify(RawArgs),
-    /// Rate of an RPC doing no work on the same tonic server stack.
+    /// Serves the empty RPCs (no work, canned answers) until killed; the suites start it
+    /// as a separate process pinned to the server cpus.
+    ServeEmpty {
+        #[arg(long, value_enum, default_value = "tcp")]
+        transport: Transport,
+        /// `ip:port` (tcp) or socket path (uds).
+        #[arg(long)]
+        listen: String,
+        /// Encoded `IssueAccessTokenResponse` to answer [default: one of --alg's size].
+        #[arg(long)]
+        issue_response: Option<std::path::PathBuf>,
+        /// Encoded `ValidateTokenResponse` to answer [default: one of --alg's size].
+        #[arg(long)]
+        validate_response: Option<std::path::PathBuf>,
+        #[arg(long, value_parser = parse_algorithm, default_value = "RS256")]
+        alg: Algorithm,
+        /// Set TCP_NODELAY on accepted connections (as the issuer does).
+        #[arg(long)]
+        server_nodelay: bool,
+    },
+    /// Rate of an RPC doing no work on the same tonic server stack (a `serve-empty`
+    /// process on the server cpus).
     EmptyRpc {
         #[arg(long, value_enum, default_value = "tcp")]
         transport: Transport,
@@ -69,7 +102,7 @@ enum Command {
         #[command(flatten)]
         rpc: RpcArgs,
     },
-    /// IssueAccessToken throughput and latency against an in-process issuer.
+    /// IssueAccessToken throughput and latency against a `tessera-issuer serve` process.
     Issue {
         #[arg(long, value_parser = parse_algorithm, default_value = "RS256")]
         alg: Algorithm,
@@ -81,9 +114,6 @@ enum Command {
         /// Algorithms, comma-separated.
         #[arg(long, value_parser = parse_algorithm, value_delimiter = ',', default_value = "RS256,ES256,EdDSA")]
         algs: Vec<Algorithm>,
-        /// Signing threads for the raw rate [default: all cores].
-        #[arg(long)]
-        threads: Option<usize>,
         #[command(flatten)]
         sampling: SamplingArgs,
         #[command(flatten)]
@@ -93,7 +123,8 @@ enum Command {
     Propagation(propagation::PropagationArgs),
     /// RefreshSession throughput on PostgreSQL, and exactly-one-successor checks.
     Refresh(refresh::RefreshArgs),
-    /// ValidateToken / ValidateStream against an in-process sidecar over its Unix socket.
+    /// ValidateToken / ValidateStream against a `tessera-sidecar` process over its Unix
+    /// socket.
     #[cfg(feature = "sidecar")]
     Validate(validate::ValidateArgs),
     /// The sidecar suite: raw verify, empty unary and stream, validation, limits, ratios.
@@ -109,6 +140,9 @@ struct RawArgs {
     /// Threads [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
+    /// raw-sign: measure the issuer's Signer only (not jsonwebtoken beside it).
+    #[arg(long)]
+    signer_only: bool,
     #[command(flatten)]
     timing: Timing,
 }
@@ -212,8 +246,35 @@ fn raw_plan(threads: Option<usize>, timing: Timing) -> RawPlan {
     }
 }
 
+/// Resolves a `--server-cpus` / `--client-cpus` value: `none` unpins; absent, `default`
+/// on a machine with 2 or more cores.
+fn cpus(given: Option<&str>, default: &str) -> Option<String> {
+    match given {
+        Some("none") => None,
+        Some(cpus) => Some(cpus.to_owned()),
+        None if cores() >= 2 => Some(default.to_owned()),
+        None => None,
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let drives_servers = matches!(
+        cli.command,
+        Command::EmptyRpc { .. } | Command::Issue { .. } | Command::AllIssue { .. }
+    ) || is_validate(&cli.command);
+    if drives_servers {
+        let pinning = Pinning {
+            server: cpus(cli.server_cpus.as_deref(), "0"),
+            client: cpus(cli.client_cpus.as_deref(), "1"),
+        };
+        // Before the runtime starts: its threads inherit the affinity.
+        if let Some(client) = &pinning.client {
+            procs::pin_self(client)?;
+        }
+        procs::set_pinning(pinning);
+        procs::print_setup();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.runtime_threads.unwrap_or_else(cores).max(1))
         .enable_all()
@@ -225,16 +286,28 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
+#[cfg(feature = "sidecar")]
+fn is_validate(command: &Command) -> bool {
+    matches!(command, Command::Validate(_) | Command::AllValidate(_))
+}
+
+#[cfg(not(feature = "sidecar"))]
+fn is_validate(_: &Command) -> bool {
+    false
+}
+
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::RawSign(args) => {
             let plan = raw_plan(args.threads, args.timing);
             let alg = args.alg;
+            let signer_only = args.signer_only;
             let rows = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                Ok(vec![
-                    raw::sign(alg, plan)?,
-                    raw::sign_jsonwebtoken(alg, plan)?,
-                ])
+                let mut rows = vec![raw::sign(alg, plan)?];
+                if !signer_only {
+                    rows.push(raw::sign_jsonwebtoken(alg, plan)?);
+                }
+                Ok(rows)
             })
             .await??;
             emit("raw-sign", &rows);
@@ -244,6 +317,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let alg = args.alg;
             let row = tokio::task::spawn_blocking(move || raw::verify(alg, plan)).await??;
             emit("raw-verify", &[row]);
+        }
+        Command::ServeEmpty {
+            transport,
+            listen,
+            issue_response,
+            validate_response,
+            alg,
+            server_nodelay,
+        } => {
+            let mut canned = rpc::canned(alg)?;
+            if let Some(path) = issue_response {
+                canned.issue = prost::Message::decode(std::fs::read(path)?.as_slice())?;
+            }
+            if let Some(path) = validate_response {
+                canned.validate = prost::Message::decode(std::fs::read(path)?.as_slice())?;
+            }
+            noop::serve(transport, &listen, canned, server_nodelay).await?;
         }
         Command::EmptyRpc {
             transport,
@@ -260,12 +350,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::AllIssue {
             algs,
-            threads,
             sampling,
             rpc,
         } => {
-            let plan = raw_plan(threads, rpc.timing);
-            issue_suite::run(&algs, plan, rpc.plan(), sampling.quiet()).await?;
+            issue_suite::run(&algs, rpc.timing, rpc.plan(), sampling.quiet()).await?;
         }
         Command::Propagation(args) => {
             print_json(&propagation::run(args).await?);

@@ -1,9 +1,11 @@
-//! The empty-RPC baselines: a tonic server with the issuer's and the sidecar's builder
-//! settings (default `Server::builder()`, TCP accepted through `TcpIncoming::from`, the
-//! socket through `UnixListenerStream`) serving the *same* services and message types
-//! with handlers that do no work: `IssueAccessToken` and `ValidateToken` answer a canned
-//! response of the real size, `ValidateStream` echoes each `request_id` with a canned
-//! verdict, and `grpc.health.v1` answers SERVING.
+//! The empty-RPC baselines, served by `tessera-bench serve-empty` in its own process: a
+//! tonic server with the issuer's and the sidecar's builder settings (default
+//! `Server::builder()`, TCP accepted through `TcpIncoming::from`, the socket through
+//! `UnixListenerStream`, one-worker runtime once pinned to one core, as the binaries get)
+//! serving the *same* services and message types with handlers that do no work:
+//! `IssueAccessToken` and `ValidateToken` answer a canned response (the suites pass a copy
+//! of the real server's own answer), `ValidateStream` echoes each `request_id` with the
+//! canned verdict, and `grpc.health.v1` answers SERVING.
 
 use std::convert::Infallible;
 use std::marker::PhantomData;
@@ -14,8 +16,7 @@ use std::task::{Context, Poll};
 use futures_util::Stream;
 use tessera_proto::v1 as pb;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::metadata::GRPC_CONTENT_TYPE;
@@ -26,7 +27,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 
-use crate::transport::{Target, Transport};
+use crate::transport::Transport;
 
 /// Largest request the sidecar accepts; mirrored so decoding limits match.
 const MAX_REQUEST_BYTES: usize = 256 * 1024;
@@ -40,77 +41,36 @@ pub struct Canned {
     pub validate: pb::ValidateTokenResponse,
 }
 
-/// A running empty server; stops when dropped or on [`EmptyServer::stop`].
-pub struct EmptyServer {
-    pub target: Target,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-    _socket_dir: Option<tempfile::TempDir>,
-}
-
-impl EmptyServer {
-    /// Starts the server on 127.0.0.1:0 or on a socket in a fresh temporary directory.
-    /// `tcp_nodelay` sets TCP_NODELAY on accepted connections; the issuer does not (it
-    /// accepts through a plain `TcpIncoming::from`), so `false` mirrors it.
-    pub async fn start(
-        transport: Transport,
-        canned: Canned,
-        tcp_nodelay: bool,
-    ) -> anyhow::Result<EmptyServer> {
-        let routes = routes(canned).await;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let shutdown = async move {
-            let _ = stopped.await;
-        };
-        let (target, socket_dir, task) = match transport {
-            Transport::Tcp => {
-                let listener = TcpListener::bind("127.0.0.1:0").await?;
-                let target = Target::Tcp(listener.local_addr()?);
-                let serve = Server::builder()
-                    .add_routes(routes)
-                    .serve_with_incoming_shutdown(
-                        TcpIncoming::from(listener).with_nodelay(tcp_nodelay.then_some(true)),
-                        shutdown,
-                    );
-                (target, None, tokio::spawn(log_failure(serve)))
-            }
-            Transport::Uds => {
-                let socket_dir = tempfile::tempdir()?;
-                let path = socket_dir.path().join("empty.sock");
-                let listener = UnixListener::bind(&path)?;
-                let serve = Server::builder()
-                    .add_routes(routes)
-                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
-                (
-                    Target::Uds(path),
-                    Some(socket_dir),
-                    tokio::spawn(log_failure(serve)),
+/// Serves the empty server on `listen` (an `ip:port` for TCP, a socket path for a Unix
+/// socket) until the process is killed: `tessera-bench serve-empty`, which the suites
+/// start as a separate process pinned to the server cpus. `tcp_nodelay` sets
+/// TCP_NODELAY on accepted connections, as the issuer's gRPC listener does.
+pub async fn serve(
+    transport: Transport,
+    listen: &str,
+    canned: Canned,
+    tcp_nodelay: bool,
+) -> anyhow::Result<()> {
+    let routes = routes(canned).await;
+    match transport {
+        Transport::Tcp => {
+            let listener = TcpListener::bind(listen).await?;
+            Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming(
+                    TcpIncoming::from(listener).with_nodelay(tcp_nodelay.then_some(true)),
                 )
-            }
-        };
-        Ok(EmptyServer {
-            target,
-            stop: Some(stop),
-            task,
-            _socket_dir: socket_dir,
-        })
-    }
-
-    /// Stops accepting, lets in-flight calls finish and waits for the server task.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+                .await?;
         }
-        let _ = (&mut self.task).await;
+        Transport::Uds => {
+            let listener = UnixListener::bind(listen)?;
+            Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming(UnixListenerStream::new(listener))
+                .await?;
+        }
     }
-}
-
-async fn log_failure(
-    serve: impl std::future::Future<Output = Result<(), tonic::transport::Error>>,
-) {
-    if let Err(error) = serve.await {
-        eprintln!("empty server failed: {error}");
-    }
+    Ok(())
 }
 
 async fn routes(canned: Canned) -> Routes {

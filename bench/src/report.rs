@@ -1,12 +1,12 @@
 //! Results: one `Measurement` per measured quantity, printed as a human table and as one
 //! JSON line (`{"bench": …}`) that scripts can pick out with `grep '^{'`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::latency::{Latencies, Percentiles};
 
 /// One measured rate, with latencies when each operation was timed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Measurement {
     pub name: String,
     /// Operations completed inside the measurement window.
@@ -29,7 +29,7 @@ pub struct Measurement {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub foreign_cpu: Option<f64>,
     /// Rates of every sample when this is the median of several.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<f64>,
 }
 

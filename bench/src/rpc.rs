@@ -1,11 +1,12 @@
-//! The RPC scenarios over the unary load generator: real issuance against an in-process
-//! issuer, and the empty baselines (the no-op `IssueAccessToken` and `ValidateToken`, and
-//! `grpc.health.v1` Check) — all sent with the same connections, concurrency and
-//! pre-built request messages.
+//! The RPC scenarios over the unary load generator: real issuance against a
+//! `tessera-issuer` process, and the empty baselines (the no-op `IssueAccessToken` and
+//! `ValidateToken`, and `grpc.health.v1` Check) on a `serve-empty` process — all sent
+//! with the same connections, concurrency and pre-built request messages.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::ValueEnum;
 use tessera_common::claims::ACCESS_TOKEN_TYP;
 use tessera_common::keys::Algorithm;
@@ -19,9 +20,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::fixtures::{self, BenchKey};
-use crate::issuer_server::InProcessIssuer;
 use crate::load::{UnaryPlan, run_unary};
-use crate::noop::{Canned, EmptyServer};
+use crate::noop::Canned;
+use crate::procs::{EmptyProcess, IssuerProcess};
 use crate::report::Measurement;
 use crate::transport::{self, Target, Transport};
 
@@ -60,17 +61,16 @@ pub enum EmptyService {
     Health,
 }
 
-/// Measures real issuance against a fresh in-process issuer signing with `algorithm`.
+/// Measures real issuance against a fresh `tessera-issuer` process signing with
+/// `algorithm`.
 pub async fn issue(algorithm: Algorithm, plan: RpcPlan) -> anyhow::Result<Measurement> {
-    let issuer = InProcessIssuer::start(algorithm).await?;
-    let measurement = issue_against(&issuer, algorithm, plan).await;
-    issuer.stop().await?;
-    measurement
+    let issuer = IssuerProcess::start(algorithm).await?;
+    issue_against(&issuer, algorithm, plan).await
 }
 
 /// Measures `IssueAccessToken` against `issuer`.
 pub async fn issue_against(
-    issuer: &InProcessIssuer,
+    issuer: &IssuerProcess,
     algorithm: Algorithm,
     plan: RpcPlan,
 ) -> anyhow::Result<Measurement> {
@@ -82,15 +82,65 @@ pub async fn issue_against(
     token_calls(&name, &target, issuer.authorization.clone(), plan).await
 }
 
-/// Measures an empty RPC on the no-op server over `transport`; canned answers carry a
-/// token of `algorithm` so message sizes match the real path.
+/// One real `IssueAccessToken` answer of `issuer` (the empty server answers its copy).
+pub async fn one_issue(issuer: &IssuerProcess) -> anyhow::Result<pb::IssueAccessTokenResponse> {
+    let channel = transport::connect(&Target::Tcp(issuer.grpc_addr), 1)
+        .await?
+        .pop()
+        .context("no channel")?;
+    let mut request = Request::new(fixtures::issue_request());
+    request
+        .metadata_mut()
+        .insert("authorization", issuer.authorization.clone());
+    Ok(TokenServiceClient::new(channel)
+        .issue_access_token(request)
+        .await?
+        .into_inner())
+}
+
+/// Measures an empty RPC on a `serve-empty` process over `transport` (the command-line
+/// scenario); canned answers carry a token of `algorithm` so message sizes match the real
+/// path.
 pub async fn empty(
     transport: Transport,
     service: EmptyService,
     algorithm: Algorithm,
     plan: RpcPlan,
 ) -> anyhow::Result<Measurement> {
-    let server = EmptyServer::start(transport, canned(algorithm)?, plan.server_nodelay).await?;
+    let canned = canned(algorithm)?;
+    let server = EmptyProcess::start(transport, &canned, plan.server_nodelay).await?;
+    let name = empty_name(service, &format!("{algorithm}-sized"), transport, plan);
+    // A credential header of the real length, so request bytes match too.
+    let authorization: MetadataValue<Ascii> =
+        "Bearer tbc_benchmark.0000000000000000000000000000000000000000000".parse()?;
+    let tokens = Arc::new(vec![canned.issue.token.clone()]);
+    empty_calls(&name, &server.target, service, authorization, tokens, plan).await
+}
+
+/// Drives the empty `service` at `target` with the real path's request: the issuance
+/// request with `authorization`, or `ValidateToken` of `tokens` in turn.
+pub async fn empty_calls(
+    name: &str,
+    target: &Target,
+    service: EmptyService,
+    authorization: MetadataValue<Ascii>,
+    tokens: Arc<Vec<String>>,
+    plan: RpcPlan,
+) -> anyhow::Result<Measurement> {
+    match service {
+        EmptyService::Token => token_calls(name, target, authorization, plan).await,
+        EmptyService::Validate => validate_calls(name, target, tokens, plan).await,
+        EmptyService::Health => health_calls(name, target, plan).await,
+    }
+}
+
+/// The name of an empty-RPC measurement.
+pub fn empty_name(
+    service: EmptyService,
+    sized: &str,
+    transport: Transport,
+    plan: RpcPlan,
+) -> String {
     let nodelay = if plan.server_nodelay && transport == Transport::Tcp {
         " nodelay"
     } else {
@@ -99,28 +149,18 @@ pub async fn empty(
     let paced = plan
         .rate
         .map_or(String::new(), |rate| format!(" paced {rate:.0}/s"));
-    let name = format!(
-        "empty {} {algorithm}-sized{paced} ({}{nodelay}, c={}, k={})",
+    format!(
+        "empty {} {sized}{paced} ({}{nodelay}, c={}, k={})",
         service_name(service),
         transport.as_str(),
         plan.concurrency,
         plan.connections
-    );
-    // The same credential header as the real path, so request bytes match too.
-    let authorization: MetadataValue<Ascii> =
-        "Bearer tbc_benchmark.0000000000000000000000000000000000000000000".parse()?;
-    let measurement = match service {
-        EmptyService::Token => token_calls(&name, &server.target, authorization, plan).await,
-        EmptyService::Validate => validate_calls(&name, &server.target, algorithm, plan).await,
-        EmptyService::Health => health_calls(&name, &server.target, plan).await,
-    };
-    server.stop().await;
-    measurement
+    )
 }
 
 /// Measures `grpc.health.v1` Check against the issuer's own gRPC server.
 pub async fn health_on_issuer(
-    issuer: &InProcessIssuer,
+    issuer: &IssuerProcess,
     plan: RpcPlan,
 ) -> anyhow::Result<Measurement> {
     let name = format!(
@@ -138,7 +178,7 @@ fn service_name(service: EmptyService) -> &'static str {
     }
 }
 
-async fn token_calls(
+pub async fn token_calls(
     name: &str,
     target: &Target,
     authorization: MetadataValue<Ascii>,
@@ -178,7 +218,7 @@ async fn token_calls(
 async fn validate_calls(
     name: &str,
     target: &Target,
-    algorithm: Algorithm,
+    tokens: Arc<Vec<String>>,
     plan: RpcPlan,
 ) -> anyhow::Result<Measurement> {
     let clients: Arc<Vec<ValidatorServiceClient<Channel>>> = Arc::new(
@@ -188,18 +228,24 @@ async fn validate_calls(
             .map(ValidatorServiceClient::new)
             .collect(),
     );
-    let canned = canned(algorithm)?;
-    let message = pb::ValidateTokenRequest {
-        token: canned.issue.token,
-        ..Default::default()
-    };
+    let requests: Arc<Vec<pb::ValidateTokenRequest>> = Arc::new(
+        tokens
+            .iter()
+            .map(|token| pb::ValidateTokenRequest {
+                token: token.clone(),
+                ..Default::default()
+            })
+            .collect(),
+    );
     clients[0]
         .clone()
-        .validate_token(Request::new(message.clone()))
+        .validate_token(Request::new(requests[0].clone()))
         .await?;
-    Ok(run_unary(name, plan.unary(), move |task, _| {
+    Ok(run_unary(name, plan.unary(), move |task, sequence| {
         let mut client = clients[task % clients.len()].clone();
-        let request = Request::new(message.clone());
+        // Walks the pool as the real path does (validate::unary).
+        let index = (task * 7_919 + sequence as usize) % requests.len();
+        let request = Request::new(requests[index].clone());
         async move {
             client
                 .validate_token(request)

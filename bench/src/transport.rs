@@ -49,34 +49,37 @@ pub async fn connect(target: &Target, n_connections: usize) -> anyhow::Result<Ve
 async fn connect_one(target: &Target) -> anyhow::Result<Channel> {
     let mut attempts = 0;
     loop {
-        let result = match target {
-            Target::Tcp(addr) => {
-                Endpoint::from_shared(format!("http://{addr}"))?
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-            }
-            Target::Uds(path) => {
-                let path = path.clone();
-                // The URI is required by the API but unused: the connector dials the socket.
-                Endpoint::from_static("http://localhost")
-                    .connect_with_connector(tower::service_fn(move |_: Uri| {
-                        let path = path.clone();
-                        async move {
-                            Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
-                        }
-                    }))
-                    .await
-            }
-        };
-        match result {
+        match try_connect(target).await {
             Ok(channel) => return Ok(channel),
-            Err(error) if attempts < 50 => {
+            Err(_) if attempts < 50 => {
                 attempts += 1;
-                let _ = error;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(error) => return Err(error).with_context(|| format!("connecting to {target:?}")),
+        }
+    }
+}
+
+/// Opens one connection, once.
+pub async fn try_connect(target: &Target) -> Result<Channel, tonic::transport::Error> {
+    match target {
+        Target::Tcp(addr) => {
+            Endpoint::from_shared(format!("http://{addr}"))?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+        }
+        Target::Uds(path) => {
+            let path = path.clone();
+            // The URI is required by the API but unused: the connector dials the socket.
+            Endpoint::from_static("http://localhost")
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+                    }
+                }))
+                .await
         }
     }
 }

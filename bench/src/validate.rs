@@ -1,9 +1,10 @@
-//! The sidecar scenarios: `ValidateToken` (unary) and `ValidateStream` against an
-//! in-process sidecar over its Unix socket, fed by an in-process RS256 issuer.
+//! The sidecar scenarios: `ValidateToken` (unary) and `ValidateStream` against a
+//! `tessera-sidecar` process over its Unix socket, fed by a `tessera-issuer` process
+//! (RS256), both pinned to the server cpus.
 //!
 //! Distinct tokens: minting a fresh RS256 token costs as much as ~30 verifications, so a
-//! run cannot pre-mint one per validation. Instead a pool of tokens signed by the issuer's
-//! active key is cycled against a sidecar whose verified-token cache is disabled
+//! run cannot pre-mint one per validation. Instead a pool of tokens minted by the issuer
+//! (`IssueAccessToken`) is cycled against a sidecar whose verified-token cache is disabled
 //! (`--cache-capacity 0`): every validation then runs the full path (parse, signature,
 //! claims, revocation), which is what a never-seen token costs, minus one cache insert.
 //! Repeat tokens: a small pool, validated once before measuring, against the default
@@ -13,20 +14,19 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use tessera_common::keys::{Algorithm, KeySetName};
-use tessera_issuer::tokens;
+use tessera_common::keys::Algorithm;
 use tessera_proto::v1 as pb;
+use tessera_proto::v1::token_service_client::TokenServiceClient;
 use tessera_proto::v1::validator_service_client::ValidatorServiceClient;
 use tonic::Request;
 use tonic::transport::Channel;
 
 use crate::fixtures;
-use crate::issuer_server::InProcessIssuer;
 use crate::load::{UnaryPlan, run_unary};
+use crate::procs::{IssuerProcess, SidecarProcess};
 use crate::report::Measurement;
-use crate::sidecar_server::InProcessSidecar;
 use crate::stream_load::{StreamPlan, run_stream};
-use crate::transport;
+use crate::transport::{self, Target};
 
 /// Tokens minted for the distinct-token runs.
 pub const DISTINCT_POOL: usize = 1_000;
@@ -78,27 +78,32 @@ pub struct ValidateArgs {
     pub timing: crate::Timing,
 }
 
-/// An issuer, a sidecar on it and the tokens to send.
+/// An issuer process, a sidecar process on it and the tokens to send.
 pub struct Setup {
-    pub issuer: InProcessIssuer,
-    pub sidecar: InProcessSidecar,
     pub tokens: Arc<Vec<String>>,
     pub channels: Vec<Channel>,
+    /// The sidecar's answer to the first token (the empty server answers its copy).
+    pub answer: pb::ValidateTokenResponse,
+    // Dropped after the channels: the sidecar, then the issuer.
+    _sidecar: SidecarProcess,
+    _issuer: IssuerProcess,
 }
 
 impl Setup {
-    /// Starts an RS256 issuer and a sidecar for `kind` of tokens, mints the pool and, for
-    /// repeat tokens, validates each once so the cache holds them.
+    /// Starts an RS256 issuer and a sidecar for `kind` of tokens, has the issuer mint the
+    /// pool over gRPC and validates each token once (for repeat tokens, so the cache
+    /// holds them).
     pub async fn start(kind: Tokens, connections: usize) -> anyhow::Result<Setup> {
-        let issuer = InProcessIssuer::start(Algorithm::Rs256).await?;
+        let issuer = IssuerProcess::start(Algorithm::Rs256).await?;
         let (capacity, pool) = match kind {
             Tokens::Distinct => (0, DISTINCT_POOL),
             Tokens::Repeat => (DEFAULT_CACHE_CAPACITY, REPEAT_POOL),
         };
-        let sidecar = InProcessSidecar::start(&issuer, capacity).await?;
+        let sidecar = SidecarProcess::start(&issuer, capacity).await?;
         let tokens = Arc::new(mint(&issuer, pool).await?);
         let channels = transport::connect(&sidecar.target(), connections).await?;
         let mut client = ValidatorServiceClient::new(channels[0].clone());
+        let mut answer = None;
         for token in tokens.iter() {
             let verdict = client
                 .validate_token(Request::new(pb::ValidateTokenRequest {
@@ -112,69 +117,51 @@ impl Setup {
                 "the sidecar rejected a fresh token: reason {}",
                 verdict.reason
             );
+            answer.get_or_insert(verdict);
         }
         Ok(Setup {
-            issuer,
-            sidecar,
             tokens,
             channels,
+            answer: answer.context("no token minted")?,
+            _sidecar: sidecar,
+            _issuer: issuer,
         })
-    }
-
-    /// Stops the sidecar, then the issuer.
-    pub async fn stop(self) -> anyhow::Result<()> {
-        drop(self.channels);
-        self.sidecar.stop().await?;
-        self.issuer.stop().await
     }
 }
 
-/// Mints `n_tokens` access tokens with the issuer's active key, on every core.
-async fn mint(issuer: &InProcessIssuer, n_tokens: usize) -> anyhow::Result<Vec<String>> {
-    let now = fixtures::now();
-    let signer = issuer
-        .app
-        .keys
-        .signer(KeySetName::Access, now)
-        .context("the issuer has no active access key")?;
-    let policy = issuer.app.tokens.clone();
-    let request = fixtures::access_token_request()?;
-    let n_threads = crate::cores();
-    tokio::task::spawn_blocking(move || {
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..n_threads)
-                .map(|thread| {
-                    let share = n_tokens / n_threads + usize::from(thread < n_tokens % n_threads);
-                    let (signer, policy, request) = (&signer, &policy, &request);
-                    scope.spawn(move || {
-                        (0..share)
-                            .map(|_| Ok(tokens::issue(signer, request, policy, now)?.token))
-                            .collect::<anyhow::Result<Vec<String>>>()
-                    })
-                })
-                .collect();
-            let mut all = Vec::with_capacity(n_tokens);
-            for worker in workers {
-                let minted = worker
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("a minting thread panicked"))??;
-                all.extend(minted);
-            }
-            Ok(all)
-        })
-    })
-    .await?
+/// Has `issuer` mint `n_tokens` access tokens through `IssueAccessToken` (admin
+/// credential), 8 calls at a time.
+async fn mint(issuer: &IssuerProcess, n_tokens: usize) -> anyhow::Result<Vec<String>> {
+    let channel = transport::connect(&Target::Tcp(issuer.grpc_addr), 1)
+        .await?
+        .pop()
+        .context("no channel")?;
+    let client = TokenServiceClient::new(channel);
+    let mut tokens = Vec::with_capacity(n_tokens);
+    while tokens.len() < n_tokens {
+        let batch = (n_tokens - tokens.len()).min(8);
+        let calls = (0..batch).map(|_| {
+            let mut client = client.clone();
+            let mut request = Request::new(fixtures::issue_request());
+            request
+                .metadata_mut()
+                .insert("authorization", issuer.authorization.clone());
+            async move { client.issue_access_token(request).await }
+        });
+        for answer in futures_util::future::join_all(calls).await {
+            tokens.push(answer?.into_inner().token);
+        }
+    }
+    Ok(tokens)
 }
 
 /// Runs one `validate` scenario from the command line.
 pub async fn run(args: &ValidateArgs) -> anyhow::Result<Measurement> {
     let setup = Setup::start(args.tokens, args.connections).await?;
-    let measurement = match args.mode {
+    match args.mode {
         Mode::Unary => unary(&setup, args.tokens, unary_plan(args, args.rate)).await,
         Mode::Stream => stream(&setup, args.tokens, stream_plan(args)).await,
-    };
-    setup.stop().await?;
-    measurement
+    }
 }
 
 /// The unary plan of `args`, paced at `rate` when given.
