@@ -1,5 +1,5 @@
 //! Time as an argument: a millisecond instant type and the `Clock` that background jobs
-//! read, so tests can drive a year of rotations in microseconds.
+//! read, so tests move time by hand (`ManualClock`) instead of sleeping.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -194,37 +194,15 @@ impl Issuer {
         // Requests carrying a W3C `traceparent` continue the caller's trace (DESIGN §9).
         let mut builder = Server::builder().layer(TraceContextLayer);
         if let Some(tls) = &self.config.tls {
-            let cert = std::fs::read(&tls.cert_file)
-                .with_context(|| format!("reading {}", tls.cert_file.display()))?;
-            let key = std::fs::read(&tls.key_file)
-                .with_context(|| format!("reading {}", tls.key_file.display()))?;
-            let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-            if let Some(ca_file) = &tls.client_ca_file {
-                let ca = std::fs::read(ca_file)
-                    .with_context(|| format!("reading {}", ca_file.display()))?;
-                tls_config = tls_config
-                    .client_ca_root(Certificate::from_pem(ca))
-                    .client_auth_optional(true);
-            }
-            builder = builder.tls_config(tls_config)?;
+            builder = builder.tls_config(server_tls(tls)?)?;
         }
         let served = services.names.clone();
         let grpc_router = builder.add_routes(services.routes.routes());
 
-        let jwks_max_age = self
-            .config
-            .key_policies
-            .iter()
-            // Only sets in the JWKS bound its cache lifetime.
-            .filter(|(key_set, _)| key_set.is_published())
-            .map(|(_, policy)| policy.prepublish / 2)
-            .min()
-            .unwrap_or(Duration::from_secs(300))
-            .min(Duration::from_secs(300));
         let http = http::router(HttpState {
             app: app.clone(),
             public_url: self.config.public_url.clone(),
-            jwks_max_age,
+            jwks_max_age: jwks_max_age(&self.config),
         });
 
         let (stop_sender, stop) = watch::channel(false);
@@ -276,6 +254,37 @@ impl Issuer {
         info!("tessera-issuer stopped");
         Ok(())
     }
+}
+
+/// Returns the gRPC server's TLS settings: its certificate and key and, when a client CA
+/// is configured, optional client certificates (mTLS callers) verified against it.
+fn server_tls(tls: &crate::config::TlsConfig) -> anyhow::Result<ServerTlsConfig> {
+    let cert = std::fs::read(&tls.cert_file)
+        .with_context(|| format!("reading {}", tls.cert_file.display()))?;
+    let key = std::fs::read(&tls.key_file)
+        .with_context(|| format!("reading {}", tls.key_file.display()))?;
+    let mut tls_config = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if let Some(ca_file) = &tls.client_ca_file {
+        let ca =
+            std::fs::read(ca_file).with_context(|| format!("reading {}", ca_file.display()))?;
+        tls_config = tls_config
+            .client_ca_root(Certificate::from_pem(ca))
+            .client_auth_optional(true);
+    }
+    Ok(tls_config)
+}
+
+/// Returns how long a JWKS response may be cached: half the shortest prepublish window of
+/// the published sets (only sets in the JWKS bound its cache lifetime), at most 5 minutes.
+fn jwks_max_age(config: &IssuerConfig) -> Duration {
+    config
+        .key_policies
+        .iter()
+        .filter(|(key_set, _)| key_set.is_published())
+        .map(|(_, policy)| policy.prepublish / 2)
+        .min()
+        .unwrap_or(Duration::from_secs(300))
+        .min(Duration::from_secs(300))
 }
 
 /// The gRPC services the issuer answers, each registered once: the registration feeds

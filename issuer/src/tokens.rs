@@ -59,14 +59,25 @@ pub struct AccessTokenRequest {
     pub family_id: Option<String>,
 }
 
-/// A signed token and its facts.
-#[derive(Clone, Debug)]
+/// A signed token and its facts. Its `Debug` leaves the token out (a bearer credential).
+#[derive(Clone)]
 pub struct IssuedToken {
     pub token: String,
     pub jti: String,
     pub kid: KeyId,
     pub expires_at: UnixMillis,
     pub refresh_after: UnixMillis,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("jti", &self.jti)
+            .field("kid", &self.kid)
+            .field("expires_at", &self.expires_at)
+            .field("refresh_after", &self.refresh_after)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a token could not be issued.

@@ -26,8 +26,9 @@ use crate::state::{BundleState, BundleView};
 /// How long the request that triggered a resync waits for the bundle to change.
 pub const RESYNC_WAIT: Duration = Duration::from_millis(250);
 
-/// What the caller asks about a token.
-#[derive(Clone, Copy, Debug)]
+/// What the caller asks about a token. Its `Debug` leaves the token out (a bearer
+/// credential).
+#[derive(Clone, Copy)]
 pub struct TokenQuery<'a> {
     pub token: &'a str,
     /// Required `aud` (`None`: any accepted audience).
@@ -38,6 +39,18 @@ pub struct TokenQuery<'a> {
     pub token_type: TokenType,
     /// Tenant the token must belong to (`None`: any).
     pub tenant_id: Option<&'a str>,
+}
+
+impl std::fmt::Debug for TokenQuery<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenQuery")
+            .field("audience", &self.audience)
+            .field("required_permissions", &self.required_permissions)
+            .field("required_role", &self.required_role)
+            .field("token_type", &self.token_type)
+            .field("tenant_id", &self.tenant_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The verdict on a token.

@@ -5,10 +5,10 @@
 use tessera_proto::v1 as pb;
 use tonic::Status;
 
-use super::status::{from_key, from_store};
+use super::status::from_emergency;
 use crate::app::App;
 use crate::audit::Actor;
-use crate::emergency::{Emergency, EmergencyError, EmergencyOutcome, EmergencyScope, IncidentId};
+use crate::emergency::{Emergency, EmergencyOutcome, EmergencyScope, IncidentId};
 
 /// Carries out `incident` over `scope` (the caller's confinement already checked).
 pub async fn revoke(
@@ -48,12 +48,4 @@ pub async fn revoke(
             revoked_kids: Vec::new(),
         },
     })
-}
-
-fn from_emergency(error: EmergencyError) -> Status {
-    match error {
-        EmergencyError::Store(error) => from_store(error),
-        EmergencyError::Key(error) => from_key(error),
-        EmergencyError::Busy => Status::aborted("key sets are changing concurrently; retry"),
-    }
 }

@@ -4,6 +4,7 @@
 use tonic::Status;
 use tracing::error;
 
+use crate::emergency::EmergencyError;
 use crate::keys::manager::KeyError;
 use crate::keys::rotation::PlanError;
 use crate::sessions::SessionError;
@@ -78,6 +79,15 @@ pub fn from_session(error: SessionError) -> Status {
             error!(%detail, "corrupt session");
             Status::internal("internal error")
         }
+    }
+}
+
+/// Maps an emergency-revocation error.
+pub fn from_emergency(error: EmergencyError) -> Status {
+    match error {
+        EmergencyError::Store(error) => from_store(error),
+        EmergencyError::Key(error) => from_key(error),
+        EmergencyError::Busy => Status::aborted("key sets are changing concurrently; retry"),
     }
 }
 

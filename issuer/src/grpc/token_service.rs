@@ -115,9 +115,16 @@ impl TokenServiceImpl {
                     .require_unconfined(caller, REVOKE_TOKENS, request_id)
                     .await?;
                 if !caller.has(Scope::Admin) {
-                    return Err(Status::permission_denied(
-                        "revoking all tokens needs the `admin` scope",
-                    ));
+                    return Err(self
+                        .app
+                        .deny(
+                            caller,
+                            REVOKE_TOKENS,
+                            request_id,
+                            "missing scope admin",
+                            "revoking all tokens needs the `admin` scope",
+                        )
+                        .await);
                 }
                 return Ok(None);
             }

@@ -416,6 +416,12 @@ impl KeyManager {
         Ok(Some(PreparedChange { commit, plan }))
     }
 
+    /// Turns `plan` into one store commit: the key writes, the bundle events and the audit
+    /// rows, guarded by the set's `generation`.
+    ///
+    /// Long on purpose: each part of the plan (created, rescheduled or revoked, retired or
+    /// stripped of its material) adds its write, its event and its audit row together, so
+    /// the three lists cannot drift apart; split up, each part would need all three lists.
     #[allow(clippy::too_many_arguments)]
     fn build_commit(
         &self,

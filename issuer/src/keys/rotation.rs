@@ -94,6 +94,10 @@ pub fn signer_at(keys: &[KeyView], now: UnixMillis) -> Option<&KeySchedule> {
 
 /// Plans the changes `trigger` calls for at `now`. `new_kid` names the key to create, if
 /// one is needed. Returns an empty plan when nothing is due.
+///
+/// Long on purpose: one arm per trigger, each short, kept side by side so the whole
+/// rotation contract of the module comment (scheduled, manual, emergency, revoke) reads in
+/// one place against the same signer and pending keys.
 pub fn plan(
     keys: &[KeyView],
     policy: &KeySetPolicy,
