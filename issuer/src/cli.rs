@@ -60,7 +60,8 @@ pub enum KeysCommand {
         /// Why (recorded in the audit log).
         #[arg(long)]
         reason: String,
-        /// Revoke the old key at once: its tokens stop validating everywhere.
+        /// Revoke every key of the set the issuer held (signer, retiring, pending) at once
+        /// and delete their private keys: their tokens stop validating everywhere.
         #[arg(long)]
         emergency: bool,
         /// Publish the new key this many seconds before it signs.
