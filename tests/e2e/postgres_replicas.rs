@@ -1,8 +1,8 @@
 //! Two issuer replicas on one PostgreSQL database: a rotation made through replica A
 //! reaches a WatchTrustBundle subscriber of replica B as a delta within 2 s (LISTEN/NOTIFY
-//! fan-out), and B signs with the new key shortly after. Runs when
-//! `TESSERA_TEST_DATABASE_URL` is set; `TESSERA_REQUIRE_POSTGRES=1` makes its absence a
-//! failure.
+//! fan-out), and B signs with the new key shortly after. Runs when the test database
+//! answers (`crate::support::test_database`); `TESSERA_REQUIRE_POSTGRES=1` makes its
+//! absence a failure.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use tokio_postgres::NoTls;
 
 use crate::support::grpc::{BundleWatch, runtime};
 use crate::support::issuer::Issuer;
+use crate::support::test_database::database_url;
 use crate::support::wait::poll_until;
 
 /// Longest time from a committed rotation to B's subscriber seeing it.
@@ -23,8 +24,7 @@ const SIGNER_RELOAD_LIMIT: Duration = Duration::from_secs(2);
 
 #[test]
 fn postgres_two_replicas_share_keys_and_stream() {
-    let Some(server_url) = postgres_url() else {
-        eprintln!("TESSERA_TEST_DATABASE_URL is not set: PostgreSQL replica test not run");
+    let Some(server_url) = database_url() else {
         return;
     };
     let database = ScratchDatabase::create(&server_url);
@@ -120,18 +120,6 @@ fn postgres_two_replicas_share_keys_and_stream() {
     assert_eq!(kid_on(&a), new_kid);
 }
 
-/// The server URL from `TESSERA_TEST_DATABASE_URL`; panics when it is missing and
-/// `TESSERA_REQUIRE_POSTGRES=1`.
-fn postgres_url() -> Option<String> {
-    let url = std::env::var("TESSERA_TEST_DATABASE_URL")
-        .ok()
-        .filter(|url| !url.is_empty());
-    if url.is_none() && std::env::var("TESSERA_REQUIRE_POSTGRES").as_deref() == Ok("1") {
-        panic!("TESSERA_REQUIRE_POSTGRES=1 but TESSERA_TEST_DATABASE_URL is not set");
-    }
-    url
-}
-
 /// A fresh database `tessera_e2e_<random>` on the test server, dropped (with its
 /// connections) when this guard goes, after the issuers that use it.
 struct ScratchDatabase {
@@ -196,7 +184,7 @@ fn with_database(url: &str, database: &str) -> String {
 }
 
 #[test]
-fn scratch_database_url_keeps_server_and_options() {
+fn scratch_database_url_keeps_server_and_options_no_database() {
     assert_eq!(
         with_database("postgres://postgres@127.0.0.1:5432/test", "x"),
         "postgres://postgres@127.0.0.1:5432/x"

@@ -1,5 +1,6 @@
 //! Integration tests of the issuer library: the storage conformance suite on both
-//! backends, and in-process servers on real sockets.
+//! backends, and in-process servers on real sockets. `test_database` decides whether the
+//! PostgreSQL cases run (and reports the ones skipped).
 
 mod abuse;
 mod audit;
@@ -12,6 +13,7 @@ mod server;
 mod sessions;
 mod store_suite;
 mod tenancy;
+mod test_database;
 mod tls;
 mod verification;
 mod webhook_keys;

@@ -1,6 +1,7 @@
 //! Several issuer replicas on one PostgreSQL: LISTEN/NOTIFY fan-out of stream events and
-//! exactly-once scheduled rotation. Runs when TESSERA_TEST_DATABASE_URL is set; fails
-//! (never skips) when TESSERA_REQUIRE_POSTGRES=1 and it is not.
+//! exactly-once scheduled rotation. Runs when the test database answers
+//! ([`crate::test_database`]); fails (never skips) when TESSERA_REQUIRE_POSTGRES=1 and
+//! it does not.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,21 +15,7 @@ use tessera_proto::v1::trust_bundle_update::Kind;
 
 use crate::assert_eventually;
 use crate::harness::{TestIssuer, issue_request};
-
-/// Returns the database URL, or `None` (after saying so) when PostgreSQL tests are off.
-pub fn database_url() -> Option<String> {
-    match std::env::var("TESSERA_TEST_DATABASE_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("TESSERA_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-                "TESSERA_REQUIRE_POSTGRES=1 but TESSERA_TEST_DATABASE_URL is not set"
-            );
-            eprintln!("skipped: TESSERA_TEST_DATABASE_URL is not set");
-            None
-        }
-    }
-}
+use crate::test_database::database_url;
 
 /// Creates a fresh schema and returns its name.
 pub async fn fresh_schema(url: &str) -> String {

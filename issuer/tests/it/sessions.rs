@@ -12,7 +12,8 @@ use tessera_proto::v1::trust_bundle_update::Kind;
 use tonic::Code;
 
 use crate::harness::TestIssuer;
-use crate::postgres_replicas::{database_url, fresh_schema, replica_configs};
+use crate::postgres_replicas::{fresh_schema, replica_configs};
+use crate::test_database::database_url;
 
 fn login(tenant: &str) -> pb::CreateSessionRequest {
     pb::CreateSessionRequest {

@@ -1,9 +1,10 @@
 //! The storage conformance suite: the same cases, stamped out per backend by
 //! [`store_test_suite!`] (after Quickwit's `metastore_test_suite!`).
 //!
-//! SQLite always runs, on a temp file per test. PostgreSQL runs whenever
-//! `TESSERA_TEST_DATABASE_URL` is set, each test in a fresh `tessera_test_<uuid>`
-//! schema dropped afterwards; unset, its tests print that they were skipped, unless
+//! SQLite always runs, on a temp file per test. PostgreSQL runs whenever the test
+//! database answers (`TESSERA_TEST_DATABASE_URL`, else the local default; see
+//! [`crate::test_database`]), each test in a fresh `tessera_test_<uuid>` schema dropped
+//! afterwards; otherwise its tests print that they were skipped, unless
 //! `TESSERA_REQUIRE_POSTGRES=1`, which makes them fail.
 
 mod emergency;

@@ -1,5 +1,6 @@
 //! Shared machinery of the end-to-end tests: building and locating the real binaries,
-//! running issuer processes, small HTTP and gRPC clients, the Python venv, and polling.
+//! running issuer processes, small HTTP and gRPC clients, the Python venv, polling, and
+//! whether the test database answers.
 
 pub mod binaries;
 pub mod grpc;
@@ -7,4 +8,7 @@ pub mod http;
 pub mod issuer;
 pub mod process;
 pub mod python;
+/// Whether the PostgreSQL cases run: the issuer's `it` helper, one file for both binaries.
+#[path = "../../../issuer/tests/it/test_database.rs"]
+pub mod test_database;
 pub mod wait;

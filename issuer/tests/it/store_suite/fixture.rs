@@ -22,11 +22,6 @@ use tessera_issuer::store::{
 };
 use tokio::sync::Notify;
 
-/// The database the PostgreSQL half of the suite runs against.
-pub const DATABASE_URL_VAR: &str = "TESSERA_TEST_DATABASE_URL";
-/// Set to `1` (CI) to make a missing database a failure instead of a skip.
-pub const REQUIRE_POSTGRES_VAR: &str = "TESSERA_REQUIRE_POSTGRES";
-
 /// One test's store and the database behind it.
 pub struct Fixture {
     pub store: Arc<dyn Store>,
@@ -53,7 +48,7 @@ pub async fn sqlite() -> Option<Fixture> {
 }
 
 /// Returns a fixture on a fresh schema of the test database, or `None` (after saying
-/// so) when no database is configured. Panics when a database is required but missing.
+/// so) when no database answers. Panics when a database is required but missing.
 pub async fn postgres() -> Option<Fixture> {
     let url = postgres_url()?;
     let schema = fresh_schema(&url).await;
@@ -65,19 +60,10 @@ pub async fn postgres() -> Option<Fixture> {
     })
 }
 
-/// Returns the test database URL; `None` when unset and not required.
+/// Returns the test database URL; `None` (after printing the skip line) when it does not
+/// answer and is not required ([`crate::test_database`]).
 pub fn postgres_url() -> Option<String> {
-    match std::env::var(DATABASE_URL_VAR) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ if std::env::var(REQUIRE_POSTGRES_VAR).as_deref() == Ok("1") => panic!(
-            "{REQUIRE_POSTGRES_VAR}=1 but {DATABASE_URL_VAR} is not set: \
-             the PostgreSQL store suite cannot run"
-        ),
-        _ => {
-            println!("skipped: {DATABASE_URL_VAR} is not set, PostgreSQL store test not run");
-            None
-        }
-    }
+    crate::test_database::database_url()
 }
 
 /// Connects a store (a "replica") to the schema `schema` names.
