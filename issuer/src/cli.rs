@@ -308,6 +308,36 @@ fn time(timestamp: &Option<prost_types::Timestamp>) -> Value {
     }
 }
 
+/// The text form of `audit list`: a header row, then one row per event with its time in
+/// RFC 3339 UTC (`--json` keeps Unix seconds).
+fn audit_table(value: &Value) -> String {
+    let row = |seq: &str, at: &str, action: &str, outcome: &str, target: &str, reason: &str| {
+        format!("{seq:>6} {at:<24} {action:<22} {outcome:<8} {target} {reason}")
+            .trim_end()
+            .to_owned()
+    };
+    let mut lines = vec![row("SEQ", "TIME", "ACTION", "OUTCOME", "TARGET", "REASON")];
+    for event in value["events"].as_array().into_iter().flatten() {
+        let at = event["at"].as_i64().map_or_else(
+            || "-".to_owned(),
+            |seconds| {
+                crate::abuse::digest::rfc3339(tessera_common::UnixMillis(
+                    seconds.saturating_mul(1000),
+                ))
+            },
+        );
+        lines.push(row(
+            &event["seq"].to_string(),
+            &at,
+            event["action"].as_str().unwrap_or(""),
+            event["outcome"].as_str().unwrap_or(""),
+            event["target"].as_str().unwrap_or(""),
+            event["reason"].as_str().unwrap_or(""),
+        ));
+    }
+    lines.join("\n")
+}
+
 fn key_json(key: &pb::Key) -> Value {
     json!({
         "kid": key.kid,
@@ -539,25 +569,7 @@ pub async fn audit(args: &ConnectArgs, command: AuditCommand) -> anyhow::Result<
                 .iter()
                 .map(|e| json!({"seq": e.seq, "at": time(&e.at), "actor": e.actor, "action": e.action, "target": e.target, "request_id": e.request_id, "reason": e.reason, "outcome": e.outcome}))
                 .collect();
-            client.print(json!({ "events": events }), |value| {
-                value["events"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|e| {
-                        format!(
-                            "{:>6} {} {:<22} {:<8} {} {}",
-                            e["seq"],
-                            e["at"],
-                            e["action"].as_str().unwrap_or(""),
-                            e["outcome"].as_str().unwrap_or(""),
-                            e["target"].as_str().unwrap_or(""),
-                            e["reason"].as_str().unwrap_or("")
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            });
+            client.print(json!({ "events": events }), audit_table);
         }
         AuditCommand::Verify => {
             let response = service

@@ -103,12 +103,18 @@ enum Command {
     },
 }
 
+/// Prefix of every error this program prints, the sidecar's style (`tessera-sidecar: error:`).
+const ERROR_PREFIX: &str = "tessera-issuer: error:";
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return usage_error(&error),
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            eprintln!("{ERROR_PREFIX} cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
@@ -138,8 +144,10 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 match error.downcast_ref::<tonic::Status>() {
-                    Some(status) => eprintln!("error: {} ({:?})", status.message(), status.code()),
-                    None => eprintln!("error: {error:#}"),
+                    Some(status) => {
+                        eprintln!("{ERROR_PREFIX} {} ({:?})", status.message(), status.code())
+                    }
+                    None => eprintln!("{ERROR_PREFIX} {error:#}"),
                 }
                 ExitCode::FAILURE
             }
@@ -147,11 +155,25 @@ fn main() -> ExitCode {
     })
 }
 
+/// Reports a command-line error: `--help` and `--version` print to stdout and exit 0;
+/// an unknown flag, a missing or unparsable value exits 64 (EX_USAGE, as a bad
+/// configuration does) with clap's message, which names the flag.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    if !error.use_stderr() {
+        let _ = error.print();
+        return ExitCode::SUCCESS;
+    }
+    let rendered = error.render().to_string();
+    let message = rendered.strip_prefix("error: ").unwrap_or(&rendered);
+    eprint!("{ERROR_PREFIX} {message}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
 async fn serve(args: ServeArgs) -> ExitCode {
     let config = match IssuerConfig::resolve(&args) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("{ERROR_PREFIX} {error}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };

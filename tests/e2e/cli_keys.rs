@@ -101,11 +101,50 @@ fn cli_keys_rotate_revoke_and_token_introspect() {
         );
     }
 
+    // The text form: a header row, then times in RFC 3339 UTC (--json keeps seconds).
+    let table = issuer.cli(&["audit", "list", "--limit", "200"]);
+    table.assert_success("audit list");
+    let mut lines = table.stdout.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["SEQ", "TIME", "ACTION", "OUTCOME", "TARGET", "REASON"],
+        "{}",
+        table.stdout
+    );
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), events.len(), "{}", table.stdout);
+    for (row, event) in rows.iter().zip(&events) {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(fields[0], event["seq"].to_string(), "{row}");
+        assert_eq!(
+            fields[1],
+            rfc3339_utc(event["at"].as_i64().expect("at")),
+            "{row}"
+        );
+        assert_eq!(fields[2], event["action"].as_str().unwrap(), "{row}");
+    }
+
     let verified = issuer.cli_json(&["audit", "verify"]);
     assert_eq!(verified["intact"], true, "{verified}");
     let plain = issuer.cli(&["audit", "verify"]);
     plain.assert_success("audit verify");
     assert!(plain.stdout.contains("intact"), "{}", plain.stdout);
+}
+
+/// Formats Unix seconds as RFC 3339 UTC with milliseconds, with `date` (an independent
+/// implementation).
+fn rfc3339_utc(seconds: i64) -> String {
+    let output = std::process::Command::new("date")
+        .args([
+            "-u",
+            "-d",
+            &format!("@{seconds}"),
+            "+%Y-%m-%dT%H:%M:%S.000Z",
+        ])
+        .output()
+        .expect("date runs");
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
 }
 
 /// The kid of the single active `access` key (asserting there is exactly one).

@@ -1,11 +1,13 @@
 //! A bad configuration (flag, environment variable or config file) makes `serve` exit 64
 //! (EX_USAGE) before it touches the data directory, with a message naming the field.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::sidecar::harness::sidecar_binary;
 use crate::support::http;
 use crate::support::issuer::{Issuer, run_issuer_command};
 use crate::support::process::{Output, free_local_addr};
+use crate::support::process::{clean_command, run_with_timeout};
 use crate::support::wait::patience;
 
 const EX_USAGE: i32 = 64;
@@ -143,6 +145,123 @@ fn bad_key_set_policy_exits_64_naming_the_exact_field() {
         !data_dir.join("tessera.db").exists() && !data_dir.join("kek").exists(),
         "a rejected configuration must not create state"
     );
+}
+
+/// Runs `tessera-sidecar ARGS` in a clean environment, expecting it to exit on its own.
+fn run_sidecar(args: &[&str]) -> Output {
+    let mut command = clean_command(sidecar_binary());
+    command.args(args);
+    run_with_timeout(command, patience(Duration::from_secs(20)))
+}
+
+/// Asserts a command-line error: exit 64, the program's `NAME: error:` prefix, and a
+/// message naming `flag`.
+fn assert_usage_error(output: &Output, program: &str, flag: &str) {
+    assert_config_error(output, flag);
+    assert!(
+        output.stderr.starts_with(&format!("{program}: error: ")),
+        "stderr should start with `{program}: error: `:\n{}",
+        output.stderr
+    );
+}
+
+/// An unknown flag or an unparsable value exits 64 naming the flag, in both programs,
+/// with one prefix style; `--help` and `--version` still exit 0.
+#[test]
+fn unknown_flags_and_unparsable_values_exit_64_naming_the_flag_in_both_programs() {
+    let issuer = |args: &[&str]| run_issuer_command(args, &[], patience(Duration::from_secs(20)));
+
+    let output = issuer(&["serve", "--no-such-flag"]);
+    assert_usage_error(&output, "tessera-issuer", "--no-such-flag");
+    let output = issuer(&["keys", "list", "--bogus-flag", "1"]);
+    assert_usage_error(&output, "tessera-issuer", "--bogus-flag");
+    let output = issuer(&["serve", "--overlap-hours", "many"]);
+    assert_usage_error(&output, "tessera-issuer", "--overlap-hours");
+    let output = issuer(&["audit", "list", "--limit", "lots"]);
+    assert_usage_error(&output, "tessera-issuer", "--limit");
+    let output = issuer(&["no-such-command"]);
+    assert_usage_error(&output, "tessera-issuer", "no-such-command");
+    for flag in ["--help", "--version"] {
+        let output = issuer(&[flag]);
+        assert_eq!(output.code(), Some(0), "{flag}: {}", output.stderr);
+        assert!(output.stderr.is_empty(), "{flag}: {}", output.stderr);
+    }
+
+    let output = run_sidecar(&["--no-such-flag"]);
+    assert_usage_error(&output, "tessera-sidecar", "--no-such-flag");
+    let output = run_sidecar(&["--leeway-seconds", "soon", "--issuer-token-file", "x"]);
+    assert_usage_error(&output, "tessera-sidecar", "--leeway-seconds");
+    let root = tempfile::tempdir().unwrap();
+    let credential = root.path().join("sidecar.token");
+    std::fs::write(&credential, "tbc_credential\n").unwrap();
+    let credential = credential.to_str().unwrap();
+    let output = run_sidecar(&["--issuer-token-file", credential, "--socket-mode", "999"]);
+    assert_usage_error(&output, "tessera-sidecar", "socket_mode");
+    for flag in ["--help", "--version"] {
+        let output = run_sidecar(&[flag]);
+        assert_eq!(output.code(), Some(0), "{flag}: {}", output.stderr);
+    }
+}
+
+/// The sidecar without a credential, or with a credential file that is not there, stops
+/// at once (exit 64, naming the flag) instead of retrying an issuer that would refuse it.
+#[test]
+fn sidecar_without_a_credential_file_exits_64_at_once() {
+    let root = tempfile::tempdir().unwrap();
+    let socket = root.path().join("s.sock");
+    let missing = root.path().join("missing.token");
+    let socket = socket.to_str().unwrap();
+    sidecar_binary(); // built before the clock starts
+    for args in [
+        vec!["--socket", socket],
+        vec![
+            "--socket",
+            socket,
+            "--issuer-token-file",
+            missing.to_str().unwrap(),
+        ],
+    ] {
+        let started = Instant::now();
+        let output = run_sidecar(&args);
+        let took = started.elapsed();
+        assert_usage_error(&output, "tessera-sidecar", "issuer_token_file");
+        assert!(
+            output.stderr.contains("--issuer-token-file"),
+            "{args:?}: {}",
+            output.stderr
+        );
+        assert!(took < Duration::from_secs(5), "{args:?} took {took:?}");
+    }
+}
+
+/// The files the README's walkthrough creates (credentials, sessions, the sidecar's
+/// socket and bundle cache, the data directory) are ignored by git.
+#[test]
+fn readme_walkthrough_files_are_git_ignored() {
+    let root = crate::support::binaries::workspace_root();
+    let files = [
+        "tessera-data/admin.token",
+        "sidecar.token",
+        "bob.token",
+        "billing-api.token",
+        "alice.session",
+        "sidecar-bundle.json",
+        "tessera-sidecar.sock",
+    ];
+    let output = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["check-ignore", "--no-index", "--verbose", "--non-matching"])
+        .args(files)
+        .output()
+        .expect("git runs");
+    let listed = String::from_utf8_lossy(&output.stdout);
+    let not_ignored: Vec<&str> = listed
+        .lines()
+        .filter(|line| line.starts_with("::"))
+        .collect();
+    assert_eq!(listed.lines().count(), files.len(), "{listed}");
+    assert!(not_ignored.is_empty(), "not ignored: {not_ignored:?}");
 }
 
 fn assert_config_error(output: &Output, field: &str) {

@@ -352,7 +352,15 @@ impl Cli {
         let source = match (&self.issuer_token_file, &self.issuer_token) {
             (Some(path), _) => CredentialSource::File(path.clone()),
             (None, Some(value)) => CredentialSource::Inline(value.clone()),
-            (None, None) => CredentialSource::None,
+            // The issuer serves the bundle to no anonymous reader: without a credential
+            // the sidecar could only retry forever, so it stops here instead.
+            (None, None) => {
+                return Err(invalid(
+                    "issuer_token_file",
+                    "no credential configured: give --issuer-token-file (or \
+                     TESSERA_SIDECAR_TOKEN_FILE) naming a file with a `bundle:read` credential",
+                ));
+            }
         };
         let field = if self.issuer_token_file.is_some() {
             "issuer_token_file"
@@ -365,7 +373,13 @@ impl Cli {
                 Err(invalid(field, "contains whitespace or control characters"))
             }
             Ok(_) => Ok(source),
-            Err(error) => Err(invalid(field, format!("cannot be read: {error}"))),
+            Err(error) => {
+                let what = match &self.issuer_token_file {
+                    Some(path) => format!("cannot read {} (--issuer-token-file)", path.display()),
+                    None => "cannot be read".to_owned(),
+                };
+                Err(invalid(field, format!("{what}: {error}")))
+            }
         }
     }
 
@@ -462,8 +476,22 @@ fn default_subscriber_id() -> String {
 mod tests {
     use super::*;
 
+    /// Parses `args` after an inline credential (a file given in `args` wins over it).
     fn parse(args: &[&str]) -> Result<SidecarConfig, ConfigError> {
+        parse_bare(&[&["--issuer-token", "tbc_test"], args].concat())
+    }
+
+    fn parse_bare(args: &[&str]) -> Result<SidecarConfig, ConfigError> {
         SidecarConfig::parse_from(std::iter::once("tessera-sidecar").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn no_credential_is_a_config_error_naming_the_flag() {
+        let error = parse_bare(&[]).unwrap_err();
+        assert_eq!(error.exit_code(), EXIT_CONFIG);
+        let message = error.to_string();
+        assert!(message.contains("issuer_token_file"), "{message}");
+        assert!(message.contains("--issuer-token-file"), "{message}");
     }
 
     #[test]
@@ -506,7 +534,7 @@ mod tests {
 
     #[test]
     fn audiences_repeat_and_credential_debug_is_redacted() {
-        let config = parse(&[
+        let config = parse_bare(&[
             "--audience",
             "a",
             "--audience",

@@ -6,16 +6,24 @@ use std::process::ExitCode;
 
 use tessera_sidecar::{Listeners, SidecarConfig};
 
+/// Prefix of every error this program prints, the issuer's style (`tessera-issuer: error:`).
+const ERROR_PREFIX: &str = "tessera-sidecar: error:";
+
 fn main() -> ExitCode {
     let config = match SidecarConfig::from_env() {
         Ok(config) => config,
         Err(error) => {
             let code = error.exit_code();
             match error {
-                tessera_sidecar::ConfigError::Cli(error) => {
+                tessera_sidecar::ConfigError::Cli(error) if !error.use_stderr() => {
                     let _ = error.print();
                 }
-                error => eprintln!("tessera-sidecar: invalid configuration: {error}"),
+                tessera_sidecar::ConfigError::Cli(error) => {
+                    let rendered = error.render().to_string();
+                    let message = rendered.strip_prefix("error: ").unwrap_or(&rendered);
+                    eprint!("{ERROR_PREFIX} {message}");
+                }
+                error => eprintln!("{ERROR_PREFIX} {error}"),
             }
             return ExitCode::from(u8::try_from(code).unwrap_or(1));
         }
@@ -26,7 +34,7 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("tessera-sidecar: cannot start the runtime: {error}");
+            eprintln!("{ERROR_PREFIX} cannot start the runtime: {error}");
             return ExitCode::FAILURE;
         }
     };

@@ -212,7 +212,7 @@ impl DenialDigest {
 
 /// Formats an instant as RFC 3339 UTC with milliseconds (proleptic Gregorian calendar;
 /// Howard Hinnant's `civil_from_days`).
-fn rfc3339(at: UnixMillis) -> String {
+pub(crate) fn rfc3339(at: UnixMillis) -> String {
     let millis = at.0.rem_euclid(1000);
     let seconds = at.0.div_euclid(1000);
     let days = seconds.div_euclid(86_400);
