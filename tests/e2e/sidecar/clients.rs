@@ -21,7 +21,7 @@ use super::harness::{Sidecar, Stack, issue, tamper_signature};
 use crate::support::binaries::workspace_root;
 use crate::support::process::{Output, clean_command, run_with_timeout};
 use crate::support::python::tools;
-use crate::support::wait::patience;
+use crate::support::wait::{patience, poll_until};
 
 #[test]
 fn python_grpcio_validates_over_the_socket() {
@@ -106,9 +106,22 @@ fn grpcurl_validates_over_the_socket() {
         );
     }
 
-    let health = grpcurl(&socket, &["grpc.health.v1.Health/Check"]);
-    health.assert_success("grpcurl health check over the socket");
-    assert!(health.stdout.contains("\"SERVING\""), "{}", health.stdout);
+    // The gRPC health status is set by the sidecar's monitor, which checks every
+    // CHECK_INTERVAL, so it may trail /readyz (what `start` waits for) by one check.
+    let mut health = grpcurl(&socket, &["grpc.health.v1.Health/Check"]);
+    let serving = poll_until(
+        patience(Duration::from_secs(5)),
+        Duration::from_millis(100),
+        || {
+            health.assert_success("grpcurl health check over the socket");
+            if health.stdout.contains("\"SERVING\"") {
+                return Some(());
+            }
+            health = grpcurl(&socket, &["grpc.health.v1.Health/Check"]);
+            None
+        },
+    );
+    assert!(serving.is_some(), "{}", health.stdout);
 
     let valid = validate_with_grpcurl(&socket, &issued.token);
     assert_eq!(valid["valid"], true, "{valid}");
