@@ -53,7 +53,7 @@ fn grpcurl_lists_and_describes_services_via_reflection() {
 
     let health = grpcurl(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]);
     health.assert_success("grpcurl health check");
-    assert!(health.stdout.contains("SERVING"), "{}", health.stdout);
+    assert!(health.stdout.contains("\"SERVING\""), "{}", health.stdout);
 
     let request = r#"{"subject":"alice","tenant_id":"acme","role":"staff"}"#;
     let authorization = format!("authorization: Bearer {}", issuer.admin_token());
