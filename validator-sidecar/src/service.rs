@@ -114,21 +114,25 @@ async fn pump(
         };
         let cheap = match convert::stream_query(&request) {
             Ok(query) => validator.validate_cheap(&query),
-            Err(rejection) => Some(validator.refuse(rejection)),
+            Err(rejection) => Ok(validator.refuse(rejection)),
         };
-        if let Some(verdict) = cheap {
-            let response = convert::stream_response(request.request_id, &verdict);
-            drop(permit);
-            if outbound.send(Ok(response)).await.is_err() {
-                break;
+        let key = match cheap {
+            Ok(verdict) => {
+                let response = convert::stream_response(request.request_id, &verdict);
+                drop(permit);
+                if outbound.send(Ok(response)).await.is_err() {
+                    break;
+                }
+                continue;
             }
-            continue;
-        }
+            // The token's hash, taken once for both attempts.
+            Err(key) => key,
+        };
         let validator = validator.clone();
         let outbound = outbound.clone();
         tokio::spawn(async move {
             let verdict = match convert::stream_query(&request) {
-                Ok(query) => validator.validate(&query).await,
+                Ok(query) => validator.validate_hashed(&query, key).await,
                 Err(rejection) => validator.refuse(rejection),
             };
             let _ = outbound
