@@ -114,25 +114,21 @@ async fn pump(
         };
         let cheap = match convert::stream_query(&request) {
             Ok(query) => validator.validate_cheap(&query),
-            Err(rejection) => Ok(validator.refuse(rejection)),
+            Err(rejection) => Some(validator.refuse(rejection)),
         };
-        let key = match cheap {
-            Ok(verdict) => {
-                let response = convert::stream_response(request.request_id, &verdict);
-                drop(permit);
-                if outbound.send(Ok(response)).await.is_err() {
-                    break;
-                }
-                continue;
+        if let Some(verdict) = cheap {
+            let response = convert::stream_response(request.request_id, &verdict);
+            drop(permit);
+            if outbound.send(Ok(response)).await.is_err() {
+                break;
             }
-            // The token's hash, taken once for both attempts.
-            Err(key) => key,
-        };
+            continue;
+        }
         let validator = validator.clone();
         let outbound = outbound.clone();
         tokio::spawn(async move {
             let verdict = match convert::stream_query(&request) {
-                Ok(query) => validator.validate_hashed(&query, key).await,
+                Ok(query) => validator.validate(&query).await,
                 Err(rejection) => validator.refuse(rejection),
             };
             let _ = outbound

@@ -53,41 +53,6 @@ impl std::fmt::Debug for TokenQuery<'_> {
     }
 }
 
-/// The cache key of a query's token (`None`: over the size limit), taken once by
-/// [`Validator::validate_cheap`] and reused by [`Validator::validate_hashed`] for a query
-/// over the same token string. It remembers that string's address and length: handed a
-/// query whose token is another string, `validate_hashed` hashes that token afresh, so a
-/// key can never vouch for a different token.
-#[derive(Clone, Copy)]
-pub struct TokenKey {
-    hash: Option<TokenHash>,
-    token: (usize, usize),
-}
-
-impl TokenKey {
-    fn of(token: &str) -> Self {
-        TokenKey {
-            hash: token_hash_checked(token),
-            token: (token.as_ptr() as usize, token.len()),
-        }
-    }
-
-    /// Returns the hash if it was taken of `token` itself, otherwise hashes `token`.
-    fn hash_of(self, token: &str) -> Option<TokenHash> {
-        if self.token == (token.as_ptr() as usize, token.len()) {
-            self.hash
-        } else {
-            token_hash_checked(token)
-        }
-    }
-}
-
-impl std::fmt::Debug for TokenKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TokenKey(..)")
-    }
-}
-
 /// The verdict on a token.
 pub type Verdict = Result<Arc<VerifiedToken>, Rejection>;
 
@@ -135,14 +100,7 @@ impl Validator {
     /// Validates `query`. When the kid is unknown and this request started a resync, waits
     /// up to [`RESYNC_WAIT`] for the bundle to change and looks once more.
     pub async fn validate(&self, query: &TokenQuery<'_>) -> Verdict {
-        self.validate_hashed(query, TokenKey::of(query.token)).await
-    }
-
-    /// [`Validator::validate`] with the token's hash already taken (by
-    /// [`Validator::validate_cheap`], whose `Err` carries it), so a stream message that
-    /// needs the full path hashes its token once.
-    pub async fn validate_hashed(&self, query: &TokenQuery<'_>, hash: TokenKey) -> Verdict {
-        let hash = hash.hash_of(query.token);
+        let hash = token_hash_checked(query.token);
         let mut changes = self.state.subscribe();
         let verdict = match self.attempt(query, hash.as_ref(), true, true) {
             Attempt::Done(verdict) => verdict,
@@ -159,16 +117,15 @@ impl Validator {
     }
 
     /// Answers `query` when no signature needs verifying (a cache hit, or a rejection found
-    /// before the signature step); otherwise `Err` with the token's cache key, to hand to
-    /// [`Validator::validate_hashed`] with the same query. Never waits.
-    pub fn validate_cheap(&self, query: &TokenQuery<'_>) -> Result<Verdict, TokenKey> {
-        let key = TokenKey::of(query.token);
-        match self.attempt(query, key.hash.as_ref(), false, false) {
+    /// before the signature step); `None` otherwise. Never waits.
+    pub fn validate_cheap(&self, query: &TokenQuery<'_>) -> Option<Verdict> {
+        let hash = token_hash_checked(query.token);
+        match self.attempt(query, hash.as_ref(), false, false) {
             Attempt::Done(verdict) => {
                 metrics::record_validation(&verdict);
-                Ok(verdict)
+                Some(verdict)
             }
-            Attempt::ResyncStarted | Attempt::NeedsFullPath => Err(key),
+            Attempt::ResyncStarted | Attempt::NeedsFullPath => None,
         }
     }
 
