@@ -420,6 +420,24 @@ mod tests {
         keys
     }
 
+    /// k0 bootstrapped at `now`, then a manual rotation at `now` hands over to k1: k1
+    /// signs and k0 is retiring for the overlap.
+    fn signer_k1_with_k0_retiring(policy: &KeySetPolicy, now: UnixMillis) -> Vec<KeyView> {
+        let mut keys = bootstrap(policy, now);
+        let manual = plan(
+            &keys,
+            policy,
+            &Trigger::Manual {
+                prepublish: Duration::ZERO,
+            },
+            now,
+            KeyId::new("k1").unwrap(),
+        )
+        .unwrap();
+        apply(&mut keys, &manual, now);
+        keys
+    }
+
     #[test]
     fn manual_rotation_hands_over_after_the_requested_prepublish() {
         let policy = KeySetPolicy::default_for(KeySetName::Access);
@@ -563,18 +581,7 @@ mod tests {
     fn emergency_rotation_drops_material_a_late_scheduler_left_behind() {
         let policy = KeySetPolicy::default_for(KeySetName::Access);
         let start = UnixMillis::from_secs(1_000);
-        let mut keys = bootstrap(&policy, start);
-        let manual = plan(
-            &keys,
-            &policy,
-            &Trigger::Manual {
-                prepublish: Duration::ZERO,
-            },
-            start,
-            KeyId::new("k1").unwrap(),
-        )
-        .unwrap();
-        apply(&mut keys, &manual, start);
+        let mut keys = signer_k1_with_k0_retiring(&policy, start);
         // Past k0's overlap, but no scheduled run has retired it yet.
         let now = start.plus(policy.overlap + HOUR);
         let emergency = plan(
@@ -598,18 +605,7 @@ mod tests {
     fn revoking_a_retiring_key_leaves_the_signer_alone() {
         let policy = KeySetPolicy::default_for(KeySetName::Access);
         let start = UnixMillis::from_secs(1_000);
-        let mut keys = bootstrap(&policy, start);
-        let manual = plan(
-            &keys,
-            &policy,
-            &Trigger::Manual {
-                prepublish: Duration::ZERO,
-            },
-            start,
-            KeyId::new("k1").unwrap(),
-        )
-        .unwrap();
-        apply(&mut keys, &manual, start);
+        let mut keys = signer_k1_with_k0_retiring(&policy, start);
         let revoke = plan(
             &keys,
             &policy,
