@@ -4,6 +4,7 @@
 //! `config/key_sets.rs`. Environment variables are read here and nowhere else. A bad value
 //! is a `ConfigError` naming the field; the binary exits with code 64 on it.
 
+mod bootstrap_clients;
 mod key_sets;
 mod settings;
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tessera_common::keys::{KeySetName, KeySetPolicy};
 
+pub use self::bootstrap_clients::BootstrapClient;
 pub use self::key_sets::KeySetSettings;
 pub use self::settings::ServeArgs;
 use crate::store::postgres::PostgresOptions;
@@ -107,6 +109,8 @@ pub struct IssuerConfig {
     /// Window in which a just-rotated refresh token returns the same successor.
     pub refresh_reuse_grace: Duration,
     pub bootstrap_admin: bool,
+    /// Clients created on start when their credential file does not hold a valid one.
+    pub bootstrap_clients: Vec<BootstrapClient>,
     pub log_json: bool,
     pub otlp_endpoint: Option<String>,
 }
@@ -170,6 +174,17 @@ fn resolve(settings: ServeArgs, environment: Environment) -> Result<IssuerConfig
     if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
         return Err(invalid("public_url", "must start with http:// or https://"));
     }
+    // Discovery must name an address clients can reach, and a wildcard is not one.
+    if settings.public_url.is_none() && http_addr.ip().is_unspecified() {
+        return Err(invalid(
+            "public_url",
+            format!(
+                "required when http_addr ({http_addr}) listens on every interface: discovery \
+                 must advertise the URL clients reach the issuer at, e.g. http://issuer:{}",
+                http_addr.port()
+            ),
+        ));
+    }
     let store = store(&settings, &data_dir)?;
     let kek = match (environment.inline_kek, settings.kek_file.clone()) {
         (Some(text), _) => KekSource::Inline(zeroize::Zeroizing::new(text)),
@@ -195,6 +210,9 @@ fn resolve(settings: ServeArgs, environment: Environment) -> Result<IssuerConfig
         refresh_reuse_grace: timers.refresh_reuse_grace,
         rotation_check: timers.rotation_check,
         bootstrap_admin: settings.bootstrap_admin.unwrap_or(true),
+        bootstrap_clients: bootstrap_clients::parse_all(
+            settings.bootstrap_clients.as_deref().unwrap_or_default(),
+        )?,
         log_json: settings.log_json.unwrap_or(false),
         otlp_endpoint: environment.otlp_endpoint,
     })
@@ -492,6 +510,20 @@ mod tests {
                 },
                 "max_access_token_ttl_seconds",
             ),
+            (
+                ServeArgs {
+                    http_addr: Some("0.0.0.0:8080".into()),
+                    ..Default::default()
+                },
+                "public_url",
+            ),
+            (
+                ServeArgs {
+                    bootstrap_clients: Some(vec!["name=sidecar,file=f".into()]),
+                    ..Default::default()
+                },
+                "bootstrap_clients",
+            ),
         ];
         for (args, field) in cases {
             let error = resolve_args(args).unwrap_err();
@@ -539,6 +571,40 @@ mod tests {
         assert!(toml::from_str::<ServeArgs>("key_set_policy = []").is_err());
     }
 
+    #[test]
+    fn a_wildcard_listener_advertises_the_public_url() {
+        let config = resolve_args(ServeArgs {
+            http_addr: Some("0.0.0.0:8080".into()),
+            public_url: Some("http://issuer:8080/".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.public_url, "http://issuer:8080");
+        let loopback = resolve_args(ServeArgs::default()).unwrap();
+        assert_eq!(loopback.public_url, "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn bootstrap_clients_come_from_the_file_as_a_list() {
+        let file: ServeArgs = toml::from_str(
+            "bootstrap_clients = [\"name=sidecar,scope=bundle:read,file=/creds/sidecar.token\"]\n",
+        )
+        .unwrap();
+        let config = resolve_args(ServeArgs::default().over(file)).unwrap();
+        assert_eq!(config.bootstrap_clients.len(), 1);
+        assert_eq!(config.bootstrap_clients[0].name, "sidecar");
+        assert_eq!(
+            config.bootstrap_clients[0].file,
+            Path::new("/creds/sidecar.token")
+        );
+        assert!(
+            resolve_args(ServeArgs::default())
+                .unwrap()
+                .bootstrap_clients
+                .is_empty()
+        );
+    }
+
     /// The point of `settings.rs`: one declaration gives each setting a flag, an
     /// environment variable and a file key, all of the same name.
     #[test]
@@ -563,7 +629,7 @@ mod tests {
             assert!(!message.contains("unknown field"), "{id}: {message}");
             n_settings += 1;
         }
-        assert_eq!(n_settings, 26, "a setting was added or lost");
+        assert_eq!(n_settings, 27, "a setting was added or lost");
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod abuse;
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod credentials;

@@ -116,6 +116,7 @@ impl Issuer {
         } else {
             None
         };
+        crate::bootstrap::ensure_clients(&auth, &store, &config.bootstrap_clients).await?;
         let policy = ValidationPolicy::new(
             config.tokens.issuer.clone(),
             config.tokens.audiences.clone(),

@@ -156,6 +156,11 @@ serve_settings! {
     refresh_reuse_grace_seconds: u64 = "TESSERA_REFRESH_REUSE_GRACE_SECONDS";
     /// Create <data-dir>/admin.token on first start when it is missing [default: true].
     bootstrap_admin: bool = "TESSERA_BOOTSTRAP_ADMIN";
+    /// API clients to create on start, each `name=NAME,scope=SCOPE[,scope=…][,tenant=…],
+    /// file=PATH` (repeat the flag, or separate entries with `;`): unless PATH already holds
+    /// a valid credential of that name, a new client is created and its credential written
+    /// to PATH (mode 0600), e.g. a sidecar's `bundle:read` credential on a shared volume.
+    bootstrap_clients: Vec<String> = "TESSERA_BOOTSTRAP_CLIENTS" [value_delimiter = ';', value_name = "name=N,scope=S,file=F"];
     /// Log as JSON lines [default: false].
     log_json: bool = "TESSERA_LOG_JSON";
 }

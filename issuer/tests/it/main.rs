@@ -4,6 +4,7 @@
 
 mod abuse;
 mod audit;
+mod bootstrap_clients;
 mod harness;
 mod health;
 mod keyring;
