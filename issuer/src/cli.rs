@@ -629,7 +629,7 @@ pub enum SessionCommand {
     },
     /// Log out one session: its tokens are rejected everywhere within milliseconds.
     Logout {
-        /// Session id.
+        /// Session id, `@FILE` (a session file written by `--out`) or `-` (standard input).
         session_id: String,
         /// Tenant of the session (required for tenant-confined credentials).
         #[arg(long, default_value = "")]
@@ -704,6 +704,7 @@ pub async fn session(args: &ConnectArgs, command: SessionCommand) -> anyhow::Res
             (tokens, out)
         }
         SessionCommand::Logout { session_id, tenant } => {
+            let session_id = read_argument(session_id, "session_id")?;
             return revoke_with(
                 &client,
                 pb::revoke_tokens_request::Target::SessionId(session_id),
