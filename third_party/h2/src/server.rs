@@ -1700,15 +1700,22 @@ impl proto::Peer for Peer {
 
         // A request translated from HTTP/1 must not include the :authority
         // header
+        //
+        // TESSERA PATCH (third_party/h2/TESSERA-PATCH.md; upstream hyperium/h2#487): an
+        // :authority that is not a URI authority is treated as absent instead of resetting
+        // the stream. gRPC clients on a Unix socket send the socket path there (raw or
+        // percent-encoded). An absent :authority is already accepted, so this admits no
+        // request that could not be sent without one.
         if let Some(authority) = pseudo.authority {
             let maybe_authority = uri::Authority::from_maybe_shared(authority.clone().into_inner());
-            parts.authority = Some(maybe_authority.or_else(|why| {
-                malformed!(
-                    "malformed headers: malformed authority ({:?}): {}",
+            match maybe_authority {
+                Ok(authority) => parts.authority = Some(authority),
+                Err(why) => tracing::debug!(
+                    "malformed authority ({:?}) ignored, as if absent: {}",
                     authority,
                     why,
-                )
-            })?);
+                ),
+            }
         }
 
         // A :scheme is required, except CONNECT.
@@ -1783,6 +1790,89 @@ where
             Handshaking::Flushing(_) => f.write_str("Flushing(_)"),
             Handshaking::ReadingPreface(_) => f.write_str("ReadingPreface(_)"),
             Handshaking::Done => f.write_str("Done"),
+        }
+    }
+}
+
+// TESSERA PATCH: unit tests of the :authority tolerance (see TESSERA-PATCH.md).
+#[cfg(test)]
+mod tessera_authority_tests {
+    use super::Peer;
+    use crate::frame::{Pseudo, Reason, StreamId};
+    use crate::hpack::BytesStr;
+    use crate::proto::{self, Peer as _};
+    use http::{HeaderMap, Method, Request};
+
+    fn grpc_pseudo(authority: Option<&str>) -> Pseudo {
+        Pseudo {
+            method: Some(Method::POST),
+            scheme: Some(BytesStr::from("http")),
+            authority: authority.map(BytesStr::from),
+            path: Some(BytesStr::from("/tessera.v1.ValidatorService/ValidateToken")),
+            ..Pseudo::default()
+        }
+    }
+
+    fn convert(pseudo: Pseudo) -> Result<Request<()>, proto::Error> {
+        Peer::convert_poll_message(pseudo, HeaderMap::new(), StreamId::from(1))
+    }
+
+    fn assert_protocol_error(pseudo: Pseudo, what: &str) {
+        match convert(pseudo) {
+            Err(proto::Error::Reset(id, Reason::PROTOCOL_ERROR, _)) if id == StreamId::from(1) => {}
+            other => panic!("{what}: expected a PROTOCOL_ERROR reset, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unparseable_authority_is_treated_as_absent() {
+        for authority in [
+            "/tmp/x/sidecar.sock",
+            "unix:%2Ftmp%2Fx%2Fsidecar.sock",
+            "",
+            "a b<>{}|\\^`\u{1}",
+            "@@::",
+        ] {
+            let request = convert(grpc_pseudo(Some(authority)))
+                .unwrap_or_else(|error| panic!("{authority:?}: refused: {error:?}"));
+            assert_eq!(request.uri(), "/tessera.v1.ValidatorService/ValidateToken");
+            assert_eq!(request.uri().authority(), None, "{authority:?}");
+            assert_eq!(request.uri().scheme(), None, "{authority:?}");
+            assert_eq!(request.method(), Method::POST);
+            assert_eq!(request.uri(), convert(grpc_pseudo(None)).unwrap().uri());
+        }
+    }
+
+    #[test]
+    fn a_valid_authority_is_kept() {
+        let request = convert(grpc_pseudo(Some("localhost:50051"))).unwrap();
+        assert_eq!(
+            request.uri().to_string(),
+            "http://localhost:50051/tessera.v1.ValidatorService/ValidateToken"
+        );
+    }
+
+    #[test]
+    fn every_other_malformed_request_is_still_refused() {
+        let socket = Some("/tmp/x/sidecar.sock");
+        let cases: Vec<(&str, Pseudo)> = vec![
+            ("no :method", Pseudo { method: None, ..grpc_pseudo(socket) }),
+            ("no :scheme", Pseudo { scheme: None, ..grpc_pseudo(socket) }),
+            ("empty :path", Pseudo { path: Some(BytesStr::from("")), ..grpc_pseudo(socket) }),
+            ("bad :path", Pseudo { path: Some(BytesStr::from("/a b")), ..grpc_pseudo(socket) }),
+            ("bad :scheme", Pseudo { scheme: Some(BytesStr::from("ht tp")), ..grpc_pseudo(socket) }),
+            (":status", Pseudo { status: Some(http::StatusCode::OK), ..grpc_pseudo(socket) }),
+            (
+                ":protocol on POST",
+                Pseudo { protocol: Some(crate::ext::Protocol::from("websocket")), ..grpc_pseudo(socket) },
+            ),
+            (
+                ":scheme in CONNECT",
+                Pseudo { method: Some(Method::CONNECT), path: None, ..grpc_pseudo(socket) },
+            ),
+        ];
+        for (what, pseudo) in cases {
+            assert_protocol_error(pseudo, what);
         }
     }
 }
