@@ -1,0 +1,497 @@
+//! The injection decision: a pure function from a pod (JSON) and the injector's defaults
+//! to "leave it", "refuse it" or "apply this JSON Patch". No I/O here; the admission
+//! envelope is [`crate::review`], the wire is [`crate::server`].
+//!
+//! Contract:
+//! - A pod is injected only when it carries `tessera.dev/inject: "true"`.
+//! - Injection adds the `tessera.dev/status: injected` annotation, three volumes (the
+//!   socket `emptyDir`, the bundle-cache `emptyDir`, the credential Secret), the sidecar
+//!   container, and to every application container (`spec.containers`, not init
+//!   containers: the sidecar is not running while they run) a mount of the socket
+//!   directory and `TESSERA_VALIDATOR_SOCKET`.
+//! - Idempotent: an injected pod (status annotation and sidecar container present) gets
+//!   no patch, except the mount and variable for an application container added after
+//!   injection (a later webhook, with `reinvocationPolicy: IfNeeded`). A pod that already
+//!   has a `tessera-sidecar` container without the status annotation was written by hand
+//!   and is left alone.
+//! - A conflict the API server would reject obscurely, or that would make the sidecar
+//!   crash-loop (a volume name already used, a mount already at the socket directory, a
+//!   port the sidecar needs), refuses the pod with a message naming it.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::annotations::{self, Overrides, StalePolicy};
+use crate::config::{ReadinessProbe, SidecarDefaults};
+use crate::patch::{PatchOp, escape};
+
+/// Name of the injected container.
+pub const SIDECAR_CONTAINER: &str = "tessera-sidecar";
+/// Shared `emptyDir` holding the socket, mounted in every application container.
+pub const SOCKET_VOLUME: &str = "tessera-socket";
+/// `emptyDir` for the sidecar's bundle cache (a sidecar restart validates at once).
+pub const CACHE_VOLUME: &str = "tessera-cache";
+/// The credential Secret, mounted in the sidecar only.
+pub const CREDENTIALS_VOLUME: &str = "tessera-credentials";
+/// The variable telling the application where the socket is.
+pub const SOCKET_ENV: &str = "TESSERA_VALIDATOR_SOCKET";
+/// Where the sidecar reads its credential (`token`) and the issuer CA (`ca.pem`).
+pub const CREDENTIALS_DIR: &str = "/var/run/secrets/tessera";
+/// Where the sidecar persists its bundle.
+pub const CACHE_DIR: &str = "/var/lib/tessera-sidecar";
+/// The image's `tessera` user (Dockerfile). Given as a number so that `runAsNonRoot`
+/// can be verified by the kubelet: the image names its user, and a named user fails the
+/// check ("image has non-numeric user").
+pub const SIDECAR_UID: i64 = 10001;
+/// The gRPC service whose health the readiness probe asks for.
+pub const VALIDATOR_SERVICE: &str = "tessera.v1.ValidatorService";
+
+/// What to do with a pod.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Admit the pod as it is.
+    Unchanged { reason: &'static str },
+    /// Admit the pod with these operations applied.
+    Patch(Vec<PatchOp>),
+    /// Refuse the pod; the message tells its author what to change.
+    Refuse(String),
+}
+
+/// Decides what to do with `pod` (the `request.object` of a CREATE review).
+pub fn mutate(pod: &Value, defaults: &SidecarDefaults) -> Decision {
+    let pod = match Pod::deserialize(pod) {
+        Ok(pod) => pod,
+        Err(error) => return Decision::Refuse(format!("request.object is not a pod: {error}")),
+    };
+    let empty = BTreeMap::new();
+    let parsed = match annotations::parse(pod.metadata.annotations.as_ref().unwrap_or(&empty)) {
+        Ok(parsed) => parsed,
+        Err(error) => return Decision::Refuse(error.to_string()),
+    };
+    if !parsed.inject {
+        return Decision::Unchanged {
+            reason: "not opted in",
+        };
+    }
+    let settings = match Settings::resolve(defaults, &parsed.overrides, pod.has_fs_group()) {
+        Ok(settings) => settings,
+        Err(message) => return Decision::Refuse(message),
+    };
+    let has_sidecar = pod.containers().any(|c| c.name == SIDECAR_CONTAINER)
+        || pod
+            .spec
+            .init_containers
+            .iter()
+            .any(|c| c.name == SIDECAR_CONTAINER);
+    let result = match (has_sidecar, parsed.injected) {
+        (true, false) => {
+            return Decision::Unchanged {
+                reason: "the pod already has a tessera-sidecar container",
+            };
+        }
+        (true, true) => app_container_ops(&pod, &settings),
+        (false, _) => inject(&pod, &settings),
+    };
+    match result {
+        Ok(ops) if ops.is_empty() => Decision::Unchanged {
+            reason: "already injected",
+        },
+        Ok(ops) => Decision::Patch(ops),
+        Err(message) => Decision::Refuse(message),
+    }
+}
+
+/// The sidecar of one pod: the defaults with the pod's overrides applied.
+#[derive(Clone, Debug, PartialEq)]
+struct Settings<'a> {
+    defaults: &'a SidecarDefaults,
+    image: &'a str,
+    socket_path: &'a str,
+    socket_dir: &'a str,
+    stale_policy: StalePolicy,
+    max_staleness_seconds: Option<u64>,
+    credential_secret: &'a str,
+    audiences: &'a [String],
+    /// Without a pod `fsGroup` the application may run as another user and group than the
+    /// sidecar, so the socket is made connectable by all (mode 0666). The `emptyDir` is
+    /// private to the pod, so "all" means this pod's containers.
+    open_socket: bool,
+}
+
+impl<'a> Settings<'a> {
+    fn resolve(
+        defaults: &'a SidecarDefaults,
+        overrides: &'a Overrides,
+        has_fs_group: bool,
+    ) -> Result<Self, String> {
+        let socket_path = overrides
+            .socket_path
+            .as_deref()
+            .unwrap_or(&defaults.socket_path);
+        let socket_dir = annotations::socket_dir(socket_path);
+        for reserved in [CACHE_DIR, CREDENTIALS_DIR] {
+            if nested(socket_dir, reserved) {
+                return Err(format!(
+                    "annotation {}: the socket directory {socket_dir} overlaps the sidecar's {reserved}",
+                    annotations::SOCKET_PATH
+                ));
+            }
+        }
+        Ok(Settings {
+            defaults,
+            image: overrides.image.as_deref().unwrap_or(&defaults.image),
+            socket_path,
+            socket_dir,
+            stale_policy: overrides.stale_policy.unwrap_or(defaults.stale_policy),
+            max_staleness_seconds: overrides.max_staleness_seconds,
+            credential_secret: overrides
+                .credential_secret
+                .as_deref()
+                .unwrap_or(&defaults.credential_secret),
+            audiences: &overrides.audiences,
+            open_socket: !has_fs_group,
+        })
+    }
+}
+
+/// Returns whether one of two directories contains the other (or they are equal).
+fn nested(a: &str, b: &str) -> bool {
+    let inside = |inner: &str, outer: &str| {
+        inner == outer
+            || inner
+                .strip_prefix(outer)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    inside(a, b) || inside(b, a)
+}
+
+/// The full injection of a pod without the sidecar.
+fn inject(pod: &Pod, settings: &Settings<'_>) -> Result<Vec<PatchOp>, String> {
+    let ours = [SOCKET_VOLUME, CACHE_VOLUME, CREDENTIALS_VOLUME];
+    if let Some(volume) = pod
+        .spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|volume| ours.contains(&volume.name.as_str()))
+    {
+        return Err(format!(
+            "the pod already has a volume named {:?}, which the injector adds",
+            volume.name
+        ));
+    }
+    let sidecar_ports: Vec<u16> = std::iter::once(settings.defaults.http_port)
+        .chain(settings.grpc_port())
+        .collect();
+    for container in pod.containers().chain(&pod.spec.init_containers) {
+        for port in container.ports.iter().flatten() {
+            if sidecar_ports.contains(&port.container_port) {
+                return Err(format!(
+                    "container {:?} uses port {}, which the tessera sidecar listens on",
+                    container.name, port.container_port
+                ));
+            }
+        }
+    }
+    let mut ops = Vec::new();
+    // The annotation map exists: the pod opted in through it.
+    let status_path = format!("/metadata/annotations/{}", escape(annotations::STATUS));
+    ops.push(PatchOp::add(
+        status_path,
+        json!(annotations::STATUS_INJECTED),
+    ));
+    let volumes = [
+        json!({ "name": SOCKET_VOLUME, "emptyDir": {} }),
+        json!({ "name": CACHE_VOLUME, "emptyDir": {} }),
+        json!({
+            "name": CREDENTIALS_VOLUME,
+            "secret": {
+                "secretName": settings.credential_secret,
+                // Mounted in the sidecar only. Not 0400: in a pod without fsGroup the
+                // files are root's, and the sidecar runs as 10001.
+                "defaultMode": 0o444,
+            },
+        }),
+    ];
+    append_all(
+        &mut ops,
+        "/spec/volumes",
+        pod.spec.volumes.is_some(),
+        volumes,
+    );
+    ops.extend(app_container_ops(pod, settings)?);
+    ops.push(PatchOp::add(
+        "/spec/containers/-",
+        sidecar_container(settings),
+    ));
+    Ok(ops)
+}
+
+/// The socket mount and variable for each application container lacking them.
+fn app_container_ops(pod: &Pod, settings: &Settings<'_>) -> Result<Vec<PatchOp>, String> {
+    let mut ops = Vec::new();
+    for (index, container) in pod.containers().enumerate() {
+        if container.name == SIDECAR_CONTAINER {
+            continue;
+        }
+        let base = format!("/spec/containers/{index}");
+        let mounts = container.volume_mounts.as_deref().unwrap_or_default();
+        if !mounts.iter().any(|mount| mount.name == SOCKET_VOLUME) {
+            if let Some(mount) = mounts
+                .iter()
+                .find(|mount| mount.mount_path.trim_end_matches('/') == settings.socket_dir)
+            {
+                return Err(format!(
+                    "container {:?} already mounts volume {:?} at {}, the tessera socket directory (set {} to move it)",
+                    container.name,
+                    mount.name,
+                    settings.socket_dir,
+                    annotations::SOCKET_PATH
+                ));
+            }
+            let mount = json!({ "name": SOCKET_VOLUME, "mountPath": settings.socket_dir });
+            append_all(
+                &mut ops,
+                &format!("{base}/volumeMounts"),
+                container.volume_mounts.is_some(),
+                [mount],
+            );
+        }
+        let env = container.env.as_deref().unwrap_or_default();
+        // A variable the pod sets itself wins: its author knows where they mounted it.
+        if !env.iter().any(|var| var.name == SOCKET_ENV) {
+            let var = json!({ "name": SOCKET_ENV, "value": settings.socket_path });
+            append_all(
+                &mut ops,
+                &format!("{base}/env"),
+                container.env.is_some(),
+                [var],
+            );
+        }
+    }
+    Ok(ops)
+}
+
+/// Appends `items` to the array at `path`: one `add` per item at `path/-` when the array
+/// exists, else one `add` of the whole array (appending to a missing array fails).
+fn append_all<const N: usize>(ops: &mut Vec<PatchOp>, path: &str, exists: bool, items: [Value; N]) {
+    if exists {
+        ops.extend(
+            items
+                .into_iter()
+                .map(|item| PatchOp::add(format!("{path}/-"), item)),
+        );
+    } else {
+        ops.push(PatchOp::add(path, Value::Array(items.into())));
+    }
+}
+
+/// Builds the sidecar container.
+fn sidecar_container(settings: &Settings<'_>) -> Value {
+    let defaults = settings.defaults;
+    let mut env = vec![
+        env_var("TESSERA_ISSUER_ADDR", &defaults.issuer_addr),
+        env_var("TESSERA_SIDECAR_SOCKET", settings.socket_path),
+        env_var(
+            "TESSERA_SIDECAR_HTTP_ADDR",
+            &format!("0.0.0.0:{}", defaults.http_port),
+        ),
+        env_var(
+            "TESSERA_SIDECAR_TOKEN_FILE",
+            &format!("{CREDENTIALS_DIR}/token"),
+        ),
+        env_var(
+            "TESSERA_SIDECAR_BUNDLE_CACHE",
+            &format!("{CACHE_DIR}/bundle.json"),
+        ),
+        env_var(
+            "TESSERA_SIDECAR_STALE_POLICY",
+            settings.stale_policy.as_str(),
+        ),
+    ];
+    if let Some(port) = settings.grpc_port() {
+        env.push(env_var(
+            "TESSERA_SIDECAR_GRPC_ADDR",
+            &format!("0.0.0.0:{port}"),
+        ));
+    }
+    if settings.open_socket {
+        env.push(env_var("TESSERA_SIDECAR_SOCKET_MODE", "0666"));
+    }
+    if defaults.issuer_addr.starts_with("https://") {
+        env.push(env_var(
+            "TESSERA_SIDECAR_ISSUER_CA_FILE",
+            &format!("{CREDENTIALS_DIR}/ca.pem"),
+        ));
+    }
+    if let Some(seconds) = settings.max_staleness_seconds {
+        env.push(env_var(
+            "TESSERA_SIDECAR_MAX_STALENESS_SECONDS",
+            &seconds.to_string(),
+        ));
+    }
+    if !settings.audiences.is_empty() {
+        env.push(env_var(
+            "TESSERA_SIDECAR_AUDIENCES",
+            &settings.audiences.join(","),
+        ));
+    }
+    if let Some(endpoint) = &defaults.otlp_endpoint {
+        env.push(env_var("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint));
+    }
+    let mut ports = vec![json!({ "name": "tessera-http", "containerPort": defaults.http_port })];
+    let readiness = match settings.grpc_port() {
+        Some(port) => {
+            ports.push(json!({ "name": "tessera-grpc", "containerPort": port }));
+            // A grpc probe takes a port number, not a name.
+            json!({ "grpc": { "port": port, "service": VALIDATOR_SERVICE } })
+        }
+        None => json!({ "httpGet": { "path": "/readyz", "port": "tessera-http" } }),
+    };
+    let mut readiness = readiness;
+    readiness["periodSeconds"] = json!(5);
+    readiness["failureThreshold"] = json!(3);
+    let resources = &defaults.resources;
+    let mut limits = json!({ "memory": resources.memory_limit });
+    if let Some(cpu) = &resources.cpu_limit {
+        limits["cpu"] = json!(cpu);
+    }
+    json!({
+        "name": SIDECAR_CONTAINER,
+        "image": settings.image,
+        "command": ["tessera-sidecar"],
+        "env": env,
+        "ports": ports,
+        "readinessProbe": readiness,
+        // Liveness is the process, not the bundle: a stale bundle must not restart the
+        // sidecar (the restart would not refresh it, and the cache would be lost).
+        "livenessProbe": {
+            "httpGet": { "path": "/healthz", "port": "tessera-http" },
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "resources": {
+            "requests": { "cpu": resources.cpu_request, "memory": resources.memory_request },
+            "limits": limits,
+        },
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": SIDECAR_UID,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": { "drop": ["ALL"] },
+        },
+        "volumeMounts": [
+            { "name": SOCKET_VOLUME, "mountPath": settings.socket_dir },
+            { "name": CACHE_VOLUME, "mountPath": CACHE_DIR },
+            { "name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_DIR, "readOnly": true },
+        ],
+    })
+}
+
+fn env_var(name: &str, value: &str) -> Value {
+    json!({ "name": name, "value": value })
+}
+
+impl Settings<'_> {
+    /// Returns the sidecar's TCP gRPC port when the readiness probe uses it.
+    fn grpc_port(&self) -> Option<u16> {
+        match self.defaults.readiness_probe {
+            ReadinessProbe::Grpc => Some(self.defaults.grpc_port),
+            ReadinessProbe::Http => None,
+        }
+    }
+}
+
+// === The parts of a pod the decision reads ===
+//
+// Unknown fields are ignored; a field with the wrong type fails the parse, and the pod is
+// refused (the API server never sends one; anyone else posting it gets a clear error).
+
+#[derive(Debug, Deserialize)]
+struct Pod {
+    #[serde(default)]
+    metadata: Metadata,
+    spec: Spec,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Metadata {
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Spec {
+    containers: Vec<Container>,
+    #[serde(default, deserialize_with = "null_as_empty")]
+    init_containers: Vec<Container>,
+    volumes: Option<Vec<Volume>>,
+    security_context: Option<PodSecurityContext>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Container {
+    name: String,
+    volume_mounts: Option<Vec<VolumeMount>>,
+    env: Option<Vec<EnvVar>>,
+    ports: Option<Vec<ContainerPort>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Volume {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VolumeMount {
+    name: String,
+    mount_path: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct EnvVar {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ContainerPort {
+    // A u16 here would refuse nothing the API server accepts (it checks 1-65535); a
+    // number outside it fails the parse and the pod is refused.
+    container_port: u16,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PodSecurityContext {
+    fs_group: Option<i64>,
+}
+
+fn null_as_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+impl Pod {
+    fn containers(&self) -> std::slice::Iter<'_, Container> {
+        self.spec.containers.iter()
+    }
+
+    fn has_fs_group(&self) -> bool {
+        self.spec
+            .security_context
+            .as_ref()
+            .is_some_and(|context| context.fs_group.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests;
