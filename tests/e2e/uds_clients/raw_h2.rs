@@ -12,6 +12,8 @@ use std::time::Duration;
 
 /// The HTTP/2 error code PROTOCOL_ERROR (RFC 9113 §7).
 pub const PROTOCOL_ERROR: u32 = 0x1;
+/// The HTTP/2 error code ENHANCE_YOUR_CALM: h2's answer to a header list far too large.
+pub const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// How long one read or write may block.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
