@@ -1854,25 +1854,35 @@ mod tessera_authority_tests {
 
     #[test]
     fn every_other_malformed_request_is_still_refused() {
-        let socket = Some("/tmp/x/sidecar.sock");
-        let cases: Vec<(&str, Pseudo)> = vec![
-            ("no :method", Pseudo { method: None, ..grpc_pseudo(socket) }),
-            ("no :scheme", Pseudo { scheme: None, ..grpc_pseudo(socket) }),
-            ("empty :path", Pseudo { path: Some(BytesStr::from("")), ..grpc_pseudo(socket) }),
-            ("bad :path", Pseudo { path: Some(BytesStr::from("/a b")), ..grpc_pseudo(socket) }),
-            ("bad :scheme", Pseudo { scheme: Some(BytesStr::from("ht tp")), ..grpc_pseudo(socket) }),
-            (":status", Pseudo { status: Some(http::StatusCode::OK), ..grpc_pseudo(socket) }),
-            (
-                ":protocol on POST",
-                Pseudo { protocol: Some(crate::ext::Protocol::from("websocket")), ..grpc_pseudo(socket) },
-            ),
-            (
-                ":scheme in CONNECT",
-                Pseudo { method: Some(Method::CONNECT), path: None, ..grpc_pseudo(socket) },
-            ),
+        let cases: Vec<(&str, fn(&mut Pseudo))> = vec![
+            ("no :method", |pseudo| pseudo.method = None),
+            ("no :scheme", |pseudo| pseudo.scheme = None),
+            ("empty :path", |pseudo| {
+                pseudo.path = Some(BytesStr::from(""))
+            }),
+            ("bad :path", |pseudo| {
+                pseudo.path = Some(BytesStr::from("/a b"))
+            }),
+            ("bad :scheme", |pseudo| {
+                pseudo.scheme = Some(BytesStr::from("ht tp"))
+            }),
+            (":status", |pseudo| {
+                pseudo.status = Some(http::StatusCode::OK)
+            }),
+            (":protocol on POST", |pseudo| {
+                pseudo.protocol = Some(crate::ext::Protocol::from("websocket"))
+            }),
+            (":scheme in CONNECT", |pseudo| {
+                pseudo.method = Some(Method::CONNECT);
+                pseudo.path = None;
+            }),
         ];
-        for (what, pseudo) in cases {
-            assert_protocol_error(pseudo, what);
+        for authority in [Some("/tmp/x/sidecar.sock"), Some("localhost"), None] {
+            for (what, defect) in &cases {
+                let mut pseudo = grpc_pseudo(authority);
+                defect(&mut pseudo);
+                assert_protocol_error(pseudo, &format!("{what}, authority {authority:?}"));
+            }
         }
     }
 }
