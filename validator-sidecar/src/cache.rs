@@ -1,8 +1,16 @@
-//! The verified-token cache: tokens whose signature checked out, keyed by the SHA-256 of
-//! the token, each kept no longer than the token's own expiry (plus leeway). Only the
-//! signature work is cached: claims, revocation and authorization are re-checked on
-//! every hit, so a revocation applies to cached tokens at once.
+//! The verified-token cache: tokens whose signature checked out, each kept no longer than
+//! the token's own expiry (plus leeway), with their answer's claims encoded once. Only the
+//! signature work and that encoding are cached: claims, revocation and authorization are
+//! re-checked on every hit, so a revocation applies to cached tokens at once.
+//!
+//! An entry is found by a keyed 64-bit hash of the token (foldhash seeded at random per
+//! process: fast, and not predictable from outside the process), but the hash only picks
+//! the slot. A hit counts only when the token stored in the entry equals the presented
+//! token byte for byte, compared in full without an early exit; so the cache never vouches
+//! for another token. Two tokens with the same hash share a slot and evict each other: a
+//! lost hit, never a wrong answer.
 
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,20 +20,61 @@ use tessera_common::claims::{AnyClaims, TokenClaims};
 use tessera_common::verify::Verified;
 use tessera_common::{Clock, UnixMillis};
 
-/// The SHA-256 of a token.
-pub type TokenHash = [u8; 32];
+use crate::answer::EncodedClaims;
 
-/// Returns the cache key of `token`.
-pub fn token_hash(token: &str) -> TokenHash {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut hash = [0u8; 32];
-    hash.copy_from_slice(digest.as_ref());
-    hash
+/// Where a token's entry would be: its keyed hash. Finding an entry there proves nothing
+/// by itself (see [`VerifiedCache::get`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenKey(u64);
+
+/// A token whose signature verified: the pipeline's own result (claims decoded for the
+/// type it names, so a hit re-runs exactly the checks a miss runs), the answer's claims
+/// encoded once, and the token itself, which a hit must match.
+pub struct VerifiedToken {
+    token: Box<[u8]>,
+    pub verified: Verified<AnyClaims>,
+    /// The `TokenClaims` message of every answer about this token.
+    pub answer: EncodedClaims,
 }
 
-/// A token whose signature verified, with its claims decoded for the type it names (the
-/// pipeline's own result, so a hit re-runs exactly the checks a miss runs).
-pub type VerifiedToken = Verified<AnyClaims>;
+impl VerifiedToken {
+    /// Wraps the verification of `token`, encoding its answer's claims.
+    pub fn new(token: &str, verified: Verified<AnyClaims>) -> Self {
+        let answer = EncodedClaims::encode(&verified);
+        VerifiedToken {
+            token: token.as_bytes().into(),
+            verified,
+            answer,
+        }
+    }
+
+    /// Returns true when `token` is the token this entry verified: same length and every
+    /// byte equal. The comparison reads every byte whatever it finds, so its time does not
+    /// tell how long a prefix of a cached bearer token a probe got right.
+    pub fn is_token(&self, token: &str) -> bool {
+        let presented = token.as_bytes();
+        if presented.len() != self.token.len() {
+            return false;
+        }
+        let difference = self
+            .token
+            .iter()
+            .zip(presented)
+            .fold(0u8, |difference, (stored, presented)| {
+                difference | (stored ^ presented)
+            });
+        std::hint::black_box(difference) == 0
+    }
+}
+
+impl std::fmt::Debug for VerifiedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a bearer credential and the claims identify users.
+        f.debug_struct("VerifiedToken")
+            .field("verified", &self.verified)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Returns how long a token expiring at `exp_seconds` may stay cached at `now`: until
 /// `exp + leeway`, or `None` when that instant has passed.
@@ -34,10 +83,21 @@ pub fn time_to_live(exp_seconds: i64, leeway: Duration, now: UnixMillis) -> Opti
     (until > now).then(|| until.since(now))
 }
 
+/// Hashes tokens into [`TokenKey`]s.
+#[derive(Clone)]
+enum KeyHasher {
+    /// foldhash with a random per-process seed.
+    Seeded(foldhash::quality::RandomState),
+    /// Every token in one slot: lets the tests force collisions.
+    #[cfg(test)]
+    Constant,
+}
+
 /// A bounded cache of verified tokens.
 #[derive(Clone)]
 pub struct VerifiedCache {
-    cache: Cache<TokenHash, Arc<VerifiedToken>>,
+    cache: Cache<u64, Arc<VerifiedToken>>,
+    hasher: KeyHasher,
     enabled: bool,
 }
 
@@ -47,16 +107,20 @@ struct TokenExpiry {
     leeway: Duration,
 }
 
-impl Expiry<TokenHash, Arc<VerifiedToken>> for TokenExpiry {
+impl Expiry<u64, Arc<VerifiedToken>> for TokenExpiry {
     fn expire_after_create(
         &self,
-        _key: &TokenHash,
+        _key: &u64,
         value: &Arc<VerifiedToken>,
         _created_at: Instant,
     ) -> Option<Duration> {
         Some(
-            time_to_live(value.claims.registered().exp, self.leeway, self.clock.now())
-                .unwrap_or(Duration::ZERO),
+            time_to_live(
+                value.verified.claims.registered().exp,
+                self.leeway,
+                self.clock.now(),
+            )
+            .unwrap_or(Duration::ZERO),
         )
     }
 }
@@ -64,40 +128,73 @@ impl Expiry<TokenHash, Arc<VerifiedToken>> for TokenExpiry {
 impl VerifiedCache {
     /// Returns a cache of at most `capacity` tokens (0 disables caching).
     pub fn new(capacity: u64, leeway: Duration, clock: Arc<dyn Clock>) -> Self {
+        Self::with_hasher(
+            capacity,
+            leeway,
+            clock,
+            KeyHasher::Seeded(foldhash::quality::RandomState::default()),
+        )
+    }
+
+    /// Like [`VerifiedCache::new`], with every token hashed to the same key.
+    #[cfg(test)]
+    pub(crate) fn colliding(capacity: u64, leeway: Duration, clock: Arc<dyn Clock>) -> Self {
+        Self::with_hasher(capacity, leeway, clock, KeyHasher::Constant)
+    }
+
+    fn with_hasher(
+        capacity: u64,
+        leeway: Duration,
+        clock: Arc<dyn Clock>,
+        hasher: KeyHasher,
+    ) -> Self {
         let cache = Cache::builder()
             .max_capacity(capacity)
             .expire_after(TokenExpiry { clock, leeway })
             .build();
         VerifiedCache {
             cache,
+            hasher,
             enabled: capacity > 0,
         }
     }
 
-    /// Returns the cached verification of the token hashed to `hash`.
-    pub fn get(&self, hash: &TokenHash) -> Option<Arc<VerifiedToken>> {
+    /// Returns the slot of `token`.
+    pub fn key(&self, token: &str) -> TokenKey {
+        match &self.hasher {
+            KeyHasher::Seeded(state) => TokenKey(state.hash_one(token.as_bytes())),
+            #[cfg(test)]
+            KeyHasher::Constant => TokenKey(0),
+        }
+    }
+
+    /// Returns the cached verification of `token`, whose slot is `key`: only an entry
+    /// holding this very token (compared in full) counts.
+    pub fn get(&self, key: TokenKey, token: &str) -> Option<Arc<VerifiedToken>> {
         if !self.enabled {
             return None;
         }
-        self.cache.get(hash)
+        self.cache.get(&key.0).filter(|entry| entry.is_token(token))
     }
 
-    /// Caches `token` unless it has already expired at `now`.
+    /// Caches `entry` in slot `key` (the slot of the token it holds) unless the token has
+    /// already expired at `now`.
     pub fn insert(
         &self,
-        hash: TokenHash,
-        token: Arc<VerifiedToken>,
+        key: TokenKey,
+        entry: Arc<VerifiedToken>,
         leeway: Duration,
         now: UnixMillis,
     ) {
-        if self.enabled && time_to_live(token.claims.registered().exp, leeway, now).is_some() {
-            self.cache.insert(hash, token);
+        let exp = entry.verified.claims.registered().exp;
+        if self.enabled && time_to_live(exp, leeway, now).is_some() {
+            self.cache.insert(key.0, entry);
         }
     }
 
-    /// Forgets the token hashed to `hash`.
-    pub fn invalidate(&self, hash: &TokenHash) {
-        self.cache.invalidate(hash);
+    /// Empties slot `key`.
+    pub fn invalidate(&self, key: TokenKey) {
+        self.cache.invalidate(&key.0);
     }
 
     /// Returns the number of cached tokens (approximate until pending work runs).
@@ -125,7 +222,9 @@ mod tests {
     use super::*;
     use tessera_common::verify::VerifyingKey;
 
-    fn verified(exp: i64) -> Arc<VerifiedToken> {
+    /// A verified access token for subject `sub` expiring at `exp`: the cache neither
+    /// signs nor parses, so the token text is whatever the test says it is.
+    fn verified(sub: &str, exp: i64) -> Verified<AnyClaims> {
         let key_pair = aws_lc_rs::signature::Ed25519KeyPair::generate().unwrap();
         use aws_lc_rs::signature::KeyPair;
         use base64::Engine;
@@ -152,7 +251,7 @@ mod tests {
                 y: None,
             },
         };
-        Arc::new(VerifiedToken {
+        Verified {
             kid: "k1".into(),
             header: JwsHeader {
                 alg: "EdDSA".into(),
@@ -162,7 +261,7 @@ mod tests {
             token_type: TokenType::Access,
             claims: AnyClaims::Access(AccessClaims {
                 iss: "tessera".into(),
-                sub: "u".into(),
+                sub: sub.into(),
                 aud: "a".into(),
                 iat: 0,
                 exp,
@@ -183,7 +282,15 @@ mod tests {
             }),
             claims_json: "{}".into(),
             verifying_key: Arc::new(VerifyingKey::from_schedule(&schedule).unwrap()),
-        })
+        }
+    }
+
+    fn entry(token: &str, exp: i64) -> Arc<VerifiedToken> {
+        Arc::new(VerifiedToken::new(token, verified(token, exp)))
+    }
+
+    fn subject(entry: &VerifiedToken) -> &str {
+        entry.verified.claims.registered().sub
     }
 
     #[test]
@@ -204,37 +311,95 @@ mod tests {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let cache = VerifiedCache::new(100, Duration::ZERO, clock.clone());
         let now = clock.now();
+        let (short, long, old) = ("short.token.a", "long.token.b", "old.token.c");
         // Expires within the next second (exp is whole seconds).
-        let short = verified(now.as_secs() + 1);
-        let long = verified(now.as_secs() + 3_600);
-        cache.insert([1; 32], short, Duration::ZERO, now);
-        cache.insert([2; 32], long, Duration::ZERO, now);
+        cache.insert(
+            cache.key(short),
+            entry(short, now.as_secs() + 1),
+            Duration::ZERO,
+            now,
+        );
+        cache.insert(
+            cache.key(long),
+            entry(long, now.as_secs() + 3_600),
+            Duration::ZERO,
+            now,
+        );
         // An already expired token is never cached.
-        cache.insert([3; 32], verified(now.as_secs() - 10), Duration::ZERO, now);
-        assert!(cache.get(&[1; 32]).is_some());
-        assert!(cache.get(&[3; 32]).is_none());
+        cache.insert(
+            cache.key(old),
+            entry(old, now.as_secs() - 10),
+            Duration::ZERO,
+            now,
+        );
+        assert!(cache.get(cache.key(short), short).is_some());
+        assert!(cache.get(cache.key(old), old).is_none());
         std::thread::sleep(Duration::from_millis(1_100));
         assert!(
-            cache.get(&[1; 32]).is_none(),
+            cache.get(cache.key(short), short).is_none(),
             "the entry outlived its token"
         );
-        assert!(cache.get(&[2; 32]).is_some());
-        cache.invalidate(&[2; 32]);
-        assert!(cache.get(&[2; 32]).is_none());
+        assert!(cache.get(cache.key(long), long).is_some());
+        cache.invalidate(cache.key(long));
+        assert!(cache.get(cache.key(long), long).is_none());
     }
 
     #[test]
     fn zero_capacity_disables_the_cache() {
         let cache = VerifiedCache::new(0, Duration::ZERO, Arc::new(SystemClock));
         let now = SystemClock.now();
-        cache.insert([1; 32], verified(now.as_secs() + 60), Duration::ZERO, now);
-        assert!(cache.get(&[1; 32]).is_none());
+        let token = "a.b.c";
+        cache.insert(
+            cache.key(token),
+            entry(token, now.as_secs() + 60),
+            Duration::ZERO,
+            now,
+        );
+        assert!(cache.get(cache.key(token), token).is_none());
         assert_eq!(cache.entry_count(), 0);
     }
 
     #[test]
-    fn token_hash_is_sha256() {
-        let hash = token_hash("abc");
-        assert_eq!(hash[..4], [0xba, 0x78, 0x16, 0xbf]);
+    fn tokens_sharing_a_slot_never_share_an_answer() {
+        let cache = VerifiedCache::colliding(100, Duration::ZERO, Arc::new(SystemClock));
+        let now = SystemClock.now();
+        let exp = now.as_secs() + 60;
+        let first = "header.first-claims.signature";
+        // Same length and prefix, one byte apart at the very end; then other lengths.
+        let neighbours = [
+            "header.first-claims.signaturf",
+            "header.first-claims.signatur",
+            "header.first-claims.signaturee",
+            "",
+        ];
+        assert_eq!(cache.key(first), cache.key(neighbours[0]));
+        cache.insert(cache.key(first), entry(first, exp), Duration::ZERO, now);
+        for other in neighbours {
+            assert!(
+                cache.get(cache.key(other), other).is_none(),
+                "the entry of another token answered for {other:?}"
+            );
+        }
+        let hit = cache.get(cache.key(first), first).unwrap();
+        assert_eq!(subject(&hit), first);
+        // The second token takes the slot; each token still only ever gets its own entry.
+        let second = neighbours[0];
+        cache.insert(cache.key(second), entry(second, exp), Duration::ZERO, now);
+        assert_eq!(
+            subject(&cache.get(cache.key(second), second).unwrap()),
+            second
+        );
+        assert!(cache.get(cache.key(first), first).is_none());
+    }
+
+    #[test]
+    fn seeded_keys_differ_between_caches_and_between_tokens() {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let one = VerifiedCache::new(10, Duration::ZERO, clock.clone());
+        let two = VerifiedCache::new(10, Duration::ZERO, clock);
+        assert_eq!(one.key("a.b.c"), one.key("a.b.c"));
+        assert_ne!(one.key("a.b.c"), one.key("a.b.d"));
+        // Each cache draws its own seed: a key learnt from one says nothing of another.
+        assert_ne!(one.key("a.b.c"), two.key("a.b.c"));
     }
 }

@@ -1,5 +1,6 @@
 //! Conversions at the gRPC edge: trust-bundle messages into domain types, and verdicts
-//! into `ValidateToken` responses. Nothing past this module sees a proto type.
+//! into `ValidateToken` responses. Nothing past this module (and `answer`, which writes
+//! the same responses without building them) sees a proto type.
 
 use std::collections::BTreeMap;
 
@@ -221,7 +222,7 @@ fn millis(timestamp: &Timestamp) -> UnixMillis {
     )
 }
 
-fn timestamp(instant: UnixMillis) -> Timestamp {
+pub(crate) fn timestamp(instant: UnixMillis) -> Timestamp {
     Timestamp {
         seconds: instant.0.div_euclid(1000),
         nanos: (instant.0.rem_euclid(1000) * 1_000_000) as i32,
@@ -257,6 +258,7 @@ pub fn reason(rejection: Rejection) -> pb::Reason {
 /// access-only ones (role, session, MFA, features) for access tokens; a service token's
 /// scopes are its permissions. Every claim of every type is in `claims_json`.
 pub fn token_claims(token: &VerifiedToken) -> pb::TokenClaims {
+    let token = &token.verified;
     let registered = token.claims.registered();
     let mut claims = pb::TokenClaims {
         subject: registered.sub.to_owned(),
@@ -281,14 +283,15 @@ pub fn token_claims(token: &VerifiedToken) -> pb::TokenClaims {
     claims
 }
 
-/// Returns the `ValidateToken` response for `verdict`.
+/// Returns the `ValidateToken` response for `verdict`. The server writes its answers with
+/// `crate::answer` instead, byte for byte what prost writes for this message (tested).
 pub fn response(verdict: &Verdict) -> pb::ValidateTokenResponse {
     match verdict {
         Ok(token) => pb::ValidateTokenResponse {
             valid: true,
             reason: pb::Reason::Unspecified as i32,
             claims: Some(token_claims(token)),
-            claims_json: token.claims_json.clone(),
+            claims_json: token.verified.claims_json.clone(),
         },
         Err(rejection) => pb::ValidateTokenResponse {
             valid: false,
@@ -299,7 +302,8 @@ pub fn response(verdict: &Verdict) -> pb::ValidateTokenResponse {
     }
 }
 
-/// Returns the stream response for request `request_id`.
+/// Returns the stream response for request `request_id` (the reference for
+/// `crate::answer`, like [`response`]).
 pub fn stream_response(request_id: u64, verdict: &Verdict) -> pb::ValidateStreamResponse {
     let pb::ValidateTokenResponse {
         valid,

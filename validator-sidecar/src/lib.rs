@@ -5,8 +5,10 @@
 //! `main` parses a [`SidecarConfig`], binds [`Listeners`] and calls [`run`]; tests call
 //! the same `run` with their own listeners and shutdown signal.
 
+pub mod answer;
 pub mod backoff;
 pub mod cache;
+pub mod codec;
 pub mod config;
 pub mod convert;
 pub mod health;
@@ -17,6 +19,7 @@ pub mod resync;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod stream;
 pub mod subscription;
 pub mod validator;
 
@@ -26,7 +29,6 @@ use std::time::Duration;
 
 use tessera_common::trace_context::TraceContextLayer;
 use tessera_common::{Clock, SystemClock};
-use tessera_proto::v1::validator_service_server::ValidatorServiceServer;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -216,9 +218,8 @@ fn grpc_routes(
     >,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Routes, SidecarError> {
-    let validator_service =
-        ValidatorServiceServer::new(service::ValidatorGrpc::new(validator, shutdown))
-            .max_decoding_message_size(MAX_REQUEST_BYTES);
+    let validator_service = service::ValidatorGrpc::new(validator, shutdown)
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     // Reflection lists only what this server answers; the shared descriptor set also
     // describes the issuer's services.
     let reflection = || {

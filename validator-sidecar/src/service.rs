@@ -1,142 +1,155 @@
 //! `tessera.v1.ValidatorService`: unary `ValidateToken` and the bidirectional
-//! `ValidateStream`, whose responses go out as each validation completes.
+//! `ValidateStream` (answered by [`crate::stream`]).
 //!
-//! Backpressure in a stream: at most [`MAX_IN_FLIGHT_PER_STREAM`] validations run at once
-//! and at most [`OUTBOUND_CAPACITY`] answers wait for the client; when both are full the
-//! stream stops reading requests, so HTTP/2 flow control pushes back on the caller.
-//! Nothing is queued without bound.
+//! The service is routed by hand rather than through the generated server so that its
+//! answers go through [`AnswerCodec`]: they are written straight from the verdict, the
+//! claims of a verified token encoded once (`crate::answer`), with the bytes the generated
+//! prost messages would have. Requests are decoded by prost into the generated messages,
+//! as before; a method the protocol adds later answers UNIMPLEMENTED here until it is
+//! routed.
 
-use std::pin::Pin;
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use futures_util::Stream;
 use tessera_proto::v1 as pb;
-use tessera_proto::v1::validator_service_server::ValidatorService;
-use tokio::sync::{Semaphore, mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tokio::sync::watch;
+use tonic::codec::Codec;
+use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
+use tonic::metadata::GRPC_CONTENT_TYPE;
+use tonic::server::{Grpc, NamedService, StreamingService, UnaryService};
+use tonic::{Code, Request, Response, Status, Streaming};
+use tracing::Instrument;
 
+use crate::answer::{StreamAnswer, UnaryAnswer};
+use crate::codec::AnswerCodec;
 use crate::convert;
+use crate::stream::AnswerStream;
 use crate::validator::Validator;
 
-/// Validations running at once in one stream.
-pub const MAX_IN_FLIGHT_PER_STREAM: usize = 64;
-/// Answers buffered for a slow reader in one stream.
-pub const OUTBOUND_CAPACITY: usize = 128;
+pub use crate::stream::MAX_IN_FLIGHT_PER_STREAM;
 
-/// The gRPC face of the [`Validator`].
+const VALIDATE_TOKEN: &str = "/tessera.v1.ValidatorService/ValidateToken";
+const VALIDATE_STREAM: &str = "/tessera.v1.ValidatorService/ValidateStream";
+
+/// The gRPC face of the [`Validator`], ready for `tonic::service::Routes`.
 #[derive(Clone, Debug)]
 pub struct ValidatorGrpc {
     validator: Arc<Validator>,
     shutdown: watch::Receiver<bool>,
+    max_decoding_message_size: Option<usize>,
 }
 
 impl ValidatorGrpc {
-    /// Returns the service; open streams end when `shutdown` turns true.
+    /// Returns the service; open streams stop reading when `shutdown` turns true.
     pub fn new(validator: Arc<Validator>, shutdown: watch::Receiver<bool>) -> Self {
         ValidatorGrpc {
             validator,
             shutdown,
+            max_decoding_message_size: None,
+        }
+    }
+
+    /// Refuses request messages larger than `limit` bytes.
+    pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+        self.max_decoding_message_size = Some(limit);
+        self
+    }
+
+    fn grpc<Req, Ans>(&self) -> Grpc<AnswerCodec<Req, Ans>>
+    where
+        AnswerCodec<Req, Ans>: Codec,
+    {
+        Grpc::new(AnswerCodec::default())
+            .apply_max_message_size_config(self.max_decoding_message_size, None)
+    }
+}
+
+impl NamedService for ValidatorGrpc {
+    const NAME: &'static str = "tessera.v1.ValidatorService";
+}
+
+impl<B> Service<http::Request<B>> for ValidatorGrpc
+where
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        match request.uri().path() {
+            VALIDATE_TOKEN => {
+                let mut grpc = self.grpc::<pb::ValidateTokenRequest, UnaryAnswer>();
+                let method = ValidateToken(self.validator.clone());
+                Box::pin(async move { Ok(grpc.unary(method, request).await) })
+            }
+            VALIDATE_STREAM => {
+                let mut grpc = self.grpc::<pb::ValidateStreamRequest, StreamAnswer>();
+                let method = ValidateStream {
+                    validator: self.validator.clone(),
+                    shutdown: self.shutdown.clone(),
+                };
+                Box::pin(async move { Ok(grpc.streaming(method, request).await) })
+            }
+            _ => Box::pin(async move {
+                let mut response = http::Response::new(tonic::body::Body::default());
+                let headers = response.headers_mut();
+                headers.insert(Status::GRPC_STATUS, (Code::Unimplemented as i32).into());
+                headers.insert(http::header::CONTENT_TYPE, GRPC_CONTENT_TYPE);
+                Ok(response)
+            }),
         }
     }
 }
 
-type ResponseStream =
-    Pin<Box<dyn Stream<Item = Result<pb::ValidateStreamResponse, Status>> + Send>>;
+/// `ValidateToken`: one verdict per call.
+struct ValidateToken(Arc<Validator>);
 
-#[tonic::async_trait]
-impl ValidatorService for ValidatorGrpc {
-    #[tracing::instrument(level = "debug", skip_all)]
-    async fn validate_token(
-        &self,
-        request: Request<pb::ValidateTokenRequest>,
-    ) -> Result<Response<pb::ValidateTokenResponse>, Status> {
-        let request = request.into_inner();
-        let verdict = match convert::query(&request) {
-            Ok(query) => self.validator.validate(&query).await,
-            Err(rejection) => self.validator.refuse(rejection),
-        };
-        if let Err(rejection) = &verdict {
-            tracing::debug!(reason = rejection.as_str(), "token rejected");
-        }
-        Ok(Response::new(convert::response(&verdict)))
-    }
+impl UnaryService<pb::ValidateTokenRequest> for ValidateToken {
+    type Response = UnaryAnswer;
+    type Future = BoxFuture<Response<UnaryAnswer>, Status>;
 
-    type ValidateStreamStream = ResponseStream;
-
-    #[tracing::instrument(level = "debug", skip_all)]
-    async fn validate_stream(
-        &self,
-        request: Request<Streaming<pb::ValidateStreamRequest>>,
-    ) -> Result<Response<Self::ValidateStreamStream>, Status> {
-        let inbound = request.into_inner();
-        let (outbound, receiver) = mpsc::channel(OUTBOUND_CAPACITY);
-        tokio::spawn(pump(
-            self.validator.clone(),
-            inbound,
-            outbound,
-            self.shutdown.clone(),
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
-    }
-}
-
-/// Reads a stream's requests and answers each as it completes: from the caller's task
-/// when no signature needs checking (cache hits, early rejections), otherwise from a task
-/// of its own so expensive verifications run in parallel.
-async fn pump(
-    validator: Arc<Validator>,
-    mut inbound: Streaming<pb::ValidateStreamRequest>,
-    outbound: mpsc::Sender<Result<pb::ValidateStreamResponse, Status>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT_PER_STREAM));
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            _ = shutdown.changed() => break,
-        };
-        let message = tokio::select! {
-            message = inbound.message() => message,
-            () = outbound.closed() => break,
-            _ = shutdown.changed() => break,
-        };
-        let request = match message {
-            Ok(Some(request)) => request,
-            Ok(None) => break,
-            Err(status) => {
-                tracing::debug!(%status, "validation stream ended by the client");
-                break;
-            }
-        };
-        let cheap = match convert::stream_query(&request) {
-            Ok(query) => validator.validate_cheap(&query),
-            Err(rejection) => Some(validator.refuse(rejection)),
-        };
-        if let Some(verdict) = cheap {
-            let response = convert::stream_response(request.request_id, &verdict);
-            drop(permit);
-            if outbound.send(Ok(response)).await.is_err() {
-                break;
-            }
-            continue;
-        }
-        let validator = validator.clone();
-        let outbound = outbound.clone();
-        tokio::spawn(async move {
-            let verdict = match convert::stream_query(&request) {
+    fn call(&mut self, request: Request<pb::ValidateTokenRequest>) -> Self::Future {
+        let validator = self.0.clone();
+        let answer = async move {
+            let request = request.into_inner();
+            let verdict = match convert::query(&request) {
                 Ok(query) => validator.validate(&query).await,
                 Err(rejection) => validator.refuse(rejection),
             };
-            let _ = outbound
-                .send(Ok(convert::stream_response(request.request_id, &verdict)))
-                .await;
-            drop(permit);
-        });
+            if let Err(rejection) = &verdict {
+                tracing::debug!(reason = rejection.as_str(), "token rejected");
+            }
+            Ok(Response::new(UnaryAnswer(verdict)))
+        };
+        Box::pin(answer.instrument(tracing::debug_span!("validate_token")))
     }
-    // Let in-flight validations answer before the stream closes.
-    let _ = permits.acquire_many(MAX_IN_FLIGHT_PER_STREAM as u32).await;
+}
+
+/// `ValidateStream`: answers as each validation completes ([`AnswerStream`]).
+struct ValidateStream {
+    validator: Arc<Validator>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl StreamingService<pb::ValidateStreamRequest> for ValidateStream {
+    type Response = StreamAnswer;
+    type ResponseStream = AnswerStream;
+    type Future = BoxFuture<Response<AnswerStream>, Status>;
+
+    fn call(&mut self, request: Request<Streaming<pb::ValidateStreamRequest>>) -> Self::Future {
+        let _span = tracing::debug_span!("validate_stream").entered();
+        let answers = AnswerStream::new(
+            self.validator.clone(),
+            request.into_inner(),
+            self.shutdown.clone(),
+        );
+        Box::pin(async move { Ok(Response::new(answers)) })
+    }
 }

@@ -12,12 +12,12 @@ use std::time::{Duration, Instant};
 use tessera_common::claims::{AnyClaims, TokenType};
 use tessera_common::limits::MAX_TOKEN_BYTES;
 use tessera_common::verify::{
-    ClaimRules, Rejection, Rules, TenantRule, authenticate, parse_compact,
+    ClaimRules, Rejection, Rules, TenantRule, Verified, authenticate, parse_compact,
 };
 use tessera_common::{Clock, UnixMillis};
 use tokio::sync::Notify;
 
-use crate::cache::{TokenHash, VerifiedCache, VerifiedToken, token_hash};
+use crate::cache::{TokenKey, VerifiedCache, VerifiedToken};
 use crate::config::{StalePolicy, ValidationConfig};
 use crate::metrics;
 use crate::resync::ResyncLimiter;
@@ -72,8 +72,8 @@ enum Attempt {
     Done(Verdict),
     /// The kid is unknown and a resync was started: worth one more look once it lands.
     ResyncStarted,
-    /// The answer needs a signature check or a resync decision (only when `full` is
-    /// false, from [`Validator::validate_cheap`]).
+    /// The token is not in the cache, so the answer needs the parse and signature steps
+    /// (only when `full` is false, from [`Validator::validate_cheap`]).
     NeedsFullPath,
 }
 
@@ -97,16 +97,30 @@ impl Validator {
         }
     }
 
+    /// Like [`Validator::new`], with a cache that puts every token in one slot.
+    #[cfg(test)]
+    fn with_colliding_cache(
+        state: Arc<BundleState>,
+        config: ValidationConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let cache = VerifiedCache::colliding(config.cache_capacity, config.leeway, clock.clone());
+        Validator {
+            cache,
+            ..Validator::new(state, Arc::default(), config, clock)
+        }
+    }
+
     /// Validates `query`. When the kid is unknown and this request started a resync, waits
     /// up to [`RESYNC_WAIT`] for the bundle to change and looks once more.
     pub async fn validate(&self, query: &TokenQuery<'_>) -> Verdict {
-        let hash = token_hash_checked(query.token);
+        let key = self.key_checked(query.token);
         let mut changes = self.state.subscribe();
-        let verdict = match self.attempt(query, hash.as_ref(), true, true) {
+        let verdict = match self.attempt(query, key, true, true) {
             Attempt::Done(verdict) => verdict,
             Attempt::ResyncStarted | Attempt::NeedsFullPath => {
                 let _ = tokio::time::timeout(RESYNC_WAIT, changes.changed()).await;
-                match self.attempt(query, hash.as_ref(), true, false) {
+                match self.attempt(query, key, true, false) {
                     Attempt::Done(verdict) => verdict,
                     Attempt::ResyncStarted | Attempt::NeedsFullPath => Err(Rejection::UnknownKid),
                 }
@@ -116,11 +130,12 @@ impl Validator {
         verdict
     }
 
-    /// Answers `query` when no signature needs verifying (a cache hit, or a rejection found
-    /// before the signature step); `None` otherwise. Never waits.
+    /// Answers `query` when the token needs no parsing or signature check (a cache hit, or
+    /// a stale bundle or oversize token); `None` otherwise, and the caller runs
+    /// [`Validator::validate`], which parses the token once. Never waits.
     pub fn validate_cheap(&self, query: &TokenQuery<'_>) -> Option<Verdict> {
-        let hash = token_hash_checked(query.token);
-        match self.attempt(query, hash.as_ref(), false, false) {
+        let key = self.key_checked(query.token);
+        match self.attempt(query, key, false, false) {
             Attempt::Done(verdict) => {
                 metrics::record_validation(&verdict);
                 Some(verdict)
@@ -137,17 +152,23 @@ impl Validator {
         verdict
     }
 
+    /// Returns the cache slot of `token` unless it is over the size limit (`None`):
+    /// oversize input is refused before any work proportional to its length.
+    fn key_checked(&self, token: &str) -> Option<TokenKey> {
+        (token.len() <= MAX_TOKEN_BYTES).then(|| self.cache.key(token))
+    }
+
     /// Returns the number of cached verified tokens.
     pub fn cached_tokens(&self) -> u64 {
         self.cache.entry_count()
     }
 
-    /// Runs the checks. With `full` false it stops before any signature check or resync
-    /// decision; with `may_resync` an unknown kid may start a resync.
+    /// Runs the checks. With `full` false it stops at a cache miss, before parsing the
+    /// token; with `may_resync` an unknown kid may start a resync.
     fn attempt(
         &self,
         query: &TokenQuery<'_>,
-        hash: Option<&TokenHash>,
+        key: Option<TokenKey>,
         full: bool,
         may_resync: bool,
     ) -> Attempt {
@@ -163,19 +184,23 @@ impl Validator {
         {
             return Attempt::Done(Err(Rejection::BundleStale));
         }
-        let Some(hash) = hash else {
+        let Some(key) = key else {
             return Attempt::Done(Err(Rejection::TooLarge));
         };
-        if let Some(hit) = self.cache.get(hash) {
+        if let Some(hit) = self.cache.get(key, query.token) {
             let same_key = view
-                .key(&hit.kid)
+                .key(&hit.verified.kid)
                 .and_then(|entry| entry.usable_at(now).ok())
-                .is_some_and(|key| Arc::ptr_eq(key, &hit.verifying_key));
+                .is_some_and(|key| Arc::ptr_eq(key, &hit.verified.verifying_key));
             if same_key {
-                return Attempt::Done(self.check_verified(&view, &hit, query, now).map(|()| hit));
+                let checked = self.check_verified(&view, &hit.verified, query, now);
+                return Attempt::Done(checked.map(|()| hit));
             }
             // The key changed, retired or left the bundle since: verify afresh.
-            self.cache.invalidate(hash);
+            self.cache.invalidate(key);
+        }
+        if !full {
+            return Attempt::NeedsFullPath;
         }
         let jws = match parse_compact(query.token) {
             Ok(jws) => jws,
@@ -185,9 +210,6 @@ impl Validator {
             return Attempt::Done(Err(Rejection::Malformed));
         };
         let Some(entry) = view.key(kid) else {
-            if !full {
-                return Attempt::NeedsFullPath;
-            }
             if may_resync && self.limiter.allow(kid, Instant::now()) {
                 tracing::info!(
                     kid_len = kid.len(),
@@ -199,24 +221,18 @@ impl Validator {
             }
             return Attempt::Done(Err(Rejection::UnknownKid));
         };
-        let key = match entry.usable_at(now) {
-            Ok(key) => key,
+        let verifying_key = match entry.usable_at(now) {
+            Ok(verifying_key) => verifying_key,
             Err(rejection) => return Attempt::Done(Err(rejection)),
         };
-        if jws.header.alg != key.algorithm.as_str() {
-            return Attempt::Done(Err(Rejection::AlgorithmMismatch));
-        }
-        if !full {
-            return Attempt::NeedsFullPath;
-        }
-        let verified: Arc<VerifiedToken> = match authenticate::<AnyClaims>(&jws, kid, key) {
-            Ok(verified) => Arc::new(verified),
+        let verified = match authenticate::<AnyClaims>(&jws, kid, verifying_key) {
+            Ok(verified) => Arc::new(VerifiedToken::new(query.token, verified)),
             Err(rejection) => return Attempt::Done(Err(rejection)),
         };
         self.cache
-            .insert(*hash, verified.clone(), self.config.leeway, now);
+            .insert(key, verified.clone(), self.config.leeway, now);
         Attempt::Done(
-            self.check_verified(&view, &verified, query, now)
+            self.check_verified(&view, &verified.verified, query, now)
                 .map(|()| verified),
         )
     }
@@ -228,7 +244,7 @@ impl Validator {
     fn check_verified(
         &self,
         view: &BundleView,
-        verified: &VerifiedToken,
+        verified: &Verified<AnyClaims>,
         query: &TokenQuery<'_>,
         now: UnixMillis,
     ) -> Result<(), Rejection> {
@@ -255,8 +271,5 @@ impl std::fmt::Debug for Validator {
     }
 }
 
-/// Hashes `token` unless it is over the size limit (`None`): oversize input is refused
-/// before any work proportional to its length.
-fn token_hash_checked(token: &str) -> Option<TokenHash> {
-    (token.len() <= MAX_TOKEN_BYTES).then(|| token_hash(token))
-}
+#[cfg(test)]
+mod tests;

@@ -12,9 +12,9 @@ use crate::fake_issuer::FakeIssuer;
 use crate::harness::{eventually, serving};
 use crate::keys::{TestKey, claims};
 
-/// Requests one stream may have in flight plus answers it may buffer.
-const IN_FLIGHT_AND_BUFFERED: usize = tessera_sidecar::service::MAX_IN_FLIGHT_PER_STREAM
-    + tessera_sidecar::service::OUTBOUND_CAPACITY;
+/// Requests one stream may have in flight, plus a batch of answers (128) waiting for the
+/// client in the transport's buffers.
+const IN_FLIGHT_AND_BUFFERED: usize = tessera_sidecar::service::MAX_IN_FLIGHT_PER_STREAM + 128;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_answers_every_request_id_out_of_order() {
