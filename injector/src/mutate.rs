@@ -61,20 +61,33 @@ pub enum Decision {
 
 /// Decides what to do with `pod` (the `request.object` of a CREATE review).
 pub fn mutate(pod: &Value, defaults: &SidecarDefaults) -> Decision {
+    // Whatever else a pod holds, one that does not opt in is never refused: the webhook
+    // sees every pod of the selected namespaces, and most are none of its business.
+    let not_opted_in = Decision::Unchanged {
+        reason: "not opted in",
+    };
+    let Some(annotation_map) = pod
+        .pointer("/metadata/annotations")
+        .filter(|annotations| annotations.get(annotations::INJECT).is_some())
+    else {
+        return not_opted_in;
+    };
+    let parsed = match BTreeMap::<String, String>::deserialize(annotation_map) {
+        Ok(map) => match annotations::parse(&map) {
+            Ok(parsed) => parsed,
+            Err(error) => return Decision::Refuse(error.to_string()),
+        },
+        Err(error) => {
+            return Decision::Refuse(format!("metadata.annotations: {error}"));
+        }
+    };
+    if !parsed.inject {
+        return not_opted_in;
+    }
     let pod = match Pod::deserialize(pod) {
         Ok(pod) => pod,
         Err(error) => return Decision::Refuse(format!("request.object is not a pod: {error}")),
     };
-    let empty = BTreeMap::new();
-    let parsed = match annotations::parse(pod.metadata.annotations.as_ref().unwrap_or(&empty)) {
-        Ok(parsed) => parsed,
-        Err(error) => return Decision::Refuse(error.to_string()),
-    };
-    if !parsed.inject {
-        return Decision::Unchanged {
-            reason: "not opted in",
-        };
-    }
     let settings = match Settings::resolve(defaults, &parsed.overrides, pod.has_fs_group()) {
         Ok(settings) => settings,
         Err(message) => return Decision::Refuse(message),
@@ -412,14 +425,7 @@ impl Settings<'_> {
 
 #[derive(Debug, Deserialize)]
 struct Pod {
-    #[serde(default)]
-    metadata: Metadata,
     spec: Spec,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Metadata {
-    annotations: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -401,20 +401,54 @@ fn conflicts_are_refused_with_a_message() {
 
 #[test]
 fn malformed_pods_are_refused_not_panicked_on() {
+    let opted_in = json!({ "tessera.dev/inject": "true" });
     let cases = [
-        json!(null),
-        json!([]),
-        json!({ "metadata": {} }),
-        json!({ "spec": { "containers": "app" } }),
-        json!({ "spec": { "containers": [ { "image": "no-name" } ] } }),
+        json!({ "metadata": { "annotations": opted_in } }),
+        json!({ "metadata": { "annotations": opted_in }, "spec": { "containers": "app" } }),
+        json!({ "metadata": { "annotations": opted_in }, "spec": { "containers": [ { "image": "no-name" } ] } }),
         json!({ "metadata": { "annotations": { "tessera.dev/inject": true } }, "spec": { "containers": [] } }),
-        json!({ "metadata": { "annotations": ["x"] }, "spec": { "containers": [] } }),
-        json!({ "spec": { "containers": [ { "name": "a", "ports": [ { "containerPort": 70000 } ] } ] } }),
-        json!({ "spec": { "containers": [ { "name": "a", "env": { "A": "b" } } ] } }),
+        json!({ "metadata": { "annotations": { "tessera.dev/inject": "true", "x": 1 } }, "spec": { "containers": [] } }),
+        json!({
+            "metadata": { "annotations": opted_in },
+            "spec": { "containers": [ { "name": "a", "ports": [ { "containerPort": 70000 } ] } ] },
+        }),
+        json!({
+            "metadata": { "annotations": opted_in },
+            "spec": { "containers": [ { "name": "a", "env": { "A": "b" } } ] },
+        }),
     ];
     for pod in cases {
         assert!(
             matches!(mutate(&pod, &defaults()), Decision::Refuse(_)),
+            "{pod}"
+        );
+    }
+}
+
+#[test]
+fn a_pod_that_does_not_opt_in_is_never_refused() {
+    // Shapes the decision would refuse if the pod had opted in.
+    let cases = [
+        json!({
+            "metadata": { "annotations": { "tessera.dev/inject": "false", "tessera.dev/image": "" } },
+            "spec": { "containers": "app" },
+        }),
+        json!(null),
+        json!([]),
+        json!({ "metadata": {} }),
+        json!({ "metadata": { "annotations": ["x"] }, "spec": { "containers": "app" } }),
+        json!({ "metadata": { "annotations": { "team": 7 } }, "spec": { "containers": [ { "image": "no-name" } ] } }),
+        json!({
+            "metadata": { "annotations": { "tessera.dev/image": "bad image" } },
+            "spec": { "volumes": [ { "name": "tessera-socket" } ], "containers": [] },
+        }),
+    ];
+    for pod in cases {
+        assert_eq!(
+            mutate(&pod, &defaults()),
+            Decision::Unchanged {
+                reason: "not opted in"
+            },
             "{pod}"
         );
     }
