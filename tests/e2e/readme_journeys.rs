@@ -125,6 +125,8 @@ fn readme_journeys_run_against_the_real_binaries() {
         .unwrap_or_else(|error| panic!("{error}"));
     let mut bash = scratch.command("bash");
     bash.env("TESSERA_ADDR", format!("http://{grpc_addr}"));
+    let stream_seconds = patience(Duration::from_secs(5)).as_secs().max(1);
+    bash.env(STREAM_SECONDS_VAR, stream_seconds.to_string());
     let run = journey.run(
         &script,
         bash,
