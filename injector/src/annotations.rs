@@ -25,6 +25,8 @@ pub const MAX_STALENESS_SECONDS: &str = "tessera.dev/max-staleness-seconds";
 pub const CREDENTIAL_SECRET: &str = "tessera.dev/credential-secret";
 /// Audiences the sidecar accepts, comma-separated (default: the bundle's).
 pub const AUDIENCES: &str = "tessera.dev/audiences";
+/// Overrides how the sidecar runs: `container` or `native`.
+pub const SIDECAR_MODE: &str = "tessera.dev/sidecar-mode";
 
 /// The longest annotation value read; longer values are refused, not truncated.
 const MAX_VALUE_LEN: usize = 1024;
@@ -49,6 +51,19 @@ impl StalePolicy {
     }
 }
 
+/// How the sidecar runs in the pod.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SidecarMode {
+    /// Appended to `spec.containers`: starts alongside the application, which may start
+    /// before the socket exists (clients retry), and init containers cannot use it.
+    Container,
+    /// A Kubernetes native sidecar (1.29+): the first init container, with
+    /// `restartPolicy: Always` and a startup probe, so the socket exists before any other
+    /// init container or the application starts, and init containers get it too. On an
+    /// older cluster the pod never leaves its init phase.
+    Native,
+}
+
 /// A pod's request, read from its annotations.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodAnnotations {
@@ -68,6 +83,7 @@ pub struct Overrides {
     pub max_staleness_seconds: Option<u64>,
     pub credential_secret: Option<String>,
     pub audiences: Vec<String>,
+    pub sidecar_mode: Option<SidecarMode>,
 }
 
 /// An annotation whose value the injector refuses; the message names it.
@@ -139,6 +155,13 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<PodAnnotations, A
         .map(|value| check_secret_name(value).map(|()| value.to_owned()))
         .transpose()
         .map_err(|detail| fail(CREDENTIAL_SECRET, detail))?;
+    let sidecar_mode = get(SIDECAR_MODE)?
+        .map(|value| {
+            SidecarMode::from_str(value, false)
+                .map_err(|_| format!("must be \"container\" or \"native\", not {value:?}"))
+        })
+        .transpose()
+        .map_err(|detail| fail(SIDECAR_MODE, detail))?;
     let audiences = match get(AUDIENCES)? {
         None => Vec::new(),
         Some(value) => parse_audiences(value).map_err(|detail| fail(AUDIENCES, detail))?,
@@ -153,6 +176,7 @@ pub fn parse(annotations: &BTreeMap<String, String>) -> Result<PodAnnotations, A
             max_staleness_seconds,
             credential_secret,
             audiences,
+            sidecar_mode,
         },
     })
 }
@@ -281,6 +305,7 @@ mod tests {
             (MAX_STALENESS_SECONDS, "600"),
             (CREDENTIAL_SECRET, "billing-api-tessera"),
             (AUDIENCES, "billing-api, ledger,billing-api"),
+            (SIDECAR_MODE, "native"),
             (STATUS, "injected"),
         ]);
         let parsed = parse(&pod).unwrap();
@@ -294,6 +319,7 @@ mod tests {
                 max_staleness_seconds: Some(600),
                 credential_secret: Some("billing-api-tessera".to_owned()),
                 audiences: vec!["billing-api".to_owned(), "ledger".to_owned()],
+                sidecar_mode: Some(SidecarMode::Native),
             }
         );
     }
@@ -308,6 +334,7 @@ mod tests {
             (SOCKET_PATH, "/run//x.sock"),
             (SOCKET_PATH, "/run/ten sor/x.sock"),
             (STALE_POLICY, "sometimes"),
+            (SIDECAR_MODE, "init"),
             (MAX_STALENESS_SECONDS, "0"),
             (MAX_STALENESS_SECONDS, "-5"),
             (CREDENTIAL_SECRET, "UPPER"),

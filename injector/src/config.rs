@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::annotations::{self, StalePolicy};
+use crate::annotations::{self, SidecarMode, StalePolicy};
 
 /// Exit code for a configuration error (`EX_USAGE` of sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
@@ -85,6 +85,15 @@ struct Cli {
         default_value = "fail-closed"
     )]
     stale_policy: StalePolicy,
+    /// How injected sidecars run (`tessera.dev/sidecar-mode`): `native` needs
+    /// Kubernetes 1.29 or later.
+    #[arg(
+        long,
+        env = "TESSERA_INJECTOR_SIDECAR_MODE",
+        value_enum,
+        default_value = "container"
+    )]
+    sidecar_mode: SidecarMode,
     /// Readiness probe of injected sidecars.
     #[arg(
         long,
@@ -160,6 +169,7 @@ pub struct SidecarDefaults {
     pub credential_secret: String,
     pub socket_path: String,
     pub stale_policy: StalePolicy,
+    pub sidecar_mode: SidecarMode,
     pub readiness_probe: ReadinessProbe,
     pub http_port: u16,
     pub grpc_port: u16,
@@ -297,6 +307,7 @@ impl Cli {
                 credential_secret: self.credential_secret,
                 socket_path: self.socket_path,
                 stale_policy: self.stale_policy,
+                sidecar_mode: self.sidecar_mode,
                 readiness_probe: self.readiness_probe,
                 http_port: self.sidecar_http_port,
                 grpc_port: self.sidecar_grpc_port,
@@ -364,6 +375,7 @@ mod tests {
         );
         assert_eq!(config.sidecar.stale_policy, StalePolicy::FailClosed);
         assert_eq!(config.sidecar.readiness_probe, ReadinessProbe::Grpc);
+        assert_eq!(config.sidecar.sidecar_mode, SidecarMode::Container);
         assert_eq!(config.sidecar.resources.cpu_limit, None);
     }
 

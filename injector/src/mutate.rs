@@ -6,9 +6,10 @@
 //! - A pod is injected only when it carries `tessera.dev/inject: "true"`.
 //! - Injection adds the `tessera.dev/status: injected` annotation, three volumes (the
 //!   socket `emptyDir`, the bundle-cache `emptyDir`, the credential Secret), the sidecar
-//!   container, and to every application container (`spec.containers`, not init
-//!   containers: the sidecar is not running while they run) a mount of the socket
-//!   directory and `TESSERA_VALIDATOR_SOCKET`.
+//!   container, and to every application container a mount of the socket directory and
+//!   `TESSERA_VALIDATOR_SOCKET`. Init containers get them only with a native sidecar
+//!   (`SidecarMode::Native`: the sidecar is the first init container); otherwise the
+//!   sidecar is not running while they run.
 //! - Idempotent: an injected pod (status annotation and sidecar container present) gets
 //!   no patch, except the mount and variable for an application container added after
 //!   injection (a later webhook, with `reinvocationPolicy: IfNeeded`). A pod that already
@@ -23,7 +24,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::annotations::{self, Overrides, StalePolicy};
+use crate::annotations::{self, Overrides, SidecarMode, StalePolicy};
 use crate::config::{ReadinessProbe, SidecarDefaults};
 use crate::patch::{PatchOp, escape};
 
@@ -92,19 +93,21 @@ pub fn mutate(pod: &Value, defaults: &SidecarDefaults) -> Decision {
         Ok(settings) => settings,
         Err(message) => return Decision::Refuse(message),
     };
-    let has_sidecar = pod.containers().any(|c| c.name == SIDECAR_CONTAINER)
-        || pod
-            .spec
-            .init_containers
-            .iter()
-            .any(|c| c.name == SIDECAR_CONTAINER);
+    let in_containers = pod.containers().any(|c| c.name == SIDECAR_CONTAINER);
+    let in_init_containers = pod
+        .init_containers()
+        .iter()
+        .position(|c| c.name == SIDECAR_CONTAINER);
+    let has_sidecar = in_containers || in_init_containers.is_some();
     let result = match (has_sidecar, parsed.injected) {
         (true, false) => {
             return Decision::Unchanged {
                 reason: "the pod already has a tessera-sidecar container",
             };
         }
-        (true, true) => app_container_ops(&pod, &settings),
+        // Injected before: only containers added since get the socket (where the sidecar
+        // is decides whether init containers after it do).
+        (true, true) => app_container_ops(&pod, &settings, in_init_containers.map(|i| i + 1)),
         (false, _) => inject(&pod, &settings),
     };
     match result {
@@ -124,6 +127,7 @@ struct Settings<'a> {
     socket_path: &'a str,
     socket_dir: &'a str,
     stale_policy: StalePolicy,
+    mode: SidecarMode,
     max_staleness_seconds: Option<u64>,
     credential_secret: &'a str,
     audiences: &'a [String],
@@ -158,6 +162,7 @@ impl<'a> Settings<'a> {
             socket_path,
             socket_dir,
             stale_policy: overrides.stale_policy.unwrap_or(defaults.stale_policy),
+            mode: overrides.sidecar_mode.unwrap_or(defaults.sidecar_mode),
             max_staleness_seconds: overrides.max_staleness_seconds,
             credential_secret: overrides
                 .credential_secret
@@ -198,7 +203,7 @@ fn inject(pod: &Pod, settings: &Settings<'_>) -> Result<Vec<PatchOp>, String> {
     let sidecar_ports: Vec<u16> = std::iter::once(settings.defaults.http_port)
         .chain(settings.grpc_port())
         .collect();
-    for container in pod.containers().chain(&pod.spec.init_containers) {
+    for container in pod.containers().chain(pod.init_containers()) {
         for port in container.ports.iter().flatten() {
             if sidecar_ports.contains(&port.container_port) {
                 return Err(format!(
@@ -234,22 +239,47 @@ fn inject(pod: &Pod, settings: &Settings<'_>) -> Result<Vec<PatchOp>, String> {
         pod.spec.volumes.is_some(),
         volumes,
     );
-    ops.extend(app_container_ops(pod, settings)?);
-    ops.push(PatchOp::add(
-        "/spec/containers/-",
-        sidecar_container(settings),
-    ));
+    // Init containers run after a native sidecar has started (it goes first), and before
+    // a plain one exists.
+    let init_from = match settings.mode {
+        SidecarMode::Native => Some(0),
+        SidecarMode::Container => None,
+    };
+    // The sidecar is inserted last, so the indices above are the pod's own.
+    ops.extend(app_container_ops(pod, settings, init_from)?);
+    let sidecar = sidecar_container(settings);
+    match (settings.mode, &pod.spec.init_containers) {
+        (SidecarMode::Container, _) => ops.push(PatchOp::add("/spec/containers/-", sidecar)),
+        (SidecarMode::Native, Some(_)) => ops.push(PatchOp::add("/spec/initContainers/0", sidecar)),
+        (SidecarMode::Native, None) => {
+            ops.push(PatchOp::add("/spec/initContainers", json!([sidecar])));
+        }
+    }
     Ok(ops)
 }
 
-/// The socket mount and variable for each application container lacking them.
-fn app_container_ops(pod: &Pod, settings: &Settings<'_>) -> Result<Vec<PatchOp>, String> {
+/// The socket mount and variable for each application container lacking them, and for
+/// each init container from index `init_from` on.
+fn app_container_ops(
+    pod: &Pod,
+    settings: &Settings<'_>,
+    init_from: Option<usize>,
+) -> Result<Vec<PatchOp>, String> {
     let mut ops = Vec::new();
-    for (index, container) in pod.containers().enumerate() {
+    let containers = pod
+        .containers()
+        .enumerate()
+        .map(|(index, container)| (format!("/spec/containers/{index}"), container));
+    let init_containers = pod
+        .init_containers()
+        .iter()
+        .enumerate()
+        .skip(init_from.unwrap_or(usize::MAX))
+        .map(|(index, container)| (format!("/spec/initContainers/{index}"), container));
+    for (base, container) in containers.chain(init_containers) {
         if container.name == SIDECAR_CONTAINER {
             continue;
         }
-        let base = format!("/spec/containers/{index}");
         let mounts = container.volume_mounts.as_deref().unwrap_or_default();
         if !mounts.iter().any(|mount| mount.name == SOCKET_VOLUME) {
             if let Some(mount) = mounts
@@ -371,7 +401,7 @@ fn sidecar_container(settings: &Settings<'_>) -> Value {
     if let Some(cpu) = &resources.cpu_limit {
         limits["cpu"] = json!(cpu);
     }
-    json!({
+    let mut container = json!({
         "name": SIDECAR_CONTAINER,
         "image": settings.image,
         "command": ["tessera-sidecar"],
@@ -401,7 +431,19 @@ fn sidecar_container(settings: &Settings<'_>) -> Value {
             { "name": CACHE_VOLUME, "mountPath": CACHE_DIR },
             { "name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_DIR, "readOnly": true },
         ],
-    })
+    });
+    if settings.mode == SidecarMode::Native {
+        container["restartPolicy"] = json!("Always");
+        // The kubelet starts the next container once this succeeds. /healthz answers once
+        // every listener, the socket first, is bound: the application finds the socket.
+        // Not readiness: a pod whose issuer is unreachable still starts, and fails closed.
+        container["startupProbe"] = json!({
+            "httpGet": { "path": "/healthz", "port": "tessera-http" },
+            "periodSeconds": 1,
+            "failureThreshold": 30,
+        });
+    }
+    container
 }
 
 fn env_var(name: &str, value: &str) -> Value {
@@ -432,8 +474,7 @@ struct Pod {
 #[serde(rename_all = "camelCase")]
 struct Spec {
     containers: Vec<Container>,
-    #[serde(default, deserialize_with = "null_as_empty")]
-    init_containers: Vec<Container>,
+    init_containers: Option<Vec<Container>>,
     volumes: Option<Vec<Volume>>,
     security_context: Option<PodSecurityContext>,
 }
@@ -478,17 +519,13 @@ struct PodSecurityContext {
     fs_group: Option<i64>,
 }
 
-fn null_as_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
-}
-
 impl Pod {
     fn containers(&self) -> std::slice::Iter<'_, Container> {
         self.spec.containers.iter()
+    }
+
+    fn init_containers(&self) -> &[Container] {
+        self.spec.init_containers.as_deref().unwrap_or_default()
     }
 
     fn has_fs_group(&self) -> bool {

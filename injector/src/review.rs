@@ -175,6 +175,7 @@ mod tests {
             credential_secret: "cred".to_owned(),
             socket_path: "/run/tessera/sidecar.sock".to_owned(),
             stale_policy: StalePolicy::FailClosed,
+            sidecar_mode: crate::annotations::SidecarMode::Container,
             readiness_probe: ReadinessProbe::Grpc,
             http_port: 9090,
             grpc_port: 9091,

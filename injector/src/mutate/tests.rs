@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 
 use super::*;
+use crate::annotations::SidecarMode;
 use crate::config::Resources;
 
 #[path = "../../tests/it/json_patch.rs"]
@@ -16,6 +17,7 @@ fn defaults() -> SidecarDefaults {
         credential_secret: "tessera-sidecar-credential".to_owned(),
         socket_path: "/run/tessera/sidecar.sock".to_owned(),
         stale_policy: StalePolicy::FailClosed,
+        sidecar_mode: SidecarMode::Container,
         readiness_probe: ReadinessProbe::Grpc,
         http_port: 9090,
         grpc_port: 9091,
@@ -452,4 +454,77 @@ fn a_pod_that_does_not_opt_in_is_never_refused() {
             "{pod}"
         );
     }
+}
+
+#[test]
+fn a_native_sidecar_is_the_first_init_container_and_init_containers_get_the_socket() {
+    let mut pod = furnished_pod();
+    pod["metadata"]["annotations"]["tessera.dev/sidecar-mode"] = json!("native");
+    pod["spec"]["initContainers"] = json!([{ "name": "migrate", "image": "m:1" }]);
+    let first_ops = ops(mutate(&pod, &defaults()));
+    let first_paths = paths(&first_ops);
+    assert_eq!(
+        first_paths[first_paths.len() - 3..],
+        [
+            "/spec/initContainers/0/volumeMounts",
+            "/spec/initContainers/0/env",
+            "/spec/initContainers/0",
+        ]
+    );
+    let injected = applied(pod, &first_ops);
+    let init = injected["spec"]["initContainers"].as_array().unwrap();
+    assert_eq!(init[0]["name"], SIDECAR_CONTAINER);
+    assert_eq!(init[0]["restartPolicy"], "Always");
+    assert_eq!(init[0]["startupProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(init[1]["name"], "migrate");
+    assert_eq!(init[1]["volumeMounts"][0]["name"], SOCKET_VOLUME);
+    assert_eq!(env(&init[1], SOCKET_ENV), Some("/run/tessera/sidecar.sock"));
+    assert!(
+        !injected["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == SIDECAR_CONTAINER)
+    );
+    for name in ["app", "worker"] {
+        assert_eq!(
+            env(container(&injected, name), SOCKET_ENV),
+            Some("/run/tessera/sidecar.sock")
+        );
+    }
+    assert_eq!(
+        mutate(&injected, &defaults()),
+        Decision::Unchanged {
+            reason: "already injected"
+        }
+    );
+
+    // Reinvocation: an init container added after the sidecar gets the socket, one
+    // added before it (it would run before the sidecar starts) does not.
+    let mut extended = injected.clone();
+    let init = extended["spec"]["initContainers"].as_array_mut().unwrap();
+    init.insert(0, json!({ "name": "before", "image": "b:1" }));
+    init.push(json!({ "name": "after", "image": "a:1" }));
+    let ops = ops(mutate(&extended, &defaults()));
+    assert_eq!(
+        paths(&ops),
+        [
+            "/spec/initContainers/3/volumeMounts",
+            "/spec/initContainers/3/env"
+        ]
+    );
+}
+
+#[test]
+fn a_native_sidecar_in_a_pod_without_init_containers_creates_the_list() {
+    let mut defaults = defaults();
+    defaults.sidecar_mode = SidecarMode::Native;
+    let ops = ops(mutate(&bare_pod(), &defaults));
+    assert_eq!(ops.last().unwrap().path, "/spec/initContainers");
+    let injected = applied(bare_pod(), &ops);
+    assert_eq!(
+        injected["spec"]["initContainers"][0]["name"],
+        SIDECAR_CONTAINER
+    );
+    assert_eq!(injected["spec"]["containers"].as_array().unwrap().len(), 1);
 }

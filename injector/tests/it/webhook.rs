@@ -597,3 +597,39 @@ async fn sigterm_stops_it_cleanly() {
     let status = exited.expect("the injector exits within 10 s of SIGTERM");
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn a_native_sidecar_starts_before_the_init_containers() {
+    let injector = Injector::start(&[]);
+    let client = injector.client();
+    let pod = controller_pod(json!({
+        "tessera.dev/inject": "true",
+        "tessera.dev/sidecar-mode": "native",
+    }));
+    let injected = inject(&client, &pod).await;
+    let init = injected["spec"]["initContainers"].as_array().unwrap();
+    assert_eq!(init.len(), 2);
+    assert_eq!(init[0]["name"], "tessera-sidecar");
+    assert_eq!(init[0]["restartPolicy"], "Always");
+    assert_eq!(
+        init[0]["startupProbe"]["httpGet"],
+        json!({ "path": "/healthz", "port": "tessera-http" })
+    );
+    assert_eq!(
+        init[0]["readinessProbe"]["grpc"]["service"],
+        "tessera.v1.ValidatorService"
+    );
+    // The init container runs after the sidecar started: it gets the socket too.
+    assert_eq!(init[1]["name"], "migrate");
+    assert!(mount_of(&init[1], "tessera-socket").is_some());
+    assert_eq!(
+        env(&init[1], "TESSERA_VALIDATOR_SOCKET"),
+        Some("/run/tessera/sidecar.sock")
+    );
+    assert_eq!(injected["spec"]["containers"].as_array().unwrap().len(), 2);
+    for name in ["app", "audit-shipper"] {
+        assert!(mount_of(container(&injected, name), "tessera-socket").is_some());
+    }
+    let again = review(&client, "h2", &injected).await;
+    assert_eq!(patch_of(&again), None);
+}
