@@ -15,6 +15,7 @@ use crate::support::wait::patience;
 const YAML_FILES: &[&str] = &[
     "docker-compose.yml",
     "deploy/prometheus/alerts.yml",
+    "deploy/prometheus/prometheus.yml",
     "deploy/k8s/sidecar-pod.yaml",
     "deploy/otel-collector.yaml",
 ];
