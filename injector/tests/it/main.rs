@@ -4,5 +4,6 @@
 mod cli;
 mod json_patch;
 mod manifests;
+mod sidecar_config;
 mod support;
 mod webhook;
