@@ -23,23 +23,27 @@
 //!   test is skipped, like every PostgreSQL case, when none answers); spans sent to the
 //!   absent collector are dropped by the exporter (which logs each failed export).
 
+mod file;
+mod mapping;
+mod scratch_database;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio_postgres::NoTls;
 
-use crate::sidecar::harness::sidecar_binary;
+use self::file::{
+    compose_file, dependencies, environment, mount, start_order, strings, yaml_as_json,
+};
+use self::mapping::Mapping;
+use self::scratch_database::ScratchDatabase;
+
 use crate::support::binaries::workspace_root;
 use crate::support::http;
-use crate::support::issuer::issuer_binary;
-use crate::support::process::{
-    clean_command, free_local_addr, run_with_timeout, send_sigterm, wait_with_timeout,
-};
+use crate::support::process::{clean_command, run_with_timeout, send_sigterm, wait_with_timeout};
 use crate::support::python::tools;
 use crate::support::test_database::database_url;
 use crate::support::wait::{patience, poll_until};
@@ -48,249 +52,8 @@ use crate::support::wait::{patience, poll_until};
 const TESSERA_SERVICES: [&str; 3] = ["issuer", "sidecar", "demo-app"];
 /// The third-party images, not run here.
 const IMAGE_SERVICES: [&str; 3] = ["postgres", "otel-collector", "prometheus"];
-/// The demo image's working directory (examples/python/Dockerfile: `WORKDIR /app`).
-const DEMO_WORKDIR: &str = "/app";
 /// How long a service may take to pass its healthcheck.
 const HEALTHY_WITHIN: Duration = Duration::from_secs(90);
-
-/// `docker-compose.yml` as JSON, through PyYAML.
-fn compose_file() -> Value {
-    yaml_as_json(&workspace_root().join("docker-compose.yml"))
-}
-
-fn yaml_as_json(path: &Path) -> Value {
-    let mut command = Command::new(&tools().python);
-    command
-        .args([
-            "-c",
-            "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
-        ])
-        .arg(path);
-    let output = run_with_timeout(command, patience(Duration::from_secs(60)));
-    output.assert_success(&format!("PyYAML on {}", path.display()));
-    serde_json::from_str(&output.stdout).expect("PyYAML printed JSON")
-}
-
-fn strings(value: &Value) -> Vec<String> {
-    value
-        .as_array()
-        .map(|items| {
-            items
-                .iter()
-                .map(|item| item.as_str().expect("a string").to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// `environment` as pairs (map or `K=V` list form).
-fn environment(service: &Value) -> Vec<(String, String)> {
-    match &service["environment"] {
-        Value::Object(map) => map
-            .iter()
-            .map(|(key, value)| {
-                let text = match value {
-                    Value::String(text) => text.clone(),
-                    other => other.to_string(),
-                };
-                (key.clone(), text)
-            })
-            .collect(),
-        Value::Array(_) => strings(&service["environment"])
-            .into_iter()
-            .map(|pair| {
-                let (key, value) = pair.split_once('=').expect("K=V");
-                (key.to_owned(), value.to_owned())
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// `depends_on` names (list or map form) and whether each must be healthy.
-fn dependencies(service: &Value) -> Vec<(String, bool)> {
-    match &service["depends_on"] {
-        Value::Object(map) => map
-            .iter()
-            .map(|(name, spec)| (name.clone(), spec["condition"] == "service_healthy"))
-            .collect(),
-        Value::Array(_) => strings(&service["depends_on"])
-            .into_iter()
-            .map(|name| (name, false))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// Services in an order where each comes after what it depends on.
-fn start_order(services: &serde_json::Map<String, Value>) -> Vec<String> {
-    let mut order: Vec<String> = Vec::new();
-    while order.len() < services.len() {
-        let before = order.len();
-        for (name, service) in services {
-            if !order.contains(name)
-                && dependencies(service)
-                    .iter()
-                    .all(|(dependency, _)| order.contains(dependency))
-            {
-                order.push(name.clone());
-            }
-        }
-        assert!(order.len() > before, "depends_on has a cycle: {order:?}");
-    }
-    order
-}
-
-/// A volume entry `SOURCE:TARGET[:MODE]`: (source, target).
-fn mount(entry: &str) -> (String, String) {
-    let mut parts = entry.splitn(3, ':');
-    let source = parts.next().expect("source").to_owned();
-    let target = parts
-        .next()
-        .unwrap_or_else(|| panic!("volume `{entry}` names no target"))
-        .to_owned();
-    (source, target)
-}
-
-/// The container → local mapping of one run.
-struct Mapping {
-    root: PathBuf,
-    services: BTreeSet<String>,
-    ports: BTreeMap<(String, u16), SocketAddr>,
-    database_url: String,
-    demo_image: PathBuf,
-}
-
-impl Mapping {
-    /// The local address of `service`'s container port `port`.
-    fn addr(&mut self, service: &str, port: u16) -> SocketAddr {
-        *self
-            .ports
-            .entry((service.to_owned(), port))
-            .or_insert_with(free_local_addr)
-    }
-
-    /// The local directories of `service`'s mount targets (and working dir), longest
-    /// target first.
-    fn mounts(&self, name: &str, service: &Value) -> Vec<(String, PathBuf)> {
-        let mut mounts: Vec<(String, PathBuf)> = strings(&service["volumes"])
-            .iter()
-            .map(|entry| {
-                let (source, target) = mount(entry);
-                let local = match source.strip_prefix("./") {
-                    Some(relative) => workspace_root().join(relative),
-                    None => {
-                        let dir = self.root.join("volumes").join(&source);
-                        std::fs::create_dir_all(&dir).expect("volume directory");
-                        dir
-                    }
-                };
-                (target, local)
-            })
-            .collect();
-        if let Some(workdir) = service["working_dir"].as_str() {
-            assert_eq!(
-                (name, workdir),
-                ("demo-app", DEMO_WORKDIR),
-                "only the demo image's working dir is mapped"
-            );
-            mounts.push((workdir.to_owned(), self.demo_image.clone()));
-        }
-        mounts.sort_by_key(|(target, _)| std::cmp::Reverse(target.len()));
-        mounts
-    }
-
-    /// `value` as `service` sees it, rewritten for this machine.
-    fn value(&mut self, service: &str, mounts: &[(String, PathBuf)], value: &str) -> String {
-        if (value.starts_with("postgres://") || value.starts_with("postgresql://"))
-            && value.contains("@postgres:")
-        {
-            return self.database_url.clone();
-        }
-        let own_hosts = ["0.0.0.0", "127.0.0.1", "localhost"];
-        let hosts: Vec<(String, String)> = own_hosts
-            .iter()
-            .map(|host| ((*host).to_owned(), service.to_owned()))
-            .chain(
-                self.services
-                    .iter()
-                    .map(|name| (name.clone(), name.clone())),
-            )
-            .collect();
-        let mut text = self.replace_addresses(value, &hosts);
-        for (target, local) in mounts {
-            text = replace_path(&text, target, local);
-        }
-        text
-    }
-
-    /// Replaces every `HOST:PORT` in `text` (HOST whole, not the end of a longer name) in
-    /// one pass, so that a replacement is never rewritten again; `hosts` pairs each host
-    /// with the service whose port it names.
-    fn replace_addresses(&mut self, text: &str, hosts: &[(String, String)]) -> String {
-        let mut out = String::new();
-        let mut index = 0;
-        'scan: while index < text.len() {
-            let before_ok = text[..index]
-                .chars()
-                .last()
-                .is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_'));
-            if before_ok {
-                for (host, service) in hosts {
-                    let Some(after) = text[index..]
-                        .strip_prefix(host.as_str())
-                        .and_then(|rest| rest.strip_prefix(':'))
-                    else {
-                        continue;
-                    };
-                    let digits = after.chars().take_while(char::is_ascii_digit).count();
-                    if digits == 0 {
-                        continue;
-                    }
-                    let port: u16 = after[..digits].parse().expect("a port");
-                    out.push_str(&self.addr(service, port).to_string());
-                    index = text.len() - after.len() + digits;
-                    continue 'scan;
-                }
-            }
-            let next = text[index..].chars().next().expect("in bounds");
-            out.push(next);
-            index += next.len_utf8();
-        }
-        out
-    }
-
-    fn program(&self, program: &str) -> PathBuf {
-        match program {
-            "tessera-issuer" => issuer_binary(),
-            "tessera-sidecar" => sidecar_binary(),
-            "python" => tools().python.clone(),
-            "curl" => PathBuf::from("curl"),
-            other => panic!("no local program for `{other}`"),
-        }
-    }
-}
-
-/// `text` with each path equal to or below `target` (at a value boundary) moved to
-/// `local`.
-fn replace_path(text: &str, target: &str, local: &Path) -> String {
-    let is_boundary = |c: Option<char>| c.is_none_or(|c| matches!(c, '=' | ',' | ';' | ' ' | '\n'));
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(at) = rest.find(target) {
-        let before = rest[..at].chars().last();
-        let after = rest[at + target.len()..].chars().next();
-        out.push_str(&rest[..at]);
-        if is_boundary(before) && (after == Some('/') || is_boundary(after)) {
-            out.push_str(&local.display().to_string());
-        } else {
-            out.push_str(target);
-        }
-        rest = &rest[at + target.len()..];
-    }
-    out.push_str(rest);
-    out
-}
 
 /// One started service; stopped (SIGTERM, then SIGKILL) when dropped.
 struct Running {
@@ -663,113 +426,4 @@ fn http_port(service: &Value) -> u16 {
         .rsplit_once(':')
         .and_then(|(_, port)| port.parse().ok())
         .expect("a port")
-}
-
-#[test]
-fn compose_mapping_rewrites_addresses_and_paths_only_at_boundaries() {
-    let mut mapping = Mapping {
-        root: PathBuf::from("/tmp/x"),
-        services: ["issuer".to_owned(), "sidecar".to_owned()].into(),
-        ports: BTreeMap::new(),
-        database_url: "postgres://local/db".into(),
-        demo_image: PathBuf::from("/tmp/x/image"),
-    };
-    let grpc = mapping.addr("issuer", 50051);
-    let mounts = [(
-        "/run/secrets/tessera".to_owned(),
-        PathBuf::from("/tmp/v/creds"),
-    )];
-    assert_eq!(
-        mapping.value("sidecar", &mounts, "http://issuer:50051"),
-        format!("http://{grpc}")
-    );
-    assert_eq!(
-        mapping.value("issuer", &mounts, "0.0.0.0:50051"),
-        grpc.to_string()
-    );
-    assert_eq!(
-        mapping.value(
-            "sidecar",
-            &mounts,
-            "name=x,scope=bundle:read,file=/run/secrets/tessera/token"
-        ),
-        "name=x,scope=bundle:read,file=/tmp/v/creds/token"
-    );
-    assert_eq!(
-        mapping.value("sidecar", &mounts, "/run/secrets/tessera-other/token"),
-        "/run/secrets/tessera-other/token"
-    );
-    assert_eq!(
-        mapping.value(
-            "issuer",
-            &mounts,
-            "postgres://postgres:pw@postgres:5432/tessera"
-        ),
-        "postgres://local/db"
-    );
-    assert_eq!(mapping.value("issuer", &mounts, "myissuer:1"), "myissuer:1");
-    // One pass: a rewritten address is not rewritten again.
-    let http = mapping.addr("issuer", 8080);
-    assert_eq!(
-        mapping.value(
-            "issuer",
-            &mounts,
-            "http://127.0.0.1:8080/readyz 0.0.0.0:8080"
-        ),
-        format!("http://{http}/readyz {http}")
-    );
-}
-
-/// A fresh database `tessera_compose_<random>` on the test server, dropped with its
-/// connections when the test ends (after the processes that use it).
-struct ScratchDatabase {
-    server_url: String,
-    name: String,
-    url: String,
-}
-
-impl ScratchDatabase {
-    fn create(server_url: &str) -> ScratchDatabase {
-        let name = format!("tessera_compose_{}", uuid::Uuid::new_v4().simple());
-        execute(server_url, &format!("CREATE DATABASE {name}"))
-            .unwrap_or_else(|error| panic!("cannot create database {name}: {error}"));
-        let (base, query) = match server_url.split_once('?') {
-            Some((base, query)) => (base, format!("?{query}")),
-            None => (server_url, String::new()),
-        };
-        let authority_start = base.find("://").map_or(0, |index| index + 3);
-        let server = match base[authority_start..].find('/') {
-            Some(slash) => &base[..authority_start + slash],
-            None => base,
-        };
-        ScratchDatabase {
-            server_url: server_url.to_owned(),
-            url: format!("{server}/{name}{query}"),
-            name,
-        }
-    }
-}
-
-impl Drop for ScratchDatabase {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        if let Err(error) = execute(&self.server_url, &sql) {
-            eprintln!("could not drop {}: {error}", self.name);
-        }
-    }
-}
-
-fn execute(url: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-        let driver = tokio::spawn(connection);
-        let result = client.batch_execute(sql).await;
-        drop(client);
-        let _ = driver.await;
-        result
-    })
 }
