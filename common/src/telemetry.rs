@@ -7,6 +7,10 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// What the OTLP layer exports, whatever `RUST_LOG` says about the logs.
+const OTLP_FILTER: &str =
+    "info,tessera::store=debug,tonic=off,h2=off,hyper=off,tower=off,opentelemetry=off";
+
 /// Keeps the OTLP pipeline alive; flushes on drop.
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
@@ -27,12 +31,12 @@ pub fn init(service_name: &'static str, otlp_endpoint: Option<&str>, json: bool)
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let provider = otlp_endpoint.and_then(|endpoint| build_provider(service_name, endpoint));
     // The exporter's own gRPC stack must not be traced, or every export would emit spans.
+    // The issuer's per-operation store spans are debug-level (target `tessera::store`):
+    // exported whenever spans are, yet absent from the logs at the usual `info`.
     let otel_layer = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer(service_name))
-            .with_filter(EnvFilter::new(
-                "info,tonic=off,h2=off,hyper=off,tower=off,opentelemetry=off",
-            ))
+            .with_filter(EnvFilter::new(OTLP_FILTER))
     });
     let registry = tracing_subscriber::registry().with(otel_layer);
     let result = if json {

@@ -38,10 +38,13 @@ use self::rows::{
 };
 use self::tls::Tls;
 use self::tx::PgTx;
-use crate::store::shared::{self, at_most_one};
+use crate::store::shared::{self, SPAN_TARGET, at_most_one};
 use crate::store::{
     AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeySetState, Store, StoreError,
 };
+
+/// `db.system` of this backend's spans (OpenTelemetry's name for it).
+const DB_SYSTEM: &str = "postgresql";
 
 /// How long opening one connection may take, unless the URL sets `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -224,6 +227,8 @@ impl Store for PostgresStore {
         Arc::clone(&self.change_signal)
     }
 
+    #[tracing::instrument(name = "store.key_set", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "key_set", otel.kind = "client"))]
     async fn key_set(&self, key_set: KeySetName) -> Result<KeySetState, StoreError> {
         let mut client = self.client().await?;
         let read = async {
@@ -259,6 +264,8 @@ impl Store for PostgresStore {
         read.await.map_err(PgFailure::into_store)
     }
 
+    #[tracing::instrument(name = "store.commit_keys", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "commit_keys", otel.kind = "client"))]
     async fn commit_keys(&self, commit: KeyCommit) -> Result<Revision, StoreError> {
         self.write_publishing(commit.appends_events(), |tx| {
             let commit = commit.clone();
@@ -267,6 +274,8 @@ impl Store for PostgresStore {
         .await
     }
 
+    #[tracing::instrument(name = "store.append_events", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "append_events", otel.kind = "client"))]
     async fn append_events(
         &self,
         changes: Vec<BundleChange>,
@@ -279,6 +288,8 @@ impl Store for PostgresStore {
         .await
     }
 
+    #[tracing::instrument(name = "store.events_after", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "events_after", otel.kind = "client"))]
     async fn events_after(
         &self,
         after: Revision,
@@ -290,6 +301,8 @@ impl Store for PostgresStore {
         self.read_rows(sql, params, event_from_row).await
     }
 
+    #[tracing::instrument(name = "store.latest_revision", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "latest_revision", otel.kind = "client"))]
     async fn latest_revision(&self) -> Result<Revision, StoreError> {
         let client = self.client().await?;
         queries::latest_revision(&client)
@@ -297,6 +310,8 @@ impl Store for PostgresStore {
             .map_err(PgFailure::into_store)
     }
 
+    #[tracing::instrument(name = "store.oldest_revision", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "oldest_revision", otel.kind = "client"))]
     async fn oldest_revision(&self) -> Result<Revision, StoreError> {
         let client = self.client().await?;
         let read = async {
@@ -311,11 +326,15 @@ impl Store for PostgresStore {
         read.await.map_err(PgFailure::into_store)
     }
 
+    #[tracing::instrument(name = "store.prune_events", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "prune_events", otel.kind = "client"))]
     async fn prune_events(&self, before: Revision) -> Result<u64, StoreError> {
         self.write(|tx| Box::pin(queries::prune_events(tx, before)))
             .await
     }
 
+    #[tracing::instrument(name = "store.append_audit", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "append_audit", otel.kind = "client"))]
     async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
         self.write(|tx| {
             let entry = entry.clone();
@@ -324,6 +343,8 @@ impl Store for PostgresStore {
         .await
     }
 
+    #[tracing::instrument(name = "store.audit_page", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "audit_page", otel.kind = "client"))]
     async fn audit_page(
         &self,
         before_seq: Option<u64>,
@@ -337,6 +358,8 @@ impl Store for PostgresStore {
         self.read_rows(&sql, params, audit_from_row).await
     }
 
+    #[tracing::instrument(name = "store.audit_after", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "audit_after", otel.kind = "client"))]
     async fn audit_after(
         &self,
         after_seq: u64,
@@ -348,6 +371,8 @@ impl Store for PostgresStore {
         self.read_rows(&sql, params, audit_from_row).await
     }
 
+    #[tracing::instrument(name = "store.insert_client", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "insert_client", otel.kind = "client"))]
     async fn insert_client(
         &self,
         client: ClientRecord,
@@ -360,6 +385,8 @@ impl Store for PostgresStore {
         .await
     }
 
+    #[tracing::instrument(name = "store.client", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "client", otel.kind = "client"))]
     async fn client(&self, client_id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
         let sql = format!("SELECT {CLIENT_COLUMNS} FROM api_clients WHERE client_id = $1");
         self.read_rows(&sql, &[&client_id.as_str()], client_from_row)
@@ -367,12 +394,16 @@ impl Store for PostgresStore {
             .map(at_most_one)
     }
 
+    #[tracing::instrument(name = "store.list_clients", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "list_clients", otel.kind = "client"))]
     async fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
         let sql =
             format!("SELECT {CLIENT_COLUMNS} FROM api_clients ORDER BY created_at, client_id");
         self.read_rows(&sql, &[], client_from_row).await
     }
 
+    #[tracing::instrument(name = "store.disable_client", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "disable_client", otel.kind = "client"))]
     async fn disable_client(
         &self,
         client_id: &ClientId,
@@ -386,6 +417,8 @@ impl Store for PostgresStore {
         .await
     }
 
+    #[tracing::instrument(name = "store.meta", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "meta", otel.kind = "client"))]
     async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let sql = "SELECT value FROM meta WHERE name = $1";
         self.read_rows(sql, &[&name], |row| Ok(row.try_get(0)?))
@@ -393,6 +426,8 @@ impl Store for PostgresStore {
             .map(at_most_one)
     }
 
+    #[tracing::instrument(name = "store.put_meta_if_absent", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "put_meta_if_absent", otel.kind = "client"))]
     async fn put_meta_if_absent(&self, name: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
         self.write(|tx| {
             let (name, value) = (name.to_owned(), value.clone());

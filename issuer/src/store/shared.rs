@@ -22,6 +22,12 @@ use super::{
 };
 use crate::audit::ChainHead;
 
+/// Target of the per-operation spans (`store.<operation>`, at debug level) both backends
+/// open around every `Store` and `SessionStore` call. The OTLP layer enables it
+/// (`tessera_common::telemetry`); the log filter leaves it off unless asked, so with
+/// tracing export off a store call pays one disabled-callsite check.
+pub(crate) const SPAN_TARGET: &str = "tessera::store";
+
 /// Refresh tokens are kept this long past their expiry before pruning deletes them, so a
 /// token presented just after it expired is still recognised (and reuse still detected).
 pub(crate) const EXPIRED_TOKEN_RETENTION_MS: i64 = 24 * 60 * 60 * 1000;

@@ -30,10 +30,13 @@ use self::rows::{
     key_from_row, limit_to_column, revision_from_column, revision_to_column, to_column,
 };
 use self::tx::{SqliteTx, complete};
-use crate::store::shared::{self, WriteTx, at_most_one};
+use crate::store::shared::{self, SPAN_TARGET, WriteTx, at_most_one};
 use crate::store::{
     AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeySetState, Store, StoreError,
 };
+
+/// `db.system` of this backend's spans (OpenTelemetry's name for it).
+const DB_SYSTEM: &str = "sqlite";
 
 /// How long a write waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -248,6 +251,8 @@ impl Store for SqliteStore {
         Arc::clone(&self.change_signal)
     }
 
+    #[tracing::instrument(name = "store.key_set", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "key_set", otel.kind = "client"))]
     async fn key_set(&self, key_set: KeySetName) -> Result<KeySetState, StoreError> {
         self.with_connection(move |connection| {
             let generation: Option<i64> = connection
@@ -271,6 +276,8 @@ impl Store for SqliteStore {
         .await
     }
 
+    #[tracing::instrument(name = "store.commit_keys", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "commit_keys", otel.kind = "client"))]
     async fn commit_keys(&self, commit: KeyCommit) -> Result<Revision, StoreError> {
         let drops_material = commit.drops_material();
         let revision = self
@@ -284,6 +291,8 @@ impl Store for SqliteStore {
         Ok(revision)
     }
 
+    #[tracing::instrument(name = "store.append_events", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "append_events", otel.kind = "client"))]
     async fn append_events(
         &self,
         changes: Vec<BundleChange>,
@@ -295,6 +304,8 @@ impl Store for SqliteStore {
         .await
     }
 
+    #[tracing::instrument(name = "store.events_after", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "events_after", otel.kind = "client"))]
     async fn events_after(
         &self,
         after: Revision,
@@ -309,11 +320,15 @@ impl Store for SqliteStore {
         self.read_rows(sql.to_owned(), params, event_from_row).await
     }
 
+    #[tracing::instrument(name = "store.latest_revision", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "latest_revision", otel.kind = "client"))]
     async fn latest_revision(&self) -> Result<Revision, StoreError> {
         self.with_connection(|connection| latest_revision(connection))
             .await
     }
 
+    #[tracing::instrument(name = "store.oldest_revision", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "oldest_revision", otel.kind = "client"))]
     async fn oldest_revision(&self) -> Result<Revision, StoreError> {
         self.with_connection(|connection| {
             let oldest: i64 = connection
@@ -324,6 +339,8 @@ impl Store for SqliteStore {
         .await
     }
 
+    #[tracing::instrument(name = "store.prune_events", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "prune_events", otel.kind = "client"))]
     async fn prune_events(&self, before: Revision) -> Result<u64, StoreError> {
         self.write(move |tx| {
             let n_deleted = tx
@@ -334,11 +351,15 @@ impl Store for SqliteStore {
         .await
     }
 
+    #[tracing::instrument(name = "store.append_audit", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "append_audit", otel.kind = "client"))]
     async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord, StoreError> {
         self.write(move |tx| complete(shared::append_audit_entry(&SqliteTx(tx), &entry)))
             .await
     }
 
+    #[tracing::instrument(name = "store.audit_page", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "audit_page", otel.kind = "client"))]
     async fn audit_page(
         &self,
         before_seq: Option<u64>,
@@ -352,6 +373,8 @@ impl Store for SqliteStore {
         self.read_rows(sql, params, audit_from_row).await
     }
 
+    #[tracing::instrument(name = "store.audit_after", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "audit_after", otel.kind = "client"))]
     async fn audit_after(
         &self,
         after_seq: u64,
@@ -363,6 +386,8 @@ impl Store for SqliteStore {
         self.read_rows(sql, params, audit_from_row).await
     }
 
+    #[tracing::instrument(name = "store.insert_client", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "insert_client", otel.kind = "client"))]
     async fn insert_client(
         &self,
         client: ClientRecord,
@@ -372,6 +397,8 @@ impl Store for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(name = "store.client", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "client", otel.kind = "client"))]
     async fn client(&self, client_id: &ClientId) -> Result<Option<ClientRecord>, StoreError> {
         let sql = format!("SELECT {CLIENT_COLUMNS} FROM api_clients WHERE client_id = ?1");
         let params = vec![client_id.to_string().into()];
@@ -380,12 +407,16 @@ impl Store for SqliteStore {
             .map(at_most_one)
     }
 
+    #[tracing::instrument(name = "store.list_clients", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "list_clients", otel.kind = "client"))]
     async fn list_clients(&self) -> Result<Vec<ClientRecord>, StoreError> {
         let sql =
             format!("SELECT {CLIENT_COLUMNS} FROM api_clients ORDER BY created_at, client_id");
         self.read_rows(sql, Vec::new(), client_from_row).await
     }
 
+    #[tracing::instrument(name = "store.disable_client", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "disable_client", otel.kind = "client"))]
     async fn disable_client(
         &self,
         client_id: &ClientId,
@@ -404,12 +435,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    #[tracing::instrument(name = "store.meta", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "meta", otel.kind = "client"))]
     async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let name = name.to_owned();
         self.with_connection(move |connection| complete(SqliteTx(connection).meta(&name)))
             .await
     }
 
+    #[tracing::instrument(name = "store.put_meta_if_absent", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "put_meta_if_absent", otel.kind = "client"))]
     async fn put_meta_if_absent(&self, name: &str, value: Vec<u8>) -> Result<Vec<u8>, StoreError> {
         let name = name.to_owned();
         self.write(move |tx| complete(shared::put_meta_if_absent(&SqliteTx(tx), &name, &value)))
@@ -436,6 +471,79 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(version, 3);
+    }
+
+    /// A span opened: name, target, level and fields.
+    type Opened = (String, String, tracing::Level, Vec<(String, String)>);
+
+    /// Records the spans opened.
+    #[derive(Clone, Default)]
+    struct SpanLog(Arc<Mutex<Vec<Opened>>>);
+
+    impl tracing::field::Visit for FieldList<'_> {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            self.0.push((field.name().to_owned(), format!("{value:?}")));
+        }
+    }
+
+    struct FieldList<'a>(&'a mut Vec<(String, String)>);
+
+    impl tracing::Subscriber for SpanLog {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, span: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            let mut fields = Vec::new();
+            span.record(&mut FieldList(&mut fields));
+            let metadata = span.metadata();
+            let mut log = self.0.lock().unwrap();
+            log.push((
+                metadata.name().to_owned(),
+                metadata.target().to_owned(),
+                *metadata.level(),
+                fields,
+            ));
+            tracing::span::Id::from_u64(log.len() as u64)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, _: &tracing::Event<'_>) {}
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[tokio::test]
+    async fn every_call_opens_a_debug_span_naming_the_operation_and_no_argument() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        let spans = SpanLog::default();
+        let _guard = tracing::subscriber::set_default(spans.clone());
+        // Another test's thread may have cached these callsites as disabled meanwhile.
+        tracing::callsite::rebuild_interest_cache();
+        let client_id = ClientId::new("client-whose-id-must-stay-out").unwrap();
+        assert!(store.client(&client_id).await.unwrap().is_none());
+        store.latest_revision().await.unwrap();
+        let log = spans.0.lock().unwrap().clone();
+        let opened: Vec<&str> = log.iter().map(|(name, ..)| name.as_str()).collect();
+        assert_eq!(
+            opened,
+            ["store.client", "store.latest_revision"],
+            "spans: {log:?}"
+        );
+        for (name, target, level, fields) in &log {
+            assert_eq!(target, SPAN_TARGET);
+            assert_eq!(*level, tracing::Level::DEBUG);
+            let operation = name.strip_prefix("store.").unwrap();
+            let expected = [
+                ("db.system", "\"sqlite\""),
+                ("db.operation.name", &format!("{operation:?}")),
+                ("otel.kind", "\"client\""),
+            ];
+            let fields: Vec<(&str, &str)> = fields
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_str()))
+                .collect();
+            assert_eq!(fields, expected, "{name}");
+        }
     }
 
     #[tokio::test]

@@ -20,15 +20,15 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 
-use super::PostgresStore;
 use super::error::{PgFailure, corrupt};
 use super::queries::{execute, query, query_opt};
 use super::tx::PgTx;
+use super::{DB_SYSTEM, PostgresStore};
 use crate::store::columns::{
     pepper_version_from_column, refresh_state_from_columns, refresh_state_to_columns,
     revocation_kind_from_column,
 };
-use crate::store::shared::{self, at_most_one, where_equal};
+use crate::store::shared::{self, SPAN_TARGET, at_most_one, where_equal};
 use crate::store::{
     AuditEntry, EmergencyCommit, EmergencyCommitted, RefreshContext, RefreshTokenRecord,
     Revocation, RevocationEffect, SessionRecord, SessionStore, StoreError,
@@ -94,6 +94,8 @@ RETURNING token_id";
 
 #[async_trait]
 impl SessionStore for PostgresStore {
+    #[tracing::instrument(name = "store.create_session", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "create_session", otel.kind = "client"))]
     async fn create_session(
         &self,
         session: SessionRecord,
@@ -109,6 +111,8 @@ impl SessionStore for PostgresStore {
         .await
     }
 
+    #[tracing::instrument(name = "store.session", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "session", otel.kind = "client"))]
     async fn session(&self, session_id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
         let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1");
         self.read_rows(&sql, &[&session_id.as_str()], session_from_row)
@@ -116,6 +120,8 @@ impl SessionStore for PostgresStore {
             .map(at_most_one)
     }
 
+    #[tracing::instrument(name = "store.session_of_family", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "session_of_family", otel.kind = "client"))]
     async fn session_of_family(
         &self,
         family_id: &str,
@@ -126,6 +132,8 @@ impl SessionStore for PostgresStore {
             .map(at_most_one)
     }
 
+    #[tracing::instrument(name = "store.refresh_token", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "refresh_token", otel.kind = "client"))]
     async fn refresh_token(
         &self,
         token_id: &str,
@@ -136,6 +144,8 @@ impl SessionStore for PostgresStore {
             .map(at_most_one)
     }
 
+    #[tracing::instrument(name = "store.refresh_context", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "refresh_context", otel.kind = "client"))]
     async fn refresh_context(&self, token_id: &str) -> Result<Option<RefreshContext>, StoreError> {
         let client = self.client().await?;
         let read = async {
@@ -155,6 +165,8 @@ impl SessionStore for PostgresStore {
         read.await.map_err(PgFailure::into_store)
     }
 
+    #[tracing::instrument(name = "store.rotate_refresh_token", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "rotate_refresh_token", otel.kind = "client"))]
     async fn rotate_refresh_token(
         &self,
         old_token_id: &str,
@@ -195,6 +207,8 @@ impl SessionStore for PostgresStore {
         }
     }
 
+    #[tracing::instrument(name = "store.revoke", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "revoke", otel.kind = "client"))]
     async fn revoke(&self, revocation: Revocation) -> Result<(Revision, u64), StoreError> {
         self.write_publishing(revocation.appends_events(), |tx| {
             let revocation = revocation.clone();
@@ -203,6 +217,8 @@ impl SessionStore for PostgresStore {
         .await
     }
 
+    #[tracing::instrument(name = "store.commit_emergency", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "commit_emergency", otel.kind = "client"))]
     async fn commit_emergency(
         &self,
         commit: EmergencyCommit,
@@ -219,12 +235,16 @@ impl SessionStore for PostgresStore {
         Ok(committed)
     }
 
+    #[tracing::instrument(name = "store.live_revocations", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "live_revocations", otel.kind = "client"))]
     async fn live_revocations(&self, now: UnixMillis) -> Result<Vec<RevocationEntry>, StoreError> {
         let sql = "SELECT kind, value, tenant_id, revoked_at, drop_after FROM revocations \
                    WHERE drop_after > $1 ORDER BY id";
         self.read_rows(sql, &[&now.0], revocation_from_row).await
     }
 
+    #[tracing::instrument(name = "store.prune_revocations", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "prune_revocations", otel.kind = "client"))]
     async fn prune_revocations(&self, now: UnixMillis) -> Result<u64, StoreError> {
         self.write(|tx| Box::pin(async move { shared::prune_revocations(&PgTx(tx), now).await }))
             .await

@@ -9,14 +9,14 @@ use tessera_common::bundle::Revision;
 use tessera_common::ids::{SessionId, Subject, TenantId};
 use tessera_common::revocation::RevocationEntry;
 
-use super::SqliteStore;
 use super::error::SqliteFailure;
 use super::tx::{SqliteTx, complete};
+use super::{DB_SYSTEM, SqliteStore};
 use crate::store::columns::{
     pepper_version_from_column, refresh_state_from_columns, refresh_state_to_columns,
     revocation_kind_from_column,
 };
-use crate::store::shared::{self, at_most_one, where_equal};
+use crate::store::shared::{self, SPAN_TARGET, at_most_one, where_equal};
 use crate::store::{
     AuditEntry, EmergencyCommit, EmergencyCommitted, RefreshTokenRecord, Revocation,
     RevocationEffect, SessionRecord, SessionStore, StoreError,
@@ -34,6 +34,8 @@ const TOKEN_COLUMNS: &str = "token_id, family_id, session_id, tenant_id, parent_
 
 #[async_trait]
 impl SessionStore for SqliteStore {
+    #[tracing::instrument(name = "store.create_session", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "create_session", otel.kind = "client"))]
     async fn create_session(
         &self,
         session: SessionRecord,
@@ -51,6 +53,8 @@ impl SessionStore for SqliteStore {
         .await
     }
 
+    #[tracing::instrument(name = "store.session", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "session", otel.kind = "client"))]
     async fn session(&self, session_id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
         let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = ?1");
         let params = vec![session_id.to_string().into()];
@@ -59,6 +63,8 @@ impl SessionStore for SqliteStore {
             .map(at_most_one)
     }
 
+    #[tracing::instrument(name = "store.session_of_family", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "session_of_family", otel.kind = "client"))]
     async fn session_of_family(
         &self,
         family_id: &str,
@@ -69,6 +75,8 @@ impl SessionStore for SqliteStore {
             .map(at_most_one)
     }
 
+    #[tracing::instrument(name = "store.refresh_token", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "refresh_token", otel.kind = "client"))]
     async fn refresh_token(
         &self,
         token_id: &str,
@@ -79,6 +87,8 @@ impl SessionStore for SqliteStore {
             .map(at_most_one)
     }
 
+    #[tracing::instrument(name = "store.rotate_refresh_token", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "rotate_refresh_token", otel.kind = "client"))]
     async fn rotate_refresh_token(
         &self,
         old_token_id: &str,
@@ -113,6 +123,8 @@ impl SessionStore for SqliteStore {
         }
     }
 
+    #[tracing::instrument(name = "store.revoke", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "revoke", otel.kind = "client"))]
     async fn revoke(&self, revocation: Revocation) -> Result<(Revision, u64), StoreError> {
         self.write_publishing(revocation.appends_events(), move |tx| {
             complete(shared::revoke(&SqliteTx(tx), &revocation))
@@ -120,6 +132,8 @@ impl SessionStore for SqliteStore {
         .await
     }
 
+    #[tracing::instrument(name = "store.commit_emergency", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "commit_emergency", otel.kind = "client"))]
     async fn commit_emergency(
         &self,
         commit: EmergencyCommit,
@@ -139,6 +153,8 @@ impl SessionStore for SqliteStore {
         Ok(committed)
     }
 
+    #[tracing::instrument(name = "store.live_revocations", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "live_revocations", otel.kind = "client"))]
     async fn live_revocations(&self, now: UnixMillis) -> Result<Vec<RevocationEntry>, StoreError> {
         let sql = "SELECT kind, value, tenant_id, revoked_at, drop_after FROM revocations \
                    WHERE drop_after > ?1 ORDER BY id";
@@ -146,6 +162,8 @@ impl SessionStore for SqliteStore {
             .await
     }
 
+    #[tracing::instrument(name = "store.prune_revocations", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "prune_revocations", otel.kind = "client"))]
     async fn prune_revocations(&self, now: UnixMillis) -> Result<u64, StoreError> {
         self.write(move |tx| complete(shared::prune_revocations(&SqliteTx(tx), now)))
             .await
