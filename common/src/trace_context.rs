@@ -85,6 +85,32 @@ pub fn inject_current(metadata: &mut MetadataMap) {
     }
 }
 
+/// The trace context of the span that was current where it was taken, for work done later
+/// on that span's behalf in another task: the sidecar's subscription task runs the resync
+/// an application's request asked for, and its call to the issuer belongs to that
+/// request's trace.
+#[derive(Clone, Debug)]
+pub struct TraceParent(Context);
+
+impl TraceParent {
+    /// Returns the current span's trace context when that span is part of an OpenTelemetry
+    /// trace (`None` when no span is exported, at no cost beyond a lookup).
+    pub fn current() -> Option<TraceParent> {
+        let context = tracing::Span::current().context();
+        context
+            .span()
+            .span_context()
+            .is_valid()
+            .then_some(TraceParent(context))
+    }
+
+    /// Makes `span` a child of this context. Call it before `span` is first entered.
+    pub fn adopt(&self, span: &tracing::Span) {
+        // Fails only when the span is disabled or already started: it stays where it was.
+        let _ = span.set_parent(self.0.clone());
+    }
+}
+
 /// A tonic interceptor that calls [`inject_current`] on every request.
 pub fn propagate(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
     inject_current(request.metadata_mut());
@@ -204,6 +230,38 @@ mod tests {
         assert_eq!(
             next_hop,
             format!("00-{}-{}-01", caller_trace, handler.span_context.span_id())
+        );
+    }
+
+    #[test]
+    fn a_trace_parent_taken_in_one_span_parents_a_span_opened_later_elsewhere() {
+        let (provider, spans, subscriber) = traced();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        assert!(TraceParent::current().is_none(), "no span is current");
+        let request = tracing::info_span!("request");
+        let parent = request
+            .in_scope(TraceParent::current)
+            .expect("the request's span is traced");
+        drop(request);
+        // Later, with no span current (another task): a root span unless adopted.
+        let later = tracing::info_span!(parent: None, "later");
+        parent.adopt(&later);
+        later.in_scope(|| tracing::info_span!("beneath").in_scope(|| {}));
+        drop(later);
+        provider.force_flush().unwrap();
+
+        let spans = spans.0.lock().unwrap().clone();
+        let find = |name: &str| spans.iter().find(|span| span.name == name).unwrap();
+        let (request, later, beneath) = (find("request"), find("later"), find("beneath"));
+        assert_eq!(later.parent_span_id, request.span_context.span_id());
+        assert_eq!(
+            later.span_context.trace_id(),
+            request.span_context.trace_id()
+        );
+        assert_eq!(beneath.parent_span_id, later.span_context.span_id());
+        assert_eq!(
+            beneath.span_context.trace_id(),
+            request.span_context.trace_id()
         );
     }
 

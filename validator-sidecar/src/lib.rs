@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use tessera_common::trace_context::TraceContextLayer;
 use tessera_common::{Clock, SystemClock};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::service::Routes;
@@ -82,7 +82,7 @@ pub async fn run_with_clock(
         persist::restore(path, &state, clock.now());
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let resync = Arc::new(Notify::new());
+    let resync = Arc::new(resync::ResyncSignal::new());
     let validator = Arc::new(validator::Validator::new(
         state.clone(),
         resync.clone(),

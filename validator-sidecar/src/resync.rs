@@ -1,12 +1,15 @@
-//! Rate limiting of the resynchronisations an unknown `kid` may trigger: at most one per
-//! kid per interval, and at most one per global interval whatever the kids, so a flood of
-//! tokens with random kids cannot turn into a flood of issuer requests.
+//! Resynchronisations an unknown `kid` triggers: the rate limit (at most one per kid per
+//! interval, and at most one per global interval whatever the kids, so a flood of tokens
+//! with random kids cannot turn into a flood of issuer requests), and the signal that
+//! wakes the subscription task with the trace context of the request that asked.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tessera_common::limits::MAX_ID_BYTES;
+use tessera_common::trace_context::TraceParent;
+use tokio::sync::Notify;
 
 /// Minimum time between two resyncs for the same kid.
 pub const PER_KID_INTERVAL: Duration = Duration::from_secs(5);
@@ -87,6 +90,49 @@ impl Default for ResyncLimiter {
     }
 }
 
+/// Wakes the subscription task for a resync. The request that asks hands over its trace
+/// context, so the resubscription (and the issuer's work for it) joins that request's
+/// trace: one trace from the application through the sidecar to the issuer's store.
+#[derive(Debug, Default)]
+pub struct ResyncSignal {
+    notify: Notify,
+    /// The trace context of the latest request that asked, until the subscription takes it.
+    requester: Mutex<Option<TraceParent>>,
+}
+
+impl ResyncSignal {
+    /// Returns a signal nobody has raised.
+    pub fn new() -> Self {
+        ResyncSignal::default()
+    }
+
+    /// Asks for a resync on behalf of the current span (the validation that found an
+    /// unknown kid). Called at most once per [`GLOBAL_INTERVAL`], after the limiter.
+    pub fn notify_one(&self) {
+        if let Some(parent) = TraceParent::current() {
+            *self
+                .requester
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(parent);
+        }
+        self.notify.notify_one();
+    }
+
+    /// Resolves once a resync is asked for (at once when one was asked meanwhile).
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Takes the trace context of the request that asked for the pending resync, if that
+    /// request was traced.
+    pub fn take_requester(&self) -> Option<TraceParent> {
+        self.requester
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +147,17 @@ mod tests {
         assert!(!limiter.allow("k2", start + Duration::from_millis(500)));
         assert!(limiter.allow("k3", start + Duration::from_millis(1_500)));
         assert!(limiter.allow("k1", start + Duration::from_secs(6)));
+    }
+
+    #[tokio::test]
+    async fn the_signal_wakes_the_subscription_even_when_nothing_is_traced() {
+        let signal = ResyncSignal::new();
+        signal.notify_one();
+        tokio::time::timeout(Duration::from_secs(1), signal.notified())
+            .await
+            .expect("a raised signal wakes the waiter, even one that came later");
+        // No OpenTelemetry layer: no trace context to hand over.
+        assert!(signal.take_requester().is_none());
     }
 
     #[test]

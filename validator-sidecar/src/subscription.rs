@@ -1,6 +1,11 @@
 //! The trust-bundle subscription: keeps a `WatchTrustBundle` stream open to the issuer,
 //! applies snapshots and deltas to the [`BundleState`], records every message as contact,
 //! and reconnects with jittered exponential backoff, resuming from the last revision.
+//!
+//! Each attempt runs in a `bundle.subscribe` span, from connecting until the first
+//! message is applied, whose context goes to the issuer in `traceparent`. A resync asked
+//! for by a validation (an unknown kid) makes that span a child of the validation's span,
+//! so the application's trace continues through the issuer to its store.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,14 +13,16 @@ use std::time::Duration;
 use tessera_common::Clock;
 use tessera_proto::v1::WatchTrustBundleRequest;
 use tessera_proto::v1::trust_bundle_service_client::TrustBundleServiceClient;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::config::IssuerConfig;
 use crate::convert::{Update, update_from_proto};
 use crate::metrics;
+use crate::resync::ResyncSignal;
 use crate::state::BundleState;
 
 /// A stream silent for this long is presumed dead (the issuer heartbeats every 5 s).
@@ -52,8 +59,8 @@ pub struct Subscription {
     pub config: IssuerConfig,
     pub state: Arc<BundleState>,
     pub clock: Arc<dyn Clock>,
-    /// Notified when an unknown kid warrants a fresh stream.
-    pub resync: Arc<Notify>,
+    /// Raised when an unknown kid warrants a fresh stream.
+    pub resync: Arc<ResyncSignal>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -97,8 +104,42 @@ impl Subscription {
     }
 
     async fn subscribe_once(&mut self, want_snapshot: bool, delivered: &mut bool) -> StreamEnd {
+        // Lives until the first message is applied, or the attempt fails.
+        let mut attempt = Some(tracing::info_span!(
+            "bundle.subscribe",
+            otel.kind = "client",
+            resync = want_snapshot,
+            revision = tracing::field::Empty,
+            error = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        ));
+        // A resync asked for by a traced validation continues that validation's trace.
+        if let (Some(requester), Some(span)) = (self.resync.take_requester(), &attempt) {
+            requester.adopt(span);
+        }
+        let end = self
+            .subscribe_attempt(want_snapshot, delivered, &mut attempt)
+            .await;
+        if let Some(span) = attempt
+            && !matches!(end, StreamEnd::Resync | StreamEnd::Shutdown)
+        {
+            span.record("error", tracing::field::display(error_chain(&end)));
+            span.record("otel.status_code", "error");
+        }
+        end
+    }
+
+    /// [`Subscription::subscribe_once`] with its span: `attempt` is taken (and the span
+    /// closed) once the first message is applied.
+    async fn subscribe_attempt(
+        &mut self,
+        want_snapshot: bool,
+        delivered: &mut bool,
+        attempt: &mut Option<tracing::Span>,
+    ) -> StreamEnd {
+        let span = attempt.clone().unwrap_or_else(tracing::Span::none);
         let channel = tokio::select! {
-            channel = connect(&self.config) => match channel {
+            channel = connect(&self.config).instrument(span.clone()) => match channel {
                 Ok(channel) => channel,
                 Err(error) => {
                     metrics::record_subscription("error");
@@ -130,11 +171,11 @@ impl Subscription {
                 }
             }
         }
-        // The subscription joins the sidecar's trace on the issuer (DESIGN §9).
-        tessera_common::trace_context::inject_current(request.metadata_mut());
+        // The issuer continues this attempt's trace (DESIGN §9).
+        span.in_scope(|| tessera_common::trace_context::inject_current(request.metadata_mut()));
         let mut client = TrustBundleServiceClient::new(channel);
         let response = tokio::select! {
-            response = client.watch_trust_bundle(request) => response,
+            response = client.watch_trust_bundle(request).instrument(span.clone()) => response,
             _ = self.shutdown.changed() => return StreamEnd::Shutdown,
         };
         let mut stream = match response {
@@ -145,7 +186,9 @@ impl Subscription {
             }
         };
         metrics::record_subscription("ok");
-        tracing::info!(since_revision, "subscribed to the trust bundle");
+        span.in_scope(|| tracing::info!(since_revision, "subscribed to the trust bundle"));
+        // The attempt's span must not outlive its first message by this handle.
+        drop(span);
         let mut prune = tokio::time::interval(PRUNE_INTERVAL);
         loop {
             let message = tokio::select! {
@@ -172,7 +215,13 @@ impl Subscription {
                 Ok(update) => update,
                 Err(error) => return StreamEnd::Protocol(error),
             };
-            self.apply(update);
+            match attempt.take() {
+                Some(span) => {
+                    span.in_scope(|| self.apply(update));
+                    span.record("revision", self.state.revision());
+                }
+                None => self.apply(update),
+            }
             *delivered = true;
         }
     }

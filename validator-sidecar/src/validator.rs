@@ -15,12 +15,11 @@ use tessera_common::verify::{
     ClaimRules, Rejection, Rules, TenantRule, Verified, authenticate, parse_compact,
 };
 use tessera_common::{Clock, UnixMillis};
-use tokio::sync::Notify;
 
 use crate::cache::{TokenKey, VerifiedCache, VerifiedToken};
 use crate::config::{StalePolicy, ValidationConfig};
 use crate::metrics;
-use crate::resync::ResyncLimiter;
+use crate::resync::{ResyncLimiter, ResyncSignal};
 use crate::state::{BundleState, BundleView};
 
 /// How long the request that triggered a resync waits for the bundle to change.
@@ -62,7 +61,7 @@ pub struct Validator {
     cache: VerifiedCache,
     limiter: ResyncLimiter,
     /// Wakes the subscription task for a resync.
-    resync: Arc<Notify>,
+    resync: Arc<ResyncSignal>,
     config: ValidationConfig,
     clock: Arc<dyn Clock>,
 }
@@ -82,7 +81,7 @@ impl Validator {
     /// a fresh subscription.
     pub fn new(
         state: Arc<BundleState>,
-        resync: Arc<Notify>,
+        resync: Arc<ResyncSignal>,
         config: ValidationConfig,
         clock: Arc<dyn Clock>,
     ) -> Self {
