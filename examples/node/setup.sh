@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Role: installs the Node example's dependencies (package-lock.json, exactly) into
 # DIR/node_modules and prints DIR; the example then runs in place with NODE_PATH set to
-# DIR/node_modules. Idempotent: re-running is a no-op unless package-lock.json changed.
+# DIR/node_modules. Idempotent: re-running is a no-op unless package.json or
+# package-lock.json changed. Concurrent runs on one directory wait for each other.
 # (For your own checkout, `npm ci` in examples/node does the same in place.)
 #
 # Usage: examples/node/setup.sh [DIR]   (default: <workspace>/target/examples-node,
@@ -14,13 +15,16 @@ dir="${1:-${CARGO_TARGET_DIR:-$workspace/target}/examples-node}"
 stamp="$dir/.package-lock.sha256"
 
 wanted="$(cat "$here/package.json" "$here/package-lock.json" | sha256sum | cut -d' ' -f1)"
+mkdir -p "$dir"
+exec 9>"$dir/.setup.lock"
+flock 9
 if [[ -d "$dir/node_modules" && -f "$stamp" && "$(cat "$stamp")" == "$wanted" ]]; then
     echo "$dir"
     exit 0
 fi
 
-mkdir -p "$dir"
 cp "$here/package.json" "$here/package-lock.json" "$dir/"
+rm -f "$stamp"
 # --ignore-scripts: no dependency needs an install script (protobufjs's only prints a
 # version warning).
 (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
