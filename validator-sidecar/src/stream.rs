@@ -6,8 +6,9 @@
 //! refusal); a request that needs one is verified in a task of its own, so expensive
 //! verifications run in parallel and out of order. On a runtime with a single worker
 //! there is no parallelism to gain, and a task per verification would only add
-//! scheduling: the verification is then polled here, in the stream's own task (it still
-//! answers out of order, e.g. behind a resync wait). No task or channel sits between the
+//! scheduling: the signature is then checked here, in the stream's own task, and only a
+//! request waiting for the resync its unknown kid started is set aside (polled here, so
+//! the requests behind it overtake it). No task or channel sits between the
 //! transport and the validator: tonic encodes every answer that is ready into one buffer
 //! before writing, so a burst of cache hits goes out in one write.
 //!
@@ -42,7 +43,8 @@ pub struct AnswerStream {
     /// The requests; `None` once the client finished, failed, or the sidecar is shutting
     /// down (the verifications in flight still answer).
     inbound: Option<Streaming<pb::ValidateStreamRequest>>,
-    /// Verifications under way: spawned tasks, or (one worker) the futures themselves.
+    /// Verifications under way: spawned tasks, or (one worker) requests waiting for a
+    /// resync, polled here.
     in_flight: FuturesUnordered<BoxFuture<'static, Option<StreamAnswer>>>,
     /// True when verifications get tasks of their own (the runtime has several workers).
     spawn: bool,
@@ -69,36 +71,38 @@ impl AnswerStream {
         }
     }
 
-    /// Answers `request` now when that needs no signature check; otherwise starts its
-    /// verification.
+    /// Answers `request` now when it can; otherwise starts its verification. With
+    /// several workers only what needs no signature check is answered here (a cache hit,
+    /// an early refusal) and the rest gets a task; with one worker everything is answered
+    /// here except a request waiting for the resync its unknown kid started.
     fn take(&mut self, request: pb::ValidateStreamRequest) -> Option<StreamAnswer> {
-        let cheap = match convert::stream_query(&request) {
-            Ok(query) => self.validator.validate_cheap(&query),
-            Err(rejection) => Some(self.validator.refuse(rejection)),
-        };
-        if let Some(verdict) = cheap {
-            return Some(StreamAnswer {
-                request_id: request.request_id,
-                verdict,
-            });
-        }
-        let validator = self.validator.clone();
-        let verification = async move {
-            let verdict = match convert::stream_query(&request) {
-                Ok(query) => validator.validate(&query).await,
-                Err(rejection) => validator.refuse(rejection),
-            };
-            StreamAnswer {
-                request_id: request.request_id,
-                verdict,
-            }
-        };
+        let request_id = request.request_id;
         if self.spawn {
-            let task = tokio::spawn(verification);
+            let cheap = match convert::stream_query(&request) {
+                Ok(query) => self.validator.validate_cheap(&query),
+                Err(rejection) => Some(self.validator.refuse(rejection)),
+            };
+            if let Some(verdict) = cheap {
+                return Some(StreamAnswer {
+                    request_id,
+                    verdict,
+                });
+            }
+            let validator = self.validator.clone();
+            let task = tokio::spawn(async move {
+                let verdict = match convert::stream_query(&request) {
+                    Ok(query) => validator.validate(&query).await,
+                    Err(rejection) => validator.refuse(rejection),
+                };
+                StreamAnswer {
+                    request_id,
+                    verdict,
+                }
+            });
             self.in_flight.push(
                 task.map(|joined| {
+                    // A verification panicked: a bug, logged; the other answers go on.
                     joined
-                        // A verification panicked: a bug, logged; the other answers go on.
                         .inspect_err(
                             |error| tracing::error!(%error, "a stream validation task failed"),
                         )
@@ -106,10 +110,36 @@ impl AnswerStream {
                 })
                 .boxed(),
             );
-        } else {
-            self.in_flight.push(verification.map(Some).boxed());
+            return None;
         }
-        None
+        let now = match convert::stream_query(&request) {
+            Ok(query) => self.validator.validate_now(&query),
+            Err(rejection) => Ok(self.validator.refuse(rejection)),
+        };
+        match now {
+            Ok(verdict) => Some(StreamAnswer {
+                request_id,
+                verdict,
+            }),
+            Err(wait) => {
+                let validator = self.validator.clone();
+                self.in_flight.push(
+                    async move {
+                        // The query was valid a moment ago: only a valid one can wait.
+                        let verdict = match convert::stream_query(&request) {
+                            Ok(query) => validator.validate_after(&query, wait).await,
+                            Err(rejection) => validator.refuse(rejection),
+                        };
+                        Some(StreamAnswer {
+                            request_id,
+                            verdict,
+                        })
+                    }
+                    .boxed(),
+                );
+                None
+            }
+        }
     }
 }
 

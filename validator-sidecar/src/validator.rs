@@ -15,6 +15,7 @@ use tessera_common::verify::{
     ClaimRules, Rejection, Rules, TenantRule, Verified, authenticate, parse_compact,
 };
 use tessera_common::{Clock, UnixMillis};
+use tokio::sync::watch;
 
 use crate::cache::{TokenKey, VerifiedCache, VerifiedToken};
 use crate::config::{StalePolicy, ValidationConfig};
@@ -54,6 +55,12 @@ impl std::fmt::Debug for TokenQuery<'_> {
 
 /// The verdict on a token.
 pub type Verdict = Result<Arc<VerifiedToken>, Rejection>;
+
+/// A validation whose unknown kid started a resync, waiting for the bundle to change.
+#[derive(Debug)]
+pub struct ResyncWait {
+    changes: watch::Receiver<u64>,
+}
 
 /// Validates tokens; cheap to share (`Arc`).
 pub struct Validator {
@@ -113,17 +120,38 @@ impl Validator {
     /// Validates `query`. When the kid is unknown and this request started a resync, waits
     /// up to [`RESYNC_WAIT`] for the bundle to change and looks once more.
     pub async fn validate(&self, query: &TokenQuery<'_>) -> Verdict {
+        match self.validate_now(query) {
+            Ok(verdict) => verdict,
+            Err(wait) => self.validate_after(query, wait).await,
+        }
+    }
+
+    /// Validates `query` without waiting: the verdict, or, when the kid is unknown and
+    /// this request started a resync, the wait to hand to [`Validator::validate_after`].
+    /// The stream path calls it to answer in place when it may run a signature check
+    /// there.
+    pub fn validate_now(&self, query: &TokenQuery<'_>) -> Result<Verdict, ResyncWait> {
         let key = self.key_checked(query.token);
-        let mut changes = self.state.subscribe();
-        let verdict = match self.attempt(query, key, true, true) {
-            Attempt::Done(verdict) => verdict,
-            Attempt::ResyncStarted | Attempt::NeedsFullPath => {
-                let _ = tokio::time::timeout(RESYNC_WAIT, changes.changed()).await;
-                match self.attempt(query, key, true, false) {
-                    Attempt::Done(verdict) => verdict,
-                    Attempt::ResyncStarted | Attempt::NeedsFullPath => Err(Rejection::UnknownKid),
-                }
+        // Subscribed before looking, so a bundle that lands meanwhile is not missed.
+        let changes = self.state.subscribe();
+        match self.attempt(query, key, true, true) {
+            Attempt::Done(verdict) => {
+                metrics::record_validation(&verdict);
+                Ok(verdict)
             }
+            Attempt::ResyncStarted | Attempt::NeedsFullPath => Err(ResyncWait { changes }),
+        }
+    }
+
+    /// Finishes the validation of `query` that started a resync: waits up to
+    /// [`RESYNC_WAIT`] for the bundle to change and looks once more (without starting
+    /// another resync).
+    pub async fn validate_after(&self, query: &TokenQuery<'_>, mut wait: ResyncWait) -> Verdict {
+        let _ = tokio::time::timeout(RESYNC_WAIT, wait.changes.changed()).await;
+        let key = self.key_checked(query.token);
+        let verdict = match self.attempt(query, key, true, false) {
+            Attempt::Done(verdict) => verdict,
+            Attempt::ResyncStarted | Attempt::NeedsFullPath => Err(Rejection::UnknownKid),
         };
         metrics::record_validation(&verdict);
         verdict

@@ -18,6 +18,18 @@ const IN_FLIGHT_AND_BUFFERED: usize = tessera_sidecar::service::MAX_IN_FLIGHT_PE
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_answers_every_request_id_out_of_order() {
+    answers_every_request_id_out_of_order().await;
+}
+
+/// On a runtime with one worker the stream checks signatures in its own task and sets
+/// aside only the request waiting for a resync: the same answers, in the same freedom of
+/// order.
+#[tokio::test(flavor = "current_thread")]
+async fn stream_on_one_worker_answers_every_request_id_out_of_order() {
+    answers_every_request_id_out_of_order().await;
+}
+
+async fn answers_every_request_id_out_of_order() {
     let rsa = TestKey::rs256("rsa-stream");
     let ed = TestKey::eddsa("ed-stream");
     let issuer = FakeIssuer::start(&[&rsa, &ed]).await;
@@ -118,6 +130,15 @@ async fn stream_with_many_requests_in_flight_answers_them_all() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_stops_the_sidecar_reading_its_requests() {
+    stops_reading_when_the_client_does().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn on_one_worker_a_client_that_stops_reading_stops_the_sidecar_reading() {
+    stops_reading_when_the_client_does().await;
+}
+
+async fn stops_reading_when_the_client_does() {
     let ec = TestKey::es256("ec-backpressure");
     let issuer = FakeIssuer::start(&[&ec]).await;
     let (sidecar, _dir) = serving(&issuer).await;
