@@ -79,10 +79,36 @@ pub fn remote_parent(headers: &http::HeaderMap) -> Option<Context> {
 /// Client side: writes the current span's trace context into `metadata` when that span is
 /// part of an OpenTelemetry trace.
 pub fn inject_current(metadata: &mut MetadataMap) {
-    let context = tracing::Span::current().context();
-    if context.span().span_context().is_valid() {
+    if let Some(context) = current_context() {
         TraceContextPropagator::new().inject_context(&context, &mut MetadataInjector(metadata));
     }
+}
+
+/// The OpenTelemetry context of the current span or, when the OTLP layer does not see that
+/// span (a debug-level handler span that `RUST_LOG=debug` enables for the logs only), of
+/// its nearest ancestor the layer sees; `None` outside any exported trace.
+fn current_context() -> Option<Context> {
+    let span = tracing::Span::current();
+    let context = span.context();
+    if context.span().span_context().is_valid() {
+        return Some(context);
+    }
+    let id = span.id()?;
+    tracing::dispatcher::get_default(|dispatch| {
+        use tracing_subscriber::registry::LookupSpan as _;
+        let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
+        // Ids first: the lookups below lock each span's extensions.
+        let ancestors: Vec<tracing::span::Id> = registry
+            .span(&id)?
+            .scope()
+            .skip(1)
+            .map(|ancestor| ancestor.id())
+            .collect();
+        ancestors.iter().find_map(|ancestor| {
+            tracing_opentelemetry::get_otel_context(ancestor, dispatch)
+                .filter(|context| context.span().span_context().is_valid())
+        })
+    })
 }
 
 /// The trace context of the span that was current where it was taken, for work done later
@@ -96,12 +122,7 @@ impl TraceParent {
     /// Returns the current span's trace context when that span is part of an OpenTelemetry
     /// trace (`None` when no span is exported, at no cost beyond a lookup).
     pub fn current() -> Option<TraceParent> {
-        let context = tracing::Span::current().context();
-        context
-            .span()
-            .span_context()
-            .is_valid()
-            .then_some(TraceParent(context))
+        current_context().map(TraceParent)
     }
 
     /// Makes `span` a child of this context. Call it before `span` is first entered.
@@ -262,6 +283,59 @@ mod tests {
         assert_eq!(
             beneath.span_context.trace_id(),
             request.span_context.trace_id()
+        );
+    }
+
+    #[test]
+    fn a_span_the_otlp_layer_filters_out_passes_on_its_nearest_traced_ancestor() {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::filter::LevelFilter;
+
+        let spans = Collect::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(spans.clone())
+            .build();
+        // As in `telemetry::init` under RUST_LOG=debug: the logs see debug spans, the OTLP
+        // layer does not.
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("test"))
+                    .with_filter(LevelFilter::INFO),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::sink)
+                    .with_filter(LevelFilter::DEBUG),
+            );
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let server = tracing::info_span!("server");
+        let (parent, next_hop) = server.in_scope(|| {
+            tracing::debug_span!("handler").in_scope(|| {
+                let mut metadata = MetadataMap::new();
+                inject_current(&mut metadata);
+                (TraceParent::current(), metadata.get(TRACEPARENT).cloned())
+            })
+        });
+        drop(server);
+        provider.force_flush().unwrap();
+
+        let spans = spans.0.lock().unwrap().clone();
+        let server = spans.iter().find(|span| span.name == "server").unwrap();
+        assert!(spans.iter().all(|span| span.name != "handler"));
+        let next_hop = next_hop.expect("a traceparent for the next hop");
+        assert_eq!(
+            next_hop.to_str().unwrap(),
+            format!(
+                "00-{}-{}-01",
+                server.span_context.trace_id(),
+                server.span_context.span_id()
+            )
+        );
+        let parent = parent.expect("the server span's context");
+        assert_eq!(
+            parent.0.span().span_context().span_id(),
+            server.span_context.span_id()
         );
     }
 
