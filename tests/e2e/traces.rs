@@ -40,6 +40,7 @@ use crate::support::grpc::runtime;
 use crate::support::http;
 use crate::support::issuer::Issuer;
 use crate::support::process::{clean_command, free_local_addr, send_sigterm, wait_with_timeout};
+use crate::support::test_database::database_url;
 use crate::support::wait::{patience, poll_until};
 
 /// How long the issuer keeps an authenticated client's record before reading it from the
@@ -54,12 +55,38 @@ const EXPORT_DELAY_MS: &str = "100";
 /// trace id and hangs from the one before it.
 #[test]
 fn an_unknown_kid_resync_is_one_trace_from_the_application_to_the_issuers_store() {
+    journey(&[], "sqlite", "info");
+}
+
+/// The same journey with the issuer on PostgreSQL: its store spans say `postgresql`.
+#[test]
+fn on_postgres_the_same_trace_reaches_the_database() {
+    let Some(server_url) = database_url() else {
+        return;
+    };
+    let database = ScratchDatabase::create(&server_url);
+    journey(&["--database-url", &database.url], "postgresql", "info");
+}
+
+/// With `RUST_LOG=debug` the programs' debug-level handler spans (which the OTLP layer
+/// leaves out) are current where the next hop is called: the trace still passes through,
+/// from the nearest span the layer exports.
+#[test]
+fn with_debug_logs_the_trace_still_passes_from_hop_to_hop() {
+    journey(&[], "sqlite", "debug");
+}
+
+/// Runs the journey against an issuer started with `issuer_args` whose store is
+/// `db_system`, both programs logging at `log_level`, and checks the trace.
+fn journey(issuer_args: &[&str], db_system: &str, log_level: &str) {
     let runtime = runtime();
     let collector = Collector::start(&runtime);
     let root = tempfile::tempdir().expect("tempdir");
     let issuer = Issuer::builder(root.path(), "issuer")
+        .args(issuer_args.iter().copied())
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint())
         .env("OTEL_BSP_SCHEDULE_DELAY", EXPORT_DELAY_MS)
+        .env("RUST_LOG", log_level)
         .start();
     let credential_file = bundle_reader_credential(&issuer, root.path());
     let proxy = StallingProxy::start(&runtime, issuer.grpc_addr);
@@ -68,6 +95,7 @@ fn an_unknown_kid_resync_is_one_trace_from_the_application_to_the_issuers_store(
         &format!("http://{}", proxy.addr),
         &credential_file,
         &collector.endpoint(),
+        log_level,
     );
     let subscribed_at = Instant::now();
 
@@ -177,7 +205,7 @@ fn an_unknown_kid_resync_is_one_trace_from_the_application_to_the_issuers_store(
     let store = spans.get(&journey.store);
     assert_eq!(store.service, "tessera-issuer");
     assert_eq!(store.span.name, "store.client");
-    assert_eq!(store.attribute("db.system").as_deref(), Some("sqlite"));
+    assert_eq!(store.attribute("db.system").as_deref(), Some(db_system));
     assert_eq!(
         store.attribute("db.operation.name").as_deref(),
         Some("client")
@@ -574,7 +602,13 @@ struct TracedSidecar {
 impl TracedSidecar {
     /// Starts the sidecar on `<root>/traced.sock` against `issuer_url` and waits until
     /// `/readyz` answers 200 (it then holds the issuer's bundle).
-    fn start(root: &Path, issuer_url: &str, credential: &Path, otlp: &str) -> TracedSidecar {
+    fn start(
+        root: &Path,
+        issuer_url: &str,
+        credential: &Path,
+        otlp: &str,
+        log_level: &str,
+    ) -> TracedSidecar {
         let socket = root.join("traced.sock");
         let log_path = root.join("traced-sidecar.stderr.log");
         let http_addr = free_local_addr();
@@ -587,7 +621,7 @@ impl TracedSidecar {
             .arg(http_addr.to_string())
             .arg("--issuer-token-file")
             .arg(credential)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log_level)
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
             .env("OTEL_BSP_SCHEDULE_DELAY", EXPORT_DELAY_MS)
             .stdin(Stdio::null())
@@ -647,4 +681,61 @@ impl Drop for TracedSidecar {
             let _ = self.child.wait();
         }
     }
+}
+
+// === a scratch database ===
+
+/// A fresh database `tessera_traces_<random>` on the test server, dropped (with its
+/// connections) when this guard goes, after the issuer that uses it.
+struct ScratchDatabase {
+    server_url: String,
+    name: String,
+    url: String,
+}
+
+impl ScratchDatabase {
+    fn create(server_url: &str) -> ScratchDatabase {
+        let name = format!("tessera_traces_{}", uuid::Uuid::new_v4().simple());
+        execute(server_url, &format!("CREATE DATABASE {name}"))
+            .unwrap_or_else(|error| panic!("cannot create database {name}: {error}"));
+        let (base, query) = match server_url.split_once('?') {
+            Some((base, query)) => (base, format!("?{query}")),
+            None => (server_url, String::new()),
+        };
+        let authority = base.find("://").map_or(0, |index| index + 3);
+        let server = match base[authority..].find('/') {
+            Some(slash) => &base[..authority + slash],
+            None => base,
+        };
+        ScratchDatabase {
+            server_url: server_url.to_owned(),
+            url: format!("{server}/{name}{query}"),
+            name,
+        }
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        if let Err(error) = execute(&self.server_url, &sql) {
+            eprintln!("could not drop {}: {error}", self.name);
+        }
+    }
+}
+
+/// Runs one statement on its own connection and runtime (also usable from `Drop`).
+fn execute(url: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        let driver = tokio::spawn(connection);
+        let result = client.batch_execute(sql).await;
+        drop(client);
+        let _ = driver.await;
+        result
+    })
 }
