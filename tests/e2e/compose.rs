@@ -29,6 +29,7 @@ mod scratch_database;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -244,16 +245,25 @@ fn compose_topology_runs_from_the_file_as_local_processes_on_postgres() {
     ] {
         assert!(output.contains(line), "{line} missing from:\n{output}");
     }
-    // The bootstrap wrote each credential only where its user reads it.
+    // The bootstrap wrote each credential (0600) only into the volume its user mounts.
     let volumes = root.path().join("volumes");
-    for (volume, present) in [
-        ("sidecar-credentials", "token"),
-        ("demo-credentials", "token"),
-    ] {
-        assert!(
-            volumes.join(volume).join(present).is_file(),
-            "{volume}/{present}"
-        );
+    for volume in ["sidecar-credentials", "demo-credentials"] {
+        let files: Vec<String> = std::fs::read_dir(volumes.join(volume))
+            .expect("the credentials volume")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        assert_eq!(files, ["token"], "{volume}");
+        let mode = std::fs::metadata(volumes.join(volume).join("token"))
+            .expect("token")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{volume}/token");
     }
 
     // Each must have been running until now; then stop them in reverse order.
