@@ -220,6 +220,21 @@ fn journey(issuer_args: &[&str], db_system: &str, log_level: &str) {
         assert_eq!(spans.get(id).span.trace_id, app.trace_id.to_vec());
     }
 
+    // Store calls outside traced work (the bundle pump polls the event log every second)
+    // are not exported as traces of their own.
+    let roots: Vec<&str> = spans
+        .0
+        .values()
+        .filter(|exported| {
+            exported.span.name.starts_with("store.") && exported.span.parent_span_id.is_empty()
+        })
+        .map(|exported| exported.span.name.as_str())
+        .collect();
+    assert!(
+        roots.is_empty(),
+        "store spans exported without a parent: {roots:?}"
+    );
+
     // No exported attribute carries a token or a credential.
     let sidecar_credential = std::fs::read_to_string(&credential_file).expect("credential");
     let admin_credential = issuer.admin_token();
