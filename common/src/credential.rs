@@ -172,27 +172,11 @@ impl Credential {
 
     /// Parses `text`, checking the prefix, shape and checksum.
     pub fn parse(text: &str) -> Result<Credential, CredentialError> {
-        if text.len() > MAX_CREDENTIAL_BYTES || !text.is_ascii() {
-            return Err(CredentialError::Malformed);
-        }
-        let kind = CredentialKind::ALL
-            .into_iter()
-            .find(|kind| text.starts_with(kind.prefix()))
-            .ok_or(CredentialError::Malformed)?;
-        let body = &text[kind.prefix().len()..];
-        let (id, rest) = body.split_once('_').ok_or(CredentialError::Malformed)?;
-        if id.is_empty()
-            || rest.len() != kind.secret_chars() + CHECKSUM_CHARS
-            || !is_base62(id)
-            || !is_base62(rest)
-        {
-            return Err(CredentialError::Malformed);
-        }
-        let (secret, checksum) = rest.split_at(kind.secret_chars());
-        let expected = checksum_of(&text[..text.len() - CHECKSUM_CHARS]);
-        if checksum.as_bytes().ct_eq(expected.as_bytes()).unwrap_u8() != 1 {
-            return Err(CredentialError::BadChecksum);
-        }
+        let shape = check(text)?;
+        let kind = shape.kind;
+        let id = &text[kind.prefix().len()..kind.prefix().len() + shape.id_len];
+        let secret_start = kind.prefix().len() + shape.id_len + 1;
+        let secret = &text[secret_start..secret_start + kind.secret_chars()];
         Ok(Credential {
             kind,
             id: id.to_owned(),
@@ -207,6 +191,45 @@ impl Credential {
         text.push_str(&checksum);
         text
     }
+}
+
+/// What [`check`] learnt about a well-formed credential: its kind and how long its id
+/// is (the id starts right after the prefix). Holds nothing secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CredentialShape {
+    pub kind: CredentialKind,
+    pub id_len: usize,
+}
+
+/// Checks the prefix, shape and checksum of `text` without allocating: the one check
+/// behind [`Credential::parse`], and what a leaked-credential scanner calls on every
+/// candidate it finds (`scan.rs`).
+pub fn check(text: &str) -> Result<CredentialShape, CredentialError> {
+    if text.len() > MAX_CREDENTIAL_BYTES || !text.is_ascii() {
+        return Err(CredentialError::Malformed);
+    }
+    let kind = CredentialKind::ALL
+        .into_iter()
+        .find(|kind| text.starts_with(kind.prefix()))
+        .ok_or(CredentialError::Malformed)?;
+    let body = &text[kind.prefix().len()..];
+    let (id, rest) = body.split_once('_').ok_or(CredentialError::Malformed)?;
+    if id.is_empty()
+        || rest.len() != kind.secret_chars() + CHECKSUM_CHARS
+        || !is_base62(id)
+        || !is_base62(rest)
+    {
+        return Err(CredentialError::Malformed);
+    }
+    let checksum = &rest[kind.secret_chars()..];
+    let expected = checksum_bytes(&text[..text.len() - CHECKSUM_CHARS]);
+    if checksum.as_bytes().ct_eq(&expected).unwrap_u8() != 1 {
+        return Err(CredentialError::BadChecksum);
+    }
+    Ok(CredentialShape {
+        kind,
+        id_len: id.len(),
+    })
 }
 
 /// Returns HMAC-SHA256(pepper, secret): what is stored in place of the secret.
@@ -228,6 +251,13 @@ fn is_base62(text: &str) -> bool {
 }
 
 fn checksum_of(text: &str) -> String {
+    checksum_bytes(text)
+        .iter()
+        .map(|&byte| byte as char)
+        .collect()
+}
+
+fn checksum_bytes(text: &str) -> [u8; CHECKSUM_CHARS] {
     let mut value = u64::from(crc32fast::hash(text.as_bytes()));
     let mut out = [b'0'; CHECKSUM_CHARS];
     for slot in out.iter_mut().rev() {
@@ -235,7 +265,7 @@ fn checksum_of(text: &str) -> String {
         value /= 62;
     }
     // Six base62 characters hold 62^6 > 2^32, so nothing is lost.
-    out.iter().map(|&byte| byte as char).collect()
+    out
 }
 
 /// Returns `n` uniformly random base62 characters.

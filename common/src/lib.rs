@@ -14,6 +14,7 @@ pub mod limits;
 #[cfg(test)]
 mod proptests;
 pub mod revocation;
+pub mod scan;
 pub mod telemetry;
 pub mod trace_context;
 pub mod verify;
