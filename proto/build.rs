@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "tessera/v1/bundle.proto",
     "tessera/v1/validator.proto",
     "tessera/v1/admin.proto",
+    "tessera/v1/webhooks.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

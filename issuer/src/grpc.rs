@@ -9,3 +9,4 @@ pub mod emergency;
 pub mod key_service;
 pub mod status;
 pub mod token_service;
+pub mod webhook_service;

@@ -23,3 +23,4 @@ pub mod server;
 pub mod sessions;
 pub mod store;
 pub mod tokens;
+pub mod webhooks;

@@ -49,6 +49,13 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Sign and verify webhooks (Standard Webhooks format) and show a tenant's secrets.
+    Webhooks {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(subcommand)]
+        command: cli::webhooks::WebhooksCommand,
+    },
     /// Log in (sessions with rotating refresh tokens), refresh, log out.
     Session {
         #[command(flatten)]
@@ -139,6 +146,9 @@ fn main() -> ExitCode {
                 reason,
             } => cli::emergency(&connect, tenant, global, incident, reason).await,
             Command::Audit { connect, command } => cli::audit(&connect, command).await,
+            Command::Webhooks { connect, command } => {
+                cli::webhooks::webhooks(&connect, command).await
+            }
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

@@ -33,6 +33,7 @@ use crate::grpc::admin_service::AdminServiceImpl;
 use crate::grpc::bundle_service::TrustBundleServiceImpl;
 use crate::grpc::key_service::KeyServiceImpl;
 use crate::grpc::token_service::TokenServiceImpl;
+use crate::grpc::webhook_service::WebhookServiceImpl;
 use crate::http::{self, HttpState};
 use crate::hub::BundleHub;
 use crate::kek::Kek;
@@ -363,6 +364,16 @@ pub fn issuer_services(app: &Arc<App>) -> Services {
                 app: app.clone(),
             })
             .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add(
+            // A webhook payload may be up to its own limit; the service refuses larger
+            // ones with a typed answer, and gRPC anything past the headroom.
+            pb::webhook_service_server::WebhookServiceServer::new(WebhookServiceImpl {
+                app: app.clone(),
+            })
+            .max_decoding_message_size(
+                crate::webhooks::format::MAX_PAYLOAD_BYTES + MAX_REQUEST_BYTES,
+            ),
         );
     services
 }

@@ -40,11 +40,13 @@ pub enum AuditAction {
     KeyRotateEmergency,
     /// A key set was rotated by the scheduler (or a scheduled run failed).
     KeyRotateScheduled,
+    /// A tenant's webhook secrets were handed to a caller (the secrets are never logged).
+    WebhookSecretsRead,
 }
 
 impl AuditAction {
     /// Every action, in a fixed order.
-    pub const ALL: [AuditAction; 18] = [
+    pub const ALL: [AuditAction; 19] = [
         AuditAction::AuthDenied,
         AuditAction::ClientCreate,
         AuditAction::ClientDisable,
@@ -63,6 +65,7 @@ impl AuditAction {
         AuditAction::KeyRotate,
         AuditAction::KeyRotateEmergency,
         AuditAction::KeyRotateScheduled,
+        AuditAction::WebhookSecretsRead,
     ];
 
     /// Returns the name stored in the audit log (a dotted verb). Never change one: rows
@@ -87,6 +90,7 @@ impl AuditAction {
             AuditAction::KeyRotate => "key.rotate",
             AuditAction::KeyRotateEmergency => "key.rotate.emergency",
             AuditAction::KeyRotateScheduled => "key.rotate.scheduled",
+            AuditAction::WebhookSecretsRead => "webhook.secrets.read",
         }
     }
 

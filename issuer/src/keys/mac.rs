@@ -64,6 +64,16 @@ impl MacKey {
         hmac::sign(&self.key, payload).as_ref().to_vec()
     }
 
+    /// Returns a 32-byte secret derived from this key for `context`: HMAC-SHA256(key,
+    /// `context`), a pseudo-random function, so a derived secret reveals nothing about the
+    /// key or about the secret of any other context. The webhook signer derives each
+    /// tenant's secret this way (`webhooks::TenantWebhookKey`).
+    pub fn derive_secret(&self, context: &[u8]) -> zeroize::Zeroizing<[u8; 32]> {
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        secret.copy_from_slice(hmac::sign(&self.key, context).as_ref());
+        secret
+    }
+
     /// Checks `tag` over `payload` in constant time (aws-lc-rs `hmac::verify`).
     pub fn verify(&self, payload: &[u8], tag: &[u8]) -> Result<(), MacMismatch> {
         hmac::verify(&self.key, payload, tag).map_err(|_| MacMismatch)

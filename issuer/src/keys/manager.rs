@@ -245,6 +245,36 @@ impl KeyManager {
         self.parsed_mac(key_set, &state.keys, kid, now)
     }
 
+    /// Returns every MAC key of HMAC set `key_set` whose tags verify at `now` (pending,
+    /// active or retiring), each with its schedule, newest activation first. Read from the
+    /// store like `mac_key`, so every replica sees a rotation made on another one.
+    pub async fn mac_keys(
+        &self,
+        key_set: KeySetName,
+        now: UnixMillis,
+    ) -> Result<Vec<(KeySchedule, Arc<MacKey>)>, KeyError> {
+        let state = self.store.key_set(key_set).await?;
+        let mut live: Vec<&StoredKey> = state
+            .keys
+            .iter()
+            .filter(|key| {
+                key.schedule.state_at(now).is_published() && key.wrapped_private.is_some()
+            })
+            .collect();
+        live.sort_by(|a, b| {
+            b.schedule
+                .activates_at
+                .cmp(&a.schedule.activates_at)
+                .then(b.schedule.created_at.cmp(&a.schedule.created_at))
+        });
+        let mut out = Vec::with_capacity(live.len());
+        for key in live {
+            let mac = self.parsed_mac(key_set, &state.keys, &key.schedule.kid, now)?;
+            out.push((key.schedule.clone(), mac));
+        }
+        Ok(out)
+    }
+
     /// Returns the parsed MAC key `kid` among `stored` (the set as just read) if its tags
     /// verify at `now`, unwrapping it on first use. Forgets cached keys that no longer
     /// verify, so a retired or revoked secret does not linger in memory.
