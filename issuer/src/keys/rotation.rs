@@ -310,8 +310,11 @@ mod tests {
         // The initial key plus four scheduled rotations (days 90, 180, 270, 360).
         assert_eq!(n_created, 5);
         assert_eq!(activation_days, vec![0, 90, 180, 270, 360]);
+        // A guard against a planner that grows with the number of runs (52,560 here), not
+        // a performance claim: it takes ~0.3 s in a debug build, and a loaded CI machine
+        // must not fail it (the 1 s bound it had did, at 1.0-1.1 s).
         assert!(
-            started.elapsed() < Duration::from_secs(1),
+            started.elapsed() < Duration::from_secs(10),
             "took {:?}",
             started.elapsed()
         );
