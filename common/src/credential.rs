@@ -59,6 +59,17 @@ impl CredentialKind {
         }
     }
 
+    /// Returns the kind's name in reports and JSON (`api_key`, `issuer_caller`, …).
+    pub const fn name(self) -> &'static str {
+        match self {
+            CredentialKind::ApiKey => "api_key",
+            CredentialKind::IssuerCaller => "issuer_caller",
+            CredentialKind::Refresh => "refresh",
+            CredentialKind::Service => "service",
+            CredentialKind::Webhook => "webhook",
+        }
+    }
+
     /// Returns the kind whose prefix is exactly `prefix` (as stored in a record).
     pub fn from_prefix(prefix: &str) -> Option<CredentialKind> {
         CredentialKind::ALL

@@ -227,8 +227,7 @@ mod tests {
         let mut noise = Noise(7);
         let mut text = Vec::new();
         let mut expected = Vec::new();
-        let mut line = 1;
-        for round in 0..5_000 {
+        for (line, round) in (1..).zip(0..5_000) {
             let kind = CredentialKind::ALL[round % 5];
             let mut before = Vec::new();
             let n_noise = (noise.next() % 40) as usize;
@@ -239,7 +238,6 @@ mod tests {
             expected.push((kind, line, before.len() + 1, credential.clone()));
             text.extend_from_slice(credential.as_bytes());
             text.extend_from_slice(["\n", "\r\n", "\"\n", "',\r\n", ";\n"][round % 5].as_bytes());
-            line += 1;
         }
         let found = find_credentials(&text);
         assert_eq!(found.len(), expected.len());

@@ -18,6 +18,7 @@ pub mod kek;
 pub mod keyring;
 pub mod keys;
 pub mod metrics;
+pub mod scan;
 pub mod scheduler;
 pub mod server;
 pub mod sessions;

@@ -15,6 +15,7 @@ mod jwks_pyjwt;
 mod key_secrecy;
 mod postgres_replicas;
 mod readme_journeys;
+mod scan;
 mod shutdown;
 mod sidecar;
 mod traces;
