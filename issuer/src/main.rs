@@ -12,6 +12,7 @@ use tessera_issuer::cli::{
     TokenCommand,
 };
 use tessera_issuer::config::{IssuerConfig, ServeArgs};
+use tessera_issuer::scan::ScanArgs;
 use tessera_issuer::server::Issuer;
 
 /// Exit code for a configuration error (EX_USAGE).
@@ -108,6 +109,10 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Find leaked Tessera credentials (every prefix, by checksum) in files, directories,
+    /// git history (--git) or staged changes (--staged). Exit 0: none found; 1: found;
+    /// 2: the scan could not complete; 64: bad flags.
+    Scan(Box<ScanArgs>),
 }
 
 /// Prefix of every error this program prints, the sidecar's style (`tessera-sidecar: error:`).
@@ -128,6 +133,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         let result = match cli.command {
             Command::Serve(args) => return serve(*args).await,
+            Command::Scan(args) => return tessera_issuer::scan::run(*args).await,
             Command::Keys { connect, command } => cli::keys(&connect, command).await,
             Command::Token { connect, command } => cli::token(&connect, command).await,
             Command::Clients { connect, command } => cli::clients(&connect, command).await,
