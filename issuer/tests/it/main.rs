@@ -18,3 +18,4 @@ mod test_database;
 mod tls;
 mod verification;
 mod webhook_keys;
+mod webhooks;
