@@ -20,3 +20,4 @@ mod shutdown;
 mod sidecar;
 mod traces;
 mod uds_clients;
+mod webhooks;
