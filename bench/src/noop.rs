@@ -31,7 +31,8 @@ use crate::transport::Transport;
 
 /// Largest request the sidecar accepts; mirrored so decoding limits match.
 const MAX_REQUEST_BYTES: usize = 256 * 1024;
-/// Answers buffered per stream, as in the sidecar.
+/// Answers buffered per stream by the echo task (the sidecar's bound while it answered
+/// through a channel, until d90bca2).
 const OUTBOUND_CAPACITY: usize = 128;
 
 /// The canned answers, built once from a real token so sizes match the real path.
@@ -194,8 +195,10 @@ where
     }
 }
 
-/// The streaming handler: echoes each `request_id` with the canned verdict, through a
-/// bounded channel as the sidecar answers.
+/// The streaming handler: echoes each `request_id` with the canned verdict, from a task
+/// through a bounded channel, as the sidecar answered until d90bca2 (it now answers from
+/// its response stream itself, with no task or channel in between): the empty stream is a
+/// reference for the transport, not a copy of the sidecar's stream path.
 struct Echo {
     canned: Arc<Canned>,
 }
