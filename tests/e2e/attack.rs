@@ -5,6 +5,8 @@
 
 mod abuse;
 mod emergency;
+mod scan;
 mod sessions;
 mod tenant;
 mod tokens;
+mod webhooks;
