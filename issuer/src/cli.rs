@@ -167,14 +167,15 @@ pub enum AuditCommand {
     Verify,
 }
 
-struct Client {
-    channel: Channel,
+/// A connection to the issuer with the caller's credential (also used by `scan --revoke`).
+pub(crate) struct Client {
+    pub(crate) channel: Channel,
     credential: String,
     json: bool,
 }
 
 impl Client {
-    async fn connect(args: &ConnectArgs) -> anyhow::Result<Client> {
+    pub(crate) async fn connect(args: &ConnectArgs) -> anyhow::Result<Client> {
         let credential = credential(args)?;
         let mut endpoint =
             Endpoint::from_shared(args.addr.clone()).context("--addr is not a valid URL")?;
@@ -198,7 +199,7 @@ impl Client {
         })
     }
 
-    fn request<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
+    pub(crate) fn request<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
         let mut request = tonic::Request::new(message);
         let value = format!("Bearer {}", self.credential)
             .parse()

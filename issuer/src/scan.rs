@@ -15,6 +15,7 @@
 //! - 64: invalid command line (as for every subcommand).
 
 mod git;
+mod revoke;
 mod walk;
 
 use std::path::PathBuf;
@@ -50,6 +51,11 @@ pub struct ScanArgs {
     /// hook.
     #[arg(long)]
     pub staged: bool,
+    /// Ask the issuer (--addr, --token-file; admin scope) to revoke every credential found;
+    /// each finding then says revoked, already_dead (it was dead already), unknown (not
+    /// this issuer's, or outside the caller's tenants) or unsupported_kind.
+    #[arg(long)]
+    pub revoke: bool,
     /// Skip files larger than this many bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_FILE_BYTES)]
     pub max_file_size: u64,
@@ -119,7 +125,7 @@ impl Report {
 /// Runs `tessera-issuer scan` and returns its exit code (see the module comment).
 pub async fn run(args: ScanArgs) -> ExitCode {
     let mut report = Report {
-        keep_credentials: false,
+        keep_credentials: args.revoke,
         ..Report::default()
     };
     let paths = if args.paths.is_empty() {
@@ -136,7 +142,21 @@ pub async fn run(args: ScanArgs) -> ExitCode {
             walk::scan_path(path, args.max_file_size, &mut report);
         }
     }
-    let revocations: Vec<String> = Vec::new();
+    let revocations = if args.revoke && !report.findings.is_empty() {
+        match revoke::revoke_found(&args.connect, &report.findings).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                let error = match error.downcast_ref::<tonic::Status>() {
+                    Some(status) => format!("{} ({:?})", status.message(), status.code()),
+                    None => format!("{error:#}"),
+                };
+                report.errors.push(format!("--revoke: {error}"));
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
     print_report(&report, &revocations, args.connect.json);
     if !report.errors.is_empty() {
         ExitCode::from(EXIT_INCOMPLETE)

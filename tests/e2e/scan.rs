@@ -2,7 +2,9 @@
 //! a directory tree (file:line:column, kind, id, fingerprint; never the secret), binary
 //! and skipped directories are left alone, `--git` finds a credential committed then
 //! deleted, `--staged` finds one about to be committed, and the exit codes a pre-commit
-//! hook relies on (0 clean, 1 found, 2 incomplete, 64 bad flags).
+//! hook relies on (0 clean, 1 found, 2 incomplete, 64 bad flags); `--revoke` against a
+//! live issuer revokes a caller credential and a refresh token (which then stop working)
+//! and says `already_dead` of a disabled client's credential.
 
 use std::path::Path;
 use std::process::Command;
@@ -11,7 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tessera_common::credential::{Credential, CredentialKind};
 
-use crate::support::issuer::run_issuer_command;
+use crate::support::issuer::{Issuer, run_issuer_command};
 use crate::support::process::Output;
 
 fn scan(args: &[&str]) -> Output {
@@ -299,5 +301,116 @@ fn scan_git_finds_a_credential_committed_then_deleted_and_staged_ones() {
     let not_a_repository = root.path().join("plain");
     std::fs::create_dir_all(&not_a_repository).unwrap();
     let output = scan(&["--git", not_a_repository.to_str().unwrap()]);
+    assert_eq!(output.code(), Some(2), "{}", output.stderr);
+}
+
+#[test]
+fn scan_revoke_revokes_the_live_credentials_found_and_says_which_were_already_dead() {
+    let root = tempfile::tempdir().unwrap();
+    let issuer = Issuer::start(root.path());
+    let live = issuer.cli_json(&[
+        "clients", "create", "--name", "leaky-ci", "--scope", "issue", "--tenant", "acme",
+    ]);
+    let live_credential = live["credential"].as_str().unwrap().to_owned();
+    let disabled = issuer.cli_json(&[
+        "clients", "create", "--name", "old-ci", "--scope", "issue", "--tenant", "acme",
+    ]);
+    let disabled_credential = disabled["credential"].as_str().unwrap().to_owned();
+    issuer
+        .cli(&[
+            "clients",
+            "disable",
+            disabled["client_id"].as_str().unwrap(),
+            "--reason",
+            "retired",
+        ])
+        .assert_success("clients disable");
+    let session = issuer.cli_json(&[
+        "session",
+        "create",
+        "--subject",
+        "alice",
+        "--tenant",
+        "acme",
+    ]);
+    let refresh_token = session["refresh_token"].as_str().unwrap().to_owned();
+
+    let tree = root.path().join("leaks");
+    write(
+        &tree.join("ci.yml"),
+        &format!("env:\n  TESSERA_TOKEN: {live_credential}\n  OLD: {disabled_credential}\n"),
+    );
+    write(
+        &tree.join("debug.log"),
+        &format!("refresh={refresh_token}\nagain={live_credential}\n"),
+    );
+    let tree_arg = tree.to_str().unwrap();
+    let output = issuer.cli(&["scan", "--revoke", tree_arg]);
+    assert_eq!(
+        output.code(),
+        Some(1),
+        "{}\n{}",
+        output.stdout,
+        output.stderr
+    );
+    let line_of = |prefix: &str| {
+        output
+            .stdout
+            .lines()
+            .find(|line| line.contains(prefix))
+            .unwrap_or_else(|| panic!("no `{prefix}` in:\n{}", output.stdout))
+            .to_owned()
+    };
+    assert!(line_of("ci.yml:2:18: tbc_").ends_with("revocation=revoked"));
+    assert!(line_of("ci.yml:3:8: tbc_").ends_with("revocation=already_dead"));
+    assert!(line_of("debug.log:1:9: tbf_").ends_with("revocation=revoked"));
+    assert!(
+        line_of("debug.log:2:7: tbc_").ends_with("revocation=revoked"),
+        "the same credential twice is one revocation, reported at both places"
+    );
+    for credential in [&live_credential, &disabled_credential, &refresh_token] {
+        let secret = Credential::parse(credential).unwrap().secret;
+        assert!(!output.stdout.contains(secret.expose()));
+        assert!(!output.stderr.contains(secret.expose()));
+    }
+
+    // The revoked caller credential no longer authenticates; the refresh token no longer
+    // refreshes.
+    let credential_file = root.path().join("leaked.token");
+    std::fs::write(&credential_file, &live_credential).unwrap();
+    let refused = issuer.cli_as(
+        &credential_file,
+        &["token", "issue", "--subject", "bob", "--tenant", "acme"],
+    );
+    assert!(!refused.success(), "{}", refused.stdout);
+    let refused = issuer.cli(&["session", "refresh", &refresh_token]);
+    assert!(!refused.success(), "{}", refused.stdout);
+
+    // Scanning again: everything already dead; --json carries the outcomes.
+    let mut again = issuer.cli(&["scan", "--revoke", "--json", tree_arg]);
+    assert_eq!(again.code(), Some(1), "{}", again.stderr);
+    let document: Value = serde_json::from_str(&std::mem::take(&mut again.stdout)).unwrap();
+    let outcomes: Vec<&str> = document["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|finding| finding["revocation"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["already_dead"; 4], "{document}");
+
+    // Without reaching the issuer the scan is incomplete: exit 2.
+    let output = run_issuer_command(
+        &[
+            "scan",
+            "--revoke",
+            "--addr",
+            "http://127.0.0.1:1",
+            "--token-file",
+            credential_file.to_str().unwrap(),
+            tree_arg,
+        ],
+        &[],
+        Duration::from_secs(60),
+    );
     assert_eq!(output.code(), Some(2), "{}", output.stderr);
 }

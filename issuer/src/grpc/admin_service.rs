@@ -15,6 +15,8 @@ use crate::audit::{Actor, AuditAction, ChainVerifier};
 use crate::auth::Scope;
 use crate::store::{AuditRecord, ClientRecord};
 
+mod leaked;
+
 /// Events read per batch when verifying the chain.
 const VERIFY_BATCH: usize = 1000;
 
@@ -194,6 +196,38 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
             .map_err(from_store)?;
         self.app.auth.forget(&client_id).await;
         Ok(Response::new(pb::DisableClientResponse {}))
+    }
+
+    #[instrument(skip_all, name = "AdminService/RevokeLeakedCredentials")]
+    async fn revoke_leaked_credentials(
+        &self,
+        request: Request<pb::RevokeLeakedCredentialsRequest>,
+    ) -> Result<Response<pb::RevokeLeakedCredentialsResponse>, Status> {
+        let caller = self
+            .app
+            .authorize(
+                &request,
+                "AdminService/RevokeLeakedCredentials",
+                Scope::Admin,
+            )
+            .await?;
+        let request_id = request_id(&request);
+        let message = request.into_inner();
+        leaked::check_limits(&message)?;
+        let reason = if message.reason.is_empty() {
+            "leaked credential".to_owned()
+        } else {
+            format!("leaked credential: {}", message.reason)
+        };
+        let actor = Actor::client(caller.client_id.clone(), request_id, reason);
+        let mut outcomes = Vec::with_capacity(message.credentials.len());
+        for presented in &message.credentials {
+            let outcome = leaked::revoke_one(&self.app, &caller, &actor, presented).await?;
+            outcomes.push(outcome as i32);
+        }
+        Ok(Response::new(pb::RevokeLeakedCredentialsResponse {
+            outcomes,
+        }))
     }
 
     #[instrument(skip_all, name = "AdminService/ListAuditEvents")]

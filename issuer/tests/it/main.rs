@@ -8,6 +8,7 @@ mod bootstrap_clients;
 mod harness;
 mod health;
 mod keyring;
+mod leaked;
 mod legacy_audit;
 mod postgres_replicas;
 mod server;

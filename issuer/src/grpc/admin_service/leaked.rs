@@ -1,0 +1,173 @@
+//! `AdminService/RevokeLeakedCredentials`: revokes credentials found leaked (by
+//! `tessera-issuer scan --revoke`). Each presented credential is verified as if it were
+//! being used — parsed (prefix, shape, checksum), its record found by id, its secret
+//! compared in constant time under the record's pepper — so only someone holding the
+//! credential can revoke it, never someone who knows an id. A record outside a confined
+//! caller's tenants gets the answer a record that does not exist would get.
+//!
+//! What each kind that has records today becomes:
+//! - a caller credential (`tbc_`, or `tbk_` of a client created before `tbc_`): its client
+//!   is disabled (audited `client.disable`), as `DisableClient` does;
+//! - a refresh token (`tbf_`): its family is revoked (audited `revoke.family`, and the
+//!   entry reaches every sidecar, so the family's access tokens die too), as refresh-token
+//!   reuse does.
+//!
+//! `tbs_` and `tbw_` (and `tbk_` tenant API keys) have no records yet: `unsupported_kind`.
+
+use tessera_common::credential::{Credential, CredentialKind, MAX_CREDENTIAL_BYTES};
+use tessera_common::ids::ClientId;
+use tessera_common::limits::MAX_LIST_ENTRIES;
+use tessera_proto::v1 as pb;
+use tonic::Status;
+use tracing::info;
+
+use super::super::status::{from_session, from_store};
+use crate::app::App;
+use crate::audit::{Actor, AuditAction};
+use crate::auth::Caller;
+use crate::sessions::service::RevocationTarget;
+use crate::store::RefreshState;
+
+/// Most credentials one request may present.
+pub const MAX_LEAKED_CREDENTIALS: usize = MAX_LIST_ENTRIES;
+
+/// Checks the request's size limits before any credential is looked at.
+pub fn check_limits(message: &pb::RevokeLeakedCredentialsRequest) -> Result<(), Status> {
+    if message.credentials.is_empty() {
+        return Err(Status::invalid_argument("credentials: at least one"));
+    }
+    if message.credentials.len() > MAX_LEAKED_CREDENTIALS {
+        return Err(Status::invalid_argument(format!(
+            "credentials: more than {MAX_LEAKED_CREDENTIALS} entries"
+        )));
+    }
+    if let Some(index) = message
+        .credentials
+        .iter()
+        .position(|credential| credential.len() > MAX_CREDENTIAL_BYTES)
+    {
+        return Err(Status::invalid_argument(format!(
+            "credentials[{index}]: longer than {MAX_CREDENTIAL_BYTES} bytes"
+        )));
+    }
+    tessera_common::limits::check_text(
+        "reason",
+        &message.reason,
+        tessera_common::limits::MAX_REASON_BYTES,
+    )
+    .map_err(|error| Status::invalid_argument(error.to_string()))
+}
+
+/// Verifies and revokes one presented credential.
+pub async fn revoke_one(
+    app: &App,
+    caller: &Caller,
+    actor: &Actor,
+    presented: &str,
+) -> Result<pb::LeakedCredentialOutcome, Status> {
+    let Ok(credential) = Credential::parse(presented) else {
+        return Ok(pb::LeakedCredentialOutcome::Unknown);
+    };
+    match credential.kind {
+        CredentialKind::IssuerCaller => {
+            revoke_caller(
+                app,
+                caller,
+                actor,
+                &credential,
+                pb::LeakedCredentialOutcome::Unknown,
+            )
+            .await
+        }
+        // A tbk_ credential is a caller credential only for clients created before tbc_;
+        // otherwise it is a tenant API key, which has no records yet.
+        CredentialKind::ApiKey => {
+            revoke_caller(
+                app,
+                caller,
+                actor,
+                &credential,
+                pb::LeakedCredentialOutcome::UnsupportedKind,
+            )
+            .await
+        }
+        CredentialKind::Refresh => revoke_refresh(app, caller, actor, presented).await,
+        CredentialKind::Service | CredentialKind::Webhook => {
+            Ok(pb::LeakedCredentialOutcome::UnsupportedKind)
+        }
+    }
+}
+
+/// Disables the client `credential` authenticates as. `not_found` is the answer for no
+/// such client (and so for a client the caller may not see).
+async fn revoke_caller(
+    app: &App,
+    caller: &Caller,
+    actor: &Actor,
+    credential: &Credential,
+    not_found: pb::LeakedCredentialOutcome,
+) -> Result<pb::LeakedCredentialOutcome, Status> {
+    let Ok(client_id) = ClientId::new(credential.id.clone()) else {
+        return Ok(not_found);
+    };
+    let Some(record) = app.store.client(&client_id).await.map_err(from_store)? else {
+        return Ok(not_found);
+    };
+    if !app.auth.credentials().verify(credential, &record).await
+        || !caller.covers_tenants(&record.tenants)
+    {
+        return Ok(not_found);
+    }
+    let now = app.now();
+    if record.disabled_at.is_some_and(|at| at <= now) {
+        return Ok(pb::LeakedCredentialOutcome::AlreadyDead);
+    }
+    let audit = actor.entry(now, AuditAction::ClientDisable, client_id.to_string());
+    app.store
+        .disable_client(&client_id, now, audit)
+        .await
+        .map_err(from_store)?;
+    app.auth.forget(&client_id).await;
+    info!(client_id = %client_id, "leaked caller credential revoked: client disabled");
+    Ok(pb::LeakedCredentialOutcome::Revoked)
+}
+
+/// Revokes the family of the refresh token `presented`.
+async fn revoke_refresh(
+    app: &App,
+    caller: &Caller,
+    actor: &Actor,
+    presented: &str,
+) -> Result<pb::LeakedCredentialOutcome, Status> {
+    let Some((token, session)) = app
+        .sessions
+        .inspect(presented)
+        .await
+        .map_err(from_session)?
+    else {
+        return Ok(pb::LeakedCredentialOutcome::Unknown);
+    };
+    if !caller.may_act_on(session.tenant_id.as_str()) {
+        return Ok(pb::LeakedCredentialOutcome::Unknown);
+    }
+    let now = app.now();
+    // A rotated token of a live family still counts as live: its family is compromised
+    // (and presenting it would be reuse), so the family is revoked.
+    let dead = matches!(token.state, RefreshState::Revoked { .. })
+        || token.expires_at <= now
+        || session.revoked_at.is_some_and(|at| at <= now)
+        || session.expires_at.is_some_and(|at| at <= now);
+    if dead {
+        return Ok(pb::LeakedCredentialOutcome::AlreadyDead);
+    }
+    app.sessions
+        .revoke(
+            RevocationTarget::Family(token.family_id.clone()),
+            Some(session.tenant_id.clone()),
+            actor,
+        )
+        .await
+        .map_err(from_session)?;
+    info!(family_id = %token.family_id, "leaked refresh token revoked: family revoked");
+    Ok(pb::LeakedCredentialOutcome::Revoked)
+}
