@@ -291,7 +291,7 @@ async fn scheduled_rotation_signs_with_both_secrets_through_the_overlap_then_the
         .await
         .expect("sign")
         .into_inner();
-    assert_eq!(signed.kids, [old.kid.clone()]);
+    assert_eq!(signed.kids, std::slice::from_ref(&old.kid));
 
     // When it activates, the successor signs, the predecessor's signature is listed
     // too, and a receiver knowing either secret verifies.
@@ -353,7 +353,7 @@ async fn scheduled_rotation_signs_with_both_secrets_through_the_overlap_then_the
         .await
         .expect("sign")
         .into_inner();
-    assert_eq!(signed_after.kids, [new.kid.clone()]);
+    assert_eq!(signed_after.kids, std::slice::from_ref(&new.kid));
     assert!(receiver_accepts(&new.secret, &signed_after, payload));
     assert!(!receiver_accepts(&old.secret, &signed_after, payload));
 
