@@ -12,6 +12,7 @@ const PROTOS: &[&str] = &[
     "tessera/v1/validator.proto",
     "tessera/v1/admin.proto",
     "tessera/v1/webhooks.proto",
+    "tessera/v1/apikeys.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

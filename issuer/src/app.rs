@@ -10,6 +10,7 @@ use tonic::Status;
 use tracing::warn;
 
 use crate::abuse::{self, Peer, Refusal};
+use crate::api_keys::ApiKeys;
 use crate::audit::{Actor, AuditAction, AuditEntry, AuditOutcome};
 use crate::auth::{AuthError, Authenticator, Caller, Scope, StoreAccess};
 use crate::hub::BundleHub;
@@ -26,6 +27,8 @@ pub struct App {
     pub auth: Arc<Authenticator>,
     pub sessions: Arc<SessionService>,
     pub session_store: Arc<dyn SessionStore>,
+    /// Tenant API keys (and their usage batch, flushed on shutdown).
+    pub api_keys: Arc<ApiKeys>,
     pub clock: Arc<dyn Clock>,
     pub tokens: TokenPolicy,
     pub heartbeat: Duration,

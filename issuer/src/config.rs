@@ -108,6 +108,8 @@ pub struct IssuerConfig {
     pub refresh_ttl: Duration,
     /// Window in which a just-rotated refresh token returns the same successor.
     pub refresh_reuse_grace: Duration,
+    /// How often the API-key usage batch is written (and once more at shutdown).
+    pub api_key_usage_flush: Duration,
     pub bootstrap_admin: bool,
     /// Clients created on start when their credential file does not hold a valid one.
     pub bootstrap_clients: Vec<BootstrapClient>,
@@ -209,6 +211,7 @@ fn resolve(settings: ServeArgs, environment: Environment) -> Result<IssuerConfig
         refresh_ttl: timers.refresh_ttl,
         refresh_reuse_grace: timers.refresh_reuse_grace,
         rotation_check: timers.rotation_check,
+        api_key_usage_flush: api_key_usage_flush(&settings)?,
         bootstrap_admin: settings.bootstrap_admin.unwrap_or(true),
         bootstrap_clients: bootstrap_clients::parse_all(
             settings.bootstrap_clients.as_deref().unwrap_or_default(),
@@ -216,6 +219,19 @@ fn resolve(settings: ServeArgs, environment: Environment) -> Result<IssuerConfig
         log_json: settings.log_json.unwrap_or(false),
         otlp_endpoint: environment.otlp_endpoint,
     })
+}
+
+/// The API-key usage batch interval: what a crash may lose, and how stale
+/// `last_used_at` may be.
+fn api_key_usage_flush(settings: &ServeArgs) -> Result<Duration, ConfigError> {
+    let seconds = settings.api_key_usage_flush_seconds.unwrap_or(5);
+    if seconds == 0 || seconds > 300 {
+        return Err(invalid(
+            "api_key_usage_flush_seconds",
+            "must be between 1 and 300",
+        ));
+    }
+    Ok(Duration::from_secs(seconds))
 }
 
 fn store(settings: &ServeArgs, data_dir: &Path) -> Result<StoreConfig, ConfigError> {

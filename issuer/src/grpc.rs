@@ -3,6 +3,7 @@
 //! call the domain, and map errors to `Status` through `grpc::status`.
 
 pub mod admin_service;
+pub mod api_key_service;
 pub mod bundle_service;
 pub mod convert;
 pub mod emergency;

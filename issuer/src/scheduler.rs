@@ -10,6 +10,7 @@ use tessera_common::keys::KeySetName;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::api_keys::ApiKeys;
 use crate::audit::{Actor, AuditAction, AuditEntry, AuditOutcome};
 use crate::hub::RETAINED_EVENTS;
 use crate::keys::KeyManager;
@@ -24,6 +25,7 @@ pub async fn run(
     keys: Arc<KeyManager>,
     store: Arc<dyn Store>,
     sessions: Arc<dyn SessionStore>,
+    api_keys: Arc<ApiKeys>,
     clock: Arc<dyn Clock>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -38,6 +40,11 @@ pub async fn run(
         run_once(&keys, &store, clock.as_ref()).await;
         if let Err(error) = sessions.prune_revocations(clock.now()).await {
             warn!(%error, "revocation pruning failed");
+        }
+        // API keys entering their last week are marked `expiring`, those past expiry
+        // deactivated (each once, audited; conditional writes, so replicas agree).
+        if let Err(error) = api_keys.run_expiry().await {
+            warn!(%error, "api key expiry pass failed");
         }
     }
 }

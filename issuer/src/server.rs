@@ -24,12 +24,14 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
+use crate::api_keys::ApiKeys;
 use crate::app::App;
 use crate::audit::{Actor, AuditAction};
 use crate::auth::{Authenticator, Caller, Scope};
 use crate::config::{IssuerConfig, KekSource, StoreConfig};
 use crate::credentials::Credentials;
 use crate::grpc::admin_service::AdminServiceImpl;
+use crate::grpc::api_key_service::ApiKeyServiceImpl;
 use crate::grpc::bundle_service::TrustBundleServiceImpl;
 use crate::grpc::key_service::KeyServiceImpl;
 use crate::grpc::token_service::TokenServiceImpl;
@@ -40,6 +42,7 @@ use crate::kek::Kek;
 use crate::keyring::{self, Keyring};
 use crate::keys::KeyManager;
 use crate::sessions::{SessionPolicy, SessionService};
+use crate::store::ApiKeyStore;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{SessionStore, Store};
@@ -68,11 +71,15 @@ impl Issuer {
     /// Opens the store, loads keys and bundle; binds nothing.
     pub async fn start(config: IssuerConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Issuer> {
         secure_data_dir(&config.data_dir)?;
-        let (store, session_store): (Arc<dyn Store>, Arc<dyn SessionStore>) = match &config.store {
+        let (store, session_store, api_key_store): (
+            Arc<dyn Store>,
+            Arc<dyn SessionStore>,
+            Arc<dyn ApiKeyStore>,
+        ) = match &config.store {
             StoreConfig::Sqlite { path } => {
                 info!(path = %path.display(), "using embedded SQLite store");
                 let sqlite = Arc::new(SqliteStore::open(path).context("opening the SQLite store")?);
-                (sqlite.clone(), sqlite)
+                (sqlite.clone(), sqlite.clone(), sqlite)
             }
             StoreConfig::Postgres(options) => {
                 info!(pool_size = options.pool_size, "using PostgreSQL store");
@@ -81,7 +88,7 @@ impl Issuer {
                         .await
                         .context("connecting to PostgreSQL")?,
                 );
-                (postgres.clone(), postgres)
+                (postgres.clone(), postgres.clone(), postgres)
             }
         };
         let keyring = Arc::new(Keyring::from_kek(load_kek(&config.kek)?)?);
@@ -90,6 +97,11 @@ impl Issuer {
             .context("loading the credential pepper versions")?;
         info!(%pepper, "credential pepper loaded");
         let credentials = Arc::new(Credentials::new(keyring.clone(), store.clone()));
+        let api_keys = Arc::new(ApiKeys::new(
+            api_key_store,
+            credentials.clone(),
+            clock.clone(),
+        ));
         let keys = Arc::new(KeyManager::new(
             store.clone(),
             keyring.clone(),
@@ -147,6 +159,7 @@ impl Issuer {
             auth,
             sessions,
             session_store,
+            api_keys,
             clock,
             tokens: config.tokens.clone(),
             heartbeat: config.heartbeat,
@@ -178,10 +191,17 @@ impl Issuer {
             app.keys.clone(),
             app.store.clone(),
             app.session_store.clone(),
+            app.api_keys.clone(),
             app.clock.clone(),
             self.config.rotation_check,
             app.shutdown.clone(),
         ));
+
+        let usage_flusher = tokio::spawn(
+            app.api_keys
+                .clone()
+                .run_usage_flusher(self.config.api_key_usage_flush, app.shutdown.clone()),
+        );
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         let mut services = issuer_services(&app);
@@ -251,6 +271,14 @@ impl Issuer {
         );
         pump.abort();
         scheduler.abort();
+        // The last usage batch: what was counted since the previous flush survives the stop.
+        if let Err(error) = usage_flusher.await {
+            warn!(%error, "api key usage flusher failed");
+        }
+        // Calls that finished after the flusher's last pass are written here.
+        if let Err(error) = app.api_keys.flush_usage().await {
+            warn!(%error, "api key usage flush at shutdown failed");
+        }
         grpc_result?;
         http_result?;
         info!("tessera-issuer stopped");
@@ -374,6 +402,12 @@ pub fn issuer_services(app: &Arc<App>) -> Services {
             .max_decoding_message_size(
                 crate::webhooks::format::MAX_PAYLOAD_BYTES + MAX_REQUEST_BYTES,
             ),
+        )
+        .add(
+            pb::api_key_service_server::ApiKeyServiceServer::new(ApiKeyServiceImpl {
+                app: app.clone(),
+            })
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
         );
     services
 }

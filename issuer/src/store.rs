@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use crate::kek::KekVersion;
 
+pub mod api_keys;
 mod columns;
 pub mod emergency;
 pub mod postgres;
@@ -25,6 +26,7 @@ mod shared;
 pub mod sqlite;
 
 pub use crate::audit::{AuditEntry, AuditRecord, StoredAuditEntry};
+pub use api_keys::{ApiKeyRecord, ApiKeyState, ApiKeyStore, ApiKeyUsage};
 pub use emergency::{EmergencyCommit, EmergencyCommitted, IncidentRecord};
 pub use sessions::{
     RefreshContext, RefreshState, RefreshTokenRecord, Revocation, RevocationEffect, SessionRecord,

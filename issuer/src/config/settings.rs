@@ -149,6 +149,9 @@ serve_settings! {
     heartbeat_seconds: u64 = "TESSERA_HEARTBEAT_SECONDS";
     /// Seconds between rotation-scheduler runs [default: 60].
     rotation_check_seconds: u64 = "TESSERA_ROTATION_CHECK_SECONDS";
+    /// Seconds between writes of the API-key usage batch (also written at shutdown)
+    /// [default: 5].
+    api_key_usage_flush_seconds: u64 = "TESSERA_API_KEY_USAGE_FLUSH_SECONDS";
     /// Lifetime of each refresh token, seconds [default: 2592000 = 30 days].
     refresh_ttl_seconds: u64 = "TESSERA_REFRESH_TTL_SECONDS";
     /// Seconds a just-rotated refresh token still returns the same successor (concurrent

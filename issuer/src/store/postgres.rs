@@ -3,6 +3,7 @@
 //! replica LISTENs and pokes its change signal, so a change made on one replica reaches
 //! the subscribers of all of them.
 
+mod api_keys;
 mod error;
 mod listener;
 mod migrations;

@@ -1,6 +1,7 @@
 //! The SQLite backend: the embedded default store for a single issuer replica. One
 //! connection behind a mutex; every call runs on tokio's blocking pool.
 
+mod api_keys;
 mod error;
 mod migrations;
 mod queries;
@@ -470,7 +471,7 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(version, 3);
+        assert_eq!(version, 4);
     }
 
     /// A span opened: name, target, level and fields.

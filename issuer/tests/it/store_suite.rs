@@ -7,6 +7,7 @@
 //! afterwards; otherwise its tests print that they were skipped, unless
 //! `TESSERA_REQUIRE_POSTGRES=1`, which makes them fail.
 
+mod api_keys;
 mod emergency;
 mod events;
 mod fixture;
@@ -56,6 +57,14 @@ macro_rules! store_test_suite {
                 revoke_publishes_entries_events_and_audit,
                 prune_revocations_drops_only_expired_entries,
                 change_signal_fires_after_revoke,
+            },
+            api_keys::{
+                api_keys_round_trip_and_list_by_tenant,
+                api_key_rotation_is_conditional,
+                concurrent_api_key_rotations_make_exactly_one_successor,
+                api_key_revocation_is_conditional,
+                api_key_expiring_and_expiry_happen_once,
+                api_key_usage_batches_add_up,
             },
         ]);
     };

@@ -11,7 +11,12 @@ use crate::store::StoreError;
 const MIGRATION_LOCK: i64 = 0x7465_7373_6d69_6772;
 
 /// Every migration, oldest first, with its version.
-const MIGRATIONS: &[(i64, &str)] = &[(1, V1_INITIAL), (2, V2_SESSIONS), (3, V3_KEYRING)];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, V1_INITIAL),
+    (2, V2_SESSIONS),
+    (3, V3_KEYRING),
+    (4, V4_API_KEYS),
+];
 
 /// Timestamps are unix milliseconds; JSON values are stored as text.
 const V1_INITIAL: &str = r#"
@@ -128,6 +133,33 @@ CREATE INDEX revocations_by_drop_after ON revocations (drop_after);
 const V3_KEYRING: &str = r#"
 ALTER TABLE signing_keys ADD COLUMN kek_version INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE api_clients ADD COLUMN credential_prefix TEXT NOT NULL DEFAULT 'tbk_';
+"#;
+
+/// API keys (`tbk_`, issue 10): one row per key, the secret only as an HMAC under its
+/// pepper version; `expiring_at` marks the warning window once; usage is written in
+/// batches.
+const V4_API_KEYS: &str = r#"
+CREATE TABLE api_keys (
+    key_id         TEXT PRIMARY KEY,
+    tenant_id      TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    permissions    TEXT NOT NULL,
+    role           TEXT NOT NULL,
+    secret_hash    BYTEA NOT NULL,
+    pepper_version INTEGER NOT NULL,
+    created_at     BIGINT NOT NULL,
+    expires_at     BIGINT NOT NULL,
+    state          TEXT NOT NULL CHECK (state IN ('active', 'rotated', 'revoked', 'expired')),
+    state_at       BIGINT,
+    predecessor_id TEXT,
+    successor_id   TEXT,
+    grace_until    BIGINT,
+    expiring_at    BIGINT,
+    last_used_at   BIGINT,
+    usage_count    BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id, created_at);
+CREATE INDEX api_keys_by_expiry ON api_keys (state, expires_at);
 "#;
 
 /// Applies every migration not yet recorded in `schema_migrations`, in one transaction

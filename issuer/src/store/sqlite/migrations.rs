@@ -7,7 +7,7 @@ use super::error::SqliteFailure;
 use crate::store::StoreError;
 
 /// Every migration, oldest first; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_SESSIONS, V3_KEYRING];
+const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_SESSIONS, V3_KEYRING, V4_API_KEYS];
 
 /// Timestamps are unix milliseconds; JSON values are stored as text.
 const V1_INITIAL: &str = r#"
@@ -123,6 +123,33 @@ CREATE INDEX revocations_by_drop_after ON revocations (drop_after);
 const V3_KEYRING: &str = r#"
 ALTER TABLE signing_keys ADD COLUMN kek_version INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE api_clients ADD COLUMN credential_prefix TEXT NOT NULL DEFAULT 'tbk_';
+"#;
+
+/// API keys (`tbk_`, issue 10): one row per key, the secret only as an HMAC under its
+/// pepper version; `expiring_at` marks the warning window once; usage is written in
+/// batches.
+const V4_API_KEYS: &str = r#"
+CREATE TABLE api_keys (
+    key_id         TEXT PRIMARY KEY NOT NULL,
+    tenant_id      TEXT NOT NULL,
+    name           TEXT NOT NULL,
+    permissions    TEXT NOT NULL,
+    role           TEXT NOT NULL,
+    secret_hash    BLOB NOT NULL,
+    pepper_version INTEGER NOT NULL,
+    created_at     INTEGER NOT NULL,
+    expires_at     INTEGER NOT NULL,
+    state          TEXT NOT NULL CHECK (state IN ('active', 'rotated', 'revoked', 'expired')),
+    state_at       INTEGER,
+    predecessor_id TEXT,
+    successor_id   TEXT,
+    grace_until    INTEGER,
+    expiring_at    INTEGER,
+    last_used_at   INTEGER,
+    usage_count    INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id, created_at);
+CREATE INDEX api_keys_by_expiry ON api_keys (state, expires_at);
 "#;
 
 /// Applies every migration newer than the database's `user_version`, all in one

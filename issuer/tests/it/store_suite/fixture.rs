@@ -17,8 +17,8 @@ use tessera_issuer::audit::{Actor, AuditAction, GENESIS_HASH, chain_hash};
 use tessera_issuer::store::postgres::{PostgresOptions, PostgresStore};
 use tessera_issuer::store::sqlite::SqliteStore;
 use tessera_issuer::store::{
-    AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeyWrite, Revocation, RevocationEffect,
-    SessionStore, Store, StoredKey, WrappedKey,
+    ApiKeyStore, AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeyWrite, Revocation,
+    RevocationEffect, SessionStore, Store, StoredKey, WrappedKey,
 };
 use tokio::sync::Notify;
 
@@ -27,6 +27,8 @@ pub struct Fixture {
     pub store: Arc<dyn Store>,
     /// The same store, seen through its session aggregate.
     pub sessions: Arc<dyn SessionStore>,
+    /// The same store, seen through its API-key aggregate.
+    pub api_keys: Arc<dyn ApiKeyStore>,
     target: Target,
 }
 
@@ -42,7 +44,8 @@ pub async fn sqlite() -> Option<Fixture> {
     let store = Arc::new(SqliteStore::open(&path).expect("open sqlite store"));
     Some(Fixture {
         store: Arc::clone(&store) as Arc<dyn Store>,
-        sessions: store,
+        sessions: Arc::clone(&store) as Arc<dyn SessionStore>,
+        api_keys: store,
         target: Target::Sqlite { path, _dir: dir },
     })
 }
@@ -55,7 +58,8 @@ pub async fn postgres() -> Option<Fixture> {
     let store = Arc::new(connect_postgres(&schema).await);
     Some(Fixture {
         store: Arc::clone(&store) as Arc<dyn Store>,
-        sessions: store,
+        sessions: Arc::clone(&store) as Arc<dyn SessionStore>,
+        api_keys: store,
         target: Target::Postgres { schema },
     })
 }
@@ -102,6 +106,17 @@ impl Fixture {
                 let store = Arc::new(connect_postgres(schema).await);
                 (Arc::clone(&store) as Arc<dyn Store>, store)
             }
+        }
+    }
+
+    /// Opens a second store on the same database, like [`Fixture::open_replica`], seen
+    /// through its API-key aggregate.
+    pub async fn open_api_key_replica(&self) -> Arc<dyn ApiKeyStore> {
+        match &self.target {
+            Target::Sqlite { path, .. } => {
+                Arc::new(SqliteStore::open(path).expect("reopen sqlite store"))
+            }
+            Target::Postgres { schema } => Arc::new(connect_postgres(schema).await),
         }
     }
 
