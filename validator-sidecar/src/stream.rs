@@ -76,42 +76,53 @@ impl AnswerStream {
     /// an early refusal) and the rest gets a task; with one worker everything is answered
     /// here except a request waiting for the resync its unknown kid started.
     fn take(&mut self, request: pb::ValidateStreamRequest) -> Option<StreamAnswer> {
-        let request_id = request.request_id;
         if self.spawn {
-            let cheap = match convert::stream_query(&request) {
-                Ok(query) => self.validator.validate_cheap(&query),
-                Err(rejection) => Some(self.validator.refuse(rejection)),
-            };
-            if let Some(verdict) = cheap {
-                return Some(StreamAnswer {
-                    request_id,
-                    verdict,
-                });
-            }
-            let validator = self.validator.clone();
-            let task = tokio::spawn(async move {
-                let verdict = match convert::stream_query(&request) {
-                    Ok(query) => validator.validate(&query).await,
-                    Err(rejection) => validator.refuse(rejection),
-                };
-                StreamAnswer {
-                    request_id,
-                    verdict,
-                }
-            });
-            self.in_flight.push(
-                task.map(|joined| {
-                    // A verification panicked: a bug, logged; the other answers go on.
-                    joined
-                        .inspect_err(
-                            |error| tracing::error!(%error, "a stream validation task failed"),
-                        )
-                        .ok()
-                })
-                .boxed(),
-            );
-            return None;
+            self.take_or_spawn(request)
+        } else {
+            self.take_in_place(request)
         }
+    }
+
+    /// Several workers: answers what needs no signature check, gives the rest a task.
+    fn take_or_spawn(&mut self, request: pb::ValidateStreamRequest) -> Option<StreamAnswer> {
+        let request_id = request.request_id;
+        let cheap = match convert::stream_query(&request) {
+            Ok(query) => self.validator.validate_cheap(&query),
+            Err(rejection) => Some(self.validator.refuse(rejection)),
+        };
+        if let Some(verdict) = cheap {
+            return Some(StreamAnswer {
+                request_id,
+                verdict,
+            });
+        }
+        let validator = self.validator.clone();
+        let task = tokio::spawn(async move {
+            let verdict = match convert::stream_query(&request) {
+                Ok(query) => validator.validate(&query).await,
+                Err(rejection) => validator.refuse(rejection),
+            };
+            StreamAnswer {
+                request_id,
+                verdict,
+            }
+        });
+        self.in_flight.push(
+            task.map(|joined| {
+                // A verification panicked: a bug, logged; the other answers go on.
+                joined
+                    .inspect_err(|error| tracing::error!(%error, "a stream validation task failed"))
+                    .ok()
+            })
+            .boxed(),
+        );
+        None
+    }
+
+    /// One worker: answers here, unless the request waits for the resync its unknown kid
+    /// started (then set aside, and polled with the others in flight).
+    fn take_in_place(&mut self, request: pb::ValidateStreamRequest) -> Option<StreamAnswer> {
+        let request_id = request.request_id;
         let now = match convert::stream_query(&request) {
             Ok(query) => self.validator.validate_now(&query),
             Err(rejection) => Ok(self.validator.refuse(rejection)),
