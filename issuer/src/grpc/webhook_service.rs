@@ -211,3 +211,54 @@ impl pb::webhook_service_server::WebhookService for WebhookServiceImpl {
         Ok(Response::new(pb::GetWebhookSecretsResponse { secrets }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tessera_common::ids::KeyId;
+    use tessera_common::keys::KeySetName;
+    use tonic::Code;
+
+    use super::*;
+    use crate::keys::manager::KeyError;
+
+    #[test]
+    fn every_verdict_has_its_own_wire_code() {
+        let verdicts = [
+            Verdict::Valid {
+                kid: KeyId::new("k").unwrap(),
+            },
+            Verdict::SignatureMismatch,
+            Verdict::TimestampTooOld,
+            Verdict::TimestampTooNew,
+            Verdict::MalformedHeaders("detail"),
+            Verdict::PayloadTooLarge,
+        ];
+        let codes: Vec<pb::WebhookVerdict> = verdicts.iter().map(verdict_code).collect();
+        assert_eq!(
+            codes,
+            [
+                pb::WebhookVerdict::Valid,
+                pb::WebhookVerdict::SignatureMismatch,
+                pb::WebhookVerdict::TimestampTooOld,
+                pb::WebhookVerdict::TimestampTooNew,
+                pb::WebhookVerdict::MalformedHeaders,
+                pb::WebhookVerdict::PayloadTooLarge,
+            ]
+        );
+    }
+
+    #[test]
+    fn every_signing_error_maps_to_a_status_without_detail() {
+        let too_large = from_webhook(SignError::PayloadTooLarge.into());
+        assert_eq!(too_large.code(), Code::InvalidArgument);
+        assert!(too_large.message().starts_with("payload:"), "{too_large:?}");
+        assert_eq!(
+            from_webhook(SignError::NoKey.into()).code(),
+            Code::Unavailable
+        );
+        assert_eq!(
+            from_webhook(KeyError::NoSigner(KeySetName::Webhook).into()).code(),
+            Code::Unavailable
+        );
+    }
+}
