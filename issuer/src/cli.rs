@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use tessera_proto::v1 as pb;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+pub mod apikeys;
 pub mod webhooks;
 
 /// How to reach and authenticate to the issuer.

@@ -50,6 +50,13 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Create, list, show, rotate, revoke and validate tenant API keys (`tbk_…`).
+    Apikeys {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(subcommand)]
+        command: cli::apikeys::ApiKeysCommand,
+    },
     /// Sign and verify webhooks (Standard Webhooks format) and show a tenant's secrets.
     Webhooks {
         #[command(flatten)]
@@ -155,6 +162,7 @@ fn main() -> ExitCode {
             Command::Webhooks { connect, command } => {
                 cli::webhooks::webhooks(&connect, command).await
             }
+            Command::Apikeys { connect, command } => cli::apikeys::apikeys(&connect, command).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
