@@ -4,6 +4,7 @@
 //! out-of-bounds input.
 
 mod abuse;
+mod apikeys;
 mod emergency;
 mod scan;
 mod sessions;

@@ -3,6 +3,7 @@
 
 mod support;
 
+mod apikeys;
 mod attack;
 mod auth_scopes;
 mod cli_keys;
