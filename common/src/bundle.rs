@@ -143,6 +143,23 @@ pub enum BundleChange {
     RevocationAdded { entry: RevocationEntry },
     /// The validation policy changed.
     PolicyChanged { policy: ValidationPolicy },
+    /// An API key stopped being valid, or soon will: a verifier caching answers for it
+    /// drops them by key id. Public fields only (never the secret, its hash or the
+    /// pepper). Not part of the bundle itself: applying it only advances the revision.
+    ApiKeyChanged { change: ApiKeyChange },
+}
+
+/// What [`BundleChange::ApiKeyChanged`] says about one API key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyChange {
+    /// The key's public id.
+    pub key_id: String,
+    pub tenant_id: String,
+    /// `expiring`, `rotated`, `revoked` or `expired`.
+    pub state: String,
+    /// For `rotated`: until when the key still works.
+    pub grace_until: Option<UnixMillis>,
+    pub expires_at: UnixMillis,
 }
 
 /// A change together with the revision it committed at.
@@ -188,6 +205,7 @@ impl TrustBundle {
             }
             BundleChange::RevocationAdded { entry } => self.revocations.insert(entry.clone()),
             BundleChange::PolicyChanged { policy } => self.policy = policy.clone(),
+            BundleChange::ApiKeyChanged { .. } => {}
         }
         self.revision = event.revision;
         true

@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use tessera_common::bundle::ApiKeyChange;
 use tessera_common::credential::{Credential, CredentialError, CredentialKind, PepperVersion};
 use tessera_common::ids::TenantId;
 use tessera_common::limits::{MAX_LIST_ENTRIES, MAX_LIST_ENTRY_BYTES, check_text};
@@ -297,7 +298,13 @@ impl ApiKeys {
             .entry(now, AuditAction::ApiKeyRotate, audit_target(&old));
         if !self
             .store
-            .rotate_api_key(&old.key_id, successor.clone(), grace_until, audit)
+            .rotate_api_key(
+                &old.key_id,
+                successor.clone(),
+                grace_until,
+                audit,
+                change_of(&old, "rotated", Some(grace_until)),
+            )
             .await?
         {
             return Err(ApiKeyError::NotActive("rotated"));
@@ -318,7 +325,12 @@ impl ApiKeys {
         let audit = actor.entry(now, AuditAction::ApiKeyRevoke, audit_target(&record));
         if !self
             .store
-            .revoke_api_key(&record.key_id, now, audit)
+            .revoke_api_key(
+                &record.key_id,
+                now,
+                audit,
+                change_of(&record, "revoked", None),
+            )
             .await?
         {
             return Err(ApiKeyError::NotActive(state_name(&record, now)));
@@ -456,7 +468,12 @@ impl ApiKeys {
                 let audit = actor.entry(now, AuditAction::ApiKeyExpire, audit_target(&record));
                 if self
                     .store
-                    .expire_api_key(&record.key_id, now, audit)
+                    .expire_api_key(
+                        &record.key_id,
+                        now,
+                        audit,
+                        change_of(&record, "expired", None),
+                    )
                     .await?
                 {
                     info!(key_id = %record.key_id, tenant = %record.tenant_id, "api key expired");
@@ -474,7 +491,12 @@ impl ApiKeys {
                     .entry(now, AuditAction::ApiKeyExpiring, audit_target(&record));
                 if self
                     .store
-                    .mark_api_key_expiring(&record.key_id, now, audit)
+                    .mark_api_key_expiring(
+                        &record.key_id,
+                        now,
+                        audit,
+                        change_of(&record, "expiring", None),
+                    )
                     .await?
                 {
                     info!(key_id = %record.key_id, tenant = %record.tenant_id, "api key expiring");
@@ -485,6 +507,17 @@ impl ApiKeys {
         }
         metrics::gauge!("tessera_api_keys_expiring").set(pass.expiring_now as f64);
         Ok(pass)
+    }
+}
+
+/// The event a verifier learns a key's new `state` from (public fields only).
+fn change_of(record: &ApiKeyRecord, state: &str, grace_until: Option<UnixMillis>) -> ApiKeyChange {
+    ApiKeyChange {
+        key_id: record.key_id.clone(),
+        tenant_id: record.tenant_id.as_str().to_owned(),
+        state: state.to_owned(),
+        grace_until,
+        expires_at: record.expires_at,
     }
 }
 

@@ -50,6 +50,10 @@ pub fn restrict(bundle: &TrustBundle, visible: impl Fn(&RevocationEntry) -> bool
 pub fn event_visible(event: &BundleEvent, visible: impl Fn(&RevocationEntry) -> bool) -> bool {
     match &event.change {
         BundleChange::RevocationAdded { entry } => visible(entry),
+        // Kept in the event log for verifiers that cache API-key answers; not sent
+        // until the stream's `BundleChange` carries `ApiKeyChange` (see apikeys.proto) and
+        // the sidecar handles it, so today's subscribers skip past its revision.
+        BundleChange::ApiKeyChanged { .. } => false,
         _ => true,
     }
 }
@@ -222,7 +226,10 @@ impl BundleHub {
             let mut state = self.lock();
             let mut bundle = (*state.bundle).clone();
             for event in events {
-                touched_keys |= !matches!(event.change, BundleChange::RevocationAdded { .. });
+                touched_keys |= !matches!(
+                    event.change,
+                    BundleChange::RevocationAdded { .. } | BundleChange::ApiKeyChanged { .. }
+                );
                 if !bundle.apply(&event) {
                     continue;
                 }

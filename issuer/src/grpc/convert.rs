@@ -103,8 +103,9 @@ pub fn snapshot(bundle: &TrustBundle, now: UnixMillis) -> pb::TrustBundleUpdate 
     }
 }
 
-/// Converts one event into a change.
-pub fn change(event: &BundleEvent, now: UnixMillis) -> pb::BundleChange {
+/// Converts one event into a change; `None` for an event the stream does not carry yet
+/// (API-key changes, which `hub::event_visible` keeps off it).
+pub fn change(event: &BundleEvent, now: UnixMillis) -> Option<pb::BundleChange> {
     use pb::bundle_change::Change;
     let change = match &event.change {
         BundleChange::KeyUpserted { key: schedule } => Change::KeyUpserted(key(schedule, now)),
@@ -112,11 +113,12 @@ pub fn change(event: &BundleEvent, now: UnixMillis) -> pb::BundleChange {
         BundleChange::KeyRevoked { key: schedule } => Change::KeyRevoked(key(schedule, now)),
         BundleChange::RevocationAdded { entry } => Change::RevocationAdded(revocation(entry)),
         BundleChange::PolicyChanged { policy: changed } => Change::PolicyChanged(policy(changed)),
+        BundleChange::ApiKeyChanged { .. } => return None,
     };
-    pb::BundleChange {
+    Some(pb::BundleChange {
         revision: event.revision.0,
         change: Some(change),
-    }
+    })
 }
 
 /// Converts events into one delta message at the last event's revision.
@@ -129,7 +131,10 @@ pub fn delta(
         revision: last.revision.0,
         sent_at: Some(timestamp(now)),
         kind: Some(pb::trust_bundle_update::Kind::Delta(pb::TrustBundleDelta {
-            changes: events.iter().map(|event| change(event, now)).collect(),
+            changes: events
+                .iter()
+                .filter_map(|event| change(event, now))
+                .collect(),
         })),
     })
 }

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tessera_common::bundle::ApiKeyChange;
 use tessera_common::credential::{Credential, CredentialKind};
 use tessera_common::ids::{ClientId, TenantId};
 use tessera_common::{Clock, ManualClock, SystemClock, UnixMillis};
@@ -125,8 +126,8 @@ async fn api_key_lifecycle_with_rotation_grace_and_revocation() {
     assert!(Credential::parse(&key).is_ok());
     assert_eq!(metadata.state, "active");
     assert!(!metadata.expiring);
-    let expires_at = metadata.expires_at.clone().unwrap().seconds;
-    let created_at = metadata.created_at.clone().unwrap().seconds;
+    let expires_at = metadata.expires_at.unwrap().seconds;
+    let created_at = metadata.created_at.unwrap().seconds;
     assert_eq!(
         expires_at - created_at,
         90 * 24 * 3600,
@@ -396,9 +397,10 @@ impl ApiKeyStore for CountingStore {
         successor: ApiKeyRecord,
         grace_until: UnixMillis,
         audit: AuditEntry,
+        event: ApiKeyChange,
     ) -> Result<bool, StoreError> {
         self.inner
-            .rotate_api_key(old_key_id, successor, grace_until, audit)
+            .rotate_api_key(old_key_id, successor, grace_until, audit, event)
             .await
     }
     async fn revoke_api_key(
@@ -406,8 +408,9 @@ impl ApiKeyStore for CountingStore {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
+        event: ApiKeyChange,
     ) -> Result<bool, StoreError> {
-        self.inner.revoke_api_key(key_id, at, audit).await
+        self.inner.revoke_api_key(key_id, at, audit, event).await
     }
     async fn api_keys_expiring_by(
         &self,
@@ -420,16 +423,20 @@ impl ApiKeyStore for CountingStore {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
+        event: ApiKeyChange,
     ) -> Result<bool, StoreError> {
-        self.inner.mark_api_key_expiring(key_id, at, audit).await
+        self.inner
+            .mark_api_key_expiring(key_id, at, audit, event)
+            .await
     }
     async fn expire_api_key(
         &self,
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
+        event: ApiKeyChange,
     ) -> Result<bool, StoreError> {
-        self.inner.expire_api_key(key_id, at, audit).await
+        self.inner.expire_api_key(key_id, at, audit, event).await
     }
     async fn record_api_key_usage(&self, usage: Vec<ApiKeyUsage>) -> Result<(), StoreError> {
         self.inner.record_api_key_usage(usage).await
@@ -698,4 +705,71 @@ async fn usage_counted_before_a_graceful_stop_survives_the_restart() {
     assert_eq!(got.usage_count, 3);
     assert!(got.last_used_at.is_some());
     restarted.stop().await;
+}
+
+/// A revocation appends its `ApiKeyChanged` event to the log (for verifiers that will
+/// cache API-key answers), but today's stream does not carry it: an unconfined bundle
+/// reader gets an empty delta whose revision moves past it, and never a secret.
+#[tokio::test]
+async fn api_key_events_advance_the_stream_revision_without_reaching_it() {
+    let issuer = TestIssuer::start().await;
+    let created = create(&issuer, HOME, "streamed").await;
+    let key_id = created.api_key.unwrap().key_id;
+    let reader = client(&issuer, &["bundle:read"], &[]).await;
+    let mut stream = issuer
+        .bundle()
+        .await
+        .watch_trust_bundle(with_credential(
+            pb::WatchTrustBundleRequest::default(),
+            &reader,
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("snapshot in time")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        first.kind,
+        Some(pb::trust_bundle_update::Kind::Snapshot(_))
+    ));
+    api_keys(&issuer)
+        .await
+        .revoke_api_key(issuer.as_admin(pb::RevokeApiKeyRequest {
+            key_id: key_id.clone(),
+            reason: String::new(),
+        }))
+        .await
+        .unwrap();
+    let logged = issuer
+        .app
+        .store
+        .events_after(tessera_common::bundle::Revision(first.revision), 10)
+        .await
+        .unwrap();
+    assert_eq!(logged.len(), 1);
+    let tessera_common::bundle::BundleChange::ApiKeyChanged { change } = &logged[0].change else {
+        panic!("{logged:?}")
+    };
+    assert_eq!(
+        (change.key_id.as_str(), change.state.as_str()),
+        (key_id.as_str(), "revoked")
+    );
+    let delta = loop {
+        let update = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("delta in time")
+            .unwrap()
+            .unwrap();
+        if let Some(pb::trust_bundle_update::Kind::Delta(delta)) = update.kind {
+            break (update.revision, delta);
+        }
+    };
+    assert_eq!(
+        delta.0, logged[0].revision.0,
+        "the revision moves past the event"
+    );
+    assert!(delta.1.changes.is_empty(), "{:?}", delta.1);
 }

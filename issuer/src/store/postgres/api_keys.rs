@@ -6,6 +6,7 @@
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 use tessera_common::UnixMillis;
+use tessera_common::bundle::{ApiKeyChange, BundleChange};
 use tessera_common::ids::TenantId;
 use tokio_postgres::Row;
 
@@ -79,10 +80,16 @@ impl ApiKeyStore for PostgresStore {
         successor: ApiKeyRecord,
         grace_until: UnixMillis,
         audit: AuditEntry,
+        event: ApiKeyChange,
     ) -> Result<bool, StoreError> {
-        self.write(|tx| {
-            let (old_key_id, successor, audit) =
-                (old_key_id.to_owned(), successor.clone(), audit.clone());
+        let changes = vec![BundleChange::ApiKeyChanged { change: event }];
+        self.write_publishing(true, |tx| {
+            let (old_key_id, successor, audit, changes) = (
+                old_key_id.to_owned(),
+                successor.clone(),
+                audit.clone(),
+                changes.clone(),
+            );
             Box::pin(async move {
                 let n_rotated = execute(
                     tx,
@@ -100,6 +107,8 @@ impl ApiKeyStore for PostgresStore {
                     return Ok(false);
                 }
                 insert_api_key(tx, &successor).await?;
+                // Events before audit: the lock order of every transaction taking both.
+                shared::append_events(&PgTx(tx), &changes, successor.created_at).await?;
                 shared::append_audit_entry(&PgTx(tx), &audit).await?;
                 Ok(true)
             })
@@ -114,6 +123,7 @@ impl ApiKeyStore for PostgresStore {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
+        event: ApiKeyChange,
     ) -> Result<bool, StoreError> {
         self.conditional(
             "UPDATE api_keys SET state = 'revoked', state_at = $2 \
@@ -121,6 +131,7 @@ impl ApiKeyStore for PostgresStore {
             key_id,
             at,
             audit,
+            event,
         )
         .await
     }
@@ -145,6 +156,7 @@ impl ApiKeyStore for PostgresStore {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
+        event: ApiKeyChange,
     ) -> Result<bool, StoreError> {
         self.conditional(
             "UPDATE api_keys SET expiring_at = $2 \
@@ -152,6 +164,7 @@ impl ApiKeyStore for PostgresStore {
             key_id,
             at,
             audit,
+            event,
         )
         .await
     }
@@ -163,6 +176,7 @@ impl ApiKeyStore for PostgresStore {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
+        event: ApiKeyChange,
     ) -> Result<bool, StoreError> {
         self.conditional(
             "UPDATE api_keys SET state = 'expired', state_at = $2 \
@@ -170,6 +184,7 @@ impl ApiKeyStore for PostgresStore {
             key_id,
             at,
             audit,
+            event,
         )
         .await
     }
@@ -208,21 +223,25 @@ impl ApiKeyStore for PostgresStore {
 
 impl PostgresStore {
     /// Runs `sql` (parameters: `$1` the key id, `$2` the instant) and, when it changed a
-    /// row, appends `audit`, in one transaction; returns whether it changed one.
+    /// row, appends `event` and `audit` (in the lock order: events, then audit), in one
+    /// transaction; returns whether it changed one.
     async fn conditional(
         &self,
         sql: &'static str,
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
+        event: ApiKeyChange,
     ) -> Result<bool, StoreError> {
-        self.write(|tx| {
-            let (key_id, audit) = (key_id.to_owned(), audit.clone());
+        let changes = vec![BundleChange::ApiKeyChanged { change: event }];
+        self.write_publishing(true, |tx| {
+            let (key_id, audit, changes) = (key_id.to_owned(), audit.clone(), changes.clone());
             Box::pin(async move {
                 let n_changed = execute(tx, sql, &[&key_id, &at.0]).await?;
                 if n_changed == 0 {
                     return Ok(false);
                 }
+                shared::append_events(&PgTx(tx), &changes, at).await?;
                 shared::append_audit_entry(&PgTx(tx), &audit).await?;
                 Ok(true)
             })

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use rusqlite::types::Value;
 use rusqlite::{Row, Transaction, params, params_from_iter};
 use tessera_common::UnixMillis;
+use tessera_common::bundle::{ApiKeyChange, BundleChange};
 use tessera_common::ids::TenantId;
 
 use super::error::SqliteFailure;
@@ -73,9 +74,11 @@ impl ApiKeyStore for SqliteStore {
         successor: ApiKeyRecord,
         grace_until: UnixMillis,
         audit: AuditEntry,
+        event: ApiKeyChange,
     ) -> Result<bool, StoreError> {
         let old_key_id = old_key_id.to_owned();
-        self.write(move |tx| {
+        let changes = vec![BundleChange::ApiKeyChanged { change: event }];
+        self.write_publishing(true, move |tx| {
             let n_rotated = tx
                 .prepare_cached(
                     "UPDATE api_keys SET state = 'rotated', state_at = ?2, successor_id = ?3, \
@@ -91,6 +94,11 @@ impl ApiKeyStore for SqliteStore {
                 return Ok(false);
             }
             insert_api_key(tx, &successor)?;
+            complete(shared::append_events(
+                &SqliteTx(tx),
+                &changes,
+                successor.created_at,
+            ))?;
             complete(shared::append_audit_entry(&SqliteTx(tx), &audit))?;
             Ok(true)
         })
@@ -104,6 +112,7 @@ impl ApiKeyStore for SqliteStore {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
+        event: ApiKeyChange,
     ) -> Result<bool, StoreError> {
         self.conditional(
             "UPDATE api_keys SET state = 'revoked', state_at = ?2 \
@@ -111,6 +120,7 @@ impl ApiKeyStore for SqliteStore {
             key_id,
             at,
             audit,
+            event,
         )
         .await
     }
@@ -136,6 +146,7 @@ impl ApiKeyStore for SqliteStore {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
+        event: ApiKeyChange,
     ) -> Result<bool, StoreError> {
         self.conditional(
             "UPDATE api_keys SET expiring_at = ?2 \
@@ -143,6 +154,7 @@ impl ApiKeyStore for SqliteStore {
             key_id,
             at,
             audit,
+            event,
         )
         .await
     }
@@ -154,6 +166,7 @@ impl ApiKeyStore for SqliteStore {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
+        event: ApiKeyChange,
     ) -> Result<bool, StoreError> {
         self.conditional(
             "UPDATE api_keys SET state = 'expired', state_at = ?2 \
@@ -161,6 +174,7 @@ impl ApiKeyStore for SqliteStore {
             key_id,
             at,
             audit,
+            event,
         )
         .await
     }
@@ -198,20 +212,24 @@ impl ApiKeyStore for SqliteStore {
 
 impl SqliteStore {
     /// Runs `sql` (parameters: `?1` the key id, `?2` the instant) and, when it changed a
-    /// row, appends `audit`, in one transaction; returns whether it changed one.
+    /// row, appends `event` and `audit`, in one transaction; returns whether it changed
+    /// one.
     async fn conditional(
         &self,
         sql: &'static str,
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
+        event: ApiKeyChange,
     ) -> Result<bool, StoreError> {
         let key_id = key_id.to_owned();
-        self.write(move |tx| {
+        let changes = vec![BundleChange::ApiKeyChanged { change: event }];
+        self.write_publishing(true, move |tx| {
             let n_changed = tx.prepare_cached(sql)?.execute(params![key_id, at.0])?;
             if n_changed == 0 {
                 return Ok(false);
             }
+            complete(shared::append_events(&SqliteTx(tx), &changes, at))?;
             complete(shared::append_audit_entry(&SqliteTx(tx), &audit))?;
             Ok(true)
         })

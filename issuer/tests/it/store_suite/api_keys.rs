@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use tessera_common::UnixMillis;
+use tessera_common::bundle::{ApiKeyChange, BundleChange, Revision};
 use tessera_common::credential::PepperVersion;
 use tessera_common::ids::{ClientId, TenantId};
 use tessera_issuer::audit::{Actor, AuditAction};
@@ -45,6 +46,31 @@ fn audit(action: AuditAction, target: &str) -> AuditEntry {
         action,
         target,
     )
+}
+
+fn change(key_id: &str, state: &str) -> ApiKeyChange {
+    ApiKeyChange {
+        key_id: key_id.to_owned(),
+        tenant_id: "acme".into(),
+        state: state.to_owned(),
+        grace_until: None,
+        expires_at: UnixMillis(T0 + 90 * DAY),
+    }
+}
+
+/// The API-key events in the log, as (key id, state).
+async fn api_key_events(fixture: &Fixture) -> Vec<(String, String)> {
+    fixture
+        .store
+        .events_after(Revision(0), 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|event| match event.change {
+            BundleChange::ApiKeyChanged { change } => Some((change.key_id, change.state)),
+            _ => None,
+        })
+        .collect()
 }
 
 async fn audit_actions(fixture: &Fixture) -> Vec<String> {
@@ -125,7 +151,8 @@ pub async fn api_key_rotation_is_conditional(fixture: &Fixture) {
                 "Old",
                 successor.clone(),
                 grace_until,
-                audit(AuditAction::ApiKeyRotate, "old")
+                audit(AuditAction::ApiKeyRotate, "old"),
+                change("old", "rotated")
             )
             .await
             .unwrap()
@@ -144,7 +171,8 @@ pub async fn api_key_rotation_is_conditional(fixture: &Fixture) {
                 "Old",
                 again,
                 grace_until,
-                audit(AuditAction::ApiKeyRotate, "old")
+                audit(AuditAction::ApiKeyRotate, "old"),
+                change("old", "rotated")
             )
             .await
             .unwrap()
@@ -153,6 +181,11 @@ pub async fn api_key_rotation_is_conditional(fixture: &Fixture) {
     assert_eq!(
         audit_actions(fixture).await,
         ["apikey.create", "apikey.rotate"]
+    );
+    assert_eq!(
+        api_key_events(fixture).await,
+        [("old".to_owned(), "rotated".to_owned())],
+        "one event, with the state change"
     );
 }
 
@@ -185,6 +218,7 @@ pub async fn concurrent_api_key_rotations_make_exactly_one_successor(fixture: &F
                     successor,
                     UnixMillis(T0 + 2 * DAY),
                     audit(AuditAction::ApiKeyRotate, "c"),
+                    change("c", "rotated"),
                 )
                 .await
         }));
@@ -218,6 +252,7 @@ pub async fn concurrent_api_key_rotations_make_exactly_one_successor(fixture: &F
         .filter(|action| action == "apikey.rotate")
         .count();
     assert_eq!(rotations, 1);
+    assert_eq!(api_key_events(fixture).await.len(), 1);
 }
 
 /// Revocation applies to an active or rotated key once; a second revocation (or one of
@@ -234,19 +269,34 @@ pub async fn api_key_revocation_is_conditional(fixture: &Fixture) {
     let at = UnixMillis(T0 + 10);
     assert!(
         store
-            .revoke_api_key("Live", at, audit(AuditAction::ApiKeyRevoke, "l"))
+            .revoke_api_key(
+                "Live",
+                at,
+                audit(AuditAction::ApiKeyRevoke, "l"),
+                change("l", "revoked")
+            )
             .await
             .unwrap()
     );
     assert!(
         !store
-            .revoke_api_key("Live", at, audit(AuditAction::ApiKeyRevoke, "l"))
+            .revoke_api_key(
+                "Live",
+                at,
+                audit(AuditAction::ApiKeyRevoke, "l"),
+                change("l", "revoked")
+            )
             .await
             .unwrap()
     );
     assert!(
         !store
-            .revoke_api_key("Ghost", at, audit(AuditAction::ApiKeyRevoke, "g"))
+            .revoke_api_key(
+                "Ghost",
+                at,
+                audit(AuditAction::ApiKeyRevoke, "g"),
+                change("g", "revoked")
+            )
             .await
             .unwrap()
     );
@@ -262,7 +312,8 @@ pub async fn api_key_revocation_is_conditional(fixture: &Fixture) {
                 "Live",
                 key("S", "acme", T0),
                 at,
-                audit(AuditAction::ApiKeyRotate, "l")
+                audit(AuditAction::ApiKeyRotate, "l"),
+                change("l", "rotated")
             )
             .await
             .unwrap()
@@ -270,13 +321,22 @@ pub async fn api_key_revocation_is_conditional(fixture: &Fixture) {
     let late = UnixMillis(T0 + 100 * DAY);
     assert!(
         !store
-            .expire_api_key("Live", late, audit(AuditAction::ApiKeyExpire, "l"))
+            .expire_api_key(
+                "Live",
+                late,
+                audit(AuditAction::ApiKeyExpire, "l"),
+                change("l", "expired")
+            )
             .await
             .unwrap()
     );
     assert_eq!(
         audit_actions(fixture).await,
         ["apikey.create", "apikey.revoke"]
+    );
+    assert_eq!(
+        api_key_events(fixture).await,
+        [("l".to_owned(), "revoked".to_owned())]
     );
 }
 
@@ -311,13 +371,13 @@ pub async fn api_key_expiring_and_expiry_happen_once(fixture: &Fixture) {
     let mark = || audit(AuditAction::ApiKeyExpiring, "s");
     assert!(
         store
-            .mark_api_key_expiring("Soon", week_before, mark())
+            .mark_api_key_expiring("Soon", week_before, mark(), change("Soon", "expiring"))
             .await
             .unwrap()
     );
     assert!(
         !store
-            .mark_api_key_expiring("Soon", week_before, mark())
+            .mark_api_key_expiring("Soon", week_before, mark(), change("Soon", "expiring"))
             .await
             .unwrap()
     );
@@ -328,14 +388,24 @@ pub async fn api_key_expiring_and_expiry_happen_once(fixture: &Fixture) {
     let expire = || audit(AuditAction::ApiKeyExpire, "s");
     assert!(
         !store
-            .expire_api_key("Soon", week_before, expire())
+            .expire_api_key("Soon", week_before, expire(), change("Soon", "expired"))
             .await
             .unwrap(),
         "not due yet"
     );
     let after = UnixMillis(T0 + 90 * DAY);
-    assert!(store.expire_api_key("Soon", after, expire()).await.unwrap());
-    assert!(!store.expire_api_key("Soon", after, expire()).await.unwrap());
+    assert!(
+        store
+            .expire_api_key("Soon", after, expire(), change("Soon", "expired"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .expire_api_key("Soon", after, expire(), change("Soon", "expired"))
+            .await
+            .unwrap()
+    );
     let soon = store.api_key("Soon").await.unwrap().unwrap();
     assert_eq!(
         (soon.state, soon.state_at),
