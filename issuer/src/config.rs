@@ -645,7 +645,7 @@ mod tests {
             assert!(!message.contains("unknown field"), "{id}: {message}");
             n_settings += 1;
         }
-        assert_eq!(n_settings, 27, "a setting was added or lost");
+        assert_eq!(n_settings, 28, "a setting was added or lost");
     }
 
     #[test]

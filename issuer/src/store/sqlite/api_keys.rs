@@ -22,6 +22,9 @@ const API_KEY_COLUMNS: &str = "key_id, tenant_id, name, permissions, role, secre
      pepper_version, created_at, expires_at, state, state_at, predecessor_id, successor_id, \
      grace_until, expiring_at, last_used_at, usage_count";
 
+/// Keys per usage statement: 3 parameters each, well under SQLite's 32766.
+const USAGE_ROWS_PER_STATEMENT: usize = 4096;
+
 #[async_trait]
 impl ApiKeyStore for SqliteStore {
     #[tracing::instrument(name = "store.insert_api_key", target = SPAN_TARGET, level = "debug", skip_all,
@@ -186,24 +189,28 @@ impl ApiKeyStore for SqliteStore {
             return Ok(());
         }
         self.write(move |tx| {
-            // One statement for the whole batch: the uses joined as a VALUES list.
-            let rows = (0..usage.len())
-                .map(|i| format!("(?{}, ?{}, ?{})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let sql = format!(
-                "WITH batch (key_id, n, last) AS (VALUES {rows}) \
-                 UPDATE api_keys SET usage_count = usage_count + batch.n, \
-                 last_used_at = MAX(COALESCE(api_keys.last_used_at, 0), batch.last) \
-                 FROM batch WHERE api_keys.key_id = batch.key_id"
-            );
-            let mut params: Vec<Value> = Vec::with_capacity(usage.len() * 3);
-            for use_ in &usage {
-                params.push(use_.key_id.clone().into());
-                params.push(i64::try_from(use_.count).unwrap_or(i64::MAX).into());
-                params.push(use_.last_used_at.0.into());
+            // One statement per flush — the uses joined as a VALUES list — unless the batch
+            // is larger than SQLite's bound on parameters allows, then one per chunk, all
+            // in this one transaction.
+            for chunk in usage.chunks(USAGE_ROWS_PER_STATEMENT) {
+                let rows = (0..chunk.len())
+                    .map(|i| format!("(?{}, ?{}, ?{})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let sql = format!(
+                    "WITH batch (key_id, n, last) AS (VALUES {rows}) \
+                     UPDATE api_keys SET usage_count = usage_count + batch.n, \
+                     last_used_at = MAX(COALESCE(api_keys.last_used_at, 0), batch.last) \
+                     FROM batch WHERE api_keys.key_id = batch.key_id"
+                );
+                let mut params: Vec<Value> = Vec::with_capacity(chunk.len() * 3);
+                for use_ in chunk {
+                    params.push(use_.key_id.clone().into());
+                    params.push(i64::try_from(use_.count).unwrap_or(i64::MAX).into());
+                    params.push(use_.last_used_at.0.into());
+                }
+                tx.prepare(&sql)?.execute(params_from_iter(params))?;
             }
-            tx.prepare(&sql)?.execute(params_from_iter(params))?;
             Ok(())
         })
         .await

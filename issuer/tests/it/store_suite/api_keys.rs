@@ -462,4 +462,16 @@ pub async fn api_key_usage_batches_add_up(fixture: &Fixture) {
         (1, Some(UnixMillis(T0 + 10)))
     );
     assert_eq!(store.api_key("Ghost").await.unwrap(), None);
+
+    // A batch larger than one SQLite statement's parameters holds still adds up.
+    let mut large: Vec<ApiKeyUsage> = (0..12_000)
+        .map(|i| use_(&format!("Ghost{i}"), 1, T0))
+        .collect();
+    large.push(use_("U2", 4, T0 + 99));
+    store.record_api_key_usage(large).await.unwrap();
+    let u2 = store.api_key("U2").await.unwrap().unwrap();
+    assert_eq!(
+        (u2.usage_count, u2.last_used_at),
+        (5, Some(UnixMillis(T0 + 99)))
+    );
 }
