@@ -1,8 +1,8 @@
 //! `AdminService/RevokeLeakedCredentials`, in-process: a presented caller credential
 //! disables its client and a refresh token revokes its family (then neither works), a
-//! second presentation says `already_dead`; a forged checksum or the right id with the
-//! wrong secret is `unknown` and revokes nothing; kinds without records are
-//! `unsupported_kind`; a confined admin cannot revoke (nor learn of) another tenant's
+//! second presentation says `already_dead`; a tenant API key is revoked; a forged checksum
+//! or the right id with the wrong secret is `unknown` and revokes nothing; kinds without
+//! records (`tbs_`, `tbw_`) are `unsupported_kind`; a confined admin cannot revoke (nor learn of) another tenant's
 //! credentials; oversized requests and non-admin callers are refused; every revocation is
 //! audited without the secret.
 
@@ -128,19 +128,26 @@ async fn leaked_caller_credentials_and_refresh_tokens_are_revoked_only_when_pres
     assert_eq!(outcomes, [Outcome::Unknown; 6]);
     assert!(authenticates(&issuer, &leaked_caller, "acme").await);
 
-    // Kinds without records yet.
+    // Kinds without records yet; an API key that does not exist.
     let outcomes = revoke_leaked(
         &issuer,
         &admin,
         &[
-            &Credential::generate(CredentialKind::ApiKey).expose(),
             &Credential::generate(CredentialKind::Service).expose(),
             &Credential::generate(CredentialKind::Webhook).expose(),
+            &Credential::generate(CredentialKind::ApiKey).expose(),
         ],
     )
     .await
     .unwrap();
-    assert_eq!(outcomes, [Outcome::UnsupportedKind; 3]);
+    assert_eq!(
+        outcomes,
+        [
+            Outcome::UnsupportedKind,
+            Outcome::UnsupportedKind,
+            Outcome::Unknown
+        ]
+    );
 
     // The real ones: revoked, and then dead.
     let outcomes = revoke_leaked(&issuer, &admin, &[&leaked_caller, &leaked_refresh])
@@ -283,4 +290,67 @@ async fn oversized_empty_and_non_admin_requests_are_refused() {
 
     // Nothing refused changed anything.
     assert!(authenticates(&issuer, &live, "acme").await);
+}
+
+async fn create_api_key(issuer: &TestIssuer, tenant: &str) -> String {
+    pb::api_key_service_client::ApiKeyServiceClient::new(issuer.channel().await)
+        .create_api_key(issuer.as_admin(pb::CreateApiKeyRequest {
+            tenant_id: tenant.into(),
+            name: format!("{tenant}-partner"),
+            permissions: vec!["invoices:read".into()],
+            role: "api_partner".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("create api key")
+        .into_inner()
+        .key
+}
+
+async fn api_key_valid(issuer: &TestIssuer, key: &str) -> bool {
+    pb::api_key_service_client::ApiKeyServiceClient::new(issuer.channel().await)
+        .validate_api_key(issuer.as_admin(pb::ValidateApiKeyRequest {
+            key: key.to_owned(),
+            ..Default::default()
+        }))
+        .await
+        .expect("validate api key")
+        .into_inner()
+        .valid
+}
+
+#[tokio::test]
+async fn a_leaked_tenant_api_key_is_revoked_within_the_callers_tenants_only() {
+    let issuer = TestIssuer::start().await;
+    let admin = issuer.admin_token.clone();
+    let acme_admin = client(&issuer, "acme-admin", &["admin"], &["acme"]).await;
+    let acme_key = create_api_key(&issuer, "acme").await;
+    let globex_key = create_api_key(&issuer, "globex").await;
+    assert!(api_key_valid(&issuer, &acme_key).await);
+
+    let outcomes = revoke_leaked(
+        &issuer,
+        &acme_admin,
+        &[
+            &globex_key,
+            &same_id_other_secret(&acme_key),
+            &forged_checksum(&acme_key),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcomes, [Outcome::Unknown; 3]);
+    assert!(api_key_valid(&issuer, &globex_key).await);
+    assert!(api_key_valid(&issuer, &acme_key).await);
+
+    let outcomes = revoke_leaked(&issuer, &acme_admin, &[&acme_key])
+        .await
+        .unwrap();
+    assert_eq!(outcomes, [Outcome::Revoked]);
+    assert!(!api_key_valid(&issuer, &acme_key).await);
+    let outcomes = revoke_leaked(&issuer, &admin, &[&acme_key, &globex_key])
+        .await
+        .unwrap();
+    assert_eq!(outcomes, [Outcome::AlreadyDead, Outcome::Revoked]);
+    assert!(!api_key_valid(&issuer, &globex_key).await);
 }

@@ -10,9 +10,10 @@
 //!   is disabled (audited `client.disable`), as `DisableClient` does;
 //! - a refresh token (`tbf_`): its family is revoked (audited `revoke.family`, and the
 //!   entry reaches every sidecar, so the family's access tokens die too), as refresh-token
-//!   reuse does.
+//!   reuse does;
+//! - a tenant API key (`tbk_`): revoked as `RevokeApiKey` does (audited `api_key.revoke`).
 //!
-//! `tbs_` and `tbw_` (and `tbk_` tenant API keys) have no records yet: `unsupported_kind`.
+//! `tbs_` and `tbw_` have no records yet: `unsupported_kind`.
 
 use tessera_common::credential::{Credential, CredentialKind, MAX_CREDENTIAL_BYTES};
 use tessera_common::ids::ClientId;
@@ -21,12 +22,14 @@ use tessera_proto::v1 as pb;
 use tonic::Status;
 use tracing::info;
 
+use super::super::api_key_service::from_api_key;
 use super::super::status::{from_session, from_store};
+use crate::api_keys::ApiKeyError;
 use crate::app::App;
 use crate::audit::{Actor, AuditAction};
 use crate::auth::Caller;
 use crate::sessions::service::RevocationTarget;
-use crate::store::RefreshState;
+use crate::store::{ApiKeyState, RefreshState};
 
 /// Most credentials one request may present.
 pub const MAX_LEAKED_CREDENTIALS: usize = MAX_LIST_ENTRIES;
@@ -79,17 +82,17 @@ pub async fn revoke_one(
             )
             .await
         }
-        // A tbk_ credential is a caller credential only for clients created before tbc_;
-        // otherwise it is a tenant API key, which has no records yet.
+        // A tbk_ credential is a tenant API key, or the caller credential of a client
+        // created before tbc_ existed: the client is looked for first (ids of both are
+        // random, so they do not collide), then the key.
         CredentialKind::ApiKey => {
-            revoke_caller(
-                app,
-                caller,
-                actor,
-                &credential,
-                pb::LeakedCredentialOutcome::UnsupportedKind,
-            )
-            .await
+            let not_a_client = pb::LeakedCredentialOutcome::Unspecified;
+            match revoke_caller(app, caller, actor, &credential, not_a_client).await? {
+                outcome if outcome == not_a_client => {
+                    revoke_api_key(app, caller, actor, &credential).await
+                }
+                outcome => Ok(outcome),
+            }
         }
         CredentialKind::Refresh => revoke_refresh(app, caller, actor, presented).await,
         CredentialKind::Service | CredentialKind::Webhook => {
@@ -130,6 +133,44 @@ async fn revoke_caller(
     app.auth.forget(&client_id).await;
     info!(client_id = %client_id, "leaked caller credential revoked: client disabled");
     Ok(pb::LeakedCredentialOutcome::Revoked)
+}
+
+/// Revokes the tenant API key `credential`, as `RevokeApiKey` does (audited
+/// `api_key.revoke`, the change pushed to sidecars).
+async fn revoke_api_key(
+    app: &App,
+    caller: &Caller,
+    actor: &Actor,
+    credential: &Credential,
+) -> Result<pb::LeakedCredentialOutcome, Status> {
+    let record = match app.api_keys.get(&credential.id, |_| true).await {
+        Ok(record) => record,
+        Err(ApiKeyError::NotFound) => return Ok(pb::LeakedCredentialOutcome::Unknown),
+        Err(error) => return Err(from_api_key(error)),
+    };
+    if !app.auth.credentials().verify(credential, &record).await
+        || !caller.may_act_on(record.tenant_id.as_str())
+    {
+        return Ok(pb::LeakedCredentialOutcome::Unknown);
+    }
+    let now = app.now();
+    let dead = match record.state {
+        ApiKeyState::Revoked | ApiKeyState::Expired => true,
+        ApiKeyState::Rotated => record.grace_until.is_none_or(|until| until <= now),
+        ApiKeyState::Active => false,
+    } || record.expires_at <= now;
+    if dead {
+        return Ok(pb::LeakedCredentialOutcome::AlreadyDead);
+    }
+    match app.api_keys.revoke(actor, &record.key_id, |_| true).await {
+        Ok(_) => {
+            info!(key_id = %record.key_id, "leaked api key revoked");
+            Ok(pb::LeakedCredentialOutcome::Revoked)
+        }
+        // Revoked or expired meanwhile (a concurrent revocation won).
+        Err(ApiKeyError::NotActive(_)) => Ok(pb::LeakedCredentialOutcome::AlreadyDead),
+        Err(error) => Err(from_api_key(error)),
+    }
 }
 
 /// Revokes the family of the refresh token `presented`.
