@@ -3,8 +3,8 @@
 //! and skipped directories are left alone, `--git` finds a credential committed then
 //! deleted, `--staged` finds one about to be committed, and the exit codes a pre-commit
 //! hook relies on (0 clean, 1 found, 2 incomplete, 64 bad flags); `--revoke` against a
-//! live issuer revokes a caller credential and a refresh token (which then stop working)
-//! and says `already_dead` of a disabled client's credential.
+//! live issuer revokes a caller credential, a refresh token and an API key (which then
+//! stop working) and says `already_dead` of a disabled client's credential.
 
 use std::path::Path;
 use std::process::Command;
@@ -334,6 +334,17 @@ fn scan_revoke_revokes_the_live_credentials_found_and_says_which_were_already_de
         "acme",
     ]);
     let refresh_token = session["refresh_token"].as_str().unwrap().to_owned();
+    let api_key = issuer.cli_json(&[
+        "apikeys",
+        "create",
+        "--tenant",
+        "acme",
+        "--name",
+        "partner",
+        "--role",
+        "api_partner",
+    ]);
+    let api_key = api_key["key"].as_str().unwrap().to_owned();
 
     let tree = root.path().join("leaks");
     write(
@@ -342,7 +353,7 @@ fn scan_revoke_revokes_the_live_credentials_found_and_says_which_were_already_de
     );
     write(
         &tree.join("debug.log"),
-        &format!("refresh={refresh_token}\nagain={live_credential}\n"),
+        &format!("refresh={refresh_token}\nagain={live_credential}\nkey={api_key}\n"),
     );
     let tree_arg = tree.to_str().unwrap();
     let output = issuer.cli(&["scan", "--revoke", tree_arg]);
@@ -364,11 +375,17 @@ fn scan_revoke_revokes_the_live_credentials_found_and_says_which_were_already_de
     assert!(line_of("ci.yml:2:18: tbc_").ends_with("revocation=revoked"));
     assert!(line_of("ci.yml:3:8: tbc_").ends_with("revocation=already_dead"));
     assert!(line_of("debug.log:1:9: tbf_").ends_with("revocation=revoked"));
+    assert!(line_of("debug.log:3:5: tbk_ api_key").ends_with("revocation=revoked"));
     assert!(
         line_of("debug.log:2:7: tbc_").ends_with("revocation=revoked"),
         "the same credential twice is one revocation, reported at both places"
     );
-    for credential in [&live_credential, &disabled_credential, &refresh_token] {
+    for credential in [
+        &live_credential,
+        &disabled_credential,
+        &refresh_token,
+        &api_key,
+    ] {
         let secret = Credential::parse(credential).unwrap().secret;
         assert!(!output.stdout.contains(secret.expose()));
         assert!(!output.stderr.contains(secret.expose()));
@@ -385,6 +402,9 @@ fn scan_revoke_revokes_the_live_credentials_found_and_says_which_were_already_de
     assert!(!refused.success(), "{}", refused.stdout);
     let refused = issuer.cli(&["session", "refresh", &refresh_token]);
     assert!(!refused.success(), "{}", refused.stdout);
+    let validated = issuer.cli(&["apikeys", "validate", &api_key, "--json"]);
+    assert!(!validated.success(), "{}", validated.stdout);
+    assert!(validated.stdout.contains("revoked"), "{}", validated.stdout);
 
     // Scanning again: everything already dead; --json carries the outcomes.
     let mut again = issuer.cli(&["scan", "--revoke", "--json", tree_arg]);
@@ -396,7 +416,7 @@ fn scan_revoke_revokes_the_live_credentials_found_and_says_which_were_already_de
         .iter()
         .map(|finding| finding["revocation"].as_str().unwrap())
         .collect();
-    assert_eq!(outcomes, ["already_dead"; 4], "{document}");
+    assert_eq!(outcomes, ["already_dead"; 5], "{document}");
 
     // Without reaching the issuer the scan is incomplete: exit 2.
     let output = run_issuer_command(
