@@ -25,7 +25,7 @@ use std::time::Duration;
 use tessera_common::bundle::ApiKeyChange;
 use tessera_common::credential::{Credential, CredentialError, CredentialKind, PepperVersion};
 use tessera_common::ids::TenantId;
-use tessera_common::limits::{MAX_LIST_ENTRIES, MAX_LIST_ENTRY_BYTES, check_text};
+use tessera_common::limits::{MAX_ID_BYTES, MAX_LIST_ENTRIES, MAX_LIST_ENTRY_BYTES, check_text};
 use tessera_common::{Clock, UnixMillis};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -229,7 +229,7 @@ impl ApiKeys {
         key_id: &str,
         visible: impl Fn(&str) -> bool,
     ) -> Result<ApiKeyRecord, ApiKeyError> {
-        if key_id.is_empty() || key_id.len() > crate::api_keys::MAX_NAME_BYTES {
+        if key_id.is_empty() || key_id.len() > MAX_ID_BYTES {
             return Err(ApiKeyError::NotFound);
         }
         match self.store.api_key(key_id).await? {
