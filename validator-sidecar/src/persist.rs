@@ -121,7 +121,8 @@ pub fn restore(path: &Path, state: &BundleState, now: UnixMillis) {
     match load(path) {
         Ok(Some(cached)) => {
             let revision = cached.bundle.revision.0;
-            state.replace(cached.bundle);
+            // Contact first, bundle second, so that no readiness check sees the bundle
+            // without its last contact (see `Subscription::apply`).
             if let Some(recorded) = cached.last_contact {
                 if recorded > now {
                     tracing::warn!(
@@ -131,6 +132,7 @@ pub fn restore(path: &Path, state: &BundleState, now: UnixMillis) {
                 }
                 state.touch(trusted_last_contact(recorded, now));
             }
+            state.replace(cached.bundle);
             tracing::info!(path = %path.display(), revision, "loaded the persisted bundle");
         }
         Ok(None) => tracing::info!(path = %path.display(), "no persisted bundle yet"),

@@ -228,6 +228,10 @@ impl Subscription {
 
     fn apply(&self, update: Update) {
         let now = self.clock.now();
+        // The contact is recorded before the bundle is swapped in: the other way round, a
+        // readiness check between the two saw the first snapshot with no contact yet and
+        // reported the sidecar stale for an instant (NoBundle → Stale → Ready).
+        self.state.touch(now);
         match update {
             Update::Snapshot(mut bundle) => {
                 bundle.prune(now);
@@ -260,7 +264,6 @@ impl Subscription {
                 }
             }
         }
-        self.state.touch(now);
         metrics::record_bundle(self.state.revision(), self.state.staleness(now));
     }
 }
