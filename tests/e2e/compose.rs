@@ -25,7 +25,6 @@
 
 mod file;
 mod mapping;
-mod scratch_database;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -40,7 +39,7 @@ use self::file::{
     compose_file, dependencies, environment, mount, start_order, strings, yaml_as_json,
 };
 use self::mapping::Mapping;
-use self::scratch_database::ScratchDatabase;
+use crate::support::scratch_database::ScratchDatabase;
 
 use crate::support::binaries::workspace_root;
 use crate::support::http;
@@ -155,7 +154,7 @@ fn compose_topology_runs_from_the_file_as_local_processes_on_postgres() {
     let Some(server_url) = database_url() else {
         return;
     };
-    let database = ScratchDatabase::create(&server_url);
+    let database = ScratchDatabase::create(&server_url, "tessera_compose");
     let compose = compose_file();
     let services = compose["services"].as_object().expect("services");
     let root = tempfile::tempdir().expect("tempdir");

@@ -10,10 +10,10 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use tessera_proto::v1::bundle_change::Change;
 use tessera_proto::v1::trust_bundle_update::Kind;
-use tokio_postgres::NoTls;
 
 use crate::support::grpc::{BundleWatch, runtime};
 use crate::support::issuer::Issuer;
+use crate::support::scratch_database::ScratchDatabase;
 use crate::support::test_database::database_url;
 use crate::support::wait::poll_until;
 
@@ -27,7 +27,7 @@ fn postgres_two_replicas_share_keys_and_stream() {
     let Some(server_url) = database_url() else {
         return;
     };
-    let database = ScratchDatabase::create(&server_url);
+    let database = ScratchDatabase::create(&server_url, "tessera_e2e");
     let root = tempfile::tempdir().unwrap();
 
     // One KEK for both replicas, as in production.
@@ -118,80 +118,4 @@ fn postgres_two_replicas_share_keys_and_stream() {
         b.log()
     );
     assert_eq!(kid_on(&a), new_kid);
-}
-
-/// A fresh database `tessera_e2e_<random>` on the test server, dropped (with its
-/// connections) when this guard goes, after the issuers that use it.
-struct ScratchDatabase {
-    server_url: String,
-    name: String,
-    url: String,
-}
-
-impl ScratchDatabase {
-    fn create(server_url: &str) -> ScratchDatabase {
-        let name = format!("tessera_e2e_{}", uuid::Uuid::new_v4().simple());
-        execute(server_url, &format!("CREATE DATABASE {name}"))
-            .unwrap_or_else(|error| panic!("cannot create database {name}: {error}"));
-        ScratchDatabase {
-            server_url: server_url.to_owned(),
-            url: with_database(server_url, &name),
-            name,
-        }
-    }
-}
-
-impl Drop for ScratchDatabase {
-    fn drop(&mut self) {
-        let drop_sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        if let Err(error) = execute(&self.server_url, &drop_sql) {
-            eprintln!("could not drop {}: {error}", self.name);
-        }
-    }
-}
-
-/// Runs one statement on its own connection and runtime (also usable from `Drop`).
-fn execute(url: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-        let driver = tokio::spawn(connection);
-        let result = client.batch_execute(sql).await;
-        drop(client);
-        let _ = driver.await;
-        result
-    })
-}
-
-/// `url` with its database name replaced by `database` (query string kept).
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |index| index + 3);
-    let server = match base[authority_start..].find('/') {
-        Some(slash) => &base[..authority_start + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{server}/{database}?{query}"),
-        None => format!("{server}/{database}"),
-    }
-}
-
-#[test]
-fn scratch_database_url_keeps_server_and_options_no_database() {
-    assert_eq!(
-        with_database("postgres://postgres@127.0.0.1:5432/test", "x"),
-        "postgres://postgres@127.0.0.1:5432/x"
-    );
-    assert_eq!(
-        with_database("postgres://u@h/test?sslmode=disable", "x"),
-        "postgres://u@h/x?sslmode=disable"
-    );
-    assert_eq!(with_database("postgresql://u@h", "x"), "postgresql://u@h/x");
 }

@@ -40,6 +40,7 @@ use crate::support::grpc::runtime;
 use crate::support::http;
 use crate::support::issuer::Issuer;
 use crate::support::process::{clean_command, free_local_addr, send_sigterm, wait_with_timeout};
+use crate::support::scratch_database::ScratchDatabase;
 use crate::support::test_database::database_url;
 use crate::support::wait::{patience, poll_until};
 
@@ -64,7 +65,7 @@ fn on_postgres_the_same_trace_reaches_the_database() {
     let Some(server_url) = database_url() else {
         return;
     };
-    let database = ScratchDatabase::create(&server_url);
+    let database = ScratchDatabase::create(&server_url, "tessera_traces");
     journey(&["--database-url", &database.url], "postgresql", "info");
 }
 
@@ -696,61 +697,4 @@ impl Drop for TracedSidecar {
             let _ = self.child.wait();
         }
     }
-}
-
-// === a scratch database ===
-
-/// A fresh database `tessera_traces_<random>` on the test server, dropped (with its
-/// connections) when this guard goes, after the issuer that uses it.
-struct ScratchDatabase {
-    server_url: String,
-    name: String,
-    url: String,
-}
-
-impl ScratchDatabase {
-    fn create(server_url: &str) -> ScratchDatabase {
-        let name = format!("tessera_traces_{}", uuid::Uuid::new_v4().simple());
-        execute(server_url, &format!("CREATE DATABASE {name}"))
-            .unwrap_or_else(|error| panic!("cannot create database {name}: {error}"));
-        let (base, query) = match server_url.split_once('?') {
-            Some((base, query)) => (base, format!("?{query}")),
-            None => (server_url, String::new()),
-        };
-        let authority = base.find("://").map_or(0, |index| index + 3);
-        let server = match base[authority..].find('/') {
-            Some(slash) => &base[..authority + slash],
-            None => base,
-        };
-        ScratchDatabase {
-            server_url: server_url.to_owned(),
-            url: format!("{server}/{name}{query}"),
-            name,
-        }
-    }
-}
-
-impl Drop for ScratchDatabase {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        if let Err(error) = execute(&self.server_url, &sql) {
-            eprintln!("could not drop {}: {error}", self.name);
-        }
-    }
-}
-
-/// Runs one statement on its own connection and runtime (also usable from `Drop`).
-fn execute(url: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-        let driver = tokio::spawn(connection);
-        let result = client.batch_execute(sql).await;
-        drop(client);
-        let _ = driver.await;
-        result
-    })
 }

@@ -9,6 +9,7 @@ pub mod issuer;
 pub mod process;
 pub mod python;
 pub mod readme;
+pub mod scratch_database;
 /// Whether the PostgreSQL cases run: the issuer's `it` helper, one file for both binaries.
 #[path = "../../../issuer/tests/it/test_database.rs"]
 pub mod test_database;
