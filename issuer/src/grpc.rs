@@ -8,6 +8,7 @@ pub mod bundle_service;
 pub mod convert;
 pub mod emergency;
 pub mod key_service;
+pub mod reason;
 pub mod status;
 pub mod token_service;
 pub mod webhook_service;

@@ -165,12 +165,7 @@ impl pb::admin_service_server::AdminService for AdminServiceImpl {
         let client_id = ClientId::new(message.client_id)
             .map_err(|error| Status::invalid_argument(error.to_string()))?;
         // Optional, but refused (not truncated or cleaned) when unfit for the audit log.
-        tessera_common::limits::check_text(
-            "reason",
-            &message.reason,
-            tessera_common::limits::MAX_REASON_BYTES,
-        )
-        .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        super::reason::optional_reason(&message.reason)?;
         // Another tenant's client (or an unconfined one) is answered like an unknown id,
         // so a confined admin learns nothing of clients outside its tenants.
         let visible = self

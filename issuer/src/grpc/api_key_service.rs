@@ -116,12 +116,7 @@ impl pb::api_key_service_server::ApiKeyService for ApiKeyServiceImpl {
         self.app
             .check_tenant(&caller, tenant.as_str(), CREATE, &request_id)
             .await?;
-        tessera_common::limits::check_text(
-            "reason",
-            &message.reason,
-            tessera_common::limits::MAX_REASON_BYTES,
-        )
-        .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        super::reason::optional_reason(&message.reason)?;
         let expires_at = message.expires_at.as_ref().map(millis).transpose()?;
         let actor = Actor::client(caller.client_id.clone(), request_id, message.reason);
         let (record, credential) = self
@@ -215,12 +210,7 @@ impl pb::api_key_service_server::ApiKeyService for ApiKeyServiceImpl {
     ) -> Result<Response<pb::RotateApiKeyResponse>, Status> {
         let (caller, request_id) = self.caller(&request, ROTATE, Scope::Admin).await?;
         let message = request.into_inner();
-        tessera_common::limits::check_text(
-            "reason",
-            &message.reason,
-            tessera_common::limits::MAX_REASON_BYTES,
-        )
-        .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        super::reason::optional_reason(&message.reason)?;
         let grace = (message.grace_seconds > 0).then(|| Duration::from_secs(message.grace_seconds));
         let actor = Actor::client(caller.client_id.clone(), request_id, message.reason);
         let visible = |tenant: &str| caller.may_act_on(tenant);
@@ -251,12 +241,7 @@ impl pb::api_key_service_server::ApiKeyService for ApiKeyServiceImpl {
     ) -> Result<Response<pb::ApiKey>, Status> {
         let (caller, request_id) = self.caller(&request, REVOKE, Scope::Admin).await?;
         let message = request.into_inner();
-        tessera_common::limits::check_text(
-            "reason",
-            &message.reason,
-            tessera_common::limits::MAX_REASON_BYTES,
-        )
-        .map_err(|error| Status::invalid_argument(error.to_string()))?;
+        super::reason::optional_reason(&message.reason)?;
         let actor = Actor::client(caller.client_id.clone(), request_id, message.reason);
         let record = self
             .app

@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::reason::required_reason;
 use tessera_common::UnixMillis;
 use tessera_common::bundle::TrustBundle;
 use tessera_common::ids::KeyId;
 use tessera_common::keys::{KeySetName, KeyState};
-use tessera_common::limits::MAX_REASON_BYTES;
 use tessera_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
@@ -32,18 +32,6 @@ fn parse_key_set(value: &str) -> Result<KeySetName, Status> {
     value
         .parse()
         .map_err(|_| Status::invalid_argument("key_set: must be `access`, `action` or `webhook`"))
-}
-
-fn required_reason(reason: &str) -> Result<String, Status> {
-    if reason.trim().is_empty() {
-        return Err(Status::invalid_argument(
-            "reason: required (it goes to the audit log)",
-        ));
-    }
-    // No control or bidi character: the reason is shown to operators from the audit log.
-    tessera_common::limits::check_text("reason", reason, MAX_REASON_BYTES)
-        .map_err(|error| Status::invalid_argument(error.to_string()))?;
-    Ok(reason.to_owned())
 }
 
 #[tonic::async_trait]

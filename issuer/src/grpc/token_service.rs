@@ -13,6 +13,7 @@ use tracing::instrument;
 
 use super::convert;
 use super::emergency as grpc_emergency;
+use super::reason::required_reason;
 use super::status::{from_issue, from_key, from_session};
 use crate::app::{App, request_id};
 use crate::audit::Actor;
@@ -484,18 +485,6 @@ fn required(field: &'static str, value: String) -> Result<String, Status> {
     }
     check_identifier(field, &value).map_err(invalid)?;
     Ok(value)
-}
-
-fn required_reason(reason: &str) -> Result<String, Status> {
-    if reason.trim().is_empty() {
-        return Err(Status::invalid_argument(
-            "reason: required (it goes to the audit log)",
-        ));
-    }
-    // No control or bidi character: the reason is shown to operators from the audit log.
-    tessera_common::limits::check_text("reason", reason, tessera_common::limits::MAX_REASON_BYTES)
-        .map_err(invalid)?;
-    Ok(reason.to_owned())
 }
 
 fn session_tokens(tokens: SessionTokens) -> pb::SessionTokens {
