@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "tessera/v1/admin.proto",
     "tessera/v1/webhooks.proto",
     "tessera/v1/apikeys.proto",
+    "tessera/v1/servicetokens.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

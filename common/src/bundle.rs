@@ -143,17 +143,36 @@ pub enum BundleChange {
     RevocationAdded { entry: RevocationEntry },
     /// The validation policy changed.
     PolicyChanged { policy: ValidationPolicy },
-    /// An API key stopped being valid, or soon will: a verifier caching answers for it
-    /// drops them by key id. Public fields only (never the secret, its hash or the
-    /// pepper). Not part of the bundle itself: applying it only advances the revision.
-    ApiKeyChanged { change: ApiKeyChange },
+    /// A standing opaque credential (API key, service token, webhook token) stopped being
+    /// valid, or soon will: a verifier caching answers for it drops them by id. Public
+    /// fields only (never the secret, its hash or the pepper). Not part of the bundle
+    /// itself: applying it only advances the revision. Read under its first name too,
+    /// so event logs written before service and webhook tokens existed still load.
+    #[serde(alias = "api_key_changed")]
+    CredentialChanged { change: CredentialChange },
 }
 
-/// What [`BundleChange::ApiKeyChanged`] says about one API key.
+/// The standing opaque credentials a verifier may cache answers for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StandingKind {
+    /// `tbk_`. The default, for events recorded when API keys were the only kind.
+    #[default]
+    ApiKey,
+    /// `tbs_`.
+    ServiceToken,
+    /// `tbw_`.
+    WebhookToken,
+}
+
+/// What [`BundleChange::CredentialChanged`] says about one credential.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ApiKeyChange {
-    /// The key's public id.
-    pub key_id: String,
+pub struct CredentialChange {
+    #[serde(default)]
+    pub kind: StandingKind,
+    /// The credential's public id.
+    #[serde(alias = "key_id")]
+    pub credential_id: String,
     pub tenant_id: String,
     /// `expiring`, `rotated`, `revoked` or `expired`.
     pub state: String,
@@ -205,7 +224,7 @@ impl TrustBundle {
             }
             BundleChange::RevocationAdded { entry } => self.revocations.insert(entry.clone()),
             BundleChange::PolicyChanged { policy } => self.policy = policy.clone(),
-            BundleChange::ApiKeyChanged { .. } => {}
+            BundleChange::CredentialChanged { .. } => {}
         }
         self.revision = event.revision;
         true

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tessera_common::bundle::ApiKeyChange;
+use tessera_common::bundle::{CredentialChange, StandingKind};
 use tessera_common::credential::{Credential, CredentialError, CredentialKind, PepperVersion};
 use tessera_common::ids::TenantId;
 use tessera_common::limits::{MAX_ID_BYTES, MAX_LIST_ENTRIES, MAX_LIST_ENTRY_BYTES, check_text};
@@ -511,9 +511,14 @@ impl ApiKeys {
 }
 
 /// The event a verifier learns a key's new `state` from (public fields only).
-fn change_of(record: &ApiKeyRecord, state: &str, grace_until: Option<UnixMillis>) -> ApiKeyChange {
-    ApiKeyChange {
-        key_id: record.key_id.clone(),
+fn change_of(
+    record: &ApiKeyRecord,
+    state: &str,
+    grace_until: Option<UnixMillis>,
+) -> CredentialChange {
+    CredentialChange {
+        kind: StandingKind::ApiKey,
+        credential_id: record.key_id.clone(),
         tenant_id: record.tenant_id.as_str().to_owned(),
         state: state.to_owned(),
         grace_until,

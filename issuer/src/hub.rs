@@ -46,14 +46,17 @@ pub fn restrict(bundle: &TrustBundle, visible: impl Fn(&RevocationEntry) -> bool
 }
 
 /// Returns whether `event` may be sent to a subscriber that sees the entries `visible`
-/// keeps: every key and policy change, and the revocations it may see.
-pub fn event_visible(event: &BundleEvent, visible: impl Fn(&RevocationEntry) -> bool) -> bool {
+/// keeps: every key and policy change, the revocations it may see, and the credential
+/// changes of the tenants it may act on (`tenant_visible`).
+pub fn event_visible(
+    event: &BundleEvent,
+    visible: impl Fn(&RevocationEntry) -> bool,
+    tenant_visible: impl Fn(&str) -> bool,
+) -> bool {
     match &event.change {
         BundleChange::RevocationAdded { entry } => visible(entry),
-        // Kept in the event log for verifiers that cache API-key answers; not sent
-        // until the stream's `BundleChange` carries `ApiKeyChange` (see apikeys.proto) and
-        // the sidecar handles it, so today's subscribers skip past its revision.
-        BundleChange::ApiKeyChanged { .. } => false,
+        // A credential's id and state are its tenant's business only.
+        BundleChange::CredentialChanged { change } => tenant_visible(&change.tenant_id),
         _ => true,
     }
 }
@@ -228,7 +231,7 @@ impl BundleHub {
             for event in events {
                 touched_keys |= !matches!(
                     event.change,
-                    BundleChange::RevocationAdded { .. } | BundleChange::ApiKeyChanged { .. }
+                    BundleChange::RevocationAdded { .. } | BundleChange::CredentialChanged { .. }
                 );
                 if !bundle.apply(&event) {
                     continue;

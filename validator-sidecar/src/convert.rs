@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 
 use prost_types::Timestamp;
 use tessera_common::UnixMillis;
-use tessera_common::bundle::{BundleChange, BundleEvent, Revision, TrustBundle, ValidationPolicy};
+use tessera_common::bundle::{
+    BundleChange, BundleEvent, CredentialChange, Revision, StandingKind, TrustBundle,
+    ValidationPolicy,
+};
 use tessera_common::claims::{TokenClaims, TokenType};
 use tessera_common::ids::KeyId;
 use tessera_common::jwk::Jwk;
@@ -127,12 +130,33 @@ fn event_from_proto(
         Change::PolicyChanged(policy) => BundleChange::PolicyChanged {
             policy: policy_from_proto(policy),
         },
+        Change::CredentialChanged(change) => BundleChange::CredentialChanged {
+            change: credential_from_proto(change),
+        },
     };
     Ok(BundleEvent {
         revision,
         at,
         change,
     })
+}
+
+fn credential_from_proto(change: pb::CredentialChange) -> CredentialChange {
+    let kind = match pb::CredentialKind::try_from(change.kind) {
+        Ok(pb::CredentialKind::ServiceToken) => StandingKind::ServiceToken,
+        Ok(pb::CredentialKind::WebhookToken) => StandingKind::WebhookToken,
+        // An unknown kind is treated as an API key: dropping a cached answer by mistake
+        // costs one issuer round trip, keeping one by mistake could keep a revoked key.
+        _ => StandingKind::ApiKey,
+    };
+    CredentialChange {
+        kind,
+        credential_id: change.credential_id,
+        tenant_id: change.tenant_id,
+        state: change.state,
+        grace_until: change.grace_until.as_ref().map(millis),
+        expires_at: change.expires_at.as_ref().map_or(UnixMillis(0), millis),
+    }
 }
 
 fn key_from_proto(key: pb::Key) -> Result<KeySchedule, ConvertError> {

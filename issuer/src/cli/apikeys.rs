@@ -160,6 +160,7 @@ pub async fn apikeys(args: &ConnectArgs, command: ApiKeysCommand) -> anyhow::Res
             });
             let response = service
                 .create_api_key(client.request(pb::CreateApiKeyRequest {
+                    rate_limits: None,
                     tenant_id: tenant,
                     name,
                     permissions,
@@ -264,6 +265,7 @@ pub async fn apikeys(args: &ConnectArgs, command: ApiKeysCommand) -> anyhow::Res
         } => {
             let response = service
                 .validate_api_key(client.request(pb::ValidateApiKeyRequest {
+                    lease_admissions: 0,
                     key: key_argument(&key)?,
                     required_permissions: permissions,
                     required_role: role,

@@ -67,6 +67,7 @@ pub fn api_key(record: &ApiKeyRecord, now: UnixMillis) -> pb::ApiKey {
         last_used_at: record.last_used_at.map(timestamp),
         usage_count: record.usage_count,
         state_changed_at: record.state_at.map(timestamp),
+        ..Default::default()
     }
 }
 
@@ -252,6 +253,20 @@ impl pb::api_key_service_server::ApiKeyService for ApiKeyServiceImpl {
         Ok(Response::new(api_key(&record, self.app.now())))
     }
 
+    async fn lease_api_key_budget(
+        &self,
+        _request: Request<pb::LeaseApiKeyBudgetRequest>,
+    ) -> Result<Response<pb::LeaseApiKeyBudgetResponse>, Status> {
+        Err(Status::unimplemented("LeaseApiKeyBudget: in progress"))
+    }
+
+    async fn set_api_key_rate_limits(
+        &self,
+        _request: Request<pb::SetApiKeyRateLimitsRequest>,
+    ) -> Result<Response<pb::ApiKey>, Status> {
+        Err(Status::unimplemented("SetApiKeyRateLimits: in progress"))
+    }
+
     #[instrument(skip(self, request))]
     async fn validate_api_key(
         &self,
@@ -291,6 +306,7 @@ impl pb::api_key_service_server::ApiKeyService for ApiKeyServiceImpl {
                     role: valid.role,
                     expires_at: Some(timestamp(valid.expires_at)),
                     grace_until: valid.grace_until.map(timestamp),
+                    ..Default::default()
                 }
             }
             Err(refusal) => {

@@ -165,7 +165,13 @@ fn delta_for(
 ) -> pb::TrustBundleUpdate {
     let visible: Vec<Arc<BundleEvent>> = events
         .iter()
-        .filter(|event| event_visible(event, |entry| caller.may_see(entry)))
+        .filter(|event| {
+            event_visible(
+                event,
+                |entry| caller.may_see(entry),
+                |tenant| caller.may_act_on(tenant),
+            )
+        })
         .cloned()
         .collect();
     let mut message = convert::delta(&visible, now).unwrap_or_else(|| pb::TrustBundleUpdate {

@@ -2,7 +2,9 @@
 //! names a proto type outside `grpc/`.
 
 use tessera_common::UnixMillis;
-use tessera_common::bundle::{BundleChange, BundleEvent, TrustBundle, ValidationPolicy};
+use tessera_common::bundle::{
+    BundleChange, BundleEvent, CredentialChange, StandingKind, TrustBundle, ValidationPolicy,
+};
 use tessera_common::claims::AccessClaims;
 use tessera_common::keys::{KeySchedule, KeyState};
 use tessera_common::revocation::{RevocationEntry, RevocationKind};
@@ -103,8 +105,7 @@ pub fn snapshot(bundle: &TrustBundle, now: UnixMillis) -> pb::TrustBundleUpdate 
     }
 }
 
-/// Converts one event into a change; `None` for an event the stream does not carry yet
-/// (API-key changes, which `hub::event_visible` keeps off it).
+/// Converts one event into a change (`None` kept for kinds the stream may not carry).
 pub fn change(event: &BundleEvent, now: UnixMillis) -> Option<pb::BundleChange> {
     use pb::bundle_change::Change;
     let change = match &event.change {
@@ -113,12 +114,29 @@ pub fn change(event: &BundleEvent, now: UnixMillis) -> Option<pb::BundleChange> 
         BundleChange::KeyRevoked { key: schedule } => Change::KeyRevoked(key(schedule, now)),
         BundleChange::RevocationAdded { entry } => Change::RevocationAdded(revocation(entry)),
         BundleChange::PolicyChanged { policy: changed } => Change::PolicyChanged(policy(changed)),
-        BundleChange::ApiKeyChanged { .. } => return None,
+        BundleChange::CredentialChanged { change } => Change::CredentialChanged(credential(change)),
     };
     Some(pb::BundleChange {
         revision: event.revision.0,
         change: Some(change),
     })
+}
+
+/// The wire form of a credential change (public fields only).
+fn credential(change: &CredentialChange) -> pb::CredentialChange {
+    let kind = match change.kind {
+        StandingKind::ApiKey => pb::CredentialKind::ApiKey,
+        StandingKind::ServiceToken => pb::CredentialKind::ServiceToken,
+        StandingKind::WebhookToken => pb::CredentialKind::WebhookToken,
+    };
+    pb::CredentialChange {
+        kind: kind as i32,
+        credential_id: change.credential_id.clone(),
+        tenant_id: change.tenant_id.clone(),
+        state: change.state.clone(),
+        grace_until: change.grace_until.map(timestamp),
+        expires_at: Some(timestamp(change.expires_at)),
+    }
 }
 
 /// Converts events into one delta message at the last event's revision.

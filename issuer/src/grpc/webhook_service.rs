@@ -162,6 +162,20 @@ impl pb::webhook_service_server::WebhookService for WebhookServiceImpl {
         }))
     }
 
+    async fn issue_webhook_token(
+        &self,
+        _request: Request<pb::IssueWebhookTokenRequest>,
+    ) -> Result<Response<pb::IssueWebhookTokenResponse>, Status> {
+        Err(Status::unimplemented("IssueWebhookToken: in progress"))
+    }
+
+    async fn revoke_webhook_token(
+        &self,
+        _request: Request<pb::RevokeWebhookTokenRequest>,
+    ) -> Result<Response<pb::OpaqueTokenInfo>, Status> {
+        Err(Status::unimplemented("RevokeWebhookToken: in progress"))
+    }
+
     #[instrument(skip(self, request))]
     async fn get_webhook_secrets(
         &self,

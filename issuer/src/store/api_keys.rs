@@ -4,12 +4,12 @@
 //! conditional write (it happens only from the state the caller saw), so of concurrent
 //! rotations, revocations or scheduler passes on any number of replicas exactly one
 //! changes a key, and only that one writes its audit entry and its event
-//! (`BundleChange::ApiKeyChanged`, appended to the event log before the audit entry, in
+//! (`BundleChange::CredentialChanged`, appended to the event log before the audit entry, in
 //! the same transaction, so a verifier can later drop cached answers by key id).
 
 use async_trait::async_trait;
 use tessera_common::UnixMillis;
-use tessera_common::bundle::ApiKeyChange;
+use tessera_common::bundle::CredentialChange;
 use tessera_common::credential::PepperVersion;
 use tessera_common::ids::TenantId;
 
@@ -132,7 +132,7 @@ pub trait ApiKeyStore: Send + Sync + 'static {
         successor: ApiKeyRecord,
         grace_until: UnixMillis,
         audit: AuditEntry,
-        event: ApiKeyChange,
+        event: CredentialChange,
     ) -> Result<bool, StoreError>;
 
     /// Revokes `key_id` (active or rotated) at `at`, with `audit`; `false`, writing
@@ -142,7 +142,7 @@ pub trait ApiKeyStore: Send + Sync + 'static {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
-        event: ApiKeyChange,
+        event: CredentialChange,
     ) -> Result<bool, StoreError>;
 
     /// Returns the active keys expiring at or before `until` (the scheduler's candidates
@@ -159,7 +159,7 @@ pub trait ApiKeyStore: Send + Sync + 'static {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
-        event: ApiKeyChange,
+        event: CredentialChange,
     ) -> Result<bool, StoreError>;
 
     /// Deactivates an active key whose expiry is at or before `at` (state `expired`),
@@ -169,7 +169,7 @@ pub trait ApiKeyStore: Send + Sync + 'static {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
-        event: ApiKeyChange,
+        event: CredentialChange,
     ) -> Result<bool, StoreError>;
 
     /// Adds a batch of uses in one statement: each key's count grows by its `count` and

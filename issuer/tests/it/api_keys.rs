@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tessera_common::bundle::ApiKeyChange;
+use tessera_common::bundle::CredentialChange;
 use tessera_common::credential::{Credential, CredentialKind};
 use tessera_common::ids::{ClientId, TenantId};
 use tessera_common::{Clock, ManualClock, SystemClock, UnixMillis};
@@ -76,6 +76,7 @@ fn validate_request(key: &str, permissions: &[&str], role: &str) -> pb::Validate
         key: key.into(),
         required_permissions: permissions.iter().map(|p| (*p).to_owned()).collect(),
         required_role: role.into(),
+        lease_admissions: 0,
     }
 }
 
@@ -397,7 +398,7 @@ impl ApiKeyStore for CountingStore {
         successor: ApiKeyRecord,
         grace_until: UnixMillis,
         audit: AuditEntry,
-        event: ApiKeyChange,
+        event: CredentialChange,
     ) -> Result<bool, StoreError> {
         self.inner
             .rotate_api_key(old_key_id, successor, grace_until, audit, event)
@@ -408,7 +409,7 @@ impl ApiKeyStore for CountingStore {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
-        event: ApiKeyChange,
+        event: CredentialChange,
     ) -> Result<bool, StoreError> {
         self.inner.revoke_api_key(key_id, at, audit, event).await
     }
@@ -423,7 +424,7 @@ impl ApiKeyStore for CountingStore {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
-        event: ApiKeyChange,
+        event: CredentialChange,
     ) -> Result<bool, StoreError> {
         self.inner
             .mark_api_key_expiring(key_id, at, audit, event)
@@ -434,7 +435,7 @@ impl ApiKeyStore for CountingStore {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
-        event: ApiKeyChange,
+        event: CredentialChange,
     ) -> Result<bool, StoreError> {
         self.inner.expire_api_key(key_id, at, audit, event).await
     }
@@ -707,11 +708,11 @@ async fn usage_counted_before_a_graceful_stop_survives_the_restart() {
     restarted.stop().await;
 }
 
-/// A revocation appends its `ApiKeyChanged` event to the log (for verifiers that will
-/// cache API-key answers), but today's stream does not carry it: an unconfined bundle
-/// reader gets an empty delta whose revision moves past it, and never a secret.
+/// A revocation appends its `CredentialChanged` event to the log, and the stream pushes it
+/// to bundle readers (verifiers that cache API-key answers drop them by id): the key id,
+/// tenant and state, never a secret.
 #[tokio::test]
-async fn api_key_events_advance_the_stream_revision_without_reaching_it() {
+async fn api_key_revocation_is_pushed_on_the_stream_with_public_fields_only() {
     let issuer = TestIssuer::start().await;
     let created = create(&issuer, HOME, "streamed").await;
     let key_id = created.api_key.unwrap().key_id;
@@ -750,11 +751,12 @@ async fn api_key_events_advance_the_stream_revision_without_reaching_it() {
         .await
         .unwrap();
     assert_eq!(logged.len(), 1);
-    let tessera_common::bundle::BundleChange::ApiKeyChanged { change } = &logged[0].change else {
+    let tessera_common::bundle::BundleChange::CredentialChanged { change } = &logged[0].change
+    else {
         panic!("{logged:?}")
     };
     assert_eq!(
-        (change.key_id.as_str(), change.state.as_str()),
+        (change.credential_id.as_str(), change.state.as_str()),
         (key_id.as_str(), "revoked")
     );
     let delta = loop {
@@ -771,5 +773,24 @@ async fn api_key_events_advance_the_stream_revision_without_reaching_it() {
         delta.0, logged[0].revision.0,
         "the revision moves past the event"
     );
-    assert!(delta.1.changes.is_empty(), "{:?}", delta.1);
+    let [sent] = delta.1.changes.as_slice() else {
+        panic!("one change: {:?}", delta.1)
+    };
+    let Some(pb::bundle_change::Change::CredentialChanged(sent)) = &sent.change else {
+        panic!("a credential change: {sent:?}")
+    };
+    assert_eq!(
+        (
+            sent.kind,
+            sent.credential_id.as_str(),
+            sent.tenant_id.as_str(),
+            sent.state.as_str()
+        ),
+        (
+            pb::CredentialKind::ApiKey as i32,
+            key_id.as_str(),
+            HOME,
+            "revoked"
+        )
+    );
 }

@@ -219,7 +219,8 @@ impl FakeIssuer {
             pb::bundle_change::Change::RevocationAdded(entry) => {
                 bundle.revocations.push(entry.clone())
             }
-            pb::bundle_change::Change::PolicyChanged(_) => {}
+            pb::bundle_change::Change::PolicyChanged(_)
+            | pb::bundle_change::Change::CredentialChanged(_) => {}
         }
         let change = pb::BundleChange {
             revision,

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 use tessera_common::UnixMillis;
-use tessera_common::bundle::{ApiKeyChange, BundleChange};
+use tessera_common::bundle::{BundleChange, CredentialChange};
 use tessera_common::ids::TenantId;
 use tokio_postgres::Row;
 
@@ -80,9 +80,9 @@ impl ApiKeyStore for PostgresStore {
         successor: ApiKeyRecord,
         grace_until: UnixMillis,
         audit: AuditEntry,
-        event: ApiKeyChange,
+        event: CredentialChange,
     ) -> Result<bool, StoreError> {
-        let changes = vec![BundleChange::ApiKeyChanged { change: event }];
+        let changes = vec![BundleChange::CredentialChanged { change: event }];
         self.write_publishing(true, |tx| {
             let (old_key_id, successor, audit, changes) = (
                 old_key_id.to_owned(),
@@ -123,7 +123,7 @@ impl ApiKeyStore for PostgresStore {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
-        event: ApiKeyChange,
+        event: CredentialChange,
     ) -> Result<bool, StoreError> {
         self.conditional(
             "UPDATE api_keys SET state = 'revoked', state_at = $2 \
@@ -156,7 +156,7 @@ impl ApiKeyStore for PostgresStore {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
-        event: ApiKeyChange,
+        event: CredentialChange,
     ) -> Result<bool, StoreError> {
         self.conditional(
             "UPDATE api_keys SET expiring_at = $2 \
@@ -176,7 +176,7 @@ impl ApiKeyStore for PostgresStore {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
-        event: ApiKeyChange,
+        event: CredentialChange,
     ) -> Result<bool, StoreError> {
         self.conditional(
             "UPDATE api_keys SET state = 'expired', state_at = $2 \
@@ -231,9 +231,9 @@ impl PostgresStore {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
-        event: ApiKeyChange,
+        event: CredentialChange,
     ) -> Result<bool, StoreError> {
-        let changes = vec![BundleChange::ApiKeyChanged { change: event }];
+        let changes = vec![BundleChange::CredentialChanged { change: event }];
         self.write_publishing(true, |tx| {
             let (key_id, audit, changes) = (key_id.to_owned(), audit.clone(), changes.clone());
             Box::pin(async move {

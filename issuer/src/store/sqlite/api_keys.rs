@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use rusqlite::types::Value;
 use rusqlite::{Row, Transaction, params, params_from_iter};
 use tessera_common::UnixMillis;
-use tessera_common::bundle::{ApiKeyChange, BundleChange};
+use tessera_common::bundle::{BundleChange, CredentialChange};
 use tessera_common::ids::TenantId;
 
 use super::error::SqliteFailure;
@@ -77,10 +77,10 @@ impl ApiKeyStore for SqliteStore {
         successor: ApiKeyRecord,
         grace_until: UnixMillis,
         audit: AuditEntry,
-        event: ApiKeyChange,
+        event: CredentialChange,
     ) -> Result<bool, StoreError> {
         let old_key_id = old_key_id.to_owned();
-        let changes = vec![BundleChange::ApiKeyChanged { change: event }];
+        let changes = vec![BundleChange::CredentialChanged { change: event }];
         self.write_publishing(true, move |tx| {
             let n_rotated = tx
                 .prepare_cached(
@@ -115,7 +115,7 @@ impl ApiKeyStore for SqliteStore {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
-        event: ApiKeyChange,
+        event: CredentialChange,
     ) -> Result<bool, StoreError> {
         self.conditional(
             "UPDATE api_keys SET state = 'revoked', state_at = ?2 \
@@ -149,7 +149,7 @@ impl ApiKeyStore for SqliteStore {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
-        event: ApiKeyChange,
+        event: CredentialChange,
     ) -> Result<bool, StoreError> {
         self.conditional(
             "UPDATE api_keys SET expiring_at = ?2 \
@@ -169,7 +169,7 @@ impl ApiKeyStore for SqliteStore {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
-        event: ApiKeyChange,
+        event: CredentialChange,
     ) -> Result<bool, StoreError> {
         self.conditional(
             "UPDATE api_keys SET state = 'expired', state_at = ?2 \
@@ -227,10 +227,10 @@ impl SqliteStore {
         key_id: &str,
         at: UnixMillis,
         audit: AuditEntry,
-        event: ApiKeyChange,
+        event: CredentialChange,
     ) -> Result<bool, StoreError> {
         let key_id = key_id.to_owned();
-        let changes = vec![BundleChange::ApiKeyChanged { change: event }];
+        let changes = vec![BundleChange::CredentialChanged { change: event }];
         self.write_publishing(true, move |tx| {
             let n_changed = tx.prepare_cached(sql)?.execute(params![key_id, at.0])?;
             if n_changed == 0 {

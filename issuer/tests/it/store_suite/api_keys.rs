@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use tessera_common::UnixMillis;
-use tessera_common::bundle::{ApiKeyChange, BundleChange, Revision};
+use tessera_common::bundle::{BundleChange, CredentialChange, Revision, StandingKind};
 use tessera_common::credential::PepperVersion;
 use tessera_common::ids::{ClientId, TenantId};
 use tessera_issuer::audit::{Actor, AuditAction};
@@ -48,9 +48,10 @@ fn audit(action: AuditAction, target: &str) -> AuditEntry {
     )
 }
 
-fn change(key_id: &str, state: &str) -> ApiKeyChange {
-    ApiKeyChange {
-        key_id: key_id.to_owned(),
+fn change(key_id: &str, state: &str) -> CredentialChange {
+    CredentialChange {
+        kind: StandingKind::ApiKey,
+        credential_id: key_id.to_owned(),
         tenant_id: "acme".into(),
         state: state.to_owned(),
         grace_until: None,
@@ -67,7 +68,9 @@ async fn api_key_events(fixture: &Fixture) -> Vec<(String, String)> {
         .unwrap()
         .into_iter()
         .filter_map(|event| match event.change {
-            BundleChange::ApiKeyChanged { change } => Some((change.key_id, change.state)),
+            BundleChange::CredentialChanged { change } => {
+                Some((change.credential_id, change.state))
+            }
             _ => None,
         })
         .collect()
