@@ -185,6 +185,24 @@ impl RevocationSet {
             .find(|entry| entry.revoked_at >= issued_at)
     }
 
+    /// Returns the latest cutoff that revokes everything of `tenant_id` issued or verified
+    /// at or before it: its tenant entry (emergency revocation) or an `all` entry that
+    /// applies to it. A verifier caching answers about opaque credentials compares its
+    /// answers' verification instants with it.
+    pub fn tenant_cutoff(&self, tenant_id: &str) -> Option<UnixMillis> {
+        if self.n_entries == 0 {
+            return None;
+        }
+        [
+            (RevocationKind::Tenant, tenant_id),
+            (RevocationKind::All, ""),
+        ]
+        .into_iter()
+        .filter_map(|(kind, value)| self.find(kind, tenant_id, value))
+        .map(|entry| entry.revoked_at)
+        .max()
+    }
+
     /// Returns the latest entry of `kind` for `value` that applies to `tenant_id`: scoped
     /// to that tenant or platform-wide. The later revocation wins, so a cutoff is never
     /// moved backwards.
@@ -263,6 +281,28 @@ mod tests {
             kid: "k1",
             issued_at: UnixMillis(issued_at),
         }
+    }
+
+    #[test]
+    fn tenant_cutoff_is_the_latest_tenant_or_all_entry_that_applies() {
+        let mut set = RevocationSet::default();
+        assert_eq!(set.tenant_cutoff("t1"), None);
+        set.insert(entry(RevocationKind::User, "t1", 900));
+        assert_eq!(set.tenant_cutoff("t1"), None);
+        set.insert(entry(RevocationKind::Tenant, "t1", 100));
+        set.insert(entry(RevocationKind::Tenant, "t2", 500));
+        assert_eq!(set.tenant_cutoff("t1"), Some(UnixMillis(100)));
+        assert_eq!(set.tenant_cutoff("t3"), None);
+        // An `all` entry confined to another tenant does not apply.
+        set.insert(RevocationEntry {
+            tenant_id: Some("t2".into()),
+            ..entry(RevocationKind::All, "", 700)
+        });
+        assert_eq!(set.tenant_cutoff("t1"), Some(UnixMillis(100)));
+        assert_eq!(set.tenant_cutoff("t2"), Some(UnixMillis(700)));
+        set.insert(entry(RevocationKind::All, "", 300));
+        assert_eq!(set.tenant_cutoff("t1"), Some(UnixMillis(300)));
+        assert_eq!(set.tenant_cutoff("t3"), Some(UnixMillis(300)));
     }
 
     #[test]
