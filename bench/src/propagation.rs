@@ -176,6 +176,7 @@ async fn subscribe(
     let mut request = tonic::Request::new(pb::WatchTrustBundleRequest {
         since_revision: 0,
         subscriber_id: format!("bench-{index}"),
+        credential_changes: false,
     });
     request
         .metadata_mut()

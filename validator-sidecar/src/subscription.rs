@@ -160,6 +160,8 @@ impl Subscription {
         let mut request = tonic::Request::new(WatchTrustBundleRequest {
             since_revision,
             subscriber_id: self.config.subscriber_id.clone(),
+            // The sidecar drops cached API-key and opaque-token answers on these.
+            credential_changes: true,
         });
         if let Some(credential) = credential {
             match MetadataValue::try_from(format!("Bearer {credential}")) {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use futures_util::Stream;
 use tessera_common::UnixMillis;
-use tessera_common::bundle::{BundleEvent, Revision, TrustBundle};
+use tessera_common::bundle::{BundleChange, BundleEvent, Revision, TrustBundle};
 use tessera_proto::v1 as pb;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -75,7 +75,11 @@ impl pb::trust_bundle_service_server::TrustBundleService for TrustBundleServiceI
         let (sender, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
         let app = self.app.clone();
         let span = info_span!("bundle_subscriber", subscriber = %subscriber_id, client = %caller.client_id);
-        tokio::spawn(feed(app, caller, Revision(message.since_revision), sender).instrument(span));
+        let view = View {
+            caller,
+            credential_changes: message.credential_changes,
+        };
+        tokio::spawn(feed(app, view, Revision(message.since_revision), sender).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }
@@ -84,7 +88,7 @@ impl pb::trust_bundle_service_server::TrustBundleService for TrustBundleServiceI
 /// goes away or the server shuts down.
 async fn feed(
     app: Arc<App>,
-    caller: Caller,
+    view: View,
     since: Revision,
     sender: mpsc::Sender<Result<pb::TrustBundleUpdate, Status>>,
 ) {
@@ -94,7 +98,7 @@ async fn feed(
         Initial::Snapshot(bundle) => {
             let revision = bundle.revision;
             if sender
-                .send(Ok(snapshot_for(&caller, &bundle, app.now())))
+                .send(Ok(snapshot_for(&view.caller, &bundle, app.now())))
                 .await
                 .is_err()
             {
@@ -106,7 +110,7 @@ async fn feed(
             let message = if deltas.is_empty() {
                 heartbeat(current, &app)
             } else {
-                delta_for(&caller, &deltas, current, app.now())
+                delta_for(&view, &deltas, current, app.now())
             };
             if sender.send(Ok(message)).await.is_err() {
                 return;
@@ -124,14 +128,14 @@ async fn feed(
                 Ok(event) if event.revision <= sent => continue,
                 Ok(event) => {
                     sent = event.revision;
-                    Some(delta_for(&caller, &[event], sent, app.now()))
+                    Some(delta_for(&view, &[event], sent, app.now()))
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     debug!(missed, "subscriber lagged; resynchronising with a snapshot");
                     metrics::counter!("tessera_trust_bundle_resyncs_total").increment(1);
                     let bundle = app.hub.current();
                     sent = bundle.revision;
-                    Some(snapshot_for(&caller, &bundle, app.now()))
+                    Some(snapshot_for(&view.caller, &bundle, app.now()))
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             },
@@ -155,23 +159,39 @@ fn snapshot_for(caller: &Caller, bundle: &TrustBundle, now: UnixMillis) -> pb::T
     convert::snapshot(&restrict(bundle, |entry| caller.may_see(entry)), now)
 }
 
-/// One delta at `revision` (the last of `events`) with the events `caller` may see; empty
-/// when it may see none of them, so that its revision still advances past them.
+/// What one subscriber is sent: what its caller may see, of the change kinds it knows.
+struct View {
+    caller: Caller,
+    /// The subscriber understands `BundleChange.credential_changed`.
+    credential_changes: bool,
+}
+
+impl View {
+    fn sees(&self, event: &BundleEvent) -> bool {
+        if matches!(event.change, BundleChange::CredentialChanged { .. })
+            && !self.credential_changes
+        {
+            return false;
+        }
+        event_visible(
+            event,
+            |entry| self.caller.may_see(entry),
+            |tenant| self.caller.may_act_on(tenant),
+        )
+    }
+}
+
+/// One delta at `revision` (the last of `events`) with the events the subscriber is sent
+/// (see [`View`]); empty when none, so that its revision still advances past them.
 fn delta_for(
-    caller: &Caller,
+    view: &View,
     events: &[Arc<BundleEvent>],
     revision: Revision,
     now: UnixMillis,
 ) -> pb::TrustBundleUpdate {
     let visible: Vec<Arc<BundleEvent>> = events
         .iter()
-        .filter(|event| {
-            event_visible(
-                event,
-                |entry| caller.may_see(entry),
-                |tenant| caller.may_act_on(tenant),
-            )
-        })
+        .filter(|event| view.sees(event))
         .cloned()
         .collect();
     let mut message = convert::delta(&visible, now).unwrap_or_else(|| pb::TrustBundleUpdate {

@@ -504,6 +504,7 @@ async fn reasons_names_and_ids_with_control_or_bidi_characters_are_refused_and_n
                 .watch_trust_bundle(issuer.as_admin(pb::WatchTrustBundleRequest {
                     since_revision: 0,
                     subscriber_id: text.clone(),
+                    credential_changes: false,
                 }))
                 .await,
             "subscriber_id",

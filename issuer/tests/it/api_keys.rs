@@ -709,33 +709,20 @@ async fn usage_counted_before_a_graceful_stop_survives_the_restart() {
 }
 
 /// A revocation appends its `CredentialChanged` event to the log, and the stream pushes it
-/// to bundle readers (verifiers that cache API-key answers drop them by id): the key id,
-/// tenant and state, never a secret.
+/// to bundle readers that asked for credential changes (verifiers that cache API-key
+/// answers drop them by id): the key id, tenant and state, never a secret. A reader that
+/// did not ask (a verifier built before the change kind existed) and a reader confined to
+/// another tenant get an empty delta at the same revision instead.
 #[tokio::test]
 async fn api_key_revocation_is_pushed_on_the_stream_with_public_fields_only() {
     let issuer = TestIssuer::start().await;
     let created = create(&issuer, HOME, "streamed").await;
     let key_id = created.api_key.unwrap().key_id;
     let reader = client(&issuer, &["bundle:read"], &[]).await;
-    let mut stream = issuer
-        .bundle()
-        .await
-        .watch_trust_bundle(with_credential(
-            pb::WatchTrustBundleRequest::default(),
-            &reader,
-        ))
-        .await
-        .expect("watch")
-        .into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
-        .await
-        .expect("snapshot in time")
-        .unwrap()
-        .unwrap();
-    assert!(matches!(
-        first.kind,
-        Some(pb::trust_bundle_update::Kind::Snapshot(_))
-    ));
+    let other_tenant_reader = client(&issuer, &["bundle:read"], &["globex"]).await;
+    let mut informed = watch(&issuer, &reader, true).await;
+    let mut legacy = watch(&issuer, &reader, false).await;
+    let mut other_tenant = watch(&issuer, &other_tenant_reader, true).await;
     api_keys(&issuer)
         .await
         .revoke_api_key(issuer.as_admin(pb::RevokeApiKeyRequest {
@@ -744,10 +731,11 @@ async fn api_key_revocation_is_pushed_on_the_stream_with_public_fields_only() {
         }))
         .await
         .unwrap();
+    let (revision, delta) = next_delta(&mut informed).await;
     let logged = issuer
         .app
         .store
-        .events_after(tessera_common::bundle::Revision(first.revision), 10)
+        .events_after(tessera_common::bundle::Revision(revision - 1), 10)
         .await
         .unwrap();
     assert_eq!(logged.len(), 1);
@@ -759,22 +747,9 @@ async fn api_key_revocation_is_pushed_on_the_stream_with_public_fields_only() {
         (change.credential_id.as_str(), change.state.as_str()),
         (key_id.as_str(), "revoked")
     );
-    let delta = loop {
-        let update = tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("delta in time")
-            .unwrap()
-            .unwrap();
-        if let Some(pb::trust_bundle_update::Kind::Delta(delta)) = update.kind {
-            break (update.revision, delta);
-        }
-    };
-    assert_eq!(
-        delta.0, logged[0].revision.0,
-        "the revision moves past the event"
-    );
-    let [sent] = delta.1.changes.as_slice() else {
-        panic!("one change: {:?}", delta.1)
+    assert_eq!(revision, logged[0].revision.0, "the delta is at the event");
+    let [sent] = delta.changes.as_slice() else {
+        panic!("one change: {delta:?}")
     };
     let Some(pb::bundle_change::Change::CredentialChanged(sent)) = &sent.change else {
         panic!("a credential change: {sent:?}")
@@ -793,4 +768,59 @@ async fn api_key_revocation_is_pushed_on_the_stream_with_public_fields_only() {
             "revoked"
         )
     );
+    for (name, stream) in [("legacy", &mut legacy), ("other tenant", &mut other_tenant)] {
+        let (skipped_to, delta) = next_delta(stream).await;
+        assert_eq!(
+            skipped_to, revision,
+            "{name}: the revision moves past the event"
+        );
+        assert!(delta.changes.is_empty(), "{name}: {delta:?}");
+    }
+}
+
+/// Subscribes with `credential` and reads the first message (a snapshot).
+async fn watch(
+    issuer: &TestIssuer,
+    credential: &str,
+    credential_changes: bool,
+) -> tonic::Streaming<pb::TrustBundleUpdate> {
+    let mut stream = issuer
+        .bundle()
+        .await
+        .watch_trust_bundle(with_credential(
+            pb::WatchTrustBundleRequest {
+                credential_changes,
+                ..Default::default()
+            },
+            credential,
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("snapshot in time")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        first.kind,
+        Some(pb::trust_bundle_update::Kind::Snapshot(_))
+    ));
+    stream
+}
+
+/// Returns the next delta (skipping heartbeats) and its revision.
+async fn next_delta(
+    stream: &mut tonic::Streaming<pb::TrustBundleUpdate>,
+) -> (u64, pb::TrustBundleDelta) {
+    loop {
+        let update = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("delta in time")
+            .unwrap()
+            .unwrap();
+        if let Some(pb::trust_bundle_update::Kind::Delta(delta)) = update.kind {
+            return (update.revision, delta);
+        }
+    }
 }

@@ -61,6 +61,7 @@ async fn can_read_bundle(issuer: &TestIssuer, credential: &str) -> Result<(), Co
             pb::WatchTrustBundleRequest {
                 since_revision: 0,
                 subscriber_id: "bootstrap-test".into(),
+                credential_changes: false,
             },
             credential,
         ))

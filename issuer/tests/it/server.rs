@@ -509,6 +509,7 @@ async fn stream_sends_a_snapshot_then_pushes_rotations_as_deltas() {
         .watch_trust_bundle(issuer.as_admin(pb::WatchTrustBundleRequest {
             since_revision: 0,
             subscriber_id: "test".into(),
+            credential_changes: false,
         }))
         .await
         .expect("watch")
@@ -607,6 +608,7 @@ async fn stream_resumes_with_deltas_falls_back_to_snapshots_and_heartbeats_when_
         .watch_trust_bundle(issuer.as_admin(pb::WatchTrustBundleRequest {
             since_revision: current,
             subscriber_id: "resume".into(),
+            credential_changes: false,
         }))
         .await
         .expect("watch")
@@ -632,6 +634,7 @@ async fn stream_resumes_with_deltas_falls_back_to_snapshots_and_heartbeats_when_
         .watch_trust_bundle(issuer.as_admin(pb::WatchTrustBundleRequest {
             since_revision: 1_000_000,
             subscriber_id: "ahead".into(),
+            credential_changes: false,
         }))
         .await
         .expect("watch")

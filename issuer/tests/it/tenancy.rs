@@ -646,6 +646,7 @@ async fn confined_bundle_reader_receives_only_its_tenants_revocations() {
             pb::WatchTrustBundleRequest {
                 since_revision: hidden.revision - 1,
                 subscriber_id: String::new(),
+                credential_changes: false,
             },
             &reader_acme,
         ))

@@ -93,6 +93,7 @@ async fn webhook_key_is_created_rotated_listed_and_never_published() {
         .watch_trust_bundle(issuer.as_admin(pb::WatchTrustBundleRequest {
             since_revision: 0,
             subscriber_id: "webhook-test".into(),
+            credential_changes: false,
         }))
         .await
         .expect("watch")

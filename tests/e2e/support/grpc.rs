@@ -69,6 +69,7 @@ impl BundleWatch {
             pb::WatchTrustBundleRequest {
                 since_revision: 0,
                 subscriber_id: subscriber_id.to_owned(),
+                credential_changes: true,
             },
             credential,
         );
