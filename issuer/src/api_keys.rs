@@ -18,6 +18,9 @@
 //! [`ApiKeys::flush_usage`] as one multi-row update every flush interval and on graceful
 //! shutdown: a crash loses at most one interval of counts, a clean stop none.
 
+mod ledger;
+pub mod ratelimit;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -34,6 +37,8 @@ use crate::audit::{Actor, AuditAction};
 use crate::credentials::{CredentialRecord, Credentials};
 use crate::keyring::KeyringError;
 use crate::store::{ApiKeyRecord, ApiKeyState, ApiKeyStore, ApiKeyUsage, StoreError};
+use ledger::Ledger;
+use ratelimit::{Lease, RateLimits, Window};
 
 /// Lifetime of a key created without an expiry.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -49,6 +54,8 @@ pub const EXPIRING_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAX_NAME_BYTES: usize = 128;
 /// Longest role, in bytes.
 pub const MAX_ROLE_BYTES: usize = 128;
+/// The `scope` label of the rate-limit metrics for API keys.
+const RATE_LIMIT_SCOPE: &str = "api_key";
 
 /// Why an API key was refused, as the caller learns it. Deliberately coarse where it
 /// matters: a wrong secret and a key of another tenant are both `Unknown`.
@@ -80,6 +87,16 @@ pub struct ValidKey {
     pub grace_until: Option<UnixMillis>,
 }
 
+/// A valid key and the admissions leased with its validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Validated {
+    pub key: ValidKey,
+    /// Admissions leased to the caller (at most the key's slice).
+    pub leased_admissions: u32,
+    /// Until when they may be spent (the end of the minute window, issuer's clock).
+    pub lease_valid_until: UnixMillis,
+}
+
 /// Why an API-key operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiKeyError {
@@ -95,6 +112,17 @@ pub enum ApiKeyError {
     /// The key is no longer active (already rotated, revoked or expired).
     #[error("api key is {0}, not active")]
     NotActive(&'static str),
+    /// The key exists but no longer works (revoked, expired, grace ended): nothing can
+    /// be leased or changed for it.
+    #[error("api key is {0}, no longer valid")]
+    NotValid(&'static str),
+    /// Over one of the key's limits: `window` is spent for `retry_after_seconds` more
+    /// (whole seconds, at least 1). The message names the window, never the key.
+    #[error("api key rate limit exceeded: the {} window is spent", .window.as_str())]
+    RateLimited {
+        window: Window,
+        retry_after_seconds: u32,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -117,6 +145,8 @@ pub struct NewApiKey {
     pub role: String,
     /// Absolute expiry; `None` for [`DEFAULT_TTL`] from now.
     pub expires_at: Option<UnixMillis>,
+    /// Admissions per window (checked by [`RateLimits::from_request`]).
+    pub rate_limits: RateLimits,
 }
 
 impl CredentialRecord for ApiKeyRecord {
@@ -158,6 +188,8 @@ pub struct ApiKeys {
     clock: Arc<dyn Clock>,
     /// Uses since the last flush: key id → (count, latest use).
     usage: Mutex<HashMap<String, (u64, UnixMillis)>>,
+    /// This replica's leased admissions per key.
+    ledger: Ledger,
 }
 
 impl ApiKeys {
@@ -167,6 +199,7 @@ impl ApiKeys {
         clock: Arc<dyn Clock>,
     ) -> ApiKeys {
         ApiKeys {
+            ledger: Ledger::new(store.clone()),
             store,
             credentials,
             clock,
@@ -216,6 +249,7 @@ impl ApiKeys {
             expiring_at: None,
             last_used_at: None,
             usage_count: 0,
+            rate_limits: new.rate_limits,
         };
         let audit = actor.entry(now, AuditAction::ApiKeyCreate, audit_target(&record));
         self.store.insert_api_key(record.clone(), audit).await?;
@@ -287,6 +321,7 @@ impl ApiKeys {
             expiring_at: None,
             last_used_at: None,
             usage_count: 0,
+            rate_limits: old.rate_limits,
         };
         let grace_until = now.plus(grace);
         let audit = actor
@@ -342,6 +377,7 @@ impl ApiKeys {
     /// Validates `text` as an API key holding every one of `required_permissions` and,
     /// when `required_role` is not empty, that role. A key whose tenant `visible` does
     /// not admit is `Unknown`. A valid key's use is counted (written in the next batch).
+    /// Costs one admission against the key's limits, like [`ApiKeys::validate_leasing`].
     pub async fn validate(
         &self,
         text: &str,
@@ -349,6 +385,25 @@ impl ApiKeys {
         required_role: &str,
         visible: impl Fn(&str) -> bool,
     ) -> Result<Result<ValidKey, Refusal>, ApiKeyError> {
+        let verdict = self
+            .validate_leasing(text, required_permissions, required_role, 0, visible)
+            .await?;
+        Ok(verdict.map(|validated| validated.key))
+    }
+
+    /// Validates `text` as [`ApiKeys::validate`] does and leases up to `lease_admissions`
+    /// more admissions (capped at the key's slice) to the caller. A real, working key —
+    /// found, its secret matching, its state valid — costs one admission before its
+    /// permissions are judged, so a call lacking a permission is still counted; over a
+    /// limit the answer is [`ApiKeyError::RateLimited`].
+    pub async fn validate_leasing(
+        &self,
+        text: &str,
+        required_permissions: &[String],
+        required_role: &str,
+        lease_admissions: u32,
+        visible: impl Fn(&str) -> bool,
+    ) -> Result<Result<Validated, Refusal>, ApiKeyError> {
         // Shape and checksum first: a typo or forgery costs no database read.
         let presented = match Credential::parse(text.trim()) {
             Ok(credential) if credential.kind == CredentialKind::ApiKey => credential,
@@ -364,15 +419,27 @@ impl ApiKeys {
             return Ok(Err(Refusal::Unknown));
         }
         let now = self.now();
-        match record.state {
-            ApiKeyState::Revoked => return Ok(Err(Refusal::Revoked)),
-            ApiKeyState::Expired => return Ok(Err(Refusal::Expired)),
-            _ if record.expires_at <= now => return Ok(Err(Refusal::Expired)),
-            ApiKeyState::Rotated if record.grace_until.is_none_or(|until| until <= now) => {
-                return Ok(Err(Refusal::GraceEnded));
-            }
-            ApiKeyState::Active | ApiKeyState::Rotated => {}
+        if let Some(refusal) = state_refusal(&record, now) {
+            return Ok(Err(refusal));
         }
+        let lease = lease_admissions.min(record.rate_limits.slice());
+        metrics::counter!("tessera_ratelimit_attempts_total", "scope" => RATE_LIMIT_SCOPE)
+            .increment(1);
+        let granted = match self
+            .ledger
+            .admit(&record.key_id, record.rate_limits, lease, now)
+            .await?
+        {
+            Ok(granted) => granted,
+            Err(exhausted) => {
+                metrics::counter!("tessera_ratelimit_exceeded_total", "scope" => RATE_LIMIT_SCOPE)
+                    .increment(1);
+                return Err(ApiKeyError::RateLimited {
+                    window: exhausted.window,
+                    retry_after_seconds: exhausted.retry_after_seconds(now),
+                });
+            }
+        };
         let has_permissions = required_permissions
             .iter()
             .all(|required| record.permissions.contains(required));
@@ -380,17 +447,81 @@ impl ApiKeys {
             return Ok(Err(Refusal::InsufficientPermissions));
         }
         self.count_use(&record.key_id, now);
-        Ok(Ok(ValidKey {
-            key_id: record.key_id,
-            tenant_id: record.tenant_id,
-            permissions: record.permissions,
-            role: record.role,
-            expires_at: record.expires_at,
-            grace_until: match record.state {
-                ApiKeyState::Rotated => record.grace_until,
-                _ => None,
+        Ok(Ok(Validated {
+            leased_admissions: granted.leased,
+            lease_valid_until: granted.valid_until,
+            key: ValidKey {
+                key_id: record.key_id,
+                tenant_id: record.tenant_id,
+                permissions: record.permissions,
+                role: record.role,
+                expires_at: record.expires_at,
+                grace_until: match record.state {
+                    ApiKeyState::Rotated => record.grace_until,
+                    _ => None,
+                },
             },
         }))
+    }
+
+    /// Leases up to `requested` admissions of key `key_id` (capped at its slice) to a
+    /// verifier that caches answers, charged to the store at once. `NotFound` for a key
+    /// `visible` does not admit (as for a missing one); `NotValid` for a key that no
+    /// longer works; `requested` must be 1 to [`ratelimit::MAX_LEASE_REQUEST`].
+    pub async fn lease(
+        &self,
+        key_id: &str,
+        requested: u32,
+        visible: impl Fn(&str) -> bool,
+    ) -> Result<(Lease, UnixMillis), ApiKeyError> {
+        if requested == 0 || requested > ratelimit::MAX_LEASE_REQUEST {
+            return Err(invalid(
+                "requested",
+                format!("must be 1 to {}", ratelimit::MAX_LEASE_REQUEST),
+            ));
+        }
+        let record = self.get(key_id, visible).await?;
+        let now = self.now();
+        if let Some(refusal) = state_refusal(&record, now) {
+            return Err(ApiKeyError::NotValid(refusal_name(refusal)));
+        }
+        let want = requested.min(record.rate_limits.slice());
+        let lease = self
+            .store
+            .lease(&record.key_id, record.rate_limits, want, now)
+            .await?;
+        Ok((lease, now))
+    }
+
+    /// Replaces the limits of key `key_id` (audited `apikey.limits`), only while the key
+    /// still works; returns the updated record.
+    pub async fn set_rate_limits(
+        &self,
+        actor: &Actor,
+        key_id: &str,
+        limits: RateLimits,
+        visible: impl Fn(&str) -> bool,
+    ) -> Result<ApiKeyRecord, ApiKeyError> {
+        let record = self.get(key_id, visible).await?;
+        let now = self.now();
+        let audit = actor
+            .with_reason(format!(
+                "{}limits {}/min {}/h {}/day",
+                reason_prefix(actor),
+                limits.per_minute,
+                limits.per_hour,
+                limits.per_day
+            ))
+            .entry(now, AuditAction::ApiKeyLimits, audit_target(&record));
+        if !self
+            .store
+            .set_api_key_rate_limits(&record.key_id, limits, now, audit)
+            .await?
+        {
+            let refusal = state_refusal(&record, now).unwrap_or(Refusal::Unknown);
+            return Err(ApiKeyError::NotValid(refusal_name(refusal)));
+        }
+        self.get(key_id, |_| true).await
     }
 
     fn count_use(&self, key_id: &str, now: UnixMillis) {
@@ -536,6 +667,29 @@ fn reason_prefix(actor: &Actor) -> String {
         String::new()
     } else {
         format!("{}; ", actor.reason)
+    }
+}
+
+/// Returns why a found key with a matching secret is refused at `now`, if it is.
+fn state_refusal(record: &ApiKeyRecord, now: UnixMillis) -> Option<Refusal> {
+    match record.state {
+        ApiKeyState::Revoked => Some(Refusal::Revoked),
+        ApiKeyState::Expired => Some(Refusal::Expired),
+        _ if record.expires_at <= now => Some(Refusal::Expired),
+        ApiKeyState::Rotated if record.grace_until.is_none_or(|until| until <= now) => {
+            Some(Refusal::GraceEnded)
+        }
+        ApiKeyState::Active | ApiKeyState::Rotated => None,
+    }
+}
+
+/// Names why a key no longer works, for an error message.
+fn refusal_name(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::Revoked => "revoked",
+        Refusal::Expired => "expired",
+        Refusal::GraceEnded => "rotated and past its grace",
+        _ => "changed meanwhile",
     }
 }
 

@@ -21,6 +21,7 @@ pub mod api_keys;
 mod columns;
 pub mod emergency;
 pub mod postgres;
+pub mod rate_limits;
 pub mod sessions;
 mod shared;
 pub mod sqlite;
@@ -28,6 +29,7 @@ pub mod sqlite;
 pub use crate::audit::{AuditEntry, AuditRecord, StoredAuditEntry};
 pub use api_keys::{ApiKeyRecord, ApiKeyState, ApiKeyStore, ApiKeyUsage};
 pub use emergency::{EmergencyCommit, EmergencyCommitted, IncidentRecord};
+pub use rate_limits::RateLimitStore;
 pub use sessions::{
     RefreshContext, RefreshState, RefreshTokenRecord, Revocation, RevocationEffect, SessionRecord,
     SessionStore,

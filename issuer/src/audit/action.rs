@@ -52,11 +52,13 @@ pub enum AuditAction {
     ApiKeyExpiring,
     /// An API key passed its expiry and was deactivated.
     ApiKeyExpire,
+    /// An API key's rate limits were replaced.
+    ApiKeyLimits,
 }
 
 impl AuditAction {
     /// Every action, in a fixed order.
-    pub const ALL: [AuditAction; 24] = [
+    pub const ALL: [AuditAction; 25] = [
         AuditAction::AuthDenied,
         AuditAction::ClientCreate,
         AuditAction::ClientDisable,
@@ -81,6 +83,7 @@ impl AuditAction {
         AuditAction::ApiKeyRevoke,
         AuditAction::ApiKeyExpiring,
         AuditAction::ApiKeyExpire,
+        AuditAction::ApiKeyLimits,
     ];
 
     /// Returns the name stored in the audit log (a dotted verb). Never change one: rows
@@ -111,6 +114,7 @@ impl AuditAction {
             AuditAction::ApiKeyRevoke => "apikey.revoke",
             AuditAction::ApiKeyExpiring => "apikey.expiring",
             AuditAction::ApiKeyExpire => "apikey.expire",
+            AuditAction::ApiKeyLimits => "apikey.limits",
         }
     }
 

@@ -10,11 +10,13 @@ use tessera_common::UnixMillis;
 use tessera_common::credential::MAX_CREDENTIAL_BYTES;
 use tessera_common::ids::TenantId;
 use tessera_proto::v1 as pb;
+use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::convert::timestamp;
 use super::status::from_store;
+use crate::api_keys::ratelimit::RateLimits;
 use crate::api_keys::{
     self, ApiKeyError, NewApiKey, Refusal, check_permissions, check_required_role, is_expiring,
 };
@@ -40,7 +42,25 @@ pub fn from_api_key(error: ApiKeyError) -> Status {
     match error {
         ApiKeyError::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
         ApiKeyError::NotFound => Status::not_found(error.to_string()),
-        ApiKeyError::NotActive(_) => Status::failed_precondition(error.to_string()),
+        ApiKeyError::NotActive(_) | ApiKeyError::NotValid(_) => {
+            Status::failed_precondition(error.to_string())
+        }
+        ApiKeyError::RateLimited {
+            retry_after_seconds,
+            ..
+        } => {
+            let mut status = Status::resource_exhausted(error.to_string());
+            // Digits and an enum name always make valid metadata values.
+            let metadata = status.metadata_mut();
+            if let Ok(value) = retry_after_seconds.to_string().parse() {
+                metadata.insert("retry-after", value);
+            }
+            metadata.insert(
+                "tessera-refusal",
+                MetadataValue::from_static("RATE_LIMITED"),
+            );
+            status
+        }
         ApiKeyError::Store(error) => from_store(error),
         ApiKeyError::Keyring(error) => {
             tracing::error!(%error, "api key hashing failed");
@@ -67,7 +87,7 @@ pub fn api_key(record: &ApiKeyRecord, now: UnixMillis) -> pb::ApiKey {
         last_used_at: record.last_used_at.map(timestamp),
         usage_count: record.usage_count,
         state_changed_at: record.state_at.map(timestamp),
-        ..Default::default()
+        rate_limits: Some(rate_limits_message(record.rate_limits)),
     }
 }
 
@@ -80,6 +100,22 @@ fn refusal_code(refusal: Refusal) -> pb::ApiKeyRefusal {
         Refusal::Expired => pb::ApiKeyRefusal::Expired,
         Refusal::GraceEnded => pb::ApiKeyRefusal::GraceEnded,
         Refusal::InsufficientPermissions => pb::ApiKeyRefusal::InsufficientPermissions,
+    }
+}
+
+/// Reads limits as a request states them (unset or 0: the defaults).
+fn rate_limits(limits: Option<&pb::RateLimits>) -> Result<RateLimits, Status> {
+    let limits = limits.copied().unwrap_or_default();
+    RateLimits::from_request(limits.per_minute, limits.per_hour, limits.per_day)
+        .map_err(|error| Status::invalid_argument(error.to_string()))
+}
+
+/// Returns limits as sent.
+fn rate_limits_message(limits: RateLimits) -> pb::RateLimits {
+    pb::RateLimits {
+        per_minute: limits.per_minute,
+        per_hour: limits.per_hour,
+        per_day: limits.per_day,
     }
 }
 
@@ -119,6 +155,7 @@ impl pb::api_key_service_server::ApiKeyService for ApiKeyServiceImpl {
             .await?;
         super::reason::optional_reason(&message.reason)?;
         let expires_at = message.expires_at.as_ref().map(millis).transpose()?;
+        let rate_limits = rate_limits(message.rate_limits.as_ref())?;
         let actor = Actor::client(caller.client_id.clone(), request_id, message.reason);
         let (record, credential) = self
             .app
@@ -131,6 +168,7 @@ impl pb::api_key_service_server::ApiKeyService for ApiKeyServiceImpl {
                     permissions: message.permissions,
                     role: message.role,
                     expires_at,
+                    rate_limits,
                 },
             )
             .await

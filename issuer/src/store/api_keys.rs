@@ -13,7 +13,9 @@ use tessera_common::bundle::CredentialChange;
 use tessera_common::credential::PepperVersion;
 use tessera_common::ids::TenantId;
 
+use super::rate_limits::RateLimitStore;
 use super::{AuditEntry, StoreError};
+use crate::api_keys::ratelimit::RateLimits;
 
 /// Where an API key stands. `expiring` is not a state but a flag (`expiring_at`): an
 /// active key within the warning window before its expiry is still active.
@@ -81,6 +83,8 @@ pub struct ApiKeyRecord {
     pub expiring_at: Option<UnixMillis>,
     pub last_used_at: Option<UnixMillis>,
     pub usage_count: u64,
+    /// Admissions per window (defaults filled in); a successor inherits them.
+    pub rate_limits: RateLimits,
 }
 
 impl std::fmt::Debug for ApiKeyRecord {
@@ -92,6 +96,7 @@ impl std::fmt::Debug for ApiKeyRecord {
             .field("state", &self.state)
             .field("expires_at", &self.expires_at)
             .field("successor_id", &self.successor_id)
+            .field("rate_limits", &self.rate_limits)
             .finish_non_exhaustive()
     }
 }
@@ -106,9 +111,9 @@ pub struct ApiKeyUsage {
     pub last_used_at: UnixMillis,
 }
 
-/// The API-key aggregate's storage.
+/// The API-key aggregate's storage, with its keys' rate-limit windows.
 #[async_trait]
-pub trait ApiKeyStore: Send + Sync + 'static {
+pub trait ApiKeyStore: RateLimitStore {
     /// Inserts a key and its audit entry atomically; `AlreadyExists` if the id exists.
     async fn insert_api_key(&self, key: ApiKeyRecord, audit: AuditEntry) -> Result<(), StoreError>;
 
@@ -170,6 +175,17 @@ pub trait ApiKeyStore: Send + Sync + 'static {
         at: UnixMillis,
         audit: AuditEntry,
         event: CredentialChange,
+    ) -> Result<bool, StoreError>;
+
+    /// Replaces the limits of `key_id`, with `audit`, only if the key still works at `at`
+    /// (active and unexpired, or rotated and in its grace); `false`, writing nothing,
+    /// otherwise.
+    async fn set_api_key_rate_limits(
+        &self,
+        key_id: &str,
+        limits: RateLimits,
+        at: UnixMillis,
+        audit: AuditEntry,
     ) -> Result<bool, StoreError>;
 
     /// Adds a batch of uses in one statement: each key's count grows by its `count` and

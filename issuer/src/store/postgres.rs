@@ -9,6 +9,7 @@ mod listener;
 mod migrations;
 mod options;
 mod queries;
+mod rate_limits;
 mod rows;
 mod sessions;
 mod tls;

@@ -5,6 +5,7 @@ mod api_keys;
 mod error;
 mod migrations;
 mod queries;
+mod rate_limits;
 mod rows;
 mod sessions;
 mod tx;

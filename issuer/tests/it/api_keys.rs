@@ -14,11 +14,14 @@ use tessera_common::bundle::CredentialChange;
 use tessera_common::credential::{Credential, CredentialKind};
 use tessera_common::ids::{ClientId, TenantId};
 use tessera_common::{Clock, ManualClock, SystemClock, UnixMillis};
+use tessera_issuer::api_keys::ratelimit::{Lease, RateLimits};
 use tessera_issuer::api_keys::{ApiKeys, NewApiKey, Refusal};
 use tessera_issuer::audit::Actor;
 use tessera_issuer::config::IssuerConfig;
 use tessera_issuer::store::sqlite::SqliteStore;
-use tessera_issuer::store::{ApiKeyRecord, ApiKeyStore, ApiKeyUsage, AuditEntry, StoreError};
+use tessera_issuer::store::{
+    ApiKeyRecord, ApiKeyStore, ApiKeyUsage, AuditEntry, RateLimitStore, StoreError,
+};
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::api_key_service_client::ApiKeyServiceClient;
 use tonic::Code;
@@ -439,8 +442,32 @@ impl ApiKeyStore for CountingStore {
     ) -> Result<bool, StoreError> {
         self.inner.expire_api_key(key_id, at, audit, event).await
     }
+    async fn set_api_key_rate_limits(
+        &self,
+        key_id: &str,
+        limits: RateLimits,
+        at: UnixMillis,
+        audit: AuditEntry,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .set_api_key_rate_limits(key_id, limits, at, audit)
+            .await
+    }
     async fn record_api_key_usage(&self, usage: Vec<ApiKeyUsage>) -> Result<(), StoreError> {
         self.inner.record_api_key_usage(usage).await
+    }
+}
+
+#[async_trait]
+impl RateLimitStore for CountingStore {
+    async fn lease(
+        &self,
+        key_id: &str,
+        limits: RateLimits,
+        want: u32,
+        now: UnixMillis,
+    ) -> Result<Lease, StoreError> {
+        self.inner.lease(key_id, limits, want, now).await
     }
 }
 
@@ -468,6 +495,7 @@ async fn a_forged_checksum_costs_no_lookup_and_a_wrong_secret_is_unknown() {
                 permissions: Vec::new(),
                 role: String::new(),
                 expires_at: None,
+                rate_limits: RateLimits::default(),
             },
         )
         .await

@@ -14,6 +14,7 @@ use super::error::{PgFailure, corrupt};
 use super::queries::execute;
 use super::tx::PgTx;
 use super::{DB_SYSTEM, PostgresStore};
+use crate::api_keys::ratelimit::RateLimits;
 use crate::store::api_keys::{ApiKeyRecord, ApiKeyState, ApiKeyStore, ApiKeyUsage};
 use crate::store::columns::pepper_version_from_column;
 use crate::store::shared::{self, SPAN_TARGET, at_most_one};
@@ -22,7 +23,8 @@ use crate::store::{AuditEntry, StoreError};
 /// The columns [`api_key_from_row`] reads, in order.
 const API_KEY_COLUMNS: &str = "key_id, tenant_id, name, permissions, role, secret_hash, \
      pepper_version, created_at, expires_at, state, state_at, predecessor_id, successor_id, \
-     grace_until, expiring_at, last_used_at, usage_count";
+     grace_until, expiring_at, last_used_at, usage_count, rate_per_minute, rate_per_hour, \
+     rate_per_day";
 
 #[async_trait]
 impl ApiKeyStore for PostgresStore {
@@ -189,6 +191,42 @@ impl ApiKeyStore for PostgresStore {
         .await
     }
 
+    #[tracing::instrument(name = "store.set_api_key_rate_limits", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "set_api_key_rate_limits", otel.kind = "client"))]
+    async fn set_api_key_rate_limits(
+        &self,
+        key_id: &str,
+        limits: RateLimits,
+        at: UnixMillis,
+        audit: AuditEntry,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            let (key_id, audit) = (key_id.to_owned(), audit.clone());
+            Box::pin(async move {
+                let n_changed = execute(
+                    tx,
+                    "UPDATE api_keys SET rate_per_minute = $2, rate_per_hour = $3, \
+                     rate_per_day = $4 WHERE key_id = $1 AND expires_at > $5 \
+                     AND (state = 'active' OR (state = 'rotated' AND grace_until > $5))",
+                    &[
+                        &key_id,
+                        &i64::from(limits.per_minute),
+                        &i64::from(limits.per_hour),
+                        &i64::from(limits.per_day),
+                        &at.0,
+                    ],
+                )
+                .await?;
+                if n_changed == 0 {
+                    return Ok(false);
+                }
+                shared::append_audit_entry(&PgTx(tx), &audit).await?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
     #[tracing::instrument(name = "store.record_api_key_usage", target = SPAN_TARGET, level = "debug", skip_all,
         fields(db.system = DB_SYSTEM, db.operation.name = "record_api_key_usage", otel.kind = "client"))]
     async fn record_api_key_usage(&self, usage: Vec<ApiKeyUsage>) -> Result<(), StoreError> {
@@ -257,7 +295,8 @@ async fn insert_api_key(tx: &Transaction<'_>, key: &ApiKeyRecord) -> Result<(), 
         tx,
         &format!(
             "INSERT INTO api_keys ({API_KEY_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+             $20)"
         ),
         &[
             &key.key_id,
@@ -277,6 +316,9 @@ async fn insert_api_key(tx: &Transaction<'_>, key: &ApiKeyRecord) -> Result<(), 
             &key.expiring_at.map(|at| at.0),
             &key.last_used_at.map(|at| at.0),
             &usage_count,
+            &i64::from(key.rate_limits.per_minute),
+            &i64::from(key.rate_limits.per_hour),
+            &i64::from(key.rate_limits.per_day),
         ],
     )
     .await?;
@@ -307,5 +349,14 @@ fn api_key_from_row(row: &Row) -> Result<ApiKeyRecord, PgFailure> {
         expiring_at: row.try_get::<_, Option<i64>>(14)?.map(UnixMillis),
         last_used_at: row.try_get::<_, Option<i64>>(15)?.map(UnixMillis),
         usage_count: u64::try_from(usage_count).unwrap_or(0),
+        rate_limits: RateLimits {
+            per_minute: limit_from_column(row.try_get(17)?)?,
+            per_hour: limit_from_column(row.try_get(18)?)?,
+            per_day: limit_from_column(row.try_get(19)?)?,
+        },
     })
+}
+
+fn limit_from_column(value: i64) -> Result<u32, PgFailure> {
+    u32::try_from(value).map_err(|_| corrupt(format!("rate limit {value} out of range")))
 }

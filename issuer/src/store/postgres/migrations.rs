@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, V2_SESSIONS),
     (3, V3_KEYRING),
     (4, V4_API_KEYS),
+    (5, V5_RATE_LIMITS),
 ];
 
 /// Timestamps are unix milliseconds; JSON values are stored as text.
@@ -160,6 +161,26 @@ CREATE TABLE api_keys (
 );
 CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id, created_at);
 CREATE INDEX api_keys_by_expiry ON api_keys (state, expires_at);
+"#;
+
+/// Per-key rate limits (issue 10): the limits as columns of the key (existing keys get
+/// the seed's defaults), and one row per key counting the admissions charged in its
+/// current minute, hour and day window (fixed UTC windows, by their start) and what its
+/// latest lease granted (returned by the statement that charged it).
+const V5_RATE_LIMITS: &str = r#"
+ALTER TABLE api_keys ADD COLUMN rate_per_minute BIGINT NOT NULL DEFAULT 100;
+ALTER TABLE api_keys ADD COLUMN rate_per_hour BIGINT NOT NULL DEFAULT 1000;
+ALTER TABLE api_keys ADD COLUMN rate_per_day BIGINT NOT NULL DEFAULT 10000;
+CREATE TABLE api_key_rate_windows (
+    key_id       TEXT PRIMARY KEY,
+    minute_start BIGINT NOT NULL,
+    minute_used  BIGINT NOT NULL,
+    hour_start   BIGINT NOT NULL,
+    hour_used    BIGINT NOT NULL,
+    day_start    BIGINT NOT NULL,
+    day_used     BIGINT NOT NULL,
+    granted      BIGINT NOT NULL
+);
 "#;
 
 /// Applies every migration not yet recorded in `schema_migrations`, in one transaction

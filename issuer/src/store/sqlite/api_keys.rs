@@ -12,6 +12,7 @@ use tessera_common::ids::TenantId;
 use super::error::SqliteFailure;
 use super::tx::{SqliteTx, complete};
 use super::{DB_SYSTEM, SqliteStore};
+use crate::api_keys::ratelimit::RateLimits;
 use crate::store::api_keys::{ApiKeyRecord, ApiKeyState, ApiKeyStore, ApiKeyUsage};
 use crate::store::columns::pepper_version_from_column;
 use crate::store::shared::{self, SPAN_TARGET, at_most_one};
@@ -20,7 +21,8 @@ use crate::store::{AuditEntry, StoreError};
 /// The columns [`api_key_from_row`] reads, in order.
 const API_KEY_COLUMNS: &str = "key_id, tenant_id, name, permissions, role, secret_hash, \
      pepper_version, created_at, expires_at, state, state_at, predecessor_id, successor_id, \
-     grace_until, expiring_at, last_used_at, usage_count";
+     grace_until, expiring_at, last_used_at, usage_count, rate_per_minute, rate_per_hour, \
+     rate_per_day";
 
 /// Keys per usage statement: 3 parameters each, well under SQLite's 32766.
 const USAGE_ROWS_PER_STATEMENT: usize = 4096;
@@ -182,6 +184,39 @@ impl ApiKeyStore for SqliteStore {
         .await
     }
 
+    #[tracing::instrument(name = "store.set_api_key_rate_limits", target = SPAN_TARGET, level = "debug", skip_all,
+        fields(db.system = DB_SYSTEM, db.operation.name = "set_api_key_rate_limits", otel.kind = "client"))]
+    async fn set_api_key_rate_limits(
+        &self,
+        key_id: &str,
+        limits: RateLimits,
+        at: UnixMillis,
+        audit: AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let key_id = key_id.to_owned();
+        self.write(move |tx| {
+            let n_changed = tx
+                .prepare_cached(
+                    "UPDATE api_keys SET rate_per_minute = ?2, rate_per_hour = ?3, \
+                     rate_per_day = ?4 WHERE key_id = ?1 AND expires_at > ?5 \
+                     AND (state = 'active' OR (state = 'rotated' AND grace_until > ?5))",
+                )?
+                .execute(params![
+                    key_id,
+                    limits.per_minute,
+                    limits.per_hour,
+                    limits.per_day,
+                    at.0
+                ])?;
+            if n_changed == 0 {
+                return Ok(false);
+            }
+            complete(shared::append_audit_entry(&SqliteTx(tx), &audit))?;
+            Ok(true)
+        })
+        .await
+    }
+
     #[tracing::instrument(name = "store.record_api_key_usage", target = SPAN_TARGET, level = "debug", skip_all,
         fields(db.system = DB_SYSTEM, db.operation.name = "record_api_key_usage", otel.kind = "client"))]
     async fn record_api_key_usage(&self, usage: Vec<ApiKeyUsage>) -> Result<(), StoreError> {
@@ -249,7 +284,8 @@ fn insert_api_key(tx: &Transaction<'_>, key: &ApiKeyRecord) -> Result<(), Sqlite
         .map_err(|error| SqliteFailure::from(StoreError::Corrupt(error.to_string())))?;
     tx.prepare_cached(&format!(
         "INSERT INTO api_keys ({API_KEY_COLUMNS}) VALUES \
-         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
+         ?20)"
     ))?
     .execute(params![
         key.key_id,
@@ -269,6 +305,9 @@ fn insert_api_key(tx: &Transaction<'_>, key: &ApiKeyRecord) -> Result<(), Sqlite
         key.expiring_at.map(|at| at.0),
         key.last_used_at.map(|at| at.0),
         i64::try_from(key.usage_count).unwrap_or(i64::MAX),
+        key.rate_limits.per_minute,
+        key.rate_limits.per_hour,
+        key.rate_limits.per_day,
     ])?;
     Ok(())
 }
@@ -299,5 +338,10 @@ fn api_key_from_row(row: &Row<'_>) -> Result<ApiKeyRecord, SqliteFailure> {
         expiring_at: row.get::<_, Option<i64>>(14)?.map(UnixMillis),
         last_used_at: row.get::<_, Option<i64>>(15)?.map(UnixMillis),
         usage_count: u64::try_from(usage_count).unwrap_or(0),
+        rate_limits: RateLimits {
+            per_minute: row.get(17)?,
+            per_hour: row.get(18)?,
+            per_day: row.get(19)?,
+        },
     })
 }

@@ -7,7 +7,7 @@ use super::error::SqliteFailure;
 use crate::store::StoreError;
 
 /// Every migration, oldest first; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_SESSIONS, V3_KEYRING, V4_API_KEYS];
+const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_SESSIONS, V3_KEYRING, V4_API_KEYS, V5_RATE_LIMITS];
 
 /// Timestamps are unix milliseconds; JSON values are stored as text.
 const V1_INITIAL: &str = r#"
@@ -150,6 +150,26 @@ CREATE TABLE api_keys (
 );
 CREATE INDEX api_keys_by_tenant ON api_keys (tenant_id, created_at);
 CREATE INDEX api_keys_by_expiry ON api_keys (state, expires_at);
+"#;
+
+/// Per-key rate limits (issue 10): the limits as columns of the key (existing keys get
+/// the seed's defaults), and one row per key counting the admissions charged in its
+/// current minute, hour and day window (fixed UTC windows, by their start) and what its
+/// latest lease granted (returned by the statement that charged it).
+const V5_RATE_LIMITS: &str = r#"
+ALTER TABLE api_keys ADD COLUMN rate_per_minute INTEGER NOT NULL DEFAULT 100;
+ALTER TABLE api_keys ADD COLUMN rate_per_hour INTEGER NOT NULL DEFAULT 1000;
+ALTER TABLE api_keys ADD COLUMN rate_per_day INTEGER NOT NULL DEFAULT 10000;
+CREATE TABLE api_key_rate_windows (
+    key_id       TEXT PRIMARY KEY NOT NULL,
+    minute_start INTEGER NOT NULL,
+    minute_used  INTEGER NOT NULL,
+    hour_start   INTEGER NOT NULL,
+    hour_used    INTEGER NOT NULL,
+    day_start    INTEGER NOT NULL,
+    day_used     INTEGER NOT NULL,
+    granted      INTEGER NOT NULL
+);
 "#;
 
 /// Applies every migration newer than the database's `user_version`, all in one

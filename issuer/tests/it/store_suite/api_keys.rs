@@ -8,6 +8,7 @@ use tessera_common::UnixMillis;
 use tessera_common::bundle::{BundleChange, CredentialChange, Revision, StandingKind};
 use tessera_common::credential::PepperVersion;
 use tessera_common::ids::{ClientId, TenantId};
+use tessera_issuer::api_keys::ratelimit::RateLimits;
 use tessera_issuer::audit::{Actor, AuditAction};
 use tessera_issuer::store::{
     ApiKeyRecord, ApiKeyState, ApiKeyStore, ApiKeyUsage, AuditEntry, StoreError,
@@ -37,6 +38,11 @@ fn key(key_id: &str, tenant: &str, created_at: i64) -> ApiKeyRecord {
         expiring_at: None,
         last_used_at: None,
         usage_count: 0,
+        rate_limits: RateLimits {
+            per_minute: 7,
+            per_hour: 70,
+            per_day: 700,
+        },
     }
 }
 
