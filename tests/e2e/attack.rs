@@ -8,6 +8,7 @@ mod apikeys;
 mod emergency;
 mod scan;
 mod sessions;
+mod standing;
 mod tenant;
 mod tokens;
 mod webhooks;

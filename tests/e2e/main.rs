@@ -19,6 +19,7 @@ mod readme_journeys;
 mod scan;
 mod shutdown;
 mod sidecar;
+mod standing;
 mod traces;
 mod uds_clients;
 mod webhooks;
