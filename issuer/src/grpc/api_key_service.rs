@@ -16,9 +16,10 @@ use tracing::instrument;
 
 use super::convert::timestamp;
 use super::status::from_store;
-use crate::api_keys::ratelimit::RateLimits;
+use crate::api_keys::ratelimit::{MAX_LEASE_REQUEST, RateLimits};
 use crate::api_keys::{
-    self, ApiKeyError, NewApiKey, Refusal, check_permissions, check_required_role, is_expiring,
+    self, ApiKeyError, NewApiKey, Refusal, Validated, check_permissions, check_required_role,
+    is_expiring,
 };
 use crate::app::{App, request_id};
 use crate::audit::Actor;
@@ -31,6 +32,8 @@ const GET: &str = "ApiKeyService/GetApiKey";
 const ROTATE: &str = "ApiKeyService/RotateApiKey";
 const REVOKE: &str = "ApiKeyService/RevokeApiKey";
 const VALIDATE: &str = "ApiKeyService/ValidateApiKey";
+const LEASE: &str = "ApiKeyService/LeaseApiKeyBudget";
+const SET_LIMITS: &str = "ApiKeyService/SetApiKeyRateLimits";
 
 /// The ApiKeyService implementation.
 pub struct ApiKeyServiceImpl {
@@ -117,6 +120,11 @@ fn rate_limits_message(limits: RateLimits) -> pb::RateLimits {
         per_hour: limits.per_hour,
         per_day: limits.per_day,
     }
+}
+
+/// A duration in whole milliseconds as sent (a lease lasts at most a minute).
+fn millis_u32(duration: Duration) -> u32 {
+    u32::try_from(duration.as_millis()).unwrap_or(u32::MAX)
 }
 
 fn millis(at: &prost_types::Timestamp) -> Result<UnixMillis, Status> {
@@ -291,18 +299,53 @@ impl pb::api_key_service_server::ApiKeyService for ApiKeyServiceImpl {
         Ok(Response::new(api_key(&record, self.app.now())))
     }
 
+    #[instrument(skip(self, request))]
     async fn lease_api_key_budget(
         &self,
-        _request: Request<pb::LeaseApiKeyBudgetRequest>,
+        request: Request<pb::LeaseApiKeyBudgetRequest>,
     ) -> Result<Response<pb::LeaseApiKeyBudgetResponse>, Status> {
-        Err(Status::unimplemented("LeaseApiKeyBudget: in progress"))
+        let (caller, _) = self.caller(&request, LEASE, Scope::Introspect).await?;
+        let message = request.into_inner();
+        let (lease, now) = self
+            .app
+            .api_keys
+            .lease(&message.key_id, message.requested, |tenant| {
+                caller.may_act_on(tenant)
+            })
+            .await
+            .map_err(from_api_key)?;
+        Ok(Response::new(pb::LeaseApiKeyBudgetResponse {
+            granted: lease.granted,
+            valid_for_ms: millis_u32(lease.valid_for(now)),
+            retry_after_seconds: lease
+                .exhausted
+                .map_or(0, |exhausted| exhausted.retry_after_seconds(now)),
+            exhausted_window: lease
+                .exhausted
+                .map(|exhausted| exhausted.window.as_str().to_owned())
+                .unwrap_or_default(),
+        }))
     }
 
+    #[instrument(skip(self, request))]
     async fn set_api_key_rate_limits(
         &self,
-        _request: Request<pb::SetApiKeyRateLimitsRequest>,
+        request: Request<pb::SetApiKeyRateLimitsRequest>,
     ) -> Result<Response<pb::ApiKey>, Status> {
-        Err(Status::unimplemented("SetApiKeyRateLimits: in progress"))
+        let (caller, request_id) = self.caller(&request, SET_LIMITS, Scope::Admin).await?;
+        let message = request.into_inner();
+        super::reason::optional_reason(&message.reason)?;
+        let limits = rate_limits(message.rate_limits.as_ref())?;
+        let actor = Actor::client(caller.client_id.clone(), request_id, message.reason);
+        let record = self
+            .app
+            .api_keys
+            .set_rate_limits(&actor, &message.key_id, limits, |tenant| {
+                caller.may_act_on(tenant)
+            })
+            .await
+            .map_err(from_api_key)?;
+        Ok(Response::new(api_key(&record, self.app.now())))
     }
 
     #[instrument(skip(self, request))]
@@ -320,19 +363,29 @@ impl pb::api_key_service_server::ApiKeyService for ApiKeyServiceImpl {
         check_permissions(&message.required_permissions)
             .and_then(|()| check_required_role(&message.required_role))
             .map_err(from_api_key)?;
+        if message.lease_admissions > MAX_LEASE_REQUEST {
+            return Err(Status::invalid_argument(format!(
+                "lease_admissions: at most {MAX_LEASE_REQUEST}"
+            )));
+        }
         let verdict = self
             .app
             .api_keys
-            .validate(
+            .validate_leasing(
                 &message.key,
                 &message.required_permissions,
                 &message.required_role,
+                message.lease_admissions,
                 |tenant| caller.may_act_on(tenant),
             )
             .await
             .map_err(from_api_key)?;
         let response = match verdict {
-            Ok(valid) => {
+            Ok(Validated {
+                key: valid,
+                leased_admissions,
+                lease_valid_until,
+            }) => {
                 metrics::counter!("tessera_api_key_validations_total", "outcome" => "valid")
                     .increment(1);
                 pb::ValidateApiKeyResponse {
@@ -344,6 +397,12 @@ impl pb::api_key_service_server::ApiKeyService for ApiKeyServiceImpl {
                     role: valid.role,
                     expires_at: Some(timestamp(valid.expires_at)),
                     grace_until: valid.grace_until.map(timestamp),
+                    leased_admissions,
+                    lease_valid_for_ms: if leased_admissions > 0 {
+                        millis_u32(lease_valid_until.since(self.app.now()))
+                    } else {
+                        0
+                    },
                     ..Default::default()
                 }
             }

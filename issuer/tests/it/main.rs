@@ -12,6 +12,7 @@ mod keyring;
 mod leaked;
 mod legacy_audit;
 mod postgres_replicas;
+mod rate_limits;
 mod server;
 mod sessions;
 mod store_suite;
