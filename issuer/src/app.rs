@@ -15,6 +15,7 @@ use crate::audit::{Actor, AuditAction, AuditEntry, AuditOutcome};
 use crate::auth::{AuthError, Authenticator, Caller, Scope, StoreAccess};
 use crate::hub::BundleHub;
 use crate::keys::KeyManager;
+use crate::opaque_tokens::OpaqueTokens;
 use crate::sessions::SessionService;
 use crate::store::{SessionStore, Store};
 use crate::tokens::TokenPolicy;
@@ -29,6 +30,8 @@ pub struct App {
     pub session_store: Arc<dyn SessionStore>,
     /// Tenant API keys (and their usage batch, flushed on shutdown).
     pub api_keys: Arc<ApiKeys>,
+    /// Service identities, service tokens and webhook tokens.
+    pub opaque_tokens: Arc<OpaqueTokens>,
     pub clock: Arc<dyn Clock>,
     pub tokens: TokenPolicy,
     pub heartbeat: Duration,

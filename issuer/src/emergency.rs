@@ -16,6 +16,13 @@
 //! - The incident id is scoped by what it revokes (one tenant, or everything): an admin
 //!   confined to one tenant cannot, by choosing an id first, turn another tenant's
 //!   emergency with the same id into a replay that revokes nothing.
+//! - A tenant emergency also deactivates, in that same transaction, every live API key,
+//!   service token and webhook token of the tenant (revoked; counted in the audit
+//!   entry's reason). Verifiers learn it from the tenant entry the commit publishes (a
+//!   cached answer verified before its `revoked_at` is dropped), not from one event per
+//!   credential. A global emergency leaves standing credentials alone: they are not
+//!   signed by the rotated keys, and revoking every tenant's integrations at once is a
+//!   tenant-by-tenant decision.
 //! - Every key set is planned on its current state; if one changes before the commit
 //!   (a scheduled rotation on another replica), the commit fails as a whole and is
 //!   planned again.
@@ -34,8 +41,8 @@ use crate::keys::KeyManager;
 use crate::keys::manager::{KeyError, PreparedChange};
 use crate::keys::rotation::Trigger;
 use crate::store::{
-    EmergencyCommit, EmergencyCommitted, IncidentRecord, Revocation, RevocationEffect,
-    SessionStore, Store, StoreError,
+    DeactivatedCredentials, EmergencyCommit, EmergencyCommitted, IncidentRecord, Revocation,
+    RevocationEffect, SessionStore, Store, StoreError,
 };
 
 /// Plans of a global emergency tried before giving up on key sets that keep changing.
@@ -78,6 +85,9 @@ pub enum EmergencyScope {
 pub struct EmergencyApplied {
     pub revision: Revision,
     pub n_sessions: u64,
+    /// The tenant's API keys, service tokens and webhook tokens deactivated in the same
+    /// transaction (tenant only: a global emergency leaves standing credentials alone).
+    pub deactivated: DeactivatedCredentials,
     /// The successor of each key set (global only).
     pub new_kids: Vec<KeyId>,
     /// Every key revoked (global only): signers, retiring and pending keys alike.
@@ -138,9 +148,11 @@ impl Emergency<'_> {
                 Ok(EmergencyCommitted::Applied {
                     revision,
                     n_sessions,
+                    deactivated,
                 }) => {
                     return Ok(EmergencyOutcome::Applied(
-                        self.applied(scope, &prepared, revision, n_sessions).await,
+                        self.applied(scope, &prepared, revision, n_sessions, deactivated)
+                            .await,
                     ));
                 }
                 Ok(EmergencyCommitted::AlreadyRecorded) => return Ok(EmergencyOutcome::Replayed),
@@ -213,6 +225,7 @@ impl Emergency<'_> {
         prepared: &[PreparedChange],
         revision: Revision,
         n_sessions: u64,
+        deactivated: DeactivatedCredentials,
     ) -> EmergencyApplied {
         let kind = match scope {
             EmergencyScope::Tenant(_) => RevocationKind::Tenant,
@@ -234,15 +247,29 @@ impl Emergency<'_> {
                 warn!(%error, "reloading keys after an emergency failed");
             }
         }
+        for (kind, n) in [
+            ("emergency_api_key", deactivated.api_keys),
+            ("emergency_service_token", deactivated.service_tokens),
+            ("emergency_webhook_token", deactivated.webhook_tokens),
+        ] {
+            if n > 0 {
+                metrics::counter!("tessera_token_invalidation_total", "reason" => kind)
+                    .increment(n);
+            }
+        }
         info!(
             revision = revision.0,
             n_sessions,
             revoked = revoked_kids.len(),
+            api_keys = deactivated.api_keys,
+            service_tokens = deactivated.service_tokens,
+            webhook_tokens = deactivated.webhook_tokens,
             "emergency revocation in force"
         );
         EmergencyApplied {
             revision,
             n_sessions,
+            deactivated,
             new_kids,
             revoked_kids,
         }

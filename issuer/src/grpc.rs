@@ -9,6 +9,7 @@ pub mod convert;
 pub mod emergency;
 pub mod key_service;
 pub mod reason;
+pub mod service_token_service;
 pub mod status;
 pub mod token_service;
 pub mod webhook_service;

@@ -15,6 +15,7 @@ use crate::audit::{Actor, AuditAction, AuditEntry, AuditOutcome};
 use crate::hub::RETAINED_EVENTS;
 use crate::keys::KeyManager;
 use crate::keys::rotation::{KeyView, signer_at};
+use crate::opaque_tokens::OpaqueTokens;
 use crate::store::{SessionStore, Store};
 
 /// Events kept in the store beyond the in-memory window (for resumption after restarts).
@@ -26,6 +27,7 @@ pub async fn run(
     store: Arc<dyn Store>,
     sessions: Arc<dyn SessionStore>,
     api_keys: Arc<ApiKeys>,
+    opaque_tokens: Arc<OpaqueTokens>,
     clock: Arc<dyn Clock>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -45,6 +47,11 @@ pub async fn run(
         // deactivated (each once, audited; conditional writes, so replicas agree).
         if let Err(error) = api_keys.run_expiry().await {
             warn!(%error, "api key expiry pass failed");
+        }
+        // Service and webhook tokens past expiry are marked `expired`, and rows a week
+        // past it deleted, so the table holds about a week of tokens.
+        if let Err(error) = opaque_tokens.sweep().await {
+            warn!(%error, "opaque token sweep failed");
         }
     }
 }

@@ -34,6 +34,7 @@ use crate::grpc::admin_service::AdminServiceImpl;
 use crate::grpc::api_key_service::ApiKeyServiceImpl;
 use crate::grpc::bundle_service::TrustBundleServiceImpl;
 use crate::grpc::key_service::KeyServiceImpl;
+use crate::grpc::service_token_service::ServiceTokenServiceImpl;
 use crate::grpc::token_service::TokenServiceImpl;
 use crate::grpc::webhook_service::WebhookServiceImpl;
 use crate::http::{self, HttpState};
@@ -41,10 +42,11 @@ use crate::hub::BundleHub;
 use crate::kek::Kek;
 use crate::keyring::{self, Keyring};
 use crate::keys::KeyManager;
+use crate::opaque_tokens::OpaqueTokens;
 use crate::sessions::{SessionPolicy, SessionService};
-use crate::store::ApiKeyStore;
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
+use crate::store::{ApiKeyStore, OpaqueTokenStore};
 use crate::store::{SessionStore, Store};
 use tessera_common::trace_context::TraceContextLayer;
 
@@ -71,15 +73,16 @@ impl Issuer {
     /// Opens the store, loads keys and bundle; binds nothing.
     pub async fn start(config: IssuerConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Issuer> {
         secure_data_dir(&config.data_dir)?;
-        let (store, session_store, api_key_store): (
+        let (store, session_store, api_key_store, opaque_token_store): (
             Arc<dyn Store>,
             Arc<dyn SessionStore>,
             Arc<dyn ApiKeyStore>,
+            Arc<dyn OpaqueTokenStore>,
         ) = match &config.store {
             StoreConfig::Sqlite { path } => {
                 info!(path = %path.display(), "using embedded SQLite store");
                 let sqlite = Arc::new(SqliteStore::open(path).context("opening the SQLite store")?);
-                (sqlite.clone(), sqlite.clone(), sqlite)
+                (sqlite.clone(), sqlite.clone(), sqlite.clone(), sqlite)
             }
             StoreConfig::Postgres(options) => {
                 info!(pool_size = options.pool_size, "using PostgreSQL store");
@@ -88,7 +91,12 @@ impl Issuer {
                         .await
                         .context("connecting to PostgreSQL")?,
                 );
-                (postgres.clone(), postgres.clone(), postgres)
+                (
+                    postgres.clone(),
+                    postgres.clone(),
+                    postgres.clone(),
+                    postgres,
+                )
             }
         };
         let keyring = Arc::new(Keyring::from_kek(load_kek(&config.kek)?)?);
@@ -99,6 +107,11 @@ impl Issuer {
         let credentials = Arc::new(Credentials::new(keyring.clone(), store.clone()));
         let api_keys = Arc::new(ApiKeys::new(
             api_key_store,
+            credentials.clone(),
+            clock.clone(),
+        ));
+        let opaque_tokens = Arc::new(OpaqueTokens::new(
+            opaque_token_store,
             credentials.clone(),
             clock.clone(),
         ));
@@ -160,6 +173,7 @@ impl Issuer {
             sessions,
             session_store,
             api_keys,
+            opaque_tokens,
             clock,
             tokens: config.tokens.clone(),
             heartbeat: config.heartbeat,
@@ -192,6 +206,7 @@ impl Issuer {
             app.store.clone(),
             app.session_store.clone(),
             app.api_keys.clone(),
+            app.opaque_tokens.clone(),
             app.clock.clone(),
             self.config.rotation_check,
             app.shutdown.clone(),
@@ -407,6 +422,12 @@ pub fn issuer_services(app: &Arc<App>) -> Services {
             pb::api_key_service_server::ApiKeyServiceServer::new(ApiKeyServiceImpl {
                 app: app.clone(),
             })
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add(
+            pb::service_token_service_server::ServiceTokenServiceServer::new(
+                ServiceTokenServiceImpl { app: app.clone() },
+            )
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         );
     services

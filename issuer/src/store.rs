@@ -20,6 +20,7 @@ use crate::kek::KekVersion;
 pub mod api_keys;
 mod columns;
 pub mod emergency;
+pub mod opaque_tokens;
 pub mod postgres;
 pub mod rate_limits;
 pub mod sessions;
@@ -28,7 +29,11 @@ pub mod sqlite;
 
 pub use crate::audit::{AuditEntry, AuditRecord, StoredAuditEntry};
 pub use api_keys::{ApiKeyRecord, ApiKeyState, ApiKeyStore, ApiKeyUsage};
-pub use emergency::{EmergencyCommit, EmergencyCommitted, IncidentRecord};
+pub use emergency::{DeactivatedCredentials, EmergencyCommit, EmergencyCommitted, IncidentRecord};
+pub use opaque_tokens::{
+    OpaqueTokenKind, OpaqueTokenRecord, OpaqueTokenState, OpaqueTokenStore, RevocationRecords,
+    ServiceIdentityRecord, ServiceTokenInsert,
+};
 pub use rate_limits::RateLimitStore;
 pub use sessions::{
     RefreshContext, RefreshState, RefreshTokenRecord, Revocation, RevocationEffect, SessionRecord,

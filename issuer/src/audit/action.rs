@@ -54,11 +54,25 @@ pub enum AuditAction {
     ApiKeyExpire,
     /// An API key's rate limits were replaced.
     ApiKeyLimits,
+    /// A service identity was created.
+    ServiceIdentityCreate,
+    /// A service identity was disabled (its live tokens revoked with it).
+    ServiceIdentityDisable,
+    /// A service token was issued (its id, never the token).
+    ServiceTokenIssue,
+    /// A confirmed service token revoked the token it replaces.
+    ServiceTokenRotate,
+    /// A service token was revoked.
+    ServiceTokenRevoke,
+    /// A webhook token was issued.
+    WebhookTokenIssue,
+    /// A webhook token was revoked.
+    WebhookTokenRevoke,
 }
 
 impl AuditAction {
     /// Every action, in a fixed order.
-    pub const ALL: [AuditAction; 25] = [
+    pub const ALL: [AuditAction; 32] = [
         AuditAction::AuthDenied,
         AuditAction::ClientCreate,
         AuditAction::ClientDisable,
@@ -84,6 +98,13 @@ impl AuditAction {
         AuditAction::ApiKeyExpiring,
         AuditAction::ApiKeyExpire,
         AuditAction::ApiKeyLimits,
+        AuditAction::ServiceIdentityCreate,
+        AuditAction::ServiceIdentityDisable,
+        AuditAction::ServiceTokenIssue,
+        AuditAction::ServiceTokenRotate,
+        AuditAction::ServiceTokenRevoke,
+        AuditAction::WebhookTokenIssue,
+        AuditAction::WebhookTokenRevoke,
     ];
 
     /// Returns the name stored in the audit log (a dotted verb). Never change one: rows
@@ -114,6 +135,13 @@ impl AuditAction {
             AuditAction::ApiKeyRevoke => "apikey.revoke",
             AuditAction::ApiKeyExpiring => "apikey.expiring",
             AuditAction::ApiKeyExpire => "apikey.expire",
+            AuditAction::ServiceIdentityCreate => "service.identity.created",
+            AuditAction::ServiceIdentityDisable => "service.identity.disabled",
+            AuditAction::ServiceTokenIssue => "service.token.issued",
+            AuditAction::ServiceTokenRotate => "service.token.rotated",
+            AuditAction::ServiceTokenRevoke => "service.token.revoked",
+            AuditAction::WebhookTokenIssue => "webhook.token.issued",
+            AuditAction::WebhookTokenRevoke => "webhook.token.revoked",
             AuditAction::ApiKeyLimits => "apikey.limits",
         }
     }

@@ -1,9 +1,12 @@
 //! `tessera.v1.WebhookService`: signing and verifying webhook messages for a tenant, and
 //! handing the tenant's secrets to its receivers. Every call names its tenant, which the
 //! caller must be allowed to act on (`App::check_tenant`), so a tenant-confined caller
-//! signs, verifies and reads secrets for its own tenants only.
+//! signs, verifies and reads secrets for its own tenants only. It also issues and
+//! revokes `tbw_` webhook tokens (`opaque_tokens.rs`), for receivers that authenticate
+//! callbacks by bearer token; they are validated by `ServiceTokenService`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tessera_common::ids::TenantId;
 use tessera_common::keys::KeyState;
@@ -12,15 +15,20 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, instrument};
 
 use super::convert;
+use super::service_token_service::{from_opaque_token, token_info};
 use super::status::from_key;
 use crate::app::{App, request_id};
 use crate::audit::{Actor, AuditAction};
 use crate::auth::{Caller, Scope};
+use crate::opaque_tokens::NewWebhookToken;
+use crate::store::OpaqueTokenKind;
 use crate::webhooks::{self, ReceivedHeaders, SignError, Verdict, WebhookError, WebhookId};
 
 const SIGN: &str = "WebhookService/SignWebhook";
 const VERIFY: &str = "WebhookService/VerifyWebhook";
 const SECRETS: &str = "WebhookService/GetWebhookSecrets";
+const ISSUE_TOKEN: &str = "WebhookService/IssueWebhookToken";
+const REVOKE_TOKEN: &str = "WebhookService/RevokeWebhookToken";
 
 /// The WebhookService implementation.
 pub struct WebhookServiceImpl {
@@ -162,18 +170,67 @@ impl pb::webhook_service_server::WebhookService for WebhookServiceImpl {
         }))
     }
 
+    #[instrument(skip(self, request))]
     async fn issue_webhook_token(
         &self,
-        _request: Request<pb::IssueWebhookTokenRequest>,
+        request: Request<pb::IssueWebhookTokenRequest>,
     ) -> Result<Response<pb::IssueWebhookTokenResponse>, Status> {
-        Err(Status::unimplemented("IssueWebhookToken: in progress"))
+        let (caller, tenant, request_id) = self
+            .caller_for(
+                &request,
+                ISSUE_TOKEN,
+                Scope::Issue,
+                &request.get_ref().tenant_id,
+            )
+            .await?;
+        let message = request.into_inner();
+        let actor = Actor::client(caller.client_id.clone(), request_id, String::new());
+        let (record, credential) = self
+            .app
+            .opaque_tokens
+            .issue_webhook(
+                &actor,
+                NewWebhookToken {
+                    tenant_id: tenant,
+                    endpoint: message.endpoint,
+                    permissions: message.permissions,
+                    ttl: (message.ttl_seconds > 0)
+                        .then(|| Duration::from_secs(u64::from(message.ttl_seconds))),
+                },
+            )
+            .await
+            .map_err(from_opaque_token)?;
+        Ok(Response::new(pb::IssueWebhookTokenResponse {
+            token: credential.expose(),
+            info: Some(token_info(&record, self.app.now())),
+        }))
     }
 
+    #[instrument(skip(self, request))]
     async fn revoke_webhook_token(
         &self,
-        _request: Request<pb::RevokeWebhookTokenRequest>,
+        request: Request<pb::RevokeWebhookTokenRequest>,
     ) -> Result<Response<pb::OpaqueTokenInfo>, Status> {
-        Err(Status::unimplemented("RevokeWebhookToken: in progress"))
+        let caller = self
+            .app
+            .authorize(&request, REVOKE_TOKEN, Scope::Admin)
+            .await?;
+        let request_id = request_id(&request);
+        let message = request.into_inner();
+        super::reason::optional_reason(&message.reason)?;
+        let actor = Actor::client(caller.client_id.clone(), request_id, message.reason);
+        let record = self
+            .app
+            .opaque_tokens
+            .revoke(
+                &actor,
+                OpaqueTokenKind::Webhook,
+                &message.token_id,
+                |tenant| caller.may_act_on(tenant),
+            )
+            .await
+            .map_err(from_opaque_token)?;
+        Ok(Response::new(token_info(&record, self.app.now())))
     }
 
     #[instrument(skip(self, request))]

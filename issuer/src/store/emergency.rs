@@ -5,7 +5,7 @@
 
 use tessera_common::bundle::Revision;
 
-use super::{KeyCommit, Revocation};
+use super::{KeyCommit, Revocation, RevocationEffect};
 
 /// The name an incident is recorded under in the metadata table, chosen by the domain
 /// (`emergency::incident_record_name`). Recording it is what makes a repeat a replay.
@@ -40,13 +40,63 @@ impl EmergencyCommit {
     pub fn appends_events(&self) -> bool {
         self.revocation.appends_events() || self.key_commits.iter().any(KeyCommit::appends_events)
     }
+
+    /// Returns the tenants whose standing credentials (API keys, service and webhook
+    /// tokens) the commit deactivates: those of its tenant-wide effects. A global
+    /// emergency ends sessions and keys but leaves standing credentials alone.
+    pub fn deactivated_tenants(&self) -> impl Iterator<Item = &tessera_common::ids::TenantId> {
+        self.revocation
+            .effects
+            .iter()
+            .filter_map(|effect| match effect {
+                RevocationEffect::Tenant(tenant) => Some(tenant),
+                _ => None,
+            })
+    }
+}
+
+/// How many standing credentials of a tenant an emergency deactivated, in its
+/// transaction. Each one is refused from then on; verifiers learn it from the tenant
+/// revocation entry published by the same commit, not from one event per credential.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeactivatedCredentials {
+    /// API keys revoked (active or in their grace period).
+    pub api_keys: u64,
+    /// Active service tokens revoked.
+    pub service_tokens: u64,
+    /// Active webhook tokens revoked.
+    pub webhook_tokens: u64,
+}
+
+impl DeactivatedCredentials {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: DeactivatedCredentials) {
+        self.api_keys += other.api_keys;
+        self.service_tokens += other.service_tokens;
+        self.webhook_tokens += other.webhook_tokens;
+    }
+}
+
+impl std::fmt::Display for DeactivatedCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "deactivated {} api keys, {} service tokens, {} webhook tokens",
+            self.api_keys, self.service_tokens, self.webhook_tokens
+        )
+    }
 }
 
 /// What [`super::SessionStore::commit_emergency`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EmergencyCommitted {
-    /// Everything was written: the last event's revision and the sessions newly ended.
-    Applied { revision: Revision, n_sessions: u64 },
+    /// Everything was written: the last event's revision, the sessions newly ended and
+    /// the standing credentials deactivated.
+    Applied {
+        revision: Revision,
+        n_sessions: u64,
+        deactivated: DeactivatedCredentials,
+    },
     /// The incident was already recorded; nothing was written.
     AlreadyRecorded,
 }

@@ -10,12 +10,13 @@
 
 use tessera_common::UnixMillis;
 use tessera_common::bundle::{BundleChange, Revision};
-use tessera_common::ids::ClientId;
+use tessera_common::ids::{ClientId, TenantId};
 use tessera_common::keys::KeySetName;
 use tessera_common::revocation::RevocationEntry;
 
 use tokio::sync::Notify;
 
+use super::emergency::DeactivatedCredentials;
 use super::{
     AuditEntry, AuditRecord, ClientRecord, EmergencyCommit, EmergencyCommitted, KeyCommit,
     KeyWrite, RefreshTokenRecord, Revocation, RevocationEffect, SessionRecord, StoreError,
@@ -107,6 +108,14 @@ pub(crate) trait WriteTx {
 
     /// Returns the value stored under `name`, as this transaction sees it.
     async fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, Self::Failure>;
+
+    /// Revokes every live API key, service token and webhook token of `tenant_id` at
+    /// `at` (an emergency tenant revocation); returns how many of each.
+    async fn deactivate_tenant_credentials(
+        &self,
+        tenant_id: &TenantId,
+        at: UnixMillis,
+    ) -> Result<DeactivatedCredentials, Self::Failure>;
 }
 
 // === impl KeyCommit ===
@@ -384,10 +393,28 @@ pub(crate) async fn commit_emergency<T: WriteTx>(
     for key_commit in &commit.key_commits {
         commit_keys(tx, key_commit).await?;
     }
-    let (revision, n_sessions) = revoke(tx, &commit.revocation).await?;
+    let mut deactivated = DeactivatedCredentials::default();
+    for tenant in commit.deactivated_tenants() {
+        deactivated.add(
+            tx.deactivate_tenant_credentials(tenant, commit.revocation.at)
+                .await?,
+        );
+    }
+    let (revision, n_sessions) = if deactivated == DeactivatedCredentials::default() {
+        revoke(tx, &commit.revocation).await?
+    } else {
+        // The counts exist only inside this transaction: they join the reason of the
+        // revocation's audit entry here rather than in a second entry.
+        let mut revocation = commit.revocation.clone();
+        for entry in &mut revocation.audit {
+            entry.reason = format!("{}; {deactivated}", entry.reason);
+        }
+        revoke(tx, &revocation).await?
+    };
     Ok(EmergencyCommitted::Applied {
         revision,
         n_sessions,
+        deactivated,
     })
 }
 

@@ -4,6 +4,7 @@
 mod api_keys;
 mod error;
 mod migrations;
+mod opaque_tokens;
 mod queries;
 mod rate_limits;
 mod rows;
@@ -472,7 +473,7 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(version, 4);
+        assert_eq!(version, 6);
     }
 
     /// A span opened: name, target, level and fields.

@@ -1,8 +1,9 @@
 //! `AdminService/RevokeLeakedCredentials`, in-process: a presented caller credential
 //! disables its client and a refresh token revokes its family (then neither works), a
 //! second presentation says `already_dead`; a tenant API key is revoked; a forged checksum
-//! or the right id with the wrong secret is `unknown` and revokes nothing; kinds without
-//! records (`tbs_`, `tbw_`) are `unsupported_kind`; a confined admin cannot revoke (nor learn of) another tenant's
+//! or the right id with the wrong secret is `unknown` and revokes nothing; service and
+//! webhook tokens (`tbs_`, `tbw_`) are revoked like API keys; a confined admin cannot
+//! revoke (nor learn of) another tenant's
 //! credentials; oversized requests and non-admin callers are refused; every revocation is
 //! audited without the secret.
 
@@ -128,7 +129,7 @@ async fn leaked_caller_credentials_and_refresh_tokens_are_revoked_only_when_pres
     assert_eq!(outcomes, [Outcome::Unknown; 6]);
     assert!(authenticates(&issuer, &leaked_caller, "acme").await);
 
-    // Kinds without records yet; an API key that does not exist.
+    // Service and webhook tokens and an API key that do not exist.
     let outcomes = revoke_leaked(
         &issuer,
         &admin,
@@ -142,11 +143,7 @@ async fn leaked_caller_credentials_and_refresh_tokens_are_revoked_only_when_pres
     .unwrap();
     assert_eq!(
         outcomes,
-        [
-            Outcome::UnsupportedKind,
-            Outcome::UnsupportedKind,
-            Outcome::Unknown
-        ]
+        [Outcome::Unknown, Outcome::Unknown, Outcome::Unknown]
     );
 
     // The real ones: revoked, and then dead.

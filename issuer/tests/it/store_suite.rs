@@ -12,6 +12,7 @@ mod emergency;
 mod events;
 mod fixture;
 mod keys;
+mod opaque_tokens;
 mod records;
 mod replicas;
 mod sessions;
@@ -65,6 +66,13 @@ macro_rules! store_test_suite {
                 api_key_revocation_is_conditional,
                 api_key_expiring_and_expiry_happen_once,
                 api_key_usage_batches_add_up,
+            },
+            opaque_tokens::{
+                opaque_tokens_round_trip_and_identities_by_tenant,
+                service_token_insert_checks_identity_and_predecessor,
+                concurrent_confirmations_revoke_the_predecessor_exactly_once,
+                the_sweep_marks_expired_tokens_and_deletes_old_rows,
+                an_emergency_deactivates_one_tenants_standing_credentials,
             },
         ]);
     };

@@ -11,9 +11,11 @@
 //! - a refresh token (`tbf_`): its family is revoked (audited `revoke.family`, and the
 //!   entry reaches every sidecar, so the family's access tokens die too), as refresh-token
 //!   reuse does;
-//! - a tenant API key (`tbk_`): revoked as `RevokeApiKey` does (audited `api_key.revoke`).
-//!
-//! `tbs_` and `tbw_` have no records yet: `unsupported_kind`.
+//! - a tenant API key (`tbk_`): revoked as `RevokeApiKey` does (audited `api_key.revoke`);
+//! - a service token (`tbs_`) or webhook token (`tbw_`): revoked as `RevokeServiceToken`
+//!   and `RevokeWebhookToken` do (audited `service.token.revoked` /
+//!   `webhook.token.revoked`, pushed to sidecars); an expired or revoked one is
+//!   `already_dead`.
 
 use tessera_common::credential::{Credential, CredentialKind, MAX_CREDENTIAL_BYTES};
 use tessera_common::ids::ClientId;
@@ -23,13 +25,15 @@ use tonic::Status;
 use tracing::info;
 
 use super::super::api_key_service::from_api_key;
+use super::super::service_token_service::from_opaque_token;
 use super::super::status::{from_session, from_store};
 use crate::api_keys::ApiKeyError;
 use crate::app::App;
 use crate::audit::{Actor, AuditAction};
 use crate::auth::Caller;
+use crate::opaque_tokens::OpaqueTokenError;
 use crate::sessions::service::RevocationTarget;
-use crate::store::{ApiKeyState, RefreshState};
+use crate::store::{ApiKeyState, OpaqueTokenKind, OpaqueTokenState, RefreshState};
 
 /// Most credentials one request may present.
 pub const MAX_LEAKED_CREDENTIALS: usize = MAX_LIST_ENTRIES;
@@ -95,9 +99,51 @@ pub async fn revoke_one(
             }
         }
         CredentialKind::Refresh => revoke_refresh(app, caller, actor, presented).await,
-        CredentialKind::Service | CredentialKind::Webhook => {
-            Ok(pb::LeakedCredentialOutcome::UnsupportedKind)
+        CredentialKind::Service => {
+            revoke_opaque(app, caller, actor, &credential, OpaqueTokenKind::Service).await
         }
+        CredentialKind::Webhook => {
+            revoke_opaque(app, caller, actor, &credential, OpaqueTokenKind::Webhook).await
+        }
+    }
+}
+
+/// Revokes the service or webhook token `credential`, as `RevokeServiceToken` and
+/// `RevokeWebhookToken` do (audited, the change pushed to sidecars).
+async fn revoke_opaque(
+    app: &App,
+    caller: &Caller,
+    actor: &Actor,
+    credential: &Credential,
+    kind: OpaqueTokenKind,
+) -> Result<pb::LeakedCredentialOutcome, Status> {
+    let record = match app.opaque_tokens.get(kind, &credential.id, |_| true).await {
+        Ok(record) => record,
+        Err(OpaqueTokenError::NotFound(_)) => return Ok(pb::LeakedCredentialOutcome::Unknown),
+        Err(error) => return Err(from_opaque_token(error)),
+    };
+    if !app.auth.credentials().verify(credential, &record).await
+        || !caller.may_act_on(record.tenant_id.as_str())
+    {
+        return Ok(pb::LeakedCredentialOutcome::Unknown);
+    }
+    if record.state != OpaqueTokenState::Active || record.expires_at <= app.now() {
+        return Ok(pb::LeakedCredentialOutcome::AlreadyDead);
+    }
+    match app
+        .opaque_tokens
+        .revoke(actor, kind, &record.token_id, |_| true)
+        .await
+    {
+        Ok(_) => {
+            info!(token_id = %record.token_id, kind = kind.as_str(), "leaked opaque token revoked");
+            Ok(pb::LeakedCredentialOutcome::Revoked)
+        }
+        // Revoked meanwhile (a concurrent revocation or confirmation won).
+        Err(OpaqueTokenError::FailedPrecondition(_)) => {
+            Ok(pb::LeakedCredentialOutcome::AlreadyDead)
+        }
+        Err(error) => Err(from_opaque_token(error)),
     }
 }
 

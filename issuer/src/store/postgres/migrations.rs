@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, V3_KEYRING),
     (4, V4_API_KEYS),
     (5, V5_RATE_LIMITS),
+    (6, V6_OPAQUE_TOKENS),
 ];
 
 /// Timestamps are unix milliseconds; JSON values are stored as text.
@@ -181,6 +182,41 @@ CREATE TABLE api_key_rate_windows (
     day_used     BIGINT NOT NULL,
     granted      BIGINT NOT NULL
 );
+"#;
+
+/// Service identities and short-lived opaque tokens (`tbs_` service and `tbw_` webhook
+/// tokens, issue 10): one table holds both kinds, each secret only as an HMAC under its
+/// pepper version. `replaces` names the token a confirmed service token revokes.
+const V6_OPAQUE_TOKENS: &str = r#"
+CREATE TABLE service_identities (
+    tenant_id         TEXT NOT NULL,
+    name              TEXT NOT NULL,
+    permissions       TEXT NOT NULL,
+    role              TEXT NOT NULL,
+    token_ttl_seconds INTEGER NOT NULL,
+    created_at        BIGINT NOT NULL,
+    disabled_at       BIGINT,
+    PRIMARY KEY (tenant_id, name)
+);
+
+CREATE TABLE opaque_tokens (
+    token_id       TEXT PRIMARY KEY,
+    kind           TEXT NOT NULL CHECK (kind IN ('service', 'webhook')),
+    tenant_id      TEXT NOT NULL,
+    subject        TEXT NOT NULL,
+    permissions    TEXT NOT NULL,
+    role           TEXT NOT NULL,
+    secret_hash    BYTEA NOT NULL,
+    pepper_version INTEGER NOT NULL,
+    issued_at      BIGINT NOT NULL,
+    expires_at     BIGINT NOT NULL,
+    state          TEXT NOT NULL CHECK (state IN ('active', 'revoked', 'expired')),
+    state_at       BIGINT,
+    replaces       TEXT,
+    holder         TEXT NOT NULL
+);
+CREATE INDEX opaque_tokens_by_subject ON opaque_tokens (tenant_id, kind, subject);
+CREATE INDEX opaque_tokens_by_expiry ON opaque_tokens (expires_at);
 "#;
 
 /// Applies every migration not yet recorded in `schema_migrations`, in one transaction

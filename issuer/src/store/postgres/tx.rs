@@ -3,7 +3,7 @@
 use deadpool_postgres::Transaction;
 use tessera_common::UnixMillis;
 use tessera_common::bundle::{BundleChange, Revision};
-use tessera_common::ids::ClientId;
+use tessera_common::ids::{ClientId, TenantId};
 use tessera_common::keys::KeySetName;
 use tessera_common::revocation::RevocationEntry;
 
@@ -13,6 +13,7 @@ use super::rows::{credential_kind_to_column, to_column, to_json};
 use super::sessions::{end_sessions, insert_token};
 use crate::audit::ChainHead;
 use crate::store::columns::{chain_head_from_columns, revocation_kind_to_column};
+use crate::store::emergency::DeactivatedCredentials;
 use crate::store::shared::WriteTx;
 use crate::store::{
     AuditRecord, ClientRecord, KeyWrite, RefreshTokenRecord, RevocationEffect, SessionRecord,
@@ -221,5 +222,13 @@ impl WriteTx for PgTx<'_, '_> {
         // A fresh snapshot per statement: it sees the value of an insert that won a race.
         let row = query_opt(self.0, "SELECT value FROM meta WHERE name = $1", &[&name]).await?;
         Ok(row.map(|row| row.try_get(0)).transpose()?)
+    }
+
+    async fn deactivate_tenant_credentials(
+        &self,
+        tenant_id: &TenantId,
+        at: UnixMillis,
+    ) -> Result<DeactivatedCredentials, PgFailure> {
+        super::opaque_tokens::deactivate_tenant_credentials(self.0, tenant_id, at).await
     }
 }

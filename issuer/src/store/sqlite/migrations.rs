@@ -7,7 +7,14 @@ use super::error::SqliteFailure;
 use crate::store::StoreError;
 
 /// Every migration, oldest first; migration `i` brings the schema to version `i + 1`.
-const MIGRATIONS: &[&str] = &[V1_INITIAL, V2_SESSIONS, V3_KEYRING, V4_API_KEYS, V5_RATE_LIMITS];
+const MIGRATIONS: &[&str] = &[
+    V1_INITIAL,
+    V2_SESSIONS,
+    V3_KEYRING,
+    V4_API_KEYS,
+    V5_RATE_LIMITS,
+    V6_OPAQUE_TOKENS,
+];
 
 /// Timestamps are unix milliseconds; JSON values are stored as text.
 const V1_INITIAL: &str = r#"
@@ -170,6 +177,41 @@ CREATE TABLE api_key_rate_windows (
     day_used     INTEGER NOT NULL,
     granted      INTEGER NOT NULL
 );
+"#;
+
+/// Service identities and short-lived opaque tokens (`tbs_` service and `tbw_` webhook
+/// tokens, issue 10): one table holds both kinds, each secret only as an HMAC under its
+/// pepper version. `replaces` names the token a confirmed service token revokes.
+const V6_OPAQUE_TOKENS: &str = r#"
+CREATE TABLE service_identities (
+    tenant_id         TEXT NOT NULL,
+    name              TEXT NOT NULL,
+    permissions       TEXT NOT NULL,
+    role              TEXT NOT NULL,
+    token_ttl_seconds INTEGER NOT NULL,
+    created_at        INTEGER NOT NULL,
+    disabled_at       INTEGER,
+    PRIMARY KEY (tenant_id, name)
+);
+
+CREATE TABLE opaque_tokens (
+    token_id       TEXT PRIMARY KEY NOT NULL,
+    kind           TEXT NOT NULL CHECK (kind IN ('service', 'webhook')),
+    tenant_id      TEXT NOT NULL,
+    subject        TEXT NOT NULL,
+    permissions    TEXT NOT NULL,
+    role           TEXT NOT NULL,
+    secret_hash    BLOB NOT NULL,
+    pepper_version INTEGER NOT NULL,
+    issued_at      INTEGER NOT NULL,
+    expires_at     INTEGER NOT NULL,
+    state          TEXT NOT NULL CHECK (state IN ('active', 'revoked', 'expired')),
+    state_at       INTEGER,
+    replaces       TEXT,
+    holder         TEXT NOT NULL
+);
+CREATE INDEX opaque_tokens_by_subject ON opaque_tokens (tenant_id, kind, subject);
+CREATE INDEX opaque_tokens_by_expiry ON opaque_tokens (expires_at);
 "#;
 
 /// Applies every migration newer than the database's `user_version`, all in one

@@ -7,7 +7,7 @@ use std::task::{Context, Poll, Waker};
 use rusqlite::{Connection, OptionalExtension, params};
 use tessera_common::UnixMillis;
 use tessera_common::bundle::{BundleChange, Revision};
-use tessera_common::ids::ClientId;
+use tessera_common::ids::{ClientId, TenantId};
 use tessera_common::keys::KeySetName;
 use tessera_common::revocation::RevocationEntry;
 
@@ -17,6 +17,7 @@ use super::rows::{credential_kind_to_column, to_column, to_json};
 use super::sessions::{end_sessions, insert_token};
 use crate::audit::ChainHead;
 use crate::store::columns::{chain_head_from_columns, revocation_kind_to_column};
+use crate::store::emergency::DeactivatedCredentials;
 use crate::store::shared::WriteTx;
 use crate::store::{
     AuditRecord, ClientRecord, KeyWrite, RefreshTokenRecord, RevocationEffect, SessionRecord,
@@ -235,6 +236,14 @@ impl WriteTx for SqliteTx<'_> {
             .prepare_cached("SELECT value FROM meta WHERE name = ?1")?
             .query_row([name], |row| row.get(0))
             .optional()?)
+    }
+
+    async fn deactivate_tenant_credentials(
+        &self,
+        tenant_id: &TenantId,
+        at: UnixMillis,
+    ) -> Result<DeactivatedCredentials, SqliteFailure> {
+        super::opaque_tokens::deactivate_tenant_credentials(self.0, tenant_id, at)
     }
 }
 

@@ -7,8 +7,8 @@ use tessera_common::bundle::{BundleChange, Revision};
 use tessera_common::keys::KeySetName;
 use tessera_common::revocation::{RevocationEntry, RevocationKind};
 use tessera_issuer::store::{
-    EmergencyCommit, EmergencyCommitted, IncidentRecord, KeyWrite, Revocation, RevocationEffect,
-    StoreError, StoredKey,
+    DeactivatedCredentials, EmergencyCommit, EmergencyCommitted, IncidentRecord, KeyWrite,
+    Revocation, RevocationEffect, StoreError, StoredKey,
 };
 
 use super::fixture::{Fixture, audit_entry, commit, full_key};
@@ -96,6 +96,7 @@ pub async fn an_emergency_commit_records_its_incident_with_its_effects_once(fixt
         EmergencyCommitted::Applied {
             revision: Revision(before.0 + 3),
             n_sessions: 1,
+            deactivated: DeactivatedCredentials::default(),
         }
     );
     assert_eq!(

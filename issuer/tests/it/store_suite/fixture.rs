@@ -17,8 +17,8 @@ use tessera_issuer::audit::{Actor, AuditAction, GENESIS_HASH, chain_hash};
 use tessera_issuer::store::postgres::{PostgresOptions, PostgresStore};
 use tessera_issuer::store::sqlite::SqliteStore;
 use tessera_issuer::store::{
-    ApiKeyStore, AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeyWrite, Revocation,
-    RevocationEffect, SessionStore, Store, StoredKey, WrappedKey,
+    ApiKeyStore, AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeyWrite, OpaqueTokenStore,
+    Revocation, RevocationEffect, SessionStore, Store, StoredKey, WrappedKey,
 };
 use tokio::sync::Notify;
 
@@ -29,6 +29,8 @@ pub struct Fixture {
     pub sessions: Arc<dyn SessionStore>,
     /// The same store, seen through its API-key aggregate.
     pub api_keys: Arc<dyn ApiKeyStore>,
+    /// The same store, seen through its service-identity and opaque-token aggregate.
+    pub opaque_tokens: Arc<dyn OpaqueTokenStore>,
     target: Target,
 }
 
@@ -45,7 +47,8 @@ pub async fn sqlite() -> Option<Fixture> {
     Some(Fixture {
         store: Arc::clone(&store) as Arc<dyn Store>,
         sessions: Arc::clone(&store) as Arc<dyn SessionStore>,
-        api_keys: store,
+        api_keys: Arc::clone(&store) as Arc<dyn ApiKeyStore>,
+        opaque_tokens: store,
         target: Target::Sqlite { path, _dir: dir },
     })
 }
@@ -59,7 +62,8 @@ pub async fn postgres() -> Option<Fixture> {
     Some(Fixture {
         store: Arc::clone(&store) as Arc<dyn Store>,
         sessions: Arc::clone(&store) as Arc<dyn SessionStore>,
-        api_keys: store,
+        api_keys: Arc::clone(&store) as Arc<dyn ApiKeyStore>,
+        opaque_tokens: store,
         target: Target::Postgres { schema },
     })
 }
@@ -112,6 +116,17 @@ impl Fixture {
     /// Opens a second store on the same database, like [`Fixture::open_replica`], seen
     /// through its API-key aggregate.
     pub async fn open_api_key_replica(&self) -> Arc<dyn ApiKeyStore> {
+        match &self.target {
+            Target::Sqlite { path, .. } => {
+                Arc::new(SqliteStore::open(path).expect("reopen sqlite store"))
+            }
+            Target::Postgres { schema } => Arc::new(connect_postgres(schema).await),
+        }
+    }
+
+    /// Opens a second store on the same database, like [`Fixture::open_replica`], seen
+    /// through its opaque-token aggregate.
+    pub async fn open_opaque_token_replica(&self) -> Arc<dyn OpaqueTokenStore> {
         match &self.target {
             Target::Sqlite { path, .. } => {
                 Arc::new(SqliteStore::open(path).expect("reopen sqlite store"))
