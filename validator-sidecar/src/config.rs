@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+pub use crate::service_token::ServiceIdentity;
+
 /// Exit code for a configuration error (`EX_USAGE` of sysexits.h).
 pub const EXIT_CONFIG: i32 = 64;
 
@@ -48,7 +50,9 @@ struct Cli {
     /// Optional HTTP address for /healthz, /readyz and /metrics.
     #[arg(long, env = "TESSERA_SIDECAR_HTTP_ADDR")]
     http_addr: Option<String>,
-    /// File holding the credential (scope `bundle:read`) presented to the issuer.
+    /// File holding the credential presented to the issuer: scope `bundle:read` for the
+    /// trust-bundle stream, plus `introspect` for ValidateApiKey and ValidateOpaqueToken
+    /// (first sights and rate-limit leases), plus `issue` with --service-identity.
     #[arg(long, env = "TESSERA_SIDECAR_TOKEN_FILE")]
     issuer_token_file: Option<PathBuf>,
     /// The credential itself (prefer the file: environment variables leak into /proc).
@@ -106,6 +110,22 @@ struct Cli {
     /// Name reported to the issuer (default: hostname/pid).
     #[arg(long, env = "TESSERA_SIDECAR_SUBSCRIBER_ID")]
     subscriber_id: Option<String>,
+    /// How long an issuer answer about an API key, service token or webhook token is
+    /// cached, seconds (never past the credential's expiry; 1 to 300).
+    #[arg(
+        long,
+        visible_alias = "api-key-cache-ttl",
+        env = "TESSERA_SIDECAR_API_KEY_CACHE_TTL_SECONDS",
+        default_value_t = 30
+    )]
+    api_key_cache_ttl_seconds: u64,
+    /// Service identity whose tokens FetchServiceToken hands out (with --service-tenant);
+    /// the issuer credential then needs `issue`.
+    #[arg(long, env = "TESSERA_SIDECAR_SERVICE_IDENTITY")]
+    service_identity: Option<String>,
+    /// Tenant of --service-identity.
+    #[arg(long, env = "TESSERA_SIDECAR_SERVICE_TENANT")]
+    service_tenant: Option<String>,
     /// Log as JSON lines [default: false]. The issuer's setting, same flag and variable;
     /// `TESSERA_LOG_FORMAT=json` is still read as a deprecated alias.
     #[arg(long, env = "TESSERA_LOG_JSON")]
@@ -124,6 +144,16 @@ pub struct SidecarConfig {
     /// Where the bundle is persisted; `None` keeps it in memory only.
     pub bundle_cache: Option<PathBuf>,
     pub telemetry: TelemetryConfig,
+    pub credentials: CredentialsConfig,
+}
+
+/// ValidateApiKey, ValidateOpaqueToken and FetchServiceToken.
+#[derive(Clone, Debug)]
+pub struct CredentialsConfig {
+    /// Longest an issuer answer about a credential is cached.
+    pub cache_ttl: Duration,
+    /// The identity FetchServiceToken holds tokens of.
+    pub service_identity: Option<ServiceIdentity>,
 }
 
 /// Logging and tracing, named as for the issuer.
@@ -339,12 +369,23 @@ impl Cli {
         {
             return Err(invalid("bundle_cache", "must name a file"));
         }
+        let credentials = CredentialsConfig {
+            cache_ttl: match self.api_key_cache_ttl_seconds {
+                1..=300 => Duration::from_secs(self.api_key_cache_ttl_seconds),
+                _ => return Err(invalid("api_key_cache_ttl_seconds", "must be 1 to 300")),
+            },
+            service_identity: service_identity(
+                self.service_identity.as_deref(),
+                self.service_tenant.as_deref(),
+            )?,
+        };
         Ok(SidecarConfig {
             issuer,
             serve,
             validation,
             bundle_cache: self.bundle_cache,
             telemetry,
+            credentials,
         })
     }
 
@@ -358,7 +399,8 @@ impl Cli {
                 return Err(invalid(
                     "issuer_token_file",
                     "no credential configured: give --issuer-token-file (or \
-                     TESSERA_SIDECAR_TOKEN_FILE) naming a file with a `bundle:read` credential",
+                     TESSERA_SIDECAR_TOKEN_FILE) naming a file with a credential of scopes \
+                     `bundle:read` and `introspect` (and `issue` with --service-identity)",
                 ));
             }
         };
@@ -418,6 +460,52 @@ impl Cli {
             None => Ok(None),
         }
     }
+}
+
+/// Checks `--service-identity` and `--service-tenant`: both or neither; the name as the
+/// issuer's identity names (`[a-z0-9][a-z0-9._-]{0,62}`).
+fn service_identity(
+    service: Option<&str>,
+    tenant: Option<&str>,
+) -> Result<Option<ServiceIdentity>, ConfigError> {
+    let (service, tenant) = match (service.map(str::trim), tenant.map(str::trim)) {
+        (None | Some(""), None | Some("")) => return Ok(None),
+        (Some(service), Some(tenant)) if !service.is_empty() && !tenant.is_empty() => {
+            (service, tenant)
+        }
+        (None | Some(""), _) => {
+            return Err(invalid(
+                "service_identity",
+                "is required with --service-tenant",
+            ));
+        }
+        _ => {
+            return Err(invalid(
+                "service_tenant",
+                "is required with --service-identity",
+            ));
+        }
+    };
+    let mut chars = service.chars();
+    let well_formed = service.len() <= 63
+        && chars
+            .next()
+            .is_some_and(|first| first.is_ascii_lowercase() || first.is_ascii_digit())
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
+    if !well_formed {
+        return Err(invalid(
+            "service_identity",
+            format!("`{service}` is not a name like billing (a-z, 0-9, `.`, `_`, `-`; at most 63)"),
+        ));
+    }
+    if tenant.len() > 128 || tenant.chars().any(char::is_control) {
+        return Err(invalid("service_tenant", "at most 128 printable bytes"));
+    }
+    Ok(Some(ServiceIdentity {
+        tenant_id: tenant.to_owned(),
+        service: service.to_owned(),
+    }))
 }
 
 fn validate_issuer_addr(addr: &str) -> Result<String, ConfigError> {
@@ -506,6 +594,29 @@ mod tests {
         assert_eq!(config.validation.stale_policy, StalePolicy::FailClosed);
         assert_eq!(config.validation.cache_capacity, 100_000);
         assert!(config.issuer.subscriber_id.contains('/'));
+        assert_eq!(config.credentials.cache_ttl, Duration::from_secs(30));
+        assert_eq!(config.credentials.service_identity, None);
+    }
+
+    #[test]
+    fn service_identity_needs_both_flags() {
+        let config = parse(&[
+            "--service-identity",
+            "billing",
+            "--service-tenant",
+            "acme",
+            "--api-key-cache-ttl",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.credentials.service_identity,
+            Some(ServiceIdentity {
+                tenant_id: "acme".into(),
+                service: "billing".into(),
+            })
+        );
+        assert_eq!(config.credentials.cache_ttl, Duration::from_secs(5));
     }
 
     #[test]
@@ -524,6 +635,17 @@ mod tests {
             (&["--issuer-addr", "https://issuer:443"], "issuer_ca_file"),
             (&["--leeway-seconds", "abc"], "leeway-seconds"),
             (&["--stale-policy", "maybe"], "stale-policy"),
+            (
+                &["--api-key-cache-ttl-seconds", "0"],
+                "api_key_cache_ttl_seconds",
+            ),
+            (&["--api-key-cache-ttl", "301"], "api_key_cache_ttl_seconds"),
+            (&["--service-identity", "billing"], "service_tenant"),
+            (&["--service-tenant", "t1"], "service_identity"),
+            (
+                &["--service-identity", "Billing", "--service-tenant", "t1"],
+                "service_identity",
+            ),
         ];
         for (args, field) in cases {
             let error = parse(args).unwrap_err();

@@ -237,7 +237,7 @@ fn policy_from_proto(policy: pb::ValidationPolicy) -> ValidationPolicy {
     }
 }
 
-fn millis(timestamp: &Timestamp) -> UnixMillis {
+pub(crate) fn millis(timestamp: &Timestamp) -> UnixMillis {
     UnixMillis(
         timestamp
             .seconds

@@ -6,18 +6,27 @@
 //! the same `run` with their own listeners and shutdown signal.
 
 pub mod answer;
+pub mod apikeys;
 pub mod backoff;
 pub mod cache;
 pub mod codec;
 pub mod config;
 pub mod convert;
+pub mod credcache;
+pub mod credential_request;
+pub mod credentials;
 pub mod health;
 pub mod http;
+pub mod issuer_client;
+pub mod lease;
+pub mod listen;
 pub mod metrics;
+pub mod opaque;
 pub mod persist;
 pub mod resync;
 pub mod server;
 pub mod service;
+pub mod service_token;
 pub mod state;
 pub mod stream;
 pub mod subscription;
@@ -103,7 +112,18 @@ pub async fn run_with_clock(
         state::Readiness::NoBundle | state::Readiness::Stale => ServingStatus::NotServing,
     };
     health::set_status(&health_reporter, initial_status).await;
-    let routes = grpc_routes(validator, health_service, shutdown_rx.clone())?;
+    let credentials = Arc::new(credentials::Credentials::new(
+        &config.credentials,
+        &config.issuer,
+        state.clone(),
+        clock.clone(),
+    )?);
+    let routes = grpc_routes(
+        validator,
+        credentials.clone(),
+        health_service,
+        shutdown_rx.clone(),
+    )?;
 
     let mut background = JoinSet::new();
     let monitor = health::run_monitor(probe.clone(), health_reporter, shutdown_rx.clone());
@@ -114,9 +134,23 @@ pub async fn run_with_clock(
         clock,
         resync,
         shutdown: shutdown_rx.clone(),
+        listeners: credentials.listeners(),
     };
     let subscription_span = tracing::info_span!("subscription", issuer = %config.issuer.addr);
     background.spawn(subscription.run().instrument(subscription_span));
+    if let Some(identity) = credentials.service_tokens.identity() {
+        let span = tracing::info_span!(
+            "service_token",
+            tenant = %identity.tenant_id,
+            service = %identity.service
+        );
+        let holder = credentials.service_tokens.clone().run(
+            credentials.issuer.clone(),
+            config.issuer.subscriber_id.clone(),
+            shutdown_rx.clone(),
+        );
+        background.spawn(holder.instrument(span));
+    }
     if let Some(path) = config.bundle_cache.clone() {
         let writer = persist::run_writer(path, state.clone(), shutdown_rx.clone());
         background.spawn(writer.instrument(tracing::info_span!("bundle_cache")));
@@ -213,12 +247,13 @@ async fn drain(mut servers: JoinSet<Result<(), SidecarError>>, mut background: J
 /// Builds the gRPC routes shared by every listener: the validator, health and reflection.
 fn grpc_routes(
     validator: Arc<validator::Validator>,
+    credentials: Arc<credentials::Credentials>,
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Routes, SidecarError> {
-    let validator_service = service::ValidatorGrpc::new(validator, shutdown)
+    let validator_service = service::ValidatorGrpc::new(validator, credentials, shutdown)
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     // Reflection lists only what this server answers; the shared descriptor set also
     // describes the issuer's services.

@@ -16,6 +16,13 @@ pub const BUNDLE_STALENESS: &str = "tessera_sidecar_bundle_staleness_seconds";
 pub const RESYNCS: &str = "tessera_sidecar_resync_total";
 /// Connections to the issuer's stream, by result.
 pub const SUBSCRIPTIONS: &str = "tessera_sidecar_subscription_attempts_total";
+/// Admissions checked against a rate limit, by scope (`api_key`): the issuer's names.
+pub const RATELIMIT_ATTEMPTS: &str = "tessera_ratelimit_attempts_total";
+/// Admissions refused over a rate limit, by scope.
+pub const RATELIMIT_EXCEEDED: &str = "tessera_ratelimit_exceeded_total";
+/// Validations of standing opaque credentials (API keys, service and webhook tokens) by
+/// kind and by where the answer came from (`cache`, `issuer`, `local`).
+pub const CREDENTIAL_VALIDATIONS: &str = "tessera_sidecar_credential_validations_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// The `valid` outcome's counter, looked up once the recorder is installed: the common
@@ -69,4 +76,18 @@ pub fn record_bundle(revision: u64, staleness: Option<Duration>) {
     metrics::gauge!(BUNDLE_REVISION).set(revision as f64);
     let seconds = staleness.map_or(f64::INFINITY, |staleness| staleness.as_secs_f64());
     metrics::gauge!(BUNDLE_STALENESS).set(seconds);
+}
+
+/// Counts one admission checked against an API key's rate limits, and whether it was
+/// refused.
+pub fn record_api_key_admission(admitted: bool) {
+    metrics::counter!(RATELIMIT_ATTEMPTS, "scope" => "api_key").increment(1);
+    if !admitted {
+        metrics::counter!(RATELIMIT_EXCEEDED, "scope" => "api_key").increment(1);
+    }
+}
+
+/// Counts one validation of a standing credential of `kind` answered from `source`.
+pub fn record_credential_validation(kind: &'static str, source: &'static str) {
+    metrics::counter!(CREDENTIAL_VALIDATIONS, "kind" => kind, "source" => source).increment(1);
 }

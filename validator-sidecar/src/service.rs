@@ -7,6 +7,10 @@
 //! prost messages would have. Requests are decoded by prost into the generated messages,
 //! as before; a method the protocol adds later answers UNIMPLEMENTED here until it is
 //! routed.
+//!
+//! `ValidateApiKey`, `ValidateOpaqueToken` and `FetchServiceToken` ([`crate::credentials`])
+//! are routed here too, with tonic's standard prost codec: their answers come from a
+//! cache or the issuer, not from the token fast path.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -19,11 +23,13 @@ use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::metadata::GRPC_CONTENT_TYPE;
 use tonic::server::{Grpc, NamedService, StreamingService, UnaryService};
 use tonic::{Code, Request, Response, Status, Streaming};
+use tonic_prost::ProstCodec;
 use tracing::Instrument;
 
 use crate::answer::{StreamAnswer, UnaryAnswer};
 use crate::codec::AnswerCodec;
 use crate::convert;
+use crate::credentials::Credentials;
 use crate::stream::AnswerStream;
 use crate::validator::Validator;
 
@@ -31,20 +37,29 @@ pub use crate::stream::MAX_IN_FLIGHT_PER_STREAM;
 
 const VALIDATE_TOKEN: &str = "/tessera.v1.ValidatorService/ValidateToken";
 const VALIDATE_STREAM: &str = "/tessera.v1.ValidatorService/ValidateStream";
+const VALIDATE_API_KEY: &str = "/tessera.v1.ValidatorService/ValidateApiKey";
+const VALIDATE_OPAQUE_TOKEN: &str = "/tessera.v1.ValidatorService/ValidateOpaqueToken";
+const FETCH_SERVICE_TOKEN: &str = "/tessera.v1.ValidatorService/FetchServiceToken";
 
 /// The gRPC face of the [`Validator`], ready for `tonic::service::Routes`.
 #[derive(Clone, Debug)]
 pub struct ValidatorGrpc {
     validator: Arc<Validator>,
+    credentials: Arc<Credentials>,
     shutdown: watch::Receiver<bool>,
     max_decoding_message_size: Option<usize>,
 }
 
 impl ValidatorGrpc {
     /// Returns the service; open streams stop reading when `shutdown` turns true.
-    pub fn new(validator: Arc<Validator>, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        validator: Arc<Validator>,
+        credentials: Arc<Credentials>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
         ValidatorGrpc {
             validator,
+            credentials,
             shutdown,
             max_decoding_message_size: None,
         }
@@ -61,6 +76,15 @@ impl ValidatorGrpc {
         AnswerCodec<Req, Ans>: Codec,
     {
         Grpc::new(AnswerCodec::default())
+            .apply_max_message_size_config(self.max_decoding_message_size, None)
+    }
+
+    fn prost<Req, Res>(&self) -> Grpc<ProstCodec<Res, Req>>
+    where
+        Req: prost::Message + Default + Send + 'static,
+        Res: prost::Message + Send + 'static,
+    {
+        Grpc::new(ProstCodec::default())
             .apply_max_message_size_config(self.max_decoding_message_size, None)
     }
 }
@@ -96,6 +120,21 @@ where
                     shutdown: self.shutdown.clone(),
                 };
                 Box::pin(async move { Ok(grpc.streaming(method, request).await) })
+            }
+            VALIDATE_API_KEY => {
+                let mut grpc = self.prost::<pb::ValidateApiKeyRequest, _>();
+                let method = CredentialMethod(self.credentials.clone(), validate_api_key);
+                Box::pin(async move { Ok(grpc.unary(method, request).await) })
+            }
+            VALIDATE_OPAQUE_TOKEN => {
+                let mut grpc = self.prost::<pb::ValidateOpaqueTokenRequest, _>();
+                let method = CredentialMethod(self.credentials.clone(), validate_opaque_token);
+                Box::pin(async move { Ok(grpc.unary(method, request).await) })
+            }
+            FETCH_SERVICE_TOKEN => {
+                let mut grpc = self.prost::<pb::FetchServiceTokenRequest, _>();
+                let method = CredentialMethod(self.credentials.clone(), fetch_service_token);
+                Box::pin(async move { Ok(grpc.unary(method, request).await) })
             }
             _ => Box::pin(async move {
                 let mut response = http::Response::new(tonic::body::Body::default());
@@ -152,4 +191,44 @@ impl StreamingService<pb::ValidateStreamRequest> for ValidateStream {
         );
         Box::pin(async move { Ok(Response::new(answers)) })
     }
+}
+
+/// A unary method of [`Credentials`]: `handler` answers the request.
+struct CredentialMethod<Req, Res>(
+    Arc<Credentials>,
+    fn(Arc<Credentials>, Req) -> BoxFuture<Res, Status>,
+);
+
+impl<Req: Send + 'static, Res: Send + 'static> UnaryService<Req> for CredentialMethod<Req, Res> {
+    type Response = Res;
+    type Future = BoxFuture<Response<Res>, Status>;
+
+    fn call(&mut self, request: Request<Req>) -> Self::Future {
+        let answer = (self.1)(self.0.clone(), request.into_inner());
+        Box::pin(async move { answer.await.map(Response::new) })
+    }
+}
+
+fn validate_api_key(
+    credentials: Arc<Credentials>,
+    request: pb::ValidateApiKeyRequest,
+) -> BoxFuture<pb::ValidateApiKeyResponse, Status> {
+    let span = tracing::debug_span!("validate_api_key");
+    Box::pin(async move { credentials.api_keys.validate(&request).await }.instrument(span))
+}
+
+fn validate_opaque_token(
+    credentials: Arc<Credentials>,
+    request: pb::ValidateOpaqueTokenRequest,
+) -> BoxFuture<pb::ValidateOpaqueTokenResponse, Status> {
+    let span = tracing::debug_span!("validate_opaque_token");
+    Box::pin(async move { credentials.opaque_tokens.validate(&request).await }.instrument(span))
+}
+
+fn fetch_service_token(
+    credentials: Arc<Credentials>,
+    _request: pb::FetchServiceTokenRequest,
+) -> BoxFuture<pb::FetchServiceTokenResponse, Status> {
+    let answer = credentials.service_tokens.fetch(credentials.now());
+    Box::pin(async move { answer })
 }

@@ -21,6 +21,7 @@ use tracing::Instrument;
 use crate::backoff::Backoff;
 use crate::config::IssuerConfig;
 use crate::convert::{Update, update_from_proto};
+use crate::listen::BundleListener;
 use crate::metrics;
 use crate::resync::ResyncSignal;
 use crate::state::BundleState;
@@ -62,6 +63,9 @@ pub struct Subscription {
     /// Raised when an unknown kid warrants a fresh stream.
     pub resync: Arc<ResyncSignal>,
     pub shutdown: watch::Receiver<bool>,
+    /// Told of every snapshot and delta event once applied (credential caches, the
+    /// service-token holder).
+    pub listeners: Vec<Arc<dyn BundleListener>>,
 }
 
 impl Subscription {
@@ -239,6 +243,11 @@ impl Subscription {
                 bundle.prune(now);
                 let revision = bundle.revision.0;
                 self.state.replace(bundle);
+                if let Some(view) = self.state.view() {
+                    for listener in &self.listeners {
+                        listener.on_snapshot(now, &view.bundle);
+                    }
+                }
                 tracing::info!(revision, "applied a trust-bundle snapshot");
             }
             Update::Delta { revision, events } => {
@@ -254,6 +263,12 @@ impl Subscription {
                     }
                     changed
                 });
+                // Replayed events too: purging again is harmless, missing one is not.
+                for event in &events {
+                    for listener in &self.listeners {
+                        listener.on_event(now, event);
+                    }
+                }
                 tracing::debug!(
                     revision = revision.0,
                     n_events,
@@ -272,6 +287,12 @@ impl Subscription {
 
 /// Opens a channel to the issuer, with TLS when configured.
 async fn connect(config: &IssuerConfig) -> Result<Channel, StreamEnd> {
+    Ok(endpoint(config)?.connect().await?)
+}
+
+/// Returns the issuer's endpoint as configured (address, TLS, timeouts): the stream's,
+/// and the unary calls' of [`crate::issuer_client`].
+pub(crate) fn endpoint(config: &IssuerConfig) -> Result<Endpoint, tonic::transport::Error> {
     let mut endpoint = Endpoint::from_shared(config.addr.clone())?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -286,7 +307,7 @@ async fn connect(config: &IssuerConfig) -> Result<Channel, StreamEnd> {
         }
         endpoint = endpoint.tls_config(tls_config)?;
     }
-    Ok(endpoint.connect().await?)
+    Ok(endpoint)
 }
 
 /// Renders `error` with its sources ("cannot connect: transport error: …").
