@@ -5,6 +5,7 @@
 //! pinned to the server cpus (`--server-cpus`, default 0), with this process pinned to
 //! the client cpus (`--client-cpus`, default 1): see `procs`.
 
+mod apikeys;
 mod cpu;
 mod fixtures;
 mod issue_suite;
@@ -123,6 +124,10 @@ enum Command {
     Propagation(propagation::PropagationArgs),
     /// RefreshSession throughput on PostgreSQL, and exactly-one-successor checks.
     Refresh(refresh::RefreshArgs),
+    /// API keys: cached ValidateApiKey at the sidecar against the empty unary RPC on the
+    /// same socket, and first-sight ValidateApiKey at the issuer (SQLite, PostgreSQL).
+    #[command(name = "apikeys")]
+    ApiKeys(apikeys::ApiKeysArgs),
     /// ValidateToken / ValidateStream against a `tessera-sidecar` process over its Unix
     /// socket.
     #[cfg(feature = "sidecar")]
@@ -261,7 +266,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let drives_servers = matches!(
         cli.command,
-        Command::EmptyRpc { .. } | Command::Issue { .. } | Command::AllIssue { .. }
+        Command::EmptyRpc { .. }
+            | Command::Issue { .. }
+            | Command::AllIssue { .. }
+            | Command::ApiKeys(_)
     ) || is_validate(&cli.command);
     if drives_servers {
         let pinning = Pinning {
@@ -360,6 +368,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Refresh(args) => {
             print_json(&refresh::run(args).await?);
+        }
+        Command::ApiKeys(args) => {
+            apikeys::run(&args).await?;
         }
         #[cfg(feature = "sidecar")]
         Command::Validate(args) => {

@@ -191,6 +191,13 @@ impl ServerProcess {
     }
 }
 
+impl ServerProcess {
+    /// The process id (of `taskset`'s exec'd program: taskset execs, keeping the pid).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         crate::cpu::unwatch_pid(self.child.id());
@@ -203,6 +210,8 @@ impl Drop for ServerProcess {
 /// admin credential), gRPC and HTTP on free 127.0.0.1 ports.
 pub struct IssuerProcess {
     pub grpc_addr: SocketAddr,
+    /// `/metrics`, `/readyz`.
+    pub http_addr: SocketAddr,
     /// `Bearer <admin credential>` from `<data-dir>/admin.token`.
     pub authorization: MetadataValue<Ascii>,
     data_dir: PathBuf,
@@ -214,6 +223,14 @@ pub struct IssuerProcess {
 impl IssuerProcess {
     /// Starts an issuer whose `access` keys use `algorithm` and waits until it serves.
     pub async fn start(algorithm: Algorithm) -> anyhow::Result<IssuerProcess> {
+        IssuerProcess::start_with(algorithm, &[]).await
+    }
+
+    /// Like [`IssuerProcess::start`] with extra `serve` arguments (e.g. `--database-url`).
+    pub async fn start_with(
+        algorithm: Algorithm,
+        extra_args: &[String],
+    ) -> anyhow::Result<IssuerProcess> {
         let dir = tempfile::tempdir()?;
         let data_dir = dir.path().join("data");
         let grpc_addr = free_addr()?;
@@ -228,7 +245,8 @@ impl IssuerProcess {
             .arg("--http-addr")
             .arg(http_addr.to_string())
             .arg("--access-algorithm")
-            .arg(algorithm.to_string());
+            .arg(algorithm.to_string())
+            .args(extra_args);
         let mut server =
             ServerProcess::spawn("tessera-issuer", command, dir.path().join("issuer.log"))?;
         server.wait_serving(&Target::Tcp(grpc_addr)).await?;
@@ -239,6 +257,7 @@ impl IssuerProcess {
             .context("the admin credential is not valid header text")?;
         Ok(IssuerProcess {
             grpc_addr,
+            http_addr,
             authorization,
             data_dir,
             _server: server,
@@ -249,16 +268,24 @@ impl IssuerProcess {
     /// Creates a `bundle:read` API client with the issuer's CLI (admin credential) and
     /// returns the file holding its credential.
     pub fn bundle_reader(&self, name: &str) -> anyhow::Result<PathBuf> {
+        self.client_credential(name, &["bundle:read"])
+    }
+
+    /// The issuer's process id.
+    pub fn pid(&self) -> u32 {
+        self._server.pid()
+    }
+
+    /// Creates an API client holding `scopes` (every tenant) with the issuer's CLI and
+    /// returns the file holding its credential.
+    pub fn client_credential(&self, name: &str, scopes: &[&str]) -> anyhow::Result<PathBuf> {
         let out = self.dir.path().join(format!("{name}.token"));
-        let output = Command::new(binary("tessera-issuer")?)
-            .args([
-                "clients",
-                "create",
-                "--name",
-                name,
-                "--scope",
-                "bundle:read",
-            ])
+        let mut command = Command::new(binary("tessera-issuer")?);
+        command.args(["clients", "create", "--name", name]);
+        for scope in scopes {
+            command.args(["--scope", scope]);
+        }
+        let output = command
             .arg("--out")
             .arg(&out)
             .arg("--addr")
@@ -291,10 +318,21 @@ impl SidecarProcess {
         issuer: &IssuerProcess,
         cache_capacity: u64,
     ) -> anyhow::Result<SidecarProcess> {
-        let dir = tempfile::tempdir()?;
-        let socket = dir.path().join("s.sock");
         let credential =
             issuer.bundle_reader(&format!("bench-sidecar-{}", uuid::Uuid::new_v4().simple()))?;
+        SidecarProcess::start_with(issuer, cache_capacity, &credential, &[]).await
+    }
+
+    /// Like [`SidecarProcess::start`] presenting `credential` (a file) to the issuer,
+    /// with extra flags.
+    pub async fn start_with(
+        issuer: &IssuerProcess,
+        cache_capacity: u64,
+        credential: &Path,
+        extra_args: &[String],
+    ) -> anyhow::Result<SidecarProcess> {
+        let dir = tempfile::tempdir()?;
+        let socket = dir.path().join("s.sock");
         let mut command = on_server_cpus(&binary("tessera-sidecar")?);
         command
             .arg("--issuer-addr")
@@ -306,7 +344,8 @@ impl SidecarProcess {
             .arg("--cache-capacity")
             .arg(cache_capacity.to_string())
             .arg("--subscriber-id")
-            .arg("tessera-bench");
+            .arg("tessera-bench")
+            .args(extra_args);
         let mut server =
             ServerProcess::spawn("tessera-sidecar", command, dir.path().join("sidecar.log"))?;
         server.wait_serving(&Target::Uds(socket.clone())).await?;
