@@ -14,6 +14,7 @@ mod legacy_audit;
 mod postgres_replicas;
 mod rate_limits;
 mod server;
+mod service_tokens;
 mod sessions;
 mod store_suite;
 mod tenancy;
