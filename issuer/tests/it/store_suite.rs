@@ -13,6 +13,7 @@ mod events;
 mod fixture;
 mod keys;
 mod opaque_tokens;
+mod rate_limits;
 mod records;
 mod replicas;
 mod sessions;
@@ -66,6 +67,11 @@ macro_rules! store_test_suite {
                 api_key_revocation_is_conditional,
                 api_key_expiring_and_expiry_happen_once,
                 api_key_usage_batches_add_up,
+            },
+            rate_limits::{
+                leases_charge_every_window_and_a_new_window_restarts,
+                concurrent_leases_from_two_stores_never_charge_past_the_limit,
+                rate_limits_are_replaced_only_on_a_working_key,
             },
             opaque_tokens::{
                 opaque_tokens_round_trip_and_identities_by_tenant,

@@ -19,7 +19,7 @@ use super::fixture::Fixture;
 const T0: i64 = 1_700_000_000_000;
 const DAY: i64 = 24 * 3600 * 1000;
 
-fn key(key_id: &str, tenant: &str, created_at: i64) -> ApiKeyRecord {
+pub(super) fn key(key_id: &str, tenant: &str, created_at: i64) -> ApiKeyRecord {
     ApiKeyRecord {
         key_id: key_id.to_owned(),
         tenant_id: TenantId::new(tenant).unwrap(),
@@ -46,7 +46,7 @@ fn key(key_id: &str, tenant: &str, created_at: i64) -> ApiKeyRecord {
     }
 }
 
-fn audit(action: AuditAction, target: &str) -> AuditEntry {
+pub(super) fn audit(action: AuditAction, target: &str) -> AuditEntry {
     Actor::client(ClientId::new("ops").unwrap(), "req".into(), String::new()).entry(
         UnixMillis(T0),
         action,
@@ -54,7 +54,7 @@ fn audit(action: AuditAction, target: &str) -> AuditEntry {
     )
 }
 
-fn change(key_id: &str, state: &str) -> CredentialChange {
+pub(super) fn change(key_id: &str, state: &str) -> CredentialChange {
     CredentialChange {
         kind: StandingKind::ApiKey,
         credential_id: key_id.to_owned(),
