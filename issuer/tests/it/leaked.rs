@@ -351,3 +351,180 @@ async fn a_leaked_tenant_api_key_is_revoked_within_the_callers_tenants_only() {
     assert_eq!(outcomes, [Outcome::AlreadyDead, Outcome::Revoked]);
     assert!(!api_key_valid(&issuer, &globex_key).await);
 }
+
+async fn service_token(issuer: &TestIssuer, tenant: &str) -> String {
+    let mut service =
+        pb::service_token_service_client::ServiceTokenServiceClient::new(issuer.channel().await);
+    service
+        .create_service_identity(issuer.as_admin(pb::CreateServiceIdentityRequest {
+            tenant_id: tenant.into(),
+            name: "billing".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("create identity");
+    service
+        .issue_service_token(issuer.as_admin(pb::IssueServiceTokenRequest {
+            tenant_id: tenant.into(),
+            service: "billing".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("issue service token")
+        .into_inner()
+        .token
+}
+
+async fn webhook_token(issuer: &TestIssuer, tenant: &str) -> String {
+    pb::webhook_service_client::WebhookServiceClient::new(issuer.channel().await)
+        .issue_webhook_token(issuer.as_admin(pb::IssueWebhookTokenRequest {
+            tenant_id: tenant.into(),
+            endpoint: "orders-callback".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("issue webhook token")
+        .into_inner()
+        .token
+}
+
+async fn opaque_token_valid(issuer: &TestIssuer, token: &str) -> bool {
+    pb::service_token_service_client::ServiceTokenServiceClient::new(issuer.channel().await)
+        .validate_service_token(issuer.as_admin(pb::ValidateOpaqueTokenRequest {
+            token: token.to_owned(),
+            ..Default::default()
+        }))
+        .await
+        .expect("validate opaque token")
+        .into_inner()
+        .valid
+}
+
+/// Leaked `tbs_` and `tbw_` tokens presented whole are revoked (audited, pushed), within
+/// a confined admin's tenants only; forgeries and another tenant's are `unknown`; a
+/// second presentation is `already_dead`.
+#[tokio::test]
+async fn leaked_service_and_webhook_tokens_are_revoked_within_the_callers_tenants_only() {
+    let issuer = TestIssuer::start().await;
+    let admin = issuer.admin_token.clone();
+    let acme_admin = client(&issuer, "acme-admin", &["admin"], &["acme"]).await;
+    let acme_service = service_token(&issuer, "acme").await;
+    let acme_webhook = webhook_token(&issuer, "acme").await;
+    let globex_service = service_token(&issuer, "globex").await;
+    let globex_webhook = webhook_token(&issuer, "globex").await;
+
+    let outcomes = revoke_leaked(
+        &issuer,
+        &acme_admin,
+        &[
+            &globex_service,
+            &globex_webhook,
+            &same_id_other_secret(&acme_service),
+            &forged_checksum(&acme_webhook),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcomes, [Outcome::Unknown; 4]);
+    for token in [
+        &acme_service,
+        &acme_webhook,
+        &globex_service,
+        &globex_webhook,
+    ] {
+        assert!(opaque_token_valid(&issuer, token).await, "nothing revoked");
+    }
+
+    let outcomes = revoke_leaked(&issuer, &acme_admin, &[&acme_service, &acme_webhook])
+        .await
+        .unwrap();
+    assert_eq!(outcomes, [Outcome::Revoked, Outcome::Revoked]);
+    assert!(!opaque_token_valid(&issuer, &acme_service).await);
+    assert!(!opaque_token_valid(&issuer, &acme_webhook).await);
+    let outcomes = revoke_leaked(&issuer, &admin, &[&acme_service, &globex_webhook])
+        .await
+        .unwrap();
+    assert_eq!(outcomes, [Outcome::AlreadyDead, Outcome::Revoked]);
+    assert!(opaque_token_valid(&issuer, &globex_service).await);
+
+    let actions: Vec<String> = issuer
+        .app
+        .store
+        .audit_page(None, 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|record| record.entry.reason.contains("found in a public repository"))
+        .map(|record| record.entry.action)
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "webhook.token.revoked",
+            "webhook.token.revoked",
+            "service.token.revoked"
+        ]
+    );
+}
+
+/// Runs `tessera-issuer scan --revoke --json PATH` against `issuer`; returns each
+/// finding's revocation outcome.
+async fn scan_revoke(
+    issuer: &TestIssuer,
+    path: &std::path::Path,
+    token_file: &std::path::Path,
+) -> Vec<String> {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tessera-issuer"))
+        .arg("scan")
+        .arg("--revoke")
+        .arg("--json")
+        .arg("--addr")
+        .arg(format!("http://{}", issuer.grpc_addr))
+        .arg("--token-file")
+        .arg(token_file)
+        .arg(path)
+        .output()
+        .await
+        .expect("run tessera-issuer scan");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let document: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|error| {
+        panic!(
+            "{error}: {stdout} {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    document["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|finding| finding["revocation"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+/// `tessera-issuer scan --revoke`: the service and webhook tokens found in a file are
+/// revoked; scanned again, they are already dead.
+#[tokio::test]
+async fn scan_revoke_revokes_found_service_and_webhook_tokens() {
+    let issuer = TestIssuer::start().await;
+    let service = service_token(&issuer, "acme").await;
+    let webhook = webhook_token(&issuer, "acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let leaked = dir.path().join("leaked.env");
+    std::fs::write(
+        &leaked,
+        format!("SERVICE_TOKEN={service}\n# hook\nWEBHOOK_TOKEN=\"{webhook}\"\n"),
+    )
+    .unwrap();
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, &issuer.admin_token).unwrap();
+    assert_eq!(
+        scan_revoke(&issuer, &leaked, &token_file).await,
+        ["revoked", "revoked"]
+    );
+    assert!(!opaque_token_valid(&issuer, &service).await);
+    assert!(!opaque_token_valid(&issuer, &webhook).await);
+    assert_eq!(
+        scan_revoke(&issuer, &leaked, &token_file).await,
+        ["already_dead", "already_dead"]
+    );
+}
