@@ -1,6 +1,6 @@
 //! `tessera-issuer apikeys …`: create, list, show, rotate, revoke and validate tenant API
-//! keys (`tbk_…`). A key is printed once, by `create` and `rotate` (or written to a 0600
-//! file with `--out`); nothing else ever shows it.
+//! keys (`tbk_…`), and set their rate limits. A key is printed once, by `create` and
+//! `rotate` (or written to a 0600 file with `--out`); nothing else ever shows it.
 
 use std::path::PathBuf;
 
@@ -37,6 +37,8 @@ pub enum ApiKeysCommand {
         /// Write the key to this file (mode 0600) instead of printing it.
         #[arg(long)]
         out: Option<PathBuf>,
+        #[command(flatten)]
+        limits: LimitArgs,
     },
     /// List keys (metadata only).
     List {
@@ -61,6 +63,15 @@ pub enum ApiKeysCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Replace a key's rate limits. A window left out keeps its current limit.
+    Limits {
+        key_id: String,
+        #[command(flatten)]
+        limits: LimitArgs,
+        /// Why (recorded in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Revoke a key at once.
     Revoke {
         key_id: String,
@@ -80,6 +91,37 @@ pub enum ApiKeysCommand {
     },
 }
 
+/// Admissions per fixed UTC window (at most 1,000,000 each).
+#[derive(clap::Args, Debug, Default, Clone, Copy)]
+pub struct LimitArgs {
+    /// Admissions per minute [default on create: 100].
+    #[arg(long)]
+    per_minute: Option<u32>,
+    /// Admissions per hour [default on create: 1000].
+    #[arg(long)]
+    per_hour: Option<u32>,
+    /// Admissions per day [default on create: 10000].
+    #[arg(long)]
+    per_day: Option<u32>,
+}
+
+impl LimitArgs {
+    fn is_empty(self) -> bool {
+        self.per_minute.is_none() && self.per_hour.is_none() && self.per_day.is_none()
+    }
+
+    /// The limits to send: each given window, else `current`'s (0, the default, when
+    /// there is none).
+    fn over(self, current: Option<pb::RateLimits>) -> pb::RateLimits {
+        let current = current.unwrap_or_default();
+        pb::RateLimits {
+            per_minute: self.per_minute.unwrap_or(current.per_minute),
+            per_hour: self.per_hour.unwrap_or(current.per_hour),
+            per_day: self.per_day.unwrap_or(current.per_day),
+        }
+    }
+}
+
 fn api_key_json(key: &pb::ApiKey) -> Value {
     json!({
         "key_id": key.key_id,
@@ -96,6 +138,11 @@ fn api_key_json(key: &pb::ApiKey) -> Value {
         "predecessor_id": key.predecessor_id,
         "last_used_at": time(&key.last_used_at),
         "usage_count": key.usage_count,
+        "rate_limits": key.rate_limits.map(|limits| json!({
+            "per_minute": limits.per_minute,
+            "per_hour": limits.per_hour,
+            "per_day": limits.per_day,
+        })),
     })
 }
 
@@ -110,13 +157,17 @@ fn api_key_line(key: &Value) -> String {
             crate::abuse::digest::rfc3339(tessera_common::UnixMillis(seconds.saturating_mul(1000)))
         },
     );
+    let limits = &key["rate_limits"];
     format!(
-        "{}  {:<10} {:<8} expires {}  uses {}  {}",
+        "{}  {:<10} {:<8} expires {}  uses {}  limits {}/min {}/h {}/day  {}",
         key["key_id"].as_str().unwrap_or(""),
         key["tenant_id"].as_str().unwrap_or(""),
         state,
         expires,
         key["usage_count"],
+        limits["per_minute"],
+        limits["per_hour"],
+        limits["per_day"],
         key["name"].as_str().unwrap_or(""),
     )
 }
@@ -150,6 +201,7 @@ pub async fn apikeys(args: &ConnectArgs, command: ApiKeysCommand) -> anyhow::Res
             expires_in_days,
             reason,
             out,
+            limits,
         } => {
             let expires_at = expires_in_days.map(|days| prost_types::Timestamp {
                 seconds: std::time::SystemTime::now()
@@ -160,7 +212,7 @@ pub async fn apikeys(args: &ConnectArgs, command: ApiKeysCommand) -> anyhow::Res
             });
             let response = service
                 .create_api_key(client.request(pb::CreateApiKeyRequest {
-                    rate_limits: None,
+                    rate_limits: Some(limits.over(None)),
                     tenant_id: tenant,
                     name,
                     permissions,
@@ -251,6 +303,31 @@ pub async fn apikeys(args: &ConnectArgs, command: ApiKeysCommand) -> anyhow::Res
                 )
             })?;
         }
+        ApiKeysCommand::Limits {
+            key_id,
+            limits,
+            reason,
+        } => {
+            if limits.is_empty() {
+                bail!("give at least one of --per-minute, --per-hour, --per-day");
+            }
+            let current = service
+                .get_api_key(client.request(pb::GetApiKeyRequest {
+                    key_id: key_id.clone(),
+                })?)
+                .await?
+                .into_inner()
+                .rate_limits;
+            let response = service
+                .set_api_key_rate_limits(client.request(pb::SetApiKeyRateLimitsRequest {
+                    key_id,
+                    rate_limits: Some(limits.over(current)),
+                    reason,
+                })?)
+                .await?
+                .into_inner();
+            client.print(api_key_json(&response), api_key_line);
+        }
         ApiKeysCommand::Revoke { key_id, reason } => {
             let response = service
                 .revoke_api_key(client.request(pb::RevokeApiKeyRequest { key_id, reason })?)
@@ -304,4 +381,48 @@ pub async fn apikeys(args: &ConnectArgs, command: ApiKeysCommand) -> anyhow::Res
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_left_out_keep_the_current_ones_or_the_defaults() {
+        let args = LimitArgs {
+            per_minute: Some(500),
+            per_hour: None,
+            per_day: Some(20_000),
+        };
+        let current = pb::RateLimits {
+            per_minute: 100,
+            per_hour: 2_000,
+            per_day: 10_000,
+        };
+        assert_eq!(
+            args.over(Some(current)),
+            pb::RateLimits {
+                per_minute: 500,
+                per_hour: 2_000,
+                per_day: 20_000,
+            }
+        );
+        assert_eq!(args.over(None).per_hour, 0, "0: the server's default");
+        assert!(LimitArgs::default().is_empty());
+    }
+
+    #[test]
+    fn a_key_line_shows_its_limits() {
+        let key = pb::ApiKey {
+            key_id: "Abc".into(),
+            rate_limits: Some(pb::RateLimits {
+                per_minute: 100,
+                per_hour: 1_000,
+                per_day: 10_000,
+            }),
+            ..Default::default()
+        };
+        let line = api_key_line(&api_key_json(&key));
+        assert!(line.contains("limits 100/min 1000/h 10000/day"), "{line}");
+    }
 }
