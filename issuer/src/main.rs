@@ -57,7 +57,15 @@ enum Command {
         #[command(subcommand)]
         command: cli::apikeys::ApiKeysCommand,
     },
-    /// Sign and verify webhooks (Standard Webhooks format) and show a tenant's secrets.
+    /// Service identities and their short-lived tokens (`tbs_…`); validate `tbs_`/`tbw_`.
+    ServiceTokens {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(subcommand)]
+        command: cli::service_tokens::ServiceTokensCommand,
+    },
+    /// Sign and verify webhooks (Standard Webhooks format), show a tenant's secrets, and
+    /// issue webhook tokens (`tbw_…`).
     Webhooks {
         #[command(flatten)]
         connect: ConnectArgs,
@@ -163,6 +171,9 @@ fn main() -> ExitCode {
                 cli::webhooks::webhooks(&connect, command).await
             }
             Command::Apikeys { connect, command } => cli::apikeys::apikeys(&connect, command).await,
+            Command::ServiceTokens { connect, command } => {
+                cli::service_tokens::service_tokens(&connect, command).await
+            }
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

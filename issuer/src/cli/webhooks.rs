@@ -1,5 +1,6 @@
 //! `tessera-issuer webhooks …`: sign a payload for a tenant, verify a received message,
-//! and show a tenant's webhook secrets (`whsec_…`) for its receivers.
+//! and show a tenant's webhook secrets (`whsec_…`) for its receivers; `webhooks token …`
+//! (`webhook_tokens.rs`) handles `tbw_` webhook tokens.
 
 use std::path::PathBuf;
 
@@ -47,6 +48,11 @@ pub enum WebhooksCommand {
         /// The webhook-signature header.
         #[arg(long)]
         signature: Option<String>,
+    },
+    /// Issue, revoke and validate webhook tokens (`tbw_…`).
+    Token {
+        #[command(subcommand)]
+        command: super::webhook_tokens::WebhookTokenCommand,
     },
     /// Show a tenant's live webhook secrets (audited); give them to its receivers.
     Keys {
@@ -152,6 +158,9 @@ pub async fn webhooks(args: &ConnectArgs, command: WebhooksCommand) -> anyhow::R
             if !response.valid {
                 bail!("the webhook does not verify: {verdict}");
             }
+        }
+        WebhooksCommand::Token { command } => {
+            super::webhook_tokens::run(&client, command).await?;
         }
         WebhooksCommand::Keys { tenant, out } => {
             let response = service

@@ -1106,3 +1106,180 @@ async fn token_revocations_reach_a_trust_bundle_subscriber() {
         )
     );
 }
+
+/// Runs the `tessera-issuer` binary against `issuer` with `args` and `--json`; returns
+/// whether it succeeded and its JSON answer.
+async fn cli(
+    issuer: &TestIssuer,
+    token_file: &std::path::Path,
+    args: &[&str],
+) -> (bool, serde_json::Value) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tessera-issuer"))
+        .args(args)
+        .arg("--json")
+        .arg("--addr")
+        .arg(format!("http://{}", issuer.grpc_addr))
+        .arg("--token-file")
+        .arg(token_file)
+        .output()
+        .await
+        .expect("run tessera-issuer");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let value = serde_json::from_str(&stdout).unwrap_or_else(|error| {
+        panic!(
+            "{args:?}: {error}: {stdout} {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.success(), value)
+}
+
+/// The CLI end to end, with `--json`: create an identity, issue, rotate and confirm,
+/// validate (the rotated-out token is revoked, exit non-zero), disable; issue, validate
+/// and revoke a webhook token.
+#[tokio::test]
+async fn the_cli_manages_service_and_webhook_tokens() {
+    let issuer = TestIssuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, &issuer.admin_token).unwrap();
+    let run = |args: &'static [&'static str]| cli(&issuer, &token_file, args);
+
+    let (ok, identity) = run(&[
+        "service-tokens",
+        "create-identity",
+        "--tenant",
+        "acme",
+        "--name",
+        "billing",
+        "--permission",
+        "invoices:read",
+        "--token-ttl-seconds",
+        "3600",
+    ])
+    .await;
+    assert!(ok);
+    assert_eq!(identity["token_ttl_seconds"], 3600);
+    let (_, listed) = run(&["service-tokens", "list", "--tenant", "acme"]).await;
+    assert_eq!(listed["identities"][0]["name"], "billing");
+
+    let (ok, first) = run(&[
+        "service-tokens",
+        "issue",
+        "--tenant",
+        "acme",
+        "--service",
+        "billing",
+    ])
+    .await;
+    assert!(ok);
+    let first_token = first["token"].as_str().unwrap().to_owned();
+    let first_id = first["token_id"].as_str().unwrap().to_owned();
+    assert!(first_token.starts_with("tbs_"));
+    let second = cli(
+        &issuer,
+        &token_file,
+        &[
+            "service-tokens",
+            "issue",
+            "--tenant",
+            "acme",
+            "--service",
+            "billing",
+            "--replaces",
+            &first_id,
+        ],
+    )
+    .await
+    .1;
+    let second_id = second["token_id"].as_str().unwrap().to_owned();
+    let (_, confirmed) = cli(
+        &issuer,
+        &token_file,
+        &["service-tokens", "confirm", &second_id],
+    )
+    .await;
+    assert_eq!(confirmed["revoked_token_id"], first_id.as_str());
+    let (ok, refused) = cli(
+        &issuer,
+        &token_file,
+        &["service-tokens", "validate", &first_token],
+    )
+    .await;
+    assert!(!ok, "exits non-zero for a refused token");
+    assert_eq!(refused["refusal"], "revoked");
+    let (ok, valid) = cli(
+        &issuer,
+        &token_file,
+        &[
+            "service-tokens",
+            "validate",
+            second["token"].as_str().unwrap(),
+            "--subject",
+            "billing",
+        ],
+    )
+    .await;
+    assert!(ok);
+    assert_eq!(valid["info"]["kind"], "service");
+    let (ok, disabled) = run(&[
+        "service-tokens",
+        "disable",
+        "--tenant",
+        "acme",
+        "--name",
+        "billing",
+    ])
+    .await;
+    assert!(ok);
+    assert!(disabled["disabled_at"].is_number());
+
+    let (ok, webhook) = run(&[
+        "webhooks",
+        "token",
+        "issue",
+        "--tenant",
+        "acme",
+        "--endpoint",
+        "orders",
+    ])
+    .await;
+    assert!(ok);
+    let webhook_token = webhook["token"].as_str().unwrap().to_owned();
+    assert!(webhook_token.starts_with("tbw_"));
+    let (ok, _) = cli(
+        &issuer,
+        &token_file,
+        &[
+            "webhooks",
+            "token",
+            "validate",
+            &webhook_token,
+            "--subject",
+            "orders",
+        ],
+    )
+    .await;
+    assert!(ok);
+    let (ok, revoked) = cli(
+        &issuer,
+        &token_file,
+        &[
+            "webhooks",
+            "token",
+            "revoke",
+            webhook["token_id"].as_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(ok);
+    assert_eq!(revoked["state"], "revoked");
+    let (ok, refused) = cli(
+        &issuer,
+        &token_file,
+        &["webhooks", "token", "validate", &webhook_token],
+    )
+    .await;
+    assert!(!ok);
+    assert_eq!(refused["refusal"], "revoked");
+}
