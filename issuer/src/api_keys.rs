@@ -14,6 +14,12 @@
 //! others are told the key is no longer active. The predecessor keeps working until its
 //! grace ends (default 24 h), then is refused as `GraceEnded`.
 //!
+//! Rate limits (per minute, hour and day, fixed UTC windows; `ratelimit.rs`): a real,
+//! working key's validation costs one admission, spent from this replica's ledger
+//! (`ledger.rs`), which leases slices from the store; over a limit the validation is
+//! [`ApiKeyError::RateLimited`]. Verifiers that cache answers lease admissions with a
+//! validation or by [`ApiKeys::lease`]; every lease is charged to the store at once.
+//!
 //! Usage (`last_used_at`, `usage_count`) is gathered in memory and written by
 //! [`ApiKeys::flush_usage`] as one multi-row update every flush interval and on graceful
 //! shutdown: a crash loses at most one interval of counts, a clean stop none.
@@ -422,7 +428,17 @@ impl ApiKeys {
         if let Some(refusal) = state_refusal(&record, now) {
             return Ok(Err(refusal));
         }
-        let lease = lease_admissions.min(record.rate_limits.slice());
+        let has_permissions = required_permissions
+            .iter()
+            .all(|required| record.permissions.contains(required))
+            && (required_role.is_empty() || required_role == record.role);
+        // A refused call still costs its admission, but leases nothing: the caller
+        // caches no refusal to spend a lease on.
+        let lease = if has_permissions {
+            lease_admissions.min(record.rate_limits.slice())
+        } else {
+            0
+        };
         metrics::counter!("tessera_ratelimit_attempts_total", "scope" => RATE_LIMIT_SCOPE)
             .increment(1);
         let granted = match self
@@ -440,10 +456,7 @@ impl ApiKeys {
                 });
             }
         };
-        let has_permissions = required_permissions
-            .iter()
-            .all(|required| record.permissions.contains(required));
-        if !has_permissions || (!required_role.is_empty() && required_role != record.role) {
+        if !has_permissions {
             return Ok(Err(Refusal::InsufficientPermissions));
         }
         self.count_use(&record.key_id, now);

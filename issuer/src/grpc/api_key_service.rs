@@ -1,7 +1,10 @@
 //! `tessera.v1.ApiKeyService`: tenant API keys (see `api_keys.rs` and the proto's
-//! comments). Administration needs `admin`, validation `introspect`; a tenant-confined
-//! caller sees only its own tenants' keys, and another tenant's key is answered like one
-//! that does not exist.
+//! comments). Administration (and SetApiKeyRateLimits) needs `admin`, validation and
+//! LeaseApiKeyBudget `introspect`; a tenant-confined caller sees only its own tenants'
+//! keys, and another tenant's key is answered like one that does not exist. A validation
+//! over a key's limit is RESOURCE_EXHAUSTED with `retry-after` and `tessera-refusal:
+//! RATE_LIMITED` in its trailing metadata; LeaseApiKeyBudget of a key that no longer
+//! works (revoked, expired, grace ended) is FAILED_PRECONDITION.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -379,7 +382,14 @@ impl pb::api_key_service_server::ApiKeyService for ApiKeyServiceImpl {
                 |tenant| caller.may_act_on(tenant),
             )
             .await
-            .map_err(from_api_key)?;
+            .map_err(|error| {
+                if matches!(error, ApiKeyError::RateLimited { .. }) {
+                    metrics::counter!("tessera_api_key_validations_total",
+                        "outcome" => "api_key_refusal_rate_limited")
+                    .increment(1);
+                }
+                from_api_key(error)
+            })?;
         let response = match verdict {
             Ok(Validated {
                 key: valid,
@@ -403,7 +413,6 @@ impl pb::api_key_service_server::ApiKeyService for ApiKeyServiceImpl {
                     } else {
                         0
                     },
-                    ..Default::default()
                 }
             }
             Err(refusal) => {

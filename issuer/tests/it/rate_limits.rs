@@ -215,17 +215,19 @@ async fn the_101st_validation_in_a_minute_is_resource_exhausted_until_the_window
     issuer.stop().await;
 }
 
-/// A real key's call lacking a permission still costs an admission; a key whose hour is
-/// spent names the hour and the time to its end.
+/// A real key's call lacking a permission still costs an admission (and leases
+/// nothing); a key whose hour is spent names the hour and the time to its end.
 #[tokio::test]
 async fn insufficient_permission_still_costs_and_the_binding_window_is_named() {
     let (issuer, clock) = issuer_at(0).await;
     let created = create(&issuer, HOME, Some(limits(3, 4, 0))).await.unwrap();
+    // Each refusal costs its own admission and leases nothing, asked or not.
     for _ in 0..3 {
-        let answer = validate(&issuer, &created.key, &["payroll:write"], 0)
+        let answer = validate(&issuer, &created.key, &["payroll:write"], 1_000)
             .await
             .unwrap();
         assert_eq!(answer.refusal(), pb::ApiKeyRefusal::InsufficientPermissions);
+        assert_eq!(answer.leased_admissions, 0);
     }
     let refused = validate(&issuer, &created.key, &[], 0).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted);
