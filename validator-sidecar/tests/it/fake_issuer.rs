@@ -12,6 +12,8 @@ use std::time::Duration;
 use futures_util::{Stream, StreamExt as _};
 use prost_types::Timestamp;
 use tessera_proto::v1 as pb;
+use tessera_proto::v1::api_key_service_server::ApiKeyServiceServer;
+use tessera_proto::v1::service_token_service_server::ServiceTokenServiceServer;
 use tessera_proto::v1::trust_bundle_service_server::{
     TrustBundleService, TrustBundleServiceServer,
 };
@@ -22,6 +24,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
+use crate::fake_credentials::{self, FakeCredentials};
 use crate::keys::{TestKey, now_ms};
 
 /// The credential the fake issuer accepts.
@@ -54,11 +57,13 @@ struct Shared {
 /// A running fake issuer.
 pub struct FakeIssuer {
     pub addr: SocketAddr,
+    /// The `ApiKeyService` and `ServiceTokenService` state (see `fake_credentials`).
+    pub credentials: Arc<FakeCredentials>,
     shared: Arc<Shared>,
     server: tokio::task::JoinHandle<()>,
 }
 
-fn timestamp(millis: i64) -> Timestamp {
+pub fn timestamp(millis: i64) -> Timestamp {
     Timestamp {
         seconds: millis.div_euclid(1000),
         nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
@@ -126,6 +131,16 @@ impl FakeIssuer {
         let service = TrustBundleServiceServer::new(Service {
             shared: shared.clone(),
         });
+        let pushed = shared.clone();
+        let credentials = FakeCredentials::new(Box::new(move |change| {
+            commit(
+                &pushed,
+                pb::bundle_change::Change::CredentialChanged(change),
+            );
+        }));
+        let api_keys = ApiKeyServiceServer::new(fake_credentials::ApiKeys(credentials.clone()));
+        let service_tokens =
+            ServiceTokenServiceServer::new(fake_credentials::ServiceTokens(credentials.clone()));
         let mut builder = Server::builder();
         if let Some(tls) = tls {
             builder = builder.tls_config(tls).unwrap();
@@ -137,11 +152,14 @@ impl FakeIssuer {
         let server = tokio::spawn(async move {
             let _ = builder
                 .add_service(service)
+                .add_service(api_keys)
+                .add_service(service_tokens)
                 .serve_with_incoming(incoming)
                 .await;
         });
         FakeIssuer {
             addr,
+            credentials,
             shared,
             server,
         }
@@ -202,7 +220,20 @@ impl FakeIssuer {
     }
 
     fn commit(&self, change: pb::bundle_change::Change) {
-        let mut bundle = self.shared.bundle.lock().unwrap();
+        commit(&self.shared, change);
+    }
+
+    /// Stops serving: open streams end and new connections are refused.
+    pub fn stop(&self) {
+        let _ = self.shared.kill.send(true);
+        self.server.abort();
+    }
+}
+
+/// Commits `change` at the next revision and sends it to every subscriber.
+fn commit(shared: &Shared, change: pb::bundle_change::Change) {
+    {
+        let mut bundle = shared.bundle.lock().unwrap();
         bundle.revision += 1;
         let revision = bundle.revision;
         match &change {
@@ -227,18 +258,12 @@ impl FakeIssuer {
             change: Some(change),
         };
         bundle.log.push(change.clone());
-        let _ = self.shared.updates.send(update(
+        let _ = shared.updates.send(update(
             revision,
             pb::trust_bundle_update::Kind::Delta(pb::TrustBundleDelta {
                 changes: vec![change],
             }),
         ));
-    }
-
-    /// Stops serving: open streams end and new connections are refused.
-    pub fn stop(&self) {
-        let _ = self.shared.kill.send(true);
-        self.server.abort();
     }
 }
 

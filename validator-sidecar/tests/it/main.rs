@@ -2,13 +2,17 @@
 //! controls, the real sidecar runs in-process on a Unix socket, and tonic clients talk to
 //! it over that socket.
 
+mod fake_credentials;
 mod fake_issuer;
 mod harness;
 mod keys;
 
+mod apikeys;
 mod bounds;
 mod lifecycle;
+mod opaque;
 mod revocation;
+mod service_token;
 mod stream;
 mod tls;
 mod types;
