@@ -21,17 +21,26 @@ use crate::store::{SessionStore, Store};
 /// Events kept in the store beyond the in-memory window (for resumption after restarts).
 const EVENTS_KEPT: u64 = 10 * RETAINED_EVENTS as u64;
 
+/// The standing credentials whose expiry the scheduler runs.
+pub struct Standing {
+    pub api_keys: Arc<ApiKeys>,
+    pub opaque_tokens: Arc<OpaqueTokens>,
+}
+
 /// Runs the scheduler every `interval` until `shutdown` fires.
 pub async fn run(
     keys: Arc<KeyManager>,
     store: Arc<dyn Store>,
     sessions: Arc<dyn SessionStore>,
-    api_keys: Arc<ApiKeys>,
-    opaque_tokens: Arc<OpaqueTokens>,
+    standing: Standing,
     clock: Arc<dyn Clock>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Standing {
+        api_keys,
+        opaque_tokens,
+    } = standing;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

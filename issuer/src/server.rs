@@ -60,6 +60,25 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// The one store, seen through each of its aggregates' traits.
+struct Aggregates {
+    store: Arc<dyn Store>,
+    session_store: Arc<dyn SessionStore>,
+    api_key_store: Arc<dyn ApiKeyStore>,
+    opaque_token_store: Arc<dyn OpaqueTokenStore>,
+}
+
+impl Aggregates {
+    fn of<S: Store + SessionStore + ApiKeyStore + OpaqueTokenStore>(store: Arc<S>) -> Aggregates {
+        Aggregates {
+            store: store.clone(),
+            session_store: store.clone(),
+            api_key_store: store.clone(),
+            opaque_token_store: store,
+        }
+    }
+}
+
 /// A started issuer, ready to serve.
 pub struct Issuer {
     pub app: Arc<App>,
@@ -73,16 +92,16 @@ impl Issuer {
     /// Opens the store, loads keys and bundle; binds nothing.
     pub async fn start(config: IssuerConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Issuer> {
         secure_data_dir(&config.data_dir)?;
-        let (store, session_store, api_key_store, opaque_token_store): (
-            Arc<dyn Store>,
-            Arc<dyn SessionStore>,
-            Arc<dyn ApiKeyStore>,
-            Arc<dyn OpaqueTokenStore>,
-        ) = match &config.store {
+        let Aggregates {
+            store,
+            session_store,
+            api_key_store,
+            opaque_token_store,
+        } = match &config.store {
             StoreConfig::Sqlite { path } => {
                 info!(path = %path.display(), "using embedded SQLite store");
                 let sqlite = Arc::new(SqliteStore::open(path).context("opening the SQLite store")?);
-                (sqlite.clone(), sqlite.clone(), sqlite.clone(), sqlite)
+                Aggregates::of(sqlite)
             }
             StoreConfig::Postgres(options) => {
                 info!(pool_size = options.pool_size, "using PostgreSQL store");
@@ -91,12 +110,7 @@ impl Issuer {
                         .await
                         .context("connecting to PostgreSQL")?,
                 );
-                (
-                    postgres.clone(),
-                    postgres.clone(),
-                    postgres.clone(),
-                    postgres,
-                )
+                Aggregates::of(postgres)
             }
         };
         let keyring = Arc::new(Keyring::from_kek(load_kek(&config.kek)?)?);
@@ -205,8 +219,10 @@ impl Issuer {
             app.keys.clone(),
             app.store.clone(),
             app.session_store.clone(),
-            app.api_keys.clone(),
-            app.opaque_tokens.clone(),
+            crate::scheduler::Standing {
+                api_keys: app.api_keys.clone(),
+                opaque_tokens: app.opaque_tokens.clone(),
+            },
             app.clock.clone(),
             self.config.rotation_check,
             app.shutdown.clone(),
