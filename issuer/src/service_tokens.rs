@@ -251,8 +251,8 @@ impl OpaqueTokens {
         Ok((record, credential))
     }
 
-    /// Confirms that the holder installed token `token_id`: revokes the token it
-    /// replaces if that is still active. Returns the revoked predecessor's id, or `None`
+    /// Confirms that the holder installed token `token_id` (which must be live):
+    /// revokes the token it replaces if that is still active. Returns the revoked predecessor's id, or `None`
     /// when there was nothing left to revoke (no predecessor, already confirmed, or a
     /// concurrent confirmation won).
     pub async fn confirm_service(
@@ -264,6 +264,13 @@ impl OpaqueTokens {
         let token = self
             .get(OpaqueTokenKind::Service, token_id, &visible)
             .await?;
+        // A holder confirms the token it installed; a dead one must not take down the
+        // predecessor the holder still relies on.
+        if token.state != OpaqueTokenState::Active || token.expires_at <= self.now() {
+            return Err(OpaqueTokenError::FailedPrecondition(
+                "the confirmed token is no longer active",
+            ));
+        }
         let Some(predecessor_id) = token.replaces.as_deref() else {
             return Ok(None);
         };

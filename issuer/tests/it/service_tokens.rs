@@ -273,6 +273,16 @@ async fn service_token_lifecycle_with_rotation_confirmation_and_revocation() {
         .into_inner();
     assert_eq!(revoked.state, "revoked");
     assert_eq!(refusal(&issuer, &second.token).await, Refused::Revoked);
+    // A revoked successor cannot be confirmed (its predecessor is already gone here,
+    // but the rule is checked first).
+    let dead_confirm = service(&issuer)
+        .await
+        .confirm_service_token(issuer.as_admin(pb::ConfirmServiceTokenRequest {
+            token_id: second_info.token_id.clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(dead_confirm.code(), Code::FailedPrecondition);
     let twice = service(&issuer)
         .await
         .revoke_service_token(issuer.as_admin(pb::RevokeServiceTokenRequest {
@@ -285,6 +295,33 @@ async fn service_token_lifecycle_with_rotation_confirmation_and_revocation() {
 
     // Expiry by the token's own lifetime.
     let third = issue(&issuer, HOME, "billing", "").await;
+    // A successor revoked before it was confirmed: confirming it is refused and the
+    // predecessor the holder still has keeps working.
+    let fourth = issue(
+        &issuer,
+        HOME,
+        "billing",
+        &third.info.clone().unwrap().token_id,
+    )
+    .await;
+    let fourth_id = fourth.info.unwrap().token_id;
+    service(&issuer)
+        .await
+        .revoke_service_token(issuer.as_admin(pb::RevokeServiceTokenRequest {
+            token_id: fourth_id.clone(),
+            reason: String::new(),
+        }))
+        .await
+        .unwrap();
+    let refused = service(&issuer)
+        .await
+        .confirm_service_token(issuer.as_admin(pb::ConfirmServiceTokenRequest {
+            token_id: fourth_id,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    assert!(validate(&issuer, &third.token).await.valid);
     clock.advance(Duration::from_secs(86_400));
     assert_eq!(refusal(&issuer, &third.token).await, Refused::Expired);
 
@@ -304,7 +341,7 @@ async fn service_token_lifecycle_with_rotation_confirmation_and_revocation() {
             }
         }
     }
-    assert_eq!(audited(&issuer, "service.token.issued").await.len(), 3);
+    assert_eq!(audited(&issuer, "service.token.issued").await.len(), 4);
     let rotated = audited(&issuer, "service.token.rotated").await;
     assert_eq!(rotated.len(), 1);
     assert!(rotated[0].0.ends_with(&first_info.token_id), "{rotated:?}");
