@@ -355,3 +355,62 @@ async fn an_unreachable_issuer_on_a_miss_is_unavailable() {
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn a_snapshot_drops_every_cached_answer() {
+    let known = crate::keys::TestKey::eddsa("ed-known");
+    let issuer = FakeIssuer::start(&[&known]).await;
+    let (sidecar, _dir) = serving(&issuer).await;
+    let mut client = sidecar.client().await;
+    let key = issuer.credentials.add_api_key("t1", &[], "");
+    assert!(validate(&mut client, &key, &[], "").await.unwrap().valid);
+    assert!(validate(&mut client, &key, &[], "").await.unwrap().valid);
+    assert_eq!(issuer.credentials.calls().validate_api_key, 1);
+    // A token of a kid the sidecar does not know makes it resync: a full snapshot, after
+    // which pushed events may have been missed.
+    let subscriptions = issuer.n_subscriptions();
+    let stranger = crate::keys::TestKey::eddsa("ed-unknown");
+    let token = stranger.sign(&crate::keys::claims("mallory"));
+    crate::harness::validate(&mut client, &token).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            issuer.n_subscriptions() > subscriptions
+        })
+        .await,
+        "no resync"
+    );
+    assert_eq!(issuer.since_revisions().last(), Some(&0));
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let mut client = client.clone();
+            let key = key.clone();
+            let issuer = &issuer;
+            async move {
+                assert!(validate(&mut client, &key, &[], "").await.unwrap().valid);
+                issuer.credentials.calls().validate_api_key == 2
+            }
+        })
+        .await,
+        "the answer cached before the snapshot was still used"
+    );
+    sidecar.stop().await;
+}
+
+#[tokio::test]
+async fn answers_are_cached_for_the_configured_ttl_only() {
+    let issuer = FakeIssuer::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar =
+        crate::harness::Sidecar::start(&issuer.url(), dir.path(), &["--api-key-cache-ttl", "1"])
+            .await;
+    crate::harness::wait_serving(&sidecar).await;
+    let mut client = sidecar.client().await;
+    let key = issuer.credentials.add_api_key("t1", &[], "");
+    assert!(validate(&mut client, &key, &[], "").await.unwrap().valid);
+    assert!(validate(&mut client, &key, &[], "").await.unwrap().valid);
+    assert_eq!(issuer.credentials.calls().validate_api_key, 1);
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    assert!(validate(&mut client, &key, &[], "").await.unwrap().valid);
+    assert_eq!(issuer.credentials.calls().validate_api_key, 2);
+    sidecar.stop().await;
+}
