@@ -72,6 +72,7 @@ macro_rules! store_test_suite {
                 leases_charge_every_window_and_a_new_window_restarts,
                 concurrent_leases_from_two_stores_never_charge_past_the_limit,
                 rate_limits_are_replaced_only_on_a_working_key,
+                a_key_written_without_limits_has_the_default_limits,
             },
             opaque_tokens::{
                 opaque_tokens_round_trip_and_identities_by_tenant,

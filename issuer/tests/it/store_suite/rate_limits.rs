@@ -236,3 +236,24 @@ pub async fn rate_limits_are_replaced_only_on_a_working_key(fixture: &Fixture) {
             .unwrap()
     );
 }
+
+/// A key row written before migration 5 (no limit columns given) reads back with the
+/// seed's defaults, 100/min, 1,000/h, 10,000/day.
+pub async fn a_key_written_without_limits_has_the_default_limits(fixture: &Fixture) {
+    let hash = match fixture.backend() {
+        "sqlite" => "x'07'",
+        _ => "'\\x07'::bytea",
+    };
+    fixture
+        .execute_raw(&format!(
+            "INSERT INTO api_keys (key_id, tenant_id, name, permissions, role, secret_hash, \
+             pepper_version, created_at, expires_at, state) VALUES \
+             ('Legacy', 'acme', 'old key', '[]', '', {hash}, 1, {T0}, {}, 'active')",
+            T0 + 90 * 24 * 3_600_000
+        ))
+        .await
+        .expect("raw insert");
+    let legacy = fixture.api_keys.api_key("Legacy").await.unwrap().unwrap();
+    assert_eq!(legacy.rate_limits, RateLimits::default());
+    assert_eq!(legacy.rate_limits, limits(100, 1_000, 10_000));
+}
