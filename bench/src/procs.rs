@@ -338,7 +338,7 @@ impl SidecarProcess {
             .arg("--issuer-addr")
             .arg(format!("http://{}", issuer.grpc_addr))
             .arg("--issuer-token-file")
-            .arg(&credential)
+            .arg(credential)
             .arg("--socket")
             .arg(&socket)
             .arg("--cache-capacity")

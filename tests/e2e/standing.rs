@@ -7,6 +7,7 @@
 pub(crate) mod harness;
 
 mod apikeys;
+mod cli;
 mod emergency;
 mod ratelimit;
 mod service_tokens;

@@ -171,7 +171,7 @@ fn api_key_revoked_at_the_issuer_is_refused_at_every_sidecar_within_one_second()
                 Family::ApiKey,
                 old.key.clone(),
                 refused_key(pb::ApiKeyRefusal::GraceEnded),
-                patience(Duration::from_secs(u64::from(grace_seconds) + 5)),
+                patience(Duration::from_secs(grace_seconds + 5)),
             ))
         })
         .collect();
