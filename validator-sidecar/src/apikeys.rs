@@ -13,8 +13,11 @@
 //! - Every other admitted validation spends one admission of the lease ([`crate::lease`]);
 //!   an empty or expired lease asks the issuer for more (one call per key at a time).
 //!   Nothing granted: RESOURCE_EXHAUSTED with `retry-after` and `tessera-refusal:
-//!   RATE_LIMITED` trailers, remembered until `retry-after`. Without an issuer to lease
-//!   from, a key whose lease is spent is UNAVAILABLE: its limits cannot be enforced.
+//!   RATE_LIMITED` trailers, remembered until `retry-after`. The issuer's own
+//!   RESOURCE_EXHAUSTED on a first sight is passed on (its `retry-after`, and
+//!   `tessera-refusal`, nothing else of its metadata) and remembered the same way.
+//!   Without an issuer to lease from, a key whose lease is spent is UNAVAILABLE: its
+//!   limits cannot be enforced.
 //! - Refusals that cannot change (revoked, expired, grace ended) and unknown keys are
 //!   cached for [`NEGATIVE_TTL`]: a client replaying one bogus or dead key costs the
 //!   issuer one call per few seconds, not one per request. (Distinct bogus keys each
@@ -59,6 +62,11 @@ pub enum KeyAnswer {
         budget: Budget,
     },
     Refused(pb::ApiKeyRefusal),
+    /// The issuer refused the first sight over a rate limit: remembered until its
+    /// `retry-after`, so a hammering client costs no issuer call per request.
+    Throttled {
+        until: Instant,
+    },
 }
 
 impl KeyAnswer {
@@ -73,7 +81,7 @@ impl KeyAnswer {
                 .into_iter()
                 .flatten()
                 .all(|deadline| now < *deadline),
-            KeyAnswer::Refused(_) => true,
+            KeyAnswer::Refused(_) | KeyAnswer::Throttled { .. } => true,
         }
     }
 }
@@ -144,6 +152,11 @@ impl ApiKeys {
             metrics::record_credential_validation("api_key", source);
             let (response, budget) = match &found.entry.value {
                 KeyAnswer::Refused(refusal) => return Ok(refused(*refusal)),
+                KeyAnswer::Throttled { until } => {
+                    metrics::record_api_key_admission(false);
+                    let left = until.saturating_duration_since(Instant::now());
+                    return Err(rate_limited(whole_seconds(left)));
+                }
                 KeyAnswer::Valid {
                     response, budget, ..
                 } => (response, budget),
@@ -196,8 +209,16 @@ impl ApiKeys {
         let mut response = match self.issuer.validate_api_key(request).await {
             Ok(response) => response,
             Err(status) if status.code() == tonic::Code::ResourceExhausted => {
-                metrics::record_api_key_admission(false);
-                return Err(rate_limited(retry_after_of(&status)));
+                let retry_after = Duration::from_secs(retry_after_of(&status));
+                return Ok(Entry {
+                    value: KeyAnswer::Throttled {
+                        until: Instant::now() + retry_after,
+                    },
+                    credential_id: key_id.to_owned(),
+                    tenant_id: None,
+                    verified_at: now,
+                    ttl: retry_after,
+                });
             }
             Err(status) => return Err(unavailable(&status)),
         };
@@ -321,7 +342,13 @@ pub fn rate_limited(retry_after_secs: u64) -> Status {
     status
 }
 
-/// Reads the issuer's `retry-after` (1 s when absent or unreadable). Only that value is
+/// Rounds `duration` up to whole seconds, at least 1.
+fn whole_seconds(duration: Duration) -> u64 {
+    (duration.as_secs() + u64::from(duration.subsec_nanos() > 0)).max(1)
+}
+
+/// Reads the issuer's `retry-after` (1 s when absent or unreadable; at most a day, the
+/// longest window). Only that value is
 /// passed on: the issuer's other trailers are not the application's business.
 fn retry_after_of(status: &Status) -> u64 {
     status
@@ -330,6 +357,7 @@ fn retry_after_of(status: &Status) -> u64 {
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse().ok())
         .unwrap_or(1)
+        .clamp(1, 86_400)
 }
 
 /// UNAVAILABLE for an issuer that could not answer (its status is logged by the client).

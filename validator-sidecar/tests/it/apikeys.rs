@@ -322,6 +322,21 @@ async fn the_issuers_rate_limit_on_a_first_sight_is_passed_through() {
     );
     // Only those two: the issuer's other trailers stay between it and the sidecar.
     assert!(metadata.get("x-issuer-internal").is_none());
+    // Remembered until retry-after: a hammering client costs no issuer call per request.
+    for _ in 0..10 {
+        let status = validate(&mut client, &key, &[], "").await.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let retry_after: u64 = status
+            .metadata()
+            .get("retry-after")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((41..=42).contains(&retry_after), "{retry_after}");
+    }
+    assert_eq!(issuer.credentials.calls().validate_api_key, 1);
     sidecar.stop().await;
 }
 
