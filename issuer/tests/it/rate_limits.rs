@@ -476,3 +476,47 @@ async fn lease_and_limits_requests_are_bounded_confined_and_need_a_working_key()
     assert_eq!(revoked.code(), Code::FailedPrecondition);
     issuer.stop().await;
 }
+
+/// Two issuer replicas on one PostgreSQL, each spending slices leased from the shared
+/// windows: 200 validations of a 100/min key, two at a time, one on each, admit exactly
+/// 100 — the store never charges past the limit, and a replica refuses only once its
+/// own slice is spent, so nothing is stranded when both have refused.
+#[tokio::test]
+async fn two_replicas_on_postgres_admit_exactly_the_limit_together() {
+    let Some(url) = crate::test_database::database_url() else {
+        return;
+    };
+    let schema = crate::postgres_replicas::fresh_schema(&url).await;
+    let kek_dir = tempfile::tempdir().expect("tempdir");
+    let mut configs = crate::postgres_replicas::replica_configs(&url, &schema, kek_dir.path());
+    let now = SystemClock.now().0;
+    let clock = Arc::new(ManualClock::new(UnixMillis(
+        now - now.rem_euclid(MINUTE_MS) + 5_000,
+    )));
+    let (config_b, dir_b) = configs.pop().expect("b");
+    let (config_a, dir_a) = configs.pop().expect("a");
+    let replica_a = TestIssuer::start_in(config_a, dir_a, clock.clone()).await;
+    let replica_b = TestIssuer::start_in(config_b, dir_b, clock.clone()).await;
+    let key = create(&replica_a, HOME, None).await.unwrap().key;
+
+    // In rounds of one call on each replica at once, so both take part throughout.
+    let mut admitted = [0, 0];
+    let mut refused = [0, 0];
+    for _ in 0..100 {
+        let (a, b) = tokio::join!(
+            validate(&replica_a, &key, &[], 0),
+            validate(&replica_b, &key, &[], 0)
+        );
+        for (replica, answer) in [a, b].into_iter().enumerate() {
+            match answer {
+                Ok(answer) if answer.valid => admitted[replica] += 1,
+                Err(status) if status.code() == Code::ResourceExhausted => refused[replica] += 1,
+                other => panic!("unexpected answer {other:?}"),
+            }
+        }
+    }
+    assert_eq!(admitted[0] + admitted[1], 100, "{admitted:?} {refused:?}");
+    assert!(refused[0] > 0 && refused[1] > 0, "{refused:?}");
+    replica_a.stop().await;
+    replica_b.stop().await;
+}
