@@ -9,10 +9,12 @@
 //! A token past its expiry, or one the issuer pushed as revoked, is never handed out:
 //! until a new one is installed the answer is UNAVAILABLE. When the held token is revoked
 //! (its `CredentialChanged` event, or an emergency revocation of its tenant) a new one is
-//! fetched at once, replacing nothing (the old one is dead).
+//! fetched at once, replacing nothing (the old one is dead). After a snapshot (events may
+//! have been missed in the gap before it) the held token is checked at the issuer.
 //!
 //! The token never reaches a log line or `Debug`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -83,8 +85,11 @@ enum Next {
 pub struct ServiceTokens {
     identity: Option<ServiceIdentity>,
     held: RwLock<Option<Held>>,
-    /// Wakes the renewal task when the held token is revoked.
+    /// Wakes the renewal task when the held token is revoked, or must be checked.
     wake: Notify,
+    /// Set by a snapshot: events may have been missed, so the held token is checked at
+    /// the issuer (`ValidateServiceToken`) before it is trusted further.
+    check: AtomicBool,
     clock: Arc<dyn Clock>,
 }
 
@@ -107,6 +112,7 @@ impl ServiceTokens {
             identity,
             held: RwLock::new(None),
             wake: Notify::new(),
+            check: AtomicBool::new(false),
             clock,
         }
     }
@@ -170,6 +176,9 @@ impl ServiceTokens {
         };
         let mut backoff = Backoff::new();
         loop {
+            if self.check.swap(false, Ordering::AcqRel) {
+                self.check_held(&issuer).await;
+            }
             let wait = match self.next(self.clock.now()) {
                 Next::Wait(wait) => wait,
                 Next::Fetch { replaces } => {
@@ -255,6 +264,29 @@ impl ServiceTokens {
         Ok(())
     }
 
+    /// Asks the issuer whether the held token still works (after a snapshot, when its
+    /// revocation may have been missed); marks it revoked if not. An issuer that cannot
+    /// answer changes nothing: the token stays until its renewal.
+    async fn check_held(&self, issuer: &IssuerClient) {
+        let token = match &*self.held.read().unwrap_or_else(PoisonError::into_inner) {
+            Some(held) if !held.revoked => held.token.clone(),
+            _ => return,
+        };
+        let request = pb::ValidateOpaqueTokenRequest {
+            token: token.to_string(),
+            ..Default::default()
+        };
+        match issuer.validate_service_token(request).await {
+            Ok(answer) if !answer.valid => {
+                self.revoke_if(|held| held.token == token);
+            }
+            Ok(_) => {}
+            Err(status) => {
+                tracing::debug!(code = ?status.code(), "could not check the held service token")
+            }
+        }
+    }
+
     /// Marks the held token revoked when `covers` says so, and wakes the renewal task.
     fn revoke_if(&self, covers: impl Fn(&Held) -> bool) {
         let mut held = self.held.write().unwrap_or_else(PoisonError::into_inner);
@@ -311,6 +343,10 @@ impl BundleListener for ServiceTokens {
                 .tenant_cutoff(&held.tenant_id)
                 .is_some_and(|cutoff| cutoff >= held.issued_at)
         });
+        if self.identity.is_some() {
+            self.check.store(true, Ordering::Release);
+            self.wake.notify_one();
+        }
     }
 
     fn on_event(&self, _now: UnixMillis, event: &BundleEvent) {

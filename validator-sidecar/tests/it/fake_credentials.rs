@@ -269,6 +269,12 @@ impl FakeCredentials {
         (self.push)(change);
     }
 
+    /// Revokes the token `token_id` without pushing it (as if the event were lost).
+    pub fn revoke_token_quietly(&self, token_id: &str) {
+        let mut tokens = self.tokens.lock().unwrap();
+        tokens.get_mut(token_id).unwrap().info.state = "revoked".into();
+    }
+
     /// Returns the info of token `token_id`.
     pub fn token_info(&self, token_id: &str) -> Option<pb::OpaqueTokenInfo> {
         self.tokens

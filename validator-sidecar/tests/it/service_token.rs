@@ -183,3 +183,38 @@ async fn a_pushed_revocation_of_the_held_token_fetches_a_new_one_at_once() {
     assert_eq!(issues.last().unwrap().replaces, "");
     sidecar.stop().await;
 }
+
+#[tokio::test]
+async fn after_a_snapshot_the_held_token_is_checked_and_replaced_if_dead() {
+    let known = crate::keys::TestKey::eddsa("ed-known");
+    let issuer = FakeIssuer::start(&[&known]).await;
+    issuer
+        .credentials
+        .add_identity("acme", "billing", &[], Duration::from_secs(3_600));
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = with_identity(&issuer, dir.path()).await;
+    let first = first_token(&sidecar).await;
+    // Revoked while the event is lost; a resync (unknown kid) brings a snapshot.
+    issuer.credentials.revoke_token_quietly(&first.token_id);
+    let stranger = crate::keys::TestKey::eddsa("ed-unknown");
+    let token = stranger.sign(&crate::keys::claims("mallory"));
+    crate::harness::validate(&mut sidecar.client().await, &token).await;
+    let next = wait_for_token(&sidecar, Duration::from_secs(10), |t| {
+        t.token_id != first.token_id
+    })
+    .await;
+    assert!(next.is_some(), "the dead token was kept after the snapshot");
+    assert!(issuer.credentials.calls().validate_service_token >= 1);
+    assert_eq!(
+        issuer
+            .credentials
+            .issues
+            .lock()
+            .unwrap()
+            .last()
+            .unwrap()
+            .replaces,
+        ""
+    );
+    sidecar.stop().await;
+}
