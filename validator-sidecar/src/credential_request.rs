@@ -41,18 +41,10 @@ pub fn check_bounds(
     Ok(())
 }
 
+/// The issuer's own text check (length, no line breaks or bidi controls).
 fn check_text(field: &'static str, text: &str) -> Result<(), Status> {
-    if text.len() > MAX_TEXT_BYTES {
-        return Err(Status::invalid_argument(format!(
-            "{field}: at most {MAX_TEXT_BYTES} bytes"
-        )));
-    }
-    if text.chars().any(char::is_control) {
-        return Err(Status::invalid_argument(format!(
-            "{field}: control characters are not allowed"
-        )));
-    }
-    Ok(())
+    tessera_common::limits::check_text(field, text, MAX_TEXT_BYTES)
+        .map_err(|error| Status::invalid_argument(error.to_string()))
 }
 
 /// What the local check of a presented credential found.

@@ -220,7 +220,7 @@ impl ServiceTokens {
             tenant_id: identity.tenant_id.clone(),
             service: identity.service.clone(),
             replaces,
-            holder: holder.to_owned(),
+            holder: holder_name(holder),
         };
         let issued = match issuer.issue_service_token(request(replaces.clone())).await {
             // The token it replaces is gone (revoked or expired meanwhile): start afresh.
@@ -328,6 +328,16 @@ fn held_from(issued: pb::IssueServiceTokenResponse) -> Result<Held, Status> {
         renew_at: renew_at.min(expires_at),
         revoked: false,
     })
+}
+
+/// Returns `holder` cut to the issuer's bound (128 bytes) at a character boundary: a long
+/// `--subscriber-id` must not make every issuance INVALID_ARGUMENT.
+fn holder_name(holder: &str) -> String {
+    let mut end = holder.len().min(128);
+    while !holder.is_char_boundary(end) {
+        end -= 1;
+    }
+    holder[..end].to_owned()
 }
 
 /// Returns the instant 80 % of the way from `issued_at` to `expires_at`.
@@ -481,6 +491,15 @@ mod tests {
         let debug = format!("{holder:?}");
         assert!(!debug.contains(&token), "{debug}");
         assert!(debug.contains("redacted"));
+    }
+
+    #[test]
+    fn the_holder_name_fits_the_issuers_bound() {
+        assert_eq!(holder_name("pod-1/42"), "pod-1/42");
+        let long = "é".repeat(100);
+        let cut = holder_name(&long);
+        assert!(cut.len() <= 128 && long.starts_with(&cut));
+        assert_eq!(cut.len(), 128);
     }
 
     #[test]
