@@ -285,6 +285,20 @@ struct Service {
     shared: Arc<Shared>,
 }
 
+/// Drops credential changes from `update` unless the reader asked for them.
+fn for_reader(mut update: pb::TrustBundleUpdate, informed: bool) -> pb::TrustBundleUpdate {
+    if let (false, Some(pb::trust_bundle_update::Kind::Delta(delta))) = (informed, &mut update.kind)
+    {
+        delta.changes.retain(|change| {
+            !matches!(
+                change.change,
+                Some(pb::bundle_change::Change::CredentialChanged(_))
+            )
+        });
+    }
+    update
+}
+
 type UpdateStream = Pin<Box<dyn Stream<Item = Result<pb::TrustBundleUpdate, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -303,7 +317,10 @@ impl TrustBundleService for Service {
         if presented != Some(expected.as_str()) {
             return Err(Status::unauthenticated("bad credential"));
         }
-        let since = request.into_inner().since_revision;
+        let request = request.into_inner();
+        let since = request.since_revision;
+        // As the issuer: credential changes only to subscribers that ask for them.
+        let informed = request.credential_changes;
         self.shared.n_subscriptions.fetch_add(1, Ordering::SeqCst);
         self.shared.since_revisions.lock().unwrap().push(since);
         let shared = self.shared.clone();
@@ -339,7 +356,7 @@ impl TrustBundleService for Service {
                 };
                 (first, shared.updates.subscribe())
             };
-            if sender.send(Ok(first)).await.is_err() {
+            if sender.send(Ok(for_reader(first, informed))).await.is_err() {
                 return;
             }
             let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -359,7 +376,11 @@ impl TrustBundleService for Service {
                     _ = kill.changed() => return,
                     () = sender.closed() => return,
                 };
-                if sender.send(Ok(message)).await.is_err() {
+                if sender
+                    .send(Ok(for_reader(message, informed)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
