@@ -520,3 +520,99 @@ async fn two_replicas_on_postgres_admit_exactly_the_limit_together() {
     replica_a.stop().await;
     replica_b.stop().await;
 }
+
+/// Runs the `tessera-issuer` binary against `issuer` with `args` and `--json`; returns
+/// whether it succeeded and its JSON answer (Null when it printed none).
+async fn cli(
+    issuer: &TestIssuer,
+    token_file: &std::path::Path,
+    args: &[&str],
+) -> (bool, serde_json::Value) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_tessera-issuer"))
+        .args(args)
+        .arg("--json")
+        .arg("--addr")
+        .arg(format!("http://{}", issuer.grpc_addr))
+        .arg("--token-file")
+        .arg(token_file)
+        .output()
+        .await
+        .expect("run tessera-issuer");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let value = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
+    (output.status.success(), value)
+}
+
+/// The CLI with `--json`: `apikeys create --per-minute` (other windows default),
+/// `apikeys limits` changing one window and keeping the others, `get` and `list` showing
+/// them; a limit above 1,000,000 and a `limits` without any window fail.
+#[tokio::test]
+async fn the_cli_sets_and_shows_rate_limits() {
+    let issuer = TestIssuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin.token");
+    std::fs::write(&token_file, &issuer.admin_token).unwrap();
+    let json_limits = |m: u32, h: u32, d: u32| serde_json::json!({ "per_minute": m, "per_hour": h, "per_day": d });
+
+    let (ok, created) = cli(
+        &issuer,
+        &token_file,
+        &[
+            "apikeys",
+            "create",
+            "--tenant",
+            HOME,
+            "--name",
+            "cli",
+            "--per-minute",
+            "7",
+        ],
+    )
+    .await;
+    assert!(ok, "{created}");
+    assert_eq!(created["rate_limits"], json_limits(7, 1_000, 10_000));
+    let key_id = created["key_id"].as_str().unwrap().to_owned();
+
+    let (ok, changed) = cli(
+        &issuer,
+        &token_file,
+        &[
+            "apikeys",
+            "limits",
+            &key_id,
+            "--per-hour",
+            "70",
+            "--reason",
+            "cli test",
+        ],
+    )
+    .await;
+    assert!(ok, "{changed}");
+    assert_eq!(changed["rate_limits"], json_limits(7, 70, 10_000));
+    let (ok, shown) = cli(&issuer, &token_file, &["apikeys", "get", &key_id]).await;
+    assert!(ok);
+    assert_eq!(shown["rate_limits"], json_limits(7, 70, 10_000));
+    let (ok, listed) = cli(&issuer, &token_file, &["apikeys", "list", "--tenant", HOME]).await;
+    assert!(ok);
+    assert_eq!(
+        listed["api_keys"][0]["rate_limits"],
+        json_limits(7, 70, 10_000)
+    );
+
+    let (ok, _) = cli(
+        &issuer,
+        &token_file,
+        &["apikeys", "limits", &key_id, "--per-day", "1000001"],
+    )
+    .await;
+    assert!(!ok, "above the maximum");
+    let (ok, _) = cli(&issuer, &token_file, &["apikeys", "limits", &key_id]).await;
+    assert!(!ok, "no window given");
+    let (_, shown) = cli(&issuer, &token_file, &["apikeys", "get", &key_id]).await;
+    assert_eq!(
+        shown["rate_limits"],
+        json_limits(7, 70, 10_000),
+        "unchanged"
+    );
+    issuer.stop().await;
+}
