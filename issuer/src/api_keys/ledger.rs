@@ -132,9 +132,10 @@ impl Ledger {
                 valid_until: budget.valid_until,
             }));
         }
+        // Remembered like a slice's refusal: until the minute of the lease ends.
         budget.refused = leased.exhausted;
+        budget.valid_until = budget.valid_until.max(leased.valid_until);
         if leased.granted > 0 {
-            budget.valid_until = budget.valid_until.max(leased.valid_until);
             return Ok(Ok(Granted {
                 leased: leased.granted - 1,
                 valid_until: leased.valid_until,
@@ -262,6 +263,21 @@ mod tests {
             counters[0].used, 6,
             "the validation and the lease are charged"
         );
+    }
+
+    #[tokio::test]
+    async fn a_refused_first_sight_is_remembered_without_another_store_write() {
+        let store = Arc::new(CountingStore::default());
+        let ledger = Ledger::new(store.clone());
+        let tight = RateLimits {
+            per_minute: 2,
+            ..LIMITS
+        };
+        let granted = ledger.admit("k", tight, 1, T0).await.unwrap().unwrap();
+        assert_eq!(granted.leased, 1);
+        assert!(ledger.admit("k", tight, 1, T0).await.unwrap().is_err());
+        assert!(ledger.admit("k", tight, 1, T0).await.unwrap().is_err());
+        assert_eq!(store.leases.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
