@@ -20,6 +20,9 @@ pub const SUBSCRIPTIONS: &str = "tessera_sidecar_subscription_attempts_total";
 pub const RATELIMIT_ATTEMPTS: &str = "tessera_ratelimit_attempts_total";
 /// Admissions refused over a rate limit, by scope.
 pub const RATELIMIT_EXCEEDED: &str = "tessera_ratelimit_exceeded_total";
+/// Expiry (Unix seconds) of the service token the sidecar holds for FetchServiceToken;
+/// 0 while none is usable. Alert on `… - time()` running low: renewal keeps failing.
+pub const SERVICE_TOKEN_EXPIRY: &str = "tessera_sidecar_service_token_expires_at_seconds";
 /// Validations of standing opaque credentials (API keys, service and webhook tokens) by
 /// kind and by where the answer came from (`cache`, `issuer`, `local`).
 pub const CREDENTIAL_VALIDATIONS: &str = "tessera_sidecar_credential_validations_total";
@@ -90,4 +93,10 @@ pub fn record_api_key_admission(admitted: bool) {
 /// Counts one validation of a standing credential of `kind` answered from `source`.
 pub fn record_credential_validation(kind: &'static str, source: &'static str) {
     metrics::counter!(CREDENTIAL_VALIDATIONS, "kind" => kind, "source" => source).increment(1);
+}
+
+/// Publishes the held service token's expiry (`None`: no usable token).
+pub fn record_service_token(expires_at: Option<tessera_common::UnixMillis>) {
+    let seconds = expires_at.map_or(0.0, |at| at.0 as f64 / 1000.0);
+    metrics::gauge!(SERVICE_TOKEN_EXPIRY).set(seconds);
 }

@@ -31,6 +31,7 @@ use crate::convert::{millis, timestamp};
 use crate::credential_request::{Shape, shape};
 use crate::issuer_client::IssuerClient;
 use crate::listen::BundleListener;
+use crate::metrics;
 
 /// Longest wait between two looks at the held token, so a wall-clock jump is noticed.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -243,7 +244,9 @@ impl ServiceTokens {
             expires_at = held.expires_at.0,
             "installed a service token"
         );
+        let expires_at = held.expires_at;
         *self.held.write().unwrap_or_else(PoisonError::into_inner) = Some(held);
+        metrics::record_service_token(Some(expires_at));
         // Installed first, then confirmed: a holder that dies in between leaves its
         // predecessor to expire, never itself without a token.
         let mut backoff = Backoff::with_bounds(Duration::from_millis(100), Duration::from_secs(2));
@@ -296,6 +299,7 @@ impl ServiceTokens {
         {
             tracing::warn!(token_id = %held.token_id, "the held service token was revoked; fetching a new one");
             held.revoked = true;
+            metrics::record_service_token(None);
             self.wake.notify_one();
         }
     }
