@@ -5,8 +5,10 @@
 //!   measured call is a cache hit spending leased budget) against `grpc.health.v1` Check
 //!   on the same socket of the same process (the empty unary RPC); target ratio ≥ 0.80.
 //!   Each sample uses a fresh key with the largest limits (1,000,000 per window), so a
-//!   run never meets a limit; the leases the sidecar takes from the issuer meanwhile are
-//!   counted from both processes' `/metrics` (every series whose name mentions `lease`).
+//!   run never meets a limit. How often the sidecar went back to the issuer meanwhile is
+//!   read from the issuer's store (admissions charged; one lease charges at most one
+//!   slice, 50 for these limits) and from both processes' `/metrics` (lease, rate-limit
+//!   and credential-validation series).
 //! * **First sight at the issuer**: `ValidateApiKey` at `tessera-issuer serve` over
 //!   distinct keys (each validated once, never twice in a run), on SQLite and, when a
 //!   PostgreSQL URL is given, on a scratch database of that server; target ≥ 5,000/s on
@@ -205,6 +207,8 @@ async fn sidecar_cached(args: &ApiKeysArgs, quiet: Quiet) -> anyhow::Result<Cach
         "empty health on the sidecar socket (uds, c={}, k={})",
         plan.concurrency, plan.connections
     );
+    let cpu_before = ticks(sidecar.pid()) + ticks(issuer.pid());
+    let empty_started = Instant::now();
     let empty = quietest(quiet, || {
         rpc::empty_calls(
             &empty_name,
@@ -216,14 +220,45 @@ async fn sidecar_cached(args: &ApiKeysArgs, quiet: Quiet) -> anyhow::Result<Cach
         )
     })
     .await?;
+    let empty_cores = (ticks(sidecar.pid()) + ticks(issuer.pid()) - cpu_before) as f64
+        / ticks_per_second()
+        / empty_started.elapsed().as_secs_f64();
+    let (sidecar_before, issuer_before) = (ticks(sidecar.pid()), ticks(issuer.pid()));
+    let validate_started = Instant::now();
     let validate = quietest(quiet, || async {
         // A fresh key per sample: no sample meets the hourly or daily limit.
         let key = admin.create(HUGE).await?;
         cached_validations(args, &target, key).await
     })
     .await?;
+    let wall = validate_started.elapsed().as_secs_f64();
+    let sidecar_cores = (ticks(sidecar.pid()) - sidecar_before) as f64 / ticks_per_second() / wall;
+    let issuer_cores = (ticks(issuer.pid()) - issuer_before) as f64 / ticks_per_second() / wall;
     let mut leases = lease_series(sidecar_http, "sidecar");
+    // CPU of the server processes on the server cpus, key creation and warm-ups included.
+    leases.insert(
+        "cpu cores: sidecar + issuer during health".into(),
+        empty_cores,
+    );
+    leases.insert(
+        "cpu cores: sidecar during ValidateApiKey".into(),
+        sidecar_cores,
+    );
+    leases.insert(
+        "cpu cores: issuer during ValidateApiKey".into(),
+        issuer_cores,
+    );
     leases.extend(lease_series(issuer.http_addr, "issuer"));
+    // Admissions charged to the keys' windows (leased to the sidecar, plus the issuer's
+    // own slice for each first sight): each lease charges at most one slice of
+    // clamp(1,000,000 / 20, 1, 50) = 50, so leases ≥ charged / 50.
+    if let Some(charged) = charged_admissions(&issuer.data_dir().join("tessera.db")) {
+        leases.insert("store: admissions charged, every sample".into(), charged);
+        leases.insert(
+            "store: lease calls at least (charged / slice 50)".into(),
+            (charged / 50.0).ceil(),
+        );
+    }
     Ok(Cached {
         empty,
         validate,
@@ -595,13 +630,36 @@ fn load_average() -> String {
         .unwrap_or_default()
 }
 
-/// Every series of `addr`'s `/metrics` whose name mentions `lease`, keyed `<who> <series>`.
+/// The admissions charged to every key's day window in the issuer's SQLite database
+/// (read with the `sqlite3` tool; `None` without it).
+fn charged_admissions(database: &std::path::Path) -> Option<f64> {
+    let output = std::process::Command::new("sqlite3")
+        .arg("-readonly")
+        .arg(database)
+        .arg("SELECT COALESCE(SUM(day_used), 0) FROM api_key_rate_windows")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout).trim().parse().ok()
+}
+
+/// The lease, rate-limit and validation series of `addr`'s `/metrics`, keyed
+/// `<who> <series>`.
 fn lease_series(addr: SocketAddr, who: &str) -> BTreeMap<String, f64> {
     let Ok(text) = http_get(addr, "/metrics") else {
         return BTreeMap::new();
     };
     text.lines()
-        .filter(|line| !line.starts_with('#') && line.contains("lease"))
+        .filter(|line| {
+            !line.starts_with('#')
+                && [
+                    "lease",
+                    "ratelimit",
+                    "credential_validations",
+                    "api_key_validations",
+                ]
+                .iter()
+                .any(|name| line.contains(name))
+        })
         .filter_map(|line| {
             let (series, value) = line.rsplit_once(' ')?;
             Some((format!("{who} {series}"), value.trim().parse().ok()?))

@@ -276,6 +276,11 @@ impl IssuerProcess {
         self._server.pid()
     }
 
+    /// The issuer's data directory (its SQLite database is `tessera.db` there).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
     /// Creates an API client holding `scopes` (every tenant) with the issuer's CLI and
     /// returns the file holding its credential.
     pub fn client_credential(&self, name: &str, scopes: &[&str]) -> anyhow::Result<PathBuf> {
@@ -354,6 +359,11 @@ impl SidecarProcess {
             _server: server,
             _dir: dir,
         })
+    }
+
+    /// The sidecar's process id.
+    pub fn pid(&self) -> u32 {
+        self._server.pid()
     }
 
     /// Returns the socket as a load-generator target.
