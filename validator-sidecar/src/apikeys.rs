@@ -9,8 +9,9 @@
 //!   `--api-key-cache-ttl-seconds`, never past the key's expiry or grace period, and
 //!   dropped when the issuer pushes a change of the key or an emergency revocation of
 //!   its tenant, or after a snapshot.
-//! - Permissions and role are checked locally against the cached answer.
-//! - Every other admitted validation spends one admission of the lease ([`crate::lease`]);
+//! - Permissions and role are checked locally against the cached answer, after the
+//!   admission is spent (as at the issuer: a working key's call costs its admission).
+//! - Every other validation of a working key spends one admission of the lease ([`crate::lease`]);
 //!   an empty or expired lease asks the issuer for more (one call per key at a time).
 //!   Nothing granted: RESOURCE_EXHAUSTED with `retry-after` and `tessera-refusal:
 //!   RATE_LIMITED` trailers, remembered until `retry-after`. The issuer's own
@@ -161,15 +162,9 @@ impl ApiKeys {
                     response, budget, ..
                 } => (response, budget),
             };
-            if !satisfies(
-                &response.permissions,
-                &response.role,
-                &request.required_permissions,
-                &request.required_role,
-            ) {
-                return Ok(refused(pb::ApiKeyRefusal::InsufficientPermissions));
-            }
             // The issuer counted this validation's admission when it verified the key.
+            // As at the issuer, a working key's call costs its admission before its
+            // permissions are judged: a caller probing permissions spends its budget too.
             let admission = if found.fetched_here {
                 Admission::Admitted
             } else {
@@ -178,6 +173,14 @@ impl ApiKeys {
             match admission {
                 Admission::Admitted => {
                     metrics::record_api_key_admission(true);
+                    if !satisfies(
+                        &response.permissions,
+                        &response.role,
+                        &request.required_permissions,
+                        &request.required_role,
+                    ) {
+                        return Ok(refused(pb::ApiKeyRefusal::InsufficientPermissions));
+                    }
                     return Ok(response.clone());
                 }
                 Admission::Exhausted(retry_after_secs) => {

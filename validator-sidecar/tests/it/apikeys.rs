@@ -148,6 +148,28 @@ async fn permissions_and_role_are_checked_locally_against_the_cached_answer() {
     sidecar.stop().await;
 }
 
+/// As at the issuer, a working key's call costs its admission before its permissions are
+/// judged: probing for permissions spends the key's budget like any other call.
+#[tokio::test]
+async fn a_call_refused_for_permissions_still_spends_its_admission() {
+    let issuer = FakeIssuer::start(&[]).await;
+    let (sidecar, _dir) = serving(&issuer).await;
+    let mut client = sidecar.client().await;
+    let key = issuer.credentials.add_api_key("t1", &["read"], "");
+    // Three admissions in all: the first sight's own and two leased with it.
+    issuer.credentials.set_budget(&key, 3, 7);
+    assert!(validate(&mut client, &key, &["read"], "").await.unwrap().valid);
+    for _ in 0..2 {
+        let answer = validate(&mut client, &key, &["write"], "").await.unwrap();
+        assert_eq!(refusal(&answer), pb::ApiKeyRefusal::InsufficientPermissions);
+    }
+    let status = validate(&mut client, &key, &["read"], "")
+        .await
+        .expect_err("the budget is spent");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    sidecar.stop().await;
+}
+
 #[tokio::test]
 async fn a_wrong_secret_with_a_valid_checksum_is_never_served_from_the_keys_answer() {
     let issuer = FakeIssuer::start(&[]).await;
