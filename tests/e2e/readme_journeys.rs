@@ -88,6 +88,10 @@ const EXPECTED: &[Expected] = &[
     prints("$TOKEN", &["\"valid\": true", "\"subject\": \"alice\""]),
     prints("$(cat bob.token)", &["KEY_REVOKED"]),
     prints(
+        "ValidateApiKey",
+        &["\"valid\": true", "\"tenantId\": \"acme\""],
+    ),
+    prints(
         "50051 list",
         &["tessera.v1.TokenService", "tessera.v1.TrustBundleService"],
     ),
