@@ -158,7 +158,12 @@ async fn a_call_refused_for_permissions_still_spends_its_admission() {
     let key = issuer.credentials.add_api_key("t1", &["read"], "");
     // Three admissions in all: the first sight's own and two leased with it.
     issuer.credentials.set_budget(&key, 3, 7);
-    assert!(validate(&mut client, &key, &["read"], "").await.unwrap().valid);
+    assert!(
+        validate(&mut client, &key, &["read"], "")
+            .await
+            .unwrap()
+            .valid
+    );
     for _ in 0..2 {
         let answer = validate(&mut client, &key, &["write"], "").await.unwrap();
         assert_eq!(refusal(&answer), pb::ApiKeyRefusal::InsufficientPermissions);
