@@ -42,9 +42,10 @@ use crate::issuer_client::IssuerClient;
 use crate::lease::{Budget, Spend};
 use crate::metrics;
 
-/// Admissions asked for with a first sight and with each lease (the issuer caps it to
-/// the key's share of its limits).
-pub const LEASE_REQUEST: u32 = 50;
+/// Admissions asked for with a first sight and with each lease: the most the issuer grants
+/// (it caps a grant at the key's slice, 5 % of its per-minute limit), so a busy key costs
+/// as few lease round trips as its limits allow.
+pub const LEASE_REQUEST: u32 = 1_000;
 /// The `tessera-refusal` trailer of a rate-limited validation, as the issuer sends it.
 pub const RATE_LIMITED: &str = "RATE_LIMITED";
 /// How long a refusal is cached.

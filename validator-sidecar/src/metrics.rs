@@ -31,6 +31,10 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// The `valid` outcome's counter, looked up once the recorder is installed: the common
 /// outcome skips the registry's per-call key hashing and lookup.
 static VALID: OnceLock<metrics::Counter> = OnceLock::new();
+/// The counters of a cached API-key validation, looked up once for the same reason: the
+/// hit path counts an admission and a cache answer on every call.
+static API_KEY_ADMITTED: OnceLock<metrics::Counter> = OnceLock::new();
+static API_KEY_FROM_CACHE: OnceLock<metrics::Counter> = OnceLock::new();
 
 /// Installs the process-wide recorder once and returns its handle. Several sidecars in
 /// one process (tests) share it.
@@ -47,6 +51,14 @@ pub fn install() -> PrometheusHandle {
             let valid = metrics::counter!(VALIDATION_ATTEMPTS, "outcome" => "valid");
             valid.absolute(0);
             let _ = VALID.set(valid);
+            let admitted = metrics::counter!(RATELIMIT_ATTEMPTS, "scope" => "api_key");
+            admitted.absolute(0);
+            let _ = API_KEY_ADMITTED.set(admitted);
+            let _ = API_KEY_FROM_CACHE.set(metrics::counter!(
+                CREDENTIAL_VALIDATIONS,
+                "kind" => "api_key",
+                "source" => "cache"
+            ));
             handle
         })
         .clone()
@@ -84,7 +96,10 @@ pub fn record_bundle(revision: u64, staleness: Option<Duration>) {
 /// Counts one admission checked against an API key's rate limits, and whether it was
 /// refused.
 pub fn record_api_key_admission(admitted: bool) {
-    metrics::counter!(RATELIMIT_ATTEMPTS, "scope" => "api_key").increment(1);
+    match API_KEY_ADMITTED.get() {
+        Some(attempts) => attempts.increment(1),
+        None => metrics::counter!(RATELIMIT_ATTEMPTS, "scope" => "api_key").increment(1),
+    }
     if !admitted {
         metrics::counter!(RATELIMIT_EXCEEDED, "scope" => "api_key").increment(1);
     }
@@ -92,6 +107,11 @@ pub fn record_api_key_admission(admitted: bool) {
 
 /// Counts one validation of a standing credential of `kind` answered from `source`.
 pub fn record_credential_validation(kind: &'static str, source: &'static str) {
+    if (kind, source) == ("api_key", "cache")
+        && let Some(hits) = API_KEY_FROM_CACHE.get()
+    {
+        return hits.increment(1);
+    }
     metrics::counter!(CREDENTIAL_VALIDATIONS, "kind" => kind, "source" => source).increment(1);
 }
 

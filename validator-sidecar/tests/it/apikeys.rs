@@ -321,7 +321,7 @@ async fn a_spent_lease_is_renewed_with_one_call_for_concurrent_requests() {
         async move { validate(&mut client, &key, &[], "").await }
     }))
     .await;
-    // 40 admissions from a lease of at most 50: one lease call between them.
+    // 40 admissions from one lease of 100: one lease call between them.
     assert!(answers.iter().all(|answer| answer.as_ref().unwrap().valid));
     assert_eq!(issuer.credentials.calls().lease, 1);
     sidecar.stop().await;
