@@ -59,6 +59,9 @@ pub enum KeyAnswer {
     Valid {
         /// The answer as the issuer gave it, without its lease.
         response: pb::ValidateApiKeyResponse,
+        /// `response` protobuf-encoded once: a cache hit copies these bytes into the
+        /// frame instead of cloning and encoding the message per call.
+        encoded: Arc<[u8]>,
         expires_at: Option<UnixMillis>,
         grace_until: Option<UnixMillis>,
         budget: Budget,
@@ -84,6 +87,32 @@ impl KeyAnswer {
                 .flatten()
                 .all(|deadline| now < *deadline),
             KeyAnswer::Refused(_) | KeyAnswer::Throttled { .. } => true,
+        }
+    }
+}
+
+/// A `ValidateApiKeyResponse` as sent: a positive answer's bytes encoded once when the
+/// issuer's answer was cached, or a message built for this call (refusals).
+#[derive(Clone, Debug)]
+pub enum ApiKeyAnswer {
+    Encoded(Arc<[u8]>),
+    Message(pb::ValidateApiKeyResponse),
+}
+
+impl From<pb::ValidateApiKeyResponse> for ApiKeyAnswer {
+    fn from(message: pb::ValidateApiKeyResponse) -> Self {
+        ApiKeyAnswer::Message(message)
+    }
+}
+
+impl crate::answer::EncodeAnswer for ApiKeyAnswer {
+    fn encode(&self, buf: &mut impl prost::bytes::BufMut) {
+        match self {
+            ApiKeyAnswer::Encoded(bytes) => buf.put_slice(bytes),
+            ApiKeyAnswer::Message(message) => {
+                // The frame buffer grows as needed; encoding cannot run out of room.
+                let _ = prost::Message::encode(message, buf);
+            }
         }
     }
 }
@@ -124,7 +153,7 @@ impl ApiKeys {
     pub async fn validate(
         &self,
         request: &pb::ValidateApiKeyRequest,
-    ) -> Result<pb::ValidateApiKeyResponse, Status> {
+    ) -> Result<ApiKeyAnswer, Status> {
         check_bounds(
             &request.key,
             &request.required_permissions,
@@ -133,8 +162,8 @@ impl ApiKeys {
         let text = request.key.trim();
         let key_id = match shape(text, &[CredentialKind::ApiKey]) {
             Shape::Ok { id, .. } => id,
-            Shape::Malformed => return Ok(local(pb::ApiKeyRefusal::Malformed)),
-            Shape::BadChecksum => return Ok(local(pb::ApiKeyRefusal::BadChecksum)),
+            Shape::Malformed => return Ok(local(pb::ApiKeyRefusal::Malformed).into()),
+            Shape::BadChecksum => return Ok(local(pb::ApiKeyRefusal::BadChecksum).into()),
         };
         // A second round only when a lease call finds the key no longer valid.
         for _ in 0..2 {
@@ -152,16 +181,19 @@ impl ApiKeys {
                 "cache"
             };
             metrics::record_credential_validation("api_key", source);
-            let (response, budget) = match &found.entry.value {
-                KeyAnswer::Refused(refusal) => return Ok(refused(*refusal)),
+            let (response, encoded, budget) = match &found.entry.value {
+                KeyAnswer::Refused(refusal) => return Ok(refused(*refusal).into()),
                 KeyAnswer::Throttled { until } => {
                     metrics::record_api_key_admission(false);
                     let left = until.saturating_duration_since(Instant::now());
                     return Err(rate_limited(whole_seconds(left)));
                 }
                 KeyAnswer::Valid {
-                    response, budget, ..
-                } => (response, budget),
+                    response,
+                    encoded,
+                    budget,
+                    ..
+                } => (response, encoded, budget),
             };
             // The issuer counted this validation's admission when it verified the key.
             // As at the issuer, a working key's call costs its admission before its
@@ -180,9 +212,9 @@ impl ApiKeys {
                         &request.required_permissions,
                         &request.required_role,
                     ) {
-                        return Ok(refused(pb::ApiKeyRefusal::InsufficientPermissions));
+                        return Ok(refused(pb::ApiKeyRefusal::InsufficientPermissions).into());
                     }
-                    return Ok(response.clone());
+                    return Ok(ApiKeyAnswer::Encoded(Arc::clone(encoded)));
                 }
                 Admission::Exhausted(retry_after_secs) => {
                     metrics::record_api_key_admission(false);
@@ -254,6 +286,7 @@ impl ApiKeys {
             verified_at: now,
             ttl: bounded_ttl(now, self.ttl, &[expires_at, grace_until]),
             value: KeyAnswer::Valid {
+                encoded: prost::Message::encode_to_vec(&response).into(),
                 response,
                 expires_at,
                 grace_until,

@@ -27,6 +27,7 @@ use tonic_prost::ProstCodec;
 use tracing::Instrument;
 
 use crate::answer::{StreamAnswer, UnaryAnswer};
+use crate::apikeys::ApiKeyAnswer;
 use crate::codec::AnswerCodec;
 use crate::convert;
 use crate::credentials::Credentials;
@@ -122,7 +123,8 @@ where
                 Box::pin(async move { Ok(grpc.streaming(method, request).await) })
             }
             VALIDATE_API_KEY => {
-                let mut grpc = self.prost::<pb::ValidateApiKeyRequest, _>();
+                // Answers through the answer codec: a cache hit writes bytes encoded once.
+                let mut grpc = self.grpc::<pb::ValidateApiKeyRequest, ApiKeyAnswer>();
                 let method = CredentialMethod(self.credentials.clone(), validate_api_key);
                 Box::pin(async move { Ok(grpc.unary(method, request).await) })
             }
@@ -212,7 +214,7 @@ impl<Req: Send + 'static, Res: Send + 'static> UnaryService<Req> for CredentialM
 fn validate_api_key(
     credentials: Arc<Credentials>,
     request: pb::ValidateApiKeyRequest,
-) -> BoxFuture<pb::ValidateApiKeyResponse, Status> {
+) -> BoxFuture<ApiKeyAnswer, Status> {
     let span = tracing::debug_span!("validate_api_key");
     Box::pin(async move { credentials.api_keys.validate(&request).await }.instrument(span))
 }

@@ -148,6 +148,29 @@ async fn permissions_and_role_are_checked_locally_against_the_cached_answer() {
     sidecar.stop().await;
 }
 
+/// A cache hit answers with the bytes encoded when the issuer's answer was cached: the
+/// same message, field for field, as the first sight's.
+#[tokio::test]
+async fn a_cached_answer_is_the_first_sights_answer_field_for_field() {
+    let issuer = FakeIssuer::start(&[]).await;
+    let (sidecar, _dir) = serving(&issuer).await;
+    let mut client = sidecar.client().await;
+    let key = issuer
+        .credentials
+        .add_api_key("t1", &["read", "list"], "reader");
+    let first = validate(&mut client, &key, &["read"], "").await.unwrap();
+    let cached = validate(&mut client, &key, &["list"], "reader")
+        .await
+        .unwrap();
+    assert!(first.valid);
+    assert_eq!(first.tenant_id, "t1");
+    assert_eq!(first.permissions, ["read", "list"]);
+    assert!(first.expires_at.is_some());
+    assert_eq!(cached, first);
+    assert_eq!(issuer.credentials.calls().validate_api_key, 1);
+    sidecar.stop().await;
+}
+
 /// As at the issuer, a working key's call costs its admission before its permissions are
 /// judged: probing for permissions spends the key's budget like any other call.
 #[tokio::test]
