@@ -7,7 +7,7 @@
 //!   Each sample uses a fresh key with the largest limits (1,000,000 per window), so a
 //!   run never meets a limit. How often the sidecar went back to the issuer meanwhile is
 //!   read from the issuer's store (admissions charged; one lease charges at most one
-//!   slice, 50 for these limits) and from both processes' `/metrics` (lease, rate-limit
+//!   slice, 1,000 for these limits) and from both processes' `/metrics` (lease, rate-limit
 //!   and credential-validation series).
 //! * **First sight at the issuer**: `ValidateApiKey` at `tessera-issuer serve` over
 //!   distinct keys (each validated once, never twice in a run), on SQLite and, when a
@@ -251,12 +251,12 @@ async fn sidecar_cached(args: &ApiKeysArgs, quiet: Quiet) -> anyhow::Result<Cach
     leases.extend(lease_series(issuer.http_addr, "issuer"));
     // Admissions charged to the keys' windows (leased to the sidecar, plus the issuer's
     // own slice for each first sight): each lease charges at most one slice of
-    // clamp(1,000,000 / 20, 1, 50) = 50, so leases ≥ charged / 50.
+    // clamp(1,000,000 / 20, 1, 1,000) = 1,000, so leases ≥ charged / 1,000.
     if let Some(charged) = charged_admissions(&issuer.data_dir().join("tessera.db")) {
         leases.insert("store: admissions charged, every sample".into(), charged);
         leases.insert(
-            "store: lease calls at least (charged / slice 50)".into(),
-            (charged / 50.0).ceil(),
+            "store: lease calls at least (charged / slice 1,000)".into(),
+            (charged / 1_000.0).ceil(),
         );
     }
     Ok(Cached {
