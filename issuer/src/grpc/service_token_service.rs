@@ -52,6 +52,25 @@ pub fn from_opaque_token(error: OpaqueTokenError) -> Status {
 }
 
 /// Returns a token's metadata as sent: never the token or its hash.
+/// Revokes the `kind` token `token_id` for `caller` (RevokeServiceToken and
+/// RevokeWebhookToken): another tenant's token is NOT_FOUND like a missing one.
+pub async fn revoke_opaque(
+    app: &App,
+    caller: &Caller,
+    request_id: String,
+    kind: OpaqueTokenKind,
+    token_id: &str,
+    reason: String,
+) -> Result<pb::OpaqueTokenInfo, Status> {
+    let actor = Actor::client(caller.client_id.clone(), request_id, reason);
+    let record = app
+        .opaque_tokens
+        .revoke(&actor, kind, token_id, |tenant| caller.may_act_on(tenant))
+        .await
+        .map_err(from_opaque_token)?;
+    Ok(token_info(&record, app.now()))
+}
+
 pub fn token_info(record: &OpaqueTokenRecord, now: UnixMillis) -> pb::OpaqueTokenInfo {
     pb::OpaqueTokenInfo {
         token_id: record.token_id.clone(),
@@ -284,19 +303,16 @@ impl pb::service_token_service_server::ServiceTokenService for ServiceTokenServi
         let (caller, request_id) = self.caller(&request, REVOKE, Scope::Admin).await?;
         let message = request.into_inner();
         super::reason::optional_reason(&message.reason)?;
-        let actor = Actor::client(caller.client_id.clone(), request_id, message.reason);
-        let record = self
-            .app
-            .opaque_tokens
-            .revoke(
-                &actor,
-                OpaqueTokenKind::Service,
-                &message.token_id,
-                |tenant| caller.may_act_on(tenant),
-            )
-            .await
-            .map_err(from_opaque_token)?;
-        Ok(Response::new(token_info(&record, self.app.now())))
+        revoke_opaque(
+            &self.app,
+            &caller,
+            request_id,
+            OpaqueTokenKind::Service,
+            &message.token_id,
+            message.reason,
+        )
+        .await
+        .map(Response::new)
     }
 
     #[instrument(skip(self, request))]

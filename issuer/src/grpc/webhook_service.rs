@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, instrument};
 
 use super::convert;
-use super::service_token_service::{from_opaque_token, token_info};
+use super::service_token_service::{from_opaque_token, revoke_opaque, token_info};
 use super::status::from_key;
 use crate::app::{App, request_id};
 use crate::audit::{Actor, AuditAction};
@@ -218,19 +218,16 @@ impl pb::webhook_service_server::WebhookService for WebhookServiceImpl {
         let request_id = request_id(&request);
         let message = request.into_inner();
         super::reason::optional_reason(&message.reason)?;
-        let actor = Actor::client(caller.client_id.clone(), request_id, message.reason);
-        let record = self
-            .app
-            .opaque_tokens
-            .revoke(
-                &actor,
-                OpaqueTokenKind::Webhook,
-                &message.token_id,
-                |tenant| caller.may_act_on(tenant),
-            )
-            .await
-            .map_err(from_opaque_token)?;
-        Ok(Response::new(token_info(&record, self.app.now())))
+        revoke_opaque(
+            &self.app,
+            &caller,
+            request_id,
+            OpaqueTokenKind::Webhook,
+            &message.token_id,
+            message.reason,
+        )
+        .await
+        .map(Response::new)
     }
 
     #[instrument(skip(self, request))]
