@@ -14,6 +14,9 @@ const PROTOS: &[&str] = &[
     "tessera/v1/webhooks.proto",
     "tessera/v1/apikeys.proto",
     "tessera/v1/servicetokens.proto",
+    "tessera/v1/actions.proto",
+    "tessera/v1/challenges.proto",
+    "tessera/v1/secrets.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

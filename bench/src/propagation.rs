@@ -177,6 +177,7 @@ async fn subscribe(
         since_revision: 0,
         subscriber_id: format!("bench-{index}"),
         credential_changes: false,
+        secret_changes: false,
     });
     request
         .metadata_mut()

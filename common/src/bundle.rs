@@ -150,6 +150,20 @@ pub enum BundleChange {
     /// so event logs written before service and webhook tokens existed still load.
     #[serde(alias = "api_key_changed")]
     CredentialChanged { change: CredentialChange },
+    /// A managed secret's stages changed (rotation finished, rollback, put, emergency
+    /// revocation of `previous`): a verifier caching its value fetches it again. Names and
+    /// versions only, never a value. Not part of the bundle itself.
+    SecretRotated { change: SecretRotation },
+}
+
+/// What [`BundleChange::SecretRotated`] says about one secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRotation {
+    pub name: String,
+    /// The version now `current`.
+    pub current_version: u64,
+    /// The version still valid as `previous`, if any.
+    pub previous_version: Option<u64>,
 }
 
 /// The standing opaque credentials a verifier may cache answers for.
@@ -224,7 +238,7 @@ impl TrustBundle {
             }
             BundleChange::RevocationAdded { entry } => self.revocations.insert(entry.clone()),
             BundleChange::PolicyChanged { policy } => self.policy = policy.clone(),
-            BundleChange::CredentialChanged { .. } => {}
+            BundleChange::CredentialChanged { .. } | BundleChange::SecretRotated { .. } => {}
         }
         self.revision = event.revision;
         true

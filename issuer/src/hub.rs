@@ -231,7 +231,9 @@ impl BundleHub {
             for event in events {
                 touched_keys |= !matches!(
                     event.change,
-                    BundleChange::RevocationAdded { .. } | BundleChange::CredentialChanged { .. }
+                    BundleChange::RevocationAdded { .. }
+                        | BundleChange::CredentialChanged { .. }
+                        | BundleChange::SecretRotated { .. }
                 );
                 if !bundle.apply(&event) {
                     continue;

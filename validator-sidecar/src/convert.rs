@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use prost_types::Timestamp;
 use tessera_common::UnixMillis;
 use tessera_common::bundle::{
-    BundleChange, BundleEvent, CredentialChange, Revision, StandingKind, TrustBundle,
-    ValidationPolicy,
+    BundleChange, BundleEvent, CredentialChange, Revision, SecretRotation, StandingKind,
+    TrustBundle, ValidationPolicy,
 };
 use tessera_common::claims::{TokenClaims, TokenType};
 use tessera_common::ids::KeyId;
@@ -132,6 +132,13 @@ fn event_from_proto(
         },
         Change::CredentialChanged(change) => BundleChange::CredentialChanged {
             change: credential_from_proto(change),
+        },
+        Change::SecretRotated(change) => BundleChange::SecretRotated {
+            change: SecretRotation {
+                name: change.name,
+                current_version: change.current_version,
+                previous_version: (change.previous_version != 0).then_some(change.previous_version),
+            },
         },
     };
     Ok(BundleEvent {

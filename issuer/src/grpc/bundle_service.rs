@@ -78,6 +78,7 @@ impl pb::trust_bundle_service_server::TrustBundleService for TrustBundleServiceI
         let view = View {
             caller,
             credential_changes: message.credential_changes,
+            secret_changes: message.secret_changes,
         };
         tokio::spawn(feed(app, view, Revision(message.since_revision), sender).instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
@@ -164,13 +165,18 @@ struct View {
     caller: Caller,
     /// The subscriber understands `BundleChange.credential_changed`.
     credential_changes: bool,
+    /// The subscriber understands `BundleChange.secret_rotated`.
+    secret_changes: bool,
 }
 
 impl View {
     fn sees(&self, event: &BundleEvent) -> bool {
-        if matches!(event.change, BundleChange::CredentialChanged { .. })
-            && !self.credential_changes
-        {
+        let known = match event.change {
+            BundleChange::CredentialChanged { .. } => self.credential_changes,
+            BundleChange::SecretRotated { .. } => self.secret_changes,
+            _ => true,
+        };
+        if !known {
             return false;
         }
         event_visible(

@@ -115,6 +115,11 @@ pub fn change(event: &BundleEvent, now: UnixMillis) -> Option<pb::BundleChange> 
         BundleChange::RevocationAdded { entry } => Change::RevocationAdded(revocation(entry)),
         BundleChange::PolicyChanged { policy: changed } => Change::PolicyChanged(policy(changed)),
         BundleChange::CredentialChanged { change } => Change::CredentialChanged(credential(change)),
+        BundleChange::SecretRotated { change } => Change::SecretRotated(pb::SecretRotated {
+            name: change.name.clone(),
+            current_version: change.current_version,
+            previous_version: change.previous_version.unwrap_or(0),
+        }),
     };
     Some(pb::BundleChange {
         revision: event.revision.0,

@@ -505,6 +505,7 @@ async fn reasons_names_and_ids_with_control_or_bidi_characters_are_refused_and_n
                     since_revision: 0,
                     subscriber_id: text.clone(),
                     credential_changes: false,
+                    secret_changes: false,
                 }))
                 .await,
             "subscriber_id",

@@ -62,6 +62,7 @@ async fn can_read_bundle(issuer: &TestIssuer, credential: &str) -> Result<(), Co
                 since_revision: 0,
                 subscriber_id: "bootstrap-test".into(),
                 credential_changes: false,
+                secret_changes: false,
             },
             credential,
         ))

@@ -510,6 +510,7 @@ async fn stream_sends_a_snapshot_then_pushes_rotations_as_deltas() {
             since_revision: 0,
             subscriber_id: "test".into(),
             credential_changes: false,
+            secret_changes: false,
         }))
         .await
         .expect("watch")
@@ -609,6 +610,7 @@ async fn stream_resumes_with_deltas_falls_back_to_snapshots_and_heartbeats_when_
             since_revision: current,
             subscriber_id: "resume".into(),
             credential_changes: false,
+            secret_changes: false,
         }))
         .await
         .expect("watch")
@@ -635,6 +637,7 @@ async fn stream_resumes_with_deltas_falls_back_to_snapshots_and_heartbeats_when_
             since_revision: 1_000_000,
             subscriber_id: "ahead".into(),
             credential_changes: false,
+            secret_changes: false,
         }))
         .await
         .expect("watch")

@@ -1051,6 +1051,7 @@ async fn watch(issuer: &TestIssuer) -> tonic::Streaming<pb::TrustBundleUpdate> {
         .await
         .watch_trust_bundle(issuer.as_admin(pb::WatchTrustBundleRequest {
             credential_changes: true,
+            secret_changes: false,
             ..Default::default()
         }))
         .await

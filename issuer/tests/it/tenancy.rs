@@ -647,6 +647,7 @@ async fn confined_bundle_reader_receives_only_its_tenants_revocations() {
                 since_revision: hidden.revision - 1,
                 subscriber_id: String::new(),
                 credential_changes: false,
+                secret_changes: false,
             },
             &reader_acme,
         ))

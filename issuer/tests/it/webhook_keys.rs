@@ -94,6 +94,7 @@ async fn webhook_key_is_created_rotated_listed_and_never_published() {
             since_revision: 0,
             subscriber_id: "webhook-test".into(),
             credential_changes: false,
+            secret_changes: false,
         }))
         .await
         .expect("watch")

@@ -70,6 +70,7 @@ impl BundleWatch {
                 since_revision: 0,
                 subscriber_id: subscriber_id.to_owned(),
                 credential_changes: true,
+                secret_changes: true,
             },
             credential,
         );

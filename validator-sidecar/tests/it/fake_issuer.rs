@@ -251,7 +251,8 @@ fn commit(shared: &Shared, change: pb::bundle_change::Change) {
                 bundle.revocations.push(entry.clone())
             }
             pb::bundle_change::Change::PolicyChanged(_)
-            | pb::bundle_change::Change::CredentialChanged(_) => {}
+            | pb::bundle_change::Change::CredentialChanged(_)
+            | pb::bundle_change::Change::SecretRotated(_) => {}
         }
         let change = pb::BundleChange {
             revision,

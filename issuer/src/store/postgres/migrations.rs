@@ -18,6 +18,9 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, V4_API_KEYS),
     (5, V5_RATE_LIMITS),
     (6, V6_OPAQUE_TOKENS),
+    (7, include_str!("migrations/v7_one_time_tokens.sql")),
+    (8, include_str!("migrations/v8_challenges.sql")),
+    (9, include_str!("migrations/v9_secrets.sql")),
 ];
 
 /// Timestamps are unix milliseconds; JSON values are stored as text.

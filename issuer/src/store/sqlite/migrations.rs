@@ -14,6 +14,9 @@ const MIGRATIONS: &[&str] = &[
     V4_API_KEYS,
     V5_RATE_LIMITS,
     V6_OPAQUE_TOKENS,
+    include_str!("migrations/v7_one_time_tokens.sql"),
+    include_str!("migrations/v8_challenges.sql"),
+    include_str!("migrations/v9_secrets.sql"),
 ];
 
 /// Timestamps are unix milliseconds; JSON values are stored as text.
