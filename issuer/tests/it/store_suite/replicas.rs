@@ -170,7 +170,7 @@ pub async fn replicas_starting_together_migrate_once(fixture: &Fixture) {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n_migrations, 6);
+    assert_eq!(n_migrations, 9);
 }
 
 /// With a CA file, TLS is required and the server certificate verified: a server whose

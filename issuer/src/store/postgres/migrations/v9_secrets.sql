@@ -1,2 +1,2 @@
 -- Migration secrets (postgres). Filled in by the work that introduces these tables.
-SELECT 1;
+-- (no statements yet)
