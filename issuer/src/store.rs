@@ -23,6 +23,7 @@ pub mod emergency;
 pub mod opaque_tokens;
 pub mod postgres;
 pub mod rate_limits;
+pub mod secrets;
 pub mod sessions;
 mod shared;
 pub mod sqlite;
@@ -35,6 +36,10 @@ pub use opaque_tokens::{
     ServiceIdentityRecord, ServiceTokenInsert,
 };
 pub use rate_limits::RateLimitStore;
+pub use secrets::{
+    SecretCommit, SecretHistoryRecord, SecretRecord, SecretStage, SecretState, SecretStore,
+    SecretVersionRecord,
+};
 pub use sessions::{
     RefreshContext, RefreshState, RefreshTokenRecord, Revocation, RevocationEffect, SessionRecord,
     SessionStore,

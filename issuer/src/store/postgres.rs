@@ -12,6 +12,7 @@ mod options;
 mod queries;
 mod rate_limits;
 mod rows;
+mod secrets;
 mod sessions;
 mod tls;
 mod tx;

@@ -8,6 +8,7 @@ mod opaque_tokens;
 mod queries;
 mod rate_limits;
 mod rows;
+mod secrets;
 mod sessions;
 mod tx;
 
