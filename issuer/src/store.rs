@@ -20,6 +20,7 @@ use crate::kek::KekVersion;
 pub mod api_keys;
 mod columns;
 pub mod emergency;
+pub mod one_time_tokens;
 pub mod opaque_tokens;
 pub mod postgres;
 pub mod rate_limits;
@@ -31,6 +32,9 @@ pub mod sqlite;
 pub use crate::audit::{AuditEntry, AuditRecord, StoredAuditEntry};
 pub use api_keys::{ApiKeyRecord, ApiKeyState, ApiKeyStore, ApiKeyUsage};
 pub use emergency::{DeactivatedCredentials, EmergencyCommit, EmergencyCommitted, IncidentRecord};
+pub use one_time_tokens::{
+    ActionSettingsRecord, Consumption, OneTimeKind, OneTimeTokenRecord, OneTimeTokenStore,
+};
 pub use opaque_tokens::{
     OpaqueTokenKind, OpaqueTokenRecord, OpaqueTokenState, OpaqueTokenStore, RevocationRecords,
     ServiceIdentityRecord, ServiceTokenInsert,

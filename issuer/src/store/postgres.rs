@@ -7,6 +7,7 @@ mod api_keys;
 mod error;
 mod listener;
 mod migrations;
+mod one_time_tokens;
 mod opaque_tokens;
 mod options;
 mod queries;

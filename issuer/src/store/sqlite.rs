@@ -4,6 +4,7 @@
 mod api_keys;
 mod error;
 mod migrations;
+mod one_time_tokens;
 mod opaque_tokens;
 mod queries;
 mod rate_limits;

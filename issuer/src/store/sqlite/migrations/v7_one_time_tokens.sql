@@ -1,2 +1,36 @@
--- Migration one_time_tokens (sqlite). Filled in by the work that introduces these tables.
--- (no statements yet)
+-- Migration one_time_tokens (sqlite): single-use action links, password-reset and
+-- email-verification tokens and confirmation tokens (issue 11). Only the jti and what
+-- consumption checks are kept; the token itself never is. Timestamps are unix ms.
+CREATE TABLE one_time_tokens (
+    jti                 TEXT PRIMARY KEY NOT NULL,
+    kind                TEXT NOT NULL,
+    tenant_id           TEXT NOT NULL,
+    user_id             TEXT NOT NULL,
+    action              TEXT NOT NULL,
+    resource_id         TEXT NOT NULL,
+    issued_at           INTEGER NOT NULL,
+    expires_at          INTEGER NOT NULL,
+    used_at             INTEGER,
+    invalidated_at      INTEGER,
+    invalidation_reason TEXT,
+    parent_jti          TEXT
+);
+-- Superseding a user's older reset tokens and emergency invalidation look up live rows.
+CREATE INDEX one_time_tokens_live ON one_time_tokens (tenant_id, user_id, kind)
+    WHERE used_at IS NULL AND invalidated_at IS NULL;
+-- The pruning job deletes by expiry.
+CREATE INDEX one_time_tokens_expires ON one_time_tokens (expires_at);
+
+CREATE TABLE password_changes (
+    tenant_id  TEXT NOT NULL,
+    user_id    TEXT NOT NULL,
+    changed_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, user_id)
+);
+
+CREATE TABLE action_link_settings (
+    tenant_id  TEXT PRIMARY KEY NOT NULL,
+    base_url   TEXT NOT NULL,
+    lifetimes  TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
