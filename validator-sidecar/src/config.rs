@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+pub use crate::secrets::{AllowList, SecretsConfig};
 pub use crate::service_token::ServiceIdentity;
 
 /// Exit code for a configuration error (`EX_USAGE` of sysexits.h).
@@ -126,6 +127,23 @@ struct Cli {
     /// Tenant of --service-identity.
     #[arg(long, env = "TESSERA_SIDECAR_SERVICE_TENANT")]
     service_tenant: Option<String>,
+    /// A managed secret GetSecret may read for the application: a name, or a prefix
+    /// ending in `*` (`payments/*`); repeat for several. The issuer credential needs
+    /// `secrets:read:<name>` (or a covering prefix) too. None: every name is refused.
+    #[arg(
+        long = "secret",
+        env = "TESSERA_SIDECAR_SECRETS",
+        value_delimiter = ','
+    )]
+    secrets: Vec<String>,
+    /// How long GetSecret serves a cached secret value the issuer has not confirmed
+    /// (while it is unreachable), seconds (1 to 86,400); then it fails closed.
+    #[arg(
+        long,
+        env = "TESSERA_SIDECAR_SECRET_MAX_STALENESS_SECONDS",
+        default_value_t = 300
+    )]
+    secret_max_staleness_seconds: u64,
     /// Log as JSON lines [default: false]. The issuer's setting, same flag and variable;
     /// `TESSERA_LOG_FORMAT=json` is still read as a deprecated alias.
     #[arg(long, env = "TESSERA_LOG_JSON")]
@@ -154,6 +172,8 @@ pub struct CredentialsConfig {
     pub cache_ttl: Duration,
     /// The identity FetchServiceToken holds tokens of.
     pub service_identity: Option<ServiceIdentity>,
+    /// GetSecret.
+    pub secrets: SecretsConfig,
 }
 
 /// Logging and tracing, named as for the issuer.
@@ -378,6 +398,19 @@ impl Cli {
                 self.service_identity.as_deref(),
                 self.service_tenant.as_deref(),
             )?,
+            secrets: SecretsConfig {
+                allow: AllowList::parse(&self.secrets)
+                    .map_err(|detail| invalid("secret", detail))?,
+                max_staleness: match self.secret_max_staleness_seconds {
+                    1..=86_400 => Duration::from_secs(self.secret_max_staleness_seconds),
+                    _ => {
+                        return Err(invalid(
+                            "secret_max_staleness_seconds",
+                            "must be 1 to 86400",
+                        ));
+                    }
+                },
+            },
         };
         Ok(SidecarConfig {
             issuer,

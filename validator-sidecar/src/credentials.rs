@@ -13,6 +13,7 @@ use crate::credcache::Purges;
 use crate::issuer_client::{CALL_TIMEOUT, IssuerClient};
 use crate::listen::BundleListener;
 use crate::opaque::OpaqueTokens;
+use crate::secrets::Secrets;
 use crate::service_token::ServiceTokens;
 use crate::state::BundleState;
 
@@ -24,6 +25,7 @@ pub struct Credentials {
     pub api_keys: ApiKeys,
     pub opaque_tokens: OpaqueTokens,
     pub service_tokens: Arc<ServiceTokens>,
+    pub secrets: Secrets,
     pub purges: Arc<Purges>,
     pub issuer: IssuerClient,
     clock: Arc<dyn Clock>,
@@ -38,6 +40,12 @@ impl Credentials {
         clock: Arc<dyn Clock>,
     ) -> Result<Self, tonic::transport::Error> {
         let client = IssuerClient::new(issuer)?;
+        let secrets = Secrets::new(
+            config.secrets.clone(),
+            issuer,
+            bundle.clone(),
+            clock.clone(),
+        )?;
         // A mark matters while an answer verified before it may still be cached: the
         // cache TTL after an issuer call that may last CALL_TIMEOUT.
         let longest_life = config.cache_ttl + CALL_TIMEOUT + MARK_SLACK;
@@ -59,6 +67,7 @@ impl Credentials {
                 config.service_identity.clone(),
                 clock.clone(),
             )),
+            secrets,
             purges,
             issuer: client,
             clock,
@@ -67,7 +76,11 @@ impl Credentials {
 
     /// Returns what the subscription must tell of bundle changes.
     pub fn listeners(&self) -> Vec<Arc<dyn BundleListener>> {
-        vec![self.purges.clone(), self.service_tokens.clone()]
+        vec![
+            self.purges.clone(),
+            self.service_tokens.clone(),
+            Arc::new(self.secrets.clone()),
+        ]
     }
 
     /// Returns the sidecar's clock.

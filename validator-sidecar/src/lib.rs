@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod opaque;
 pub mod persist;
 pub mod resync;
+pub mod secrets;
 pub mod server;
 pub mod service;
 pub mod service_token;

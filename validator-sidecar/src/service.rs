@@ -31,6 +31,7 @@ use crate::apikeys::ApiKeyAnswer;
 use crate::codec::AnswerCodec;
 use crate::convert;
 use crate::credentials::Credentials;
+use crate::secrets::{SecretAnswer, Secrets};
 use crate::stream::AnswerStream;
 use crate::validator::Validator;
 
@@ -41,6 +42,7 @@ const VALIDATE_STREAM: &str = "/tessera.v1.ValidatorService/ValidateStream";
 const VALIDATE_API_KEY: &str = "/tessera.v1.ValidatorService/ValidateApiKey";
 const VALIDATE_OPAQUE_TOKEN: &str = "/tessera.v1.ValidatorService/ValidateOpaqueToken";
 const FETCH_SERVICE_TOKEN: &str = "/tessera.v1.ValidatorService/FetchServiceToken";
+const GET_SECRET: &str = "/tessera.v1.ValidatorService/GetSecret";
 
 /// The gRPC face of the [`Validator`], ready for `tonic::service::Routes`.
 #[derive(Clone, Debug)]
@@ -138,6 +140,13 @@ where
                 let method = CredentialMethod(self.credentials.clone(), fetch_service_token);
                 Box::pin(async move { Ok(grpc.unary(method, request).await) })
             }
+            GET_SECRET => {
+                // A cached secret is answered without a task switch, from bytes encoded
+                // once per version (crate::secrets).
+                let mut grpc = self.grpc::<pb::GetSecretValueRequest, SecretAnswer>();
+                let method = GetSecret(self.credentials.secrets.clone());
+                Box::pin(async move { Ok(grpc.unary(method, request).await) })
+            }
             _ => Box::pin(async move {
                 let mut response = http::Response::new(tonic::body::Body::default());
                 let headers = response.headers_mut();
@@ -192,6 +201,29 @@ impl StreamingService<pb::ValidateStreamRequest> for ValidateStream {
             self.shutdown.clone(),
         );
         Box::pin(async move { Ok(Response::new(answers)) })
+    }
+}
+
+/// `GetSecret`: answered from the cache when it can be, else after an issuer call.
+struct GetSecret(Secrets);
+
+impl UnaryService<pb::GetSecretValueRequest> for GetSecret {
+    type Response = SecretAnswer;
+    type Future = futures_util::future::Either<
+        std::future::Ready<Result<Response<SecretAnswer>, Status>>,
+        BoxFuture<Response<SecretAnswer>, Status>,
+    >;
+
+    fn call(&mut self, request: Request<pb::GetSecretValueRequest>) -> Self::Future {
+        use futures_util::future::Either;
+        let request = request.into_inner();
+        if let Some(answered) = self.0.try_cached(&request) {
+            return Either::Left(std::future::ready(answered.map(Response::new)));
+        }
+        let secrets = self.0.clone();
+        let span = tracing::debug_span!("get_secret");
+        let answer = async move { secrets.get(&request).await.map(Response::new) };
+        Either::Right(Box::pin(answer.instrument(span)))
     }
 }
 

@@ -166,8 +166,8 @@ impl Subscription {
             subscriber_id: self.config.subscriber_id.clone(),
             // The sidecar drops cached API-key and opaque-token answers on these.
             credential_changes: true,
-            // Not yet: the sidecar does not cache secret values.
-            secret_changes: false,
+            // GetSecret fetches a cached secret again on these (crate::secrets).
+            secret_changes: true,
         });
         if let Some(credential) = credential {
             match MetadataValue::try_from(format!("Bearer {credential}")) {
