@@ -171,6 +171,7 @@ impl ApiKeys {
                 .cache
                 .get_or_fetch(
                     text,
+                    key_id,
                     |entry, now| entry.value.usable(now),
                     |now| self.fetch(text, key_id, now),
                 )

@@ -1,8 +1,11 @@
 //! The cache of issuer answers about standing opaque credentials (`tbk_` API keys,
 //! `tbs_` service and `tbw_` webhook tokens), and what purges it.
 //!
-//! An answer is found by a keyed digest of the full credential: HMAC-SHA256 under a key
-//! drawn at random when the process starts and never stored or sent. The credential
+//! An answer is found by a keyed digest of the full credential: SipHash-2-4 with a 128-bit
+//! output (a pseudo-random function) under a key drawn at random when the process starts
+//! and never stored or sent. Without the key nobody can aim two credentials at one
+//! digest: a collision by chance needs about 2^64 cached answers. The hit also compares
+//! the credential's public id with the answer's. The credential
 //! itself is never kept, and neither is anything the issuer stores (its HMAC under the
 //! pepper): the sidecar never holds the pepper or an issuer hash. A memory dump of the
 //! sidecar therefore yields digests that nobody can check a guess against offline — the
@@ -26,13 +29,12 @@
 //! at or before a mark is stale. A call in flight while an event arrives is thus never
 //! trusted, whichever finished first.
 
-use std::hash::Hash;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aws_lc_rs::hmac;
-use moka::Expiry;
+use siphasher::sip128::{Hasher128, SipHasher24};
 use tessera_common::bundle::{BundleChange, BundleEvent, TrustBundle};
 use tessera_common::revocation::RevocationKind;
 use tessera_common::{Clock, UnixMillis};
@@ -41,8 +43,12 @@ use tonic::Status;
 use crate::listen::BundleListener;
 use crate::state::BundleState;
 
+mod entries;
+
+use entries::Entries;
+
 /// Most answers held per cache.
-pub const CAPACITY: u64 = 100_000;
+pub const CAPACITY: usize = 100_000;
 /// Most purge marks held per map; marks older than an answer's longest life are useless
 /// and expire first.
 const MARK_CAPACITY: u64 = 200_000;
@@ -50,7 +56,14 @@ const MARK_CAPACITY: u64 = 200_000;
 /// The keyed digest an answer is found by. Says nothing about the credential to anyone
 /// without this process's key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Digest([u8; 32]);
+pub struct Digest(u128);
+
+impl Digest {
+    /// Returns the digest's low 64 bits (uniform: it is a keyed PRF output).
+    fn low_bits(self) -> u64 {
+        self.0 as u64
+    }
+}
 
 impl std::fmt::Debug for Digest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,25 +71,24 @@ impl std::fmt::Debug for Digest {
     }
 }
 
-/// The per-process HMAC key of [`Digest`]s.
-pub struct Keyer(hmac::Key);
+/// The per-process key of [`Digest`]s.
+pub struct Keyer(SipHasher24);
 
 impl Keyer {
     /// Draws a fresh random key.
     pub fn random() -> Self {
-        let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+        let mut bytes = zeroize::Zeroizing::new([0u8; 16]);
         // The system random source does not fail on Linux once the process runs; a sidecar
         // without one could not be trusted with any secret.
         aws_lc_rs::rand::fill(bytes.as_mut()).expect("operating system random source failed");
-        Keyer(hmac::Key::new(hmac::HMAC_SHA256, bytes.as_ref()))
+        Keyer(SipHasher24::new_with_key(&bytes))
     }
 
     /// Returns the digest of `credential`.
     pub fn digest(&self, credential: &str) -> Digest {
-        let tag = hmac::sign(&self.0, credential.as_bytes());
-        let mut out = [0u8; 32];
-        out.copy_from_slice(tag.as_ref());
-        Digest(out)
+        let mut hasher = self.0;
+        hasher.write(credential.as_bytes());
+        Digest(hasher.finish128().as_u128())
     }
 }
 
@@ -100,16 +112,19 @@ pub struct Entry<V> {
     pub ttl: Duration,
 }
 
-struct EntryExpiry;
+/// A cached [`Entry`] and the purge epoch at which it was last found current.
+#[derive(Debug)]
+pub struct Cached<V> {
+    entry: Entry<V>,
+    /// [`Purges::epoch`] when [`Purges::is_current`] last said yes; `u64::MAX` before.
+    checked_at_epoch: AtomicU64,
+}
 
-impl<V> Expiry<Digest, Arc<Entry<V>>> for EntryExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &Digest,
-        value: &Arc<Entry<V>>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.ttl)
+impl<V> std::ops::Deref for Cached<V> {
+    type Target = Entry<V>;
+
+    fn deref(&self) -> &Entry<V> {
+        &self.entry
     }
 }
 
@@ -130,6 +145,9 @@ pub struct Purges {
     by_tenant: moka::sync::Cache<String, UnixMillis>,
     /// The latest `all` entry or snapshot: every answer verified at or before is stale.
     floor: AtomicI64,
+    /// Bumped after every change that can make an answer stale (a mark, the floor, a
+    /// bundle change): an answer found current at this epoch is current until it moves.
+    epoch: AtomicU64,
     bundle: Arc<BundleState>,
     /// Caches to empty at once on a snapshot (marks already make their answers unusable;
     /// this frees the memory).
@@ -151,6 +169,7 @@ impl Purges {
             by_id: marks(),
             by_tenant: marks(),
             floor: AtomicI64::new(i64::MIN),
+            epoch: AtomicU64::new(0),
             bundle,
             on_snapshot: std::sync::Mutex::new(Vec::new()),
         }
@@ -186,6 +205,30 @@ impl Purges {
         after(cutoff)
     }
 
+    /// Returns whether `cached` may still be used, skipping the lookups of
+    /// [`Purges::is_current`] when nothing changed since they last said yes. (The epoch is
+    /// read before the lookups, and bumped after each change is in place: a change the
+    /// lookups missed has moved the epoch past the one recorded.)
+    fn is_current_cached<V>(&self, cached: &Cached<V>) -> bool {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        if cached.checked_at_epoch.load(Ordering::Relaxed) == epoch {
+            return true;
+        }
+        let current = self.is_current(
+            &cached.credential_id,
+            cached.tenant_id.as_deref(),
+            cached.verified_at,
+        );
+        if current {
+            cached.checked_at_epoch.store(epoch, Ordering::Relaxed);
+        }
+        current
+    }
+
+    fn bump_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::Release);
+    }
+
     /// Registers a cache to empty on every snapshot.
     pub fn register_cache_clear(&self, clear: impl Fn() + Send + Sync + 'static) {
         self.on_snapshot
@@ -210,6 +253,7 @@ impl BundleListener for Purges {
         {
             clear();
         }
+        self.bump_epoch();
     }
 
     fn on_event(&self, now: UnixMillis, event: &BundleEvent) {
@@ -236,6 +280,8 @@ impl BundleListener for Purges {
             },
             _ => {}
         }
+        // Every event, not only those that left a mark: the bundle itself changed.
+        self.bump_epoch();
     }
 }
 
@@ -251,14 +297,14 @@ impl std::fmt::Debug for Purges {
 /// Answers about one family of credentials, by digest, each used only while current.
 pub struct CredentialCache<V> {
     keyer: Keyer,
-    entries: moka::future::Cache<Digest, Arc<Entry<V>>>,
+    entries: Entries<Cached<V>>,
     purges: Arc<Purges>,
     clock: Arc<dyn Clock>,
 }
 
 /// Where an answer came from.
 pub struct Found<V> {
-    pub entry: Arc<Entry<V>>,
+    pub entry: Arc<Cached<V>>,
     /// True when this very call made the issuer call (false for a cache hit, or for a
     /// caller that waited on another caller's issuer call).
     pub fetched_here: bool,
@@ -267,10 +313,7 @@ pub struct Found<V> {
 impl<V: Send + Sync + 'static> CredentialCache<V> {
     /// Returns an empty cache that consults `purges` (and is emptied on snapshots).
     pub fn new(purges: Arc<Purges>, clock: Arc<dyn Clock>) -> Arc<Self> {
-        let entries = moka::future::Cache::builder()
-            .max_capacity(CAPACITY)
-            .expire_after(EntryExpiry)
-            .build();
+        let entries = Entries::new(CAPACITY);
         let cache = Arc::new(CredentialCache {
             keyer: Keyer::random(),
             entries,
@@ -280,7 +323,7 @@ impl<V: Send + Sync + 'static> CredentialCache<V> {
         let weak = Arc::downgrade(&cache);
         purges.register_cache_clear(move || {
             if let Some(cache) = weak.upgrade() {
-                cache.entries.invalidate_all();
+                cache.entries.clear();
             }
         });
         cache
@@ -295,9 +338,12 @@ impl<V: Send + Sync + 'static> CredentialCache<V> {
     /// the call starts) on a miss. Concurrent misses of one credential make one `fetch`
     /// between them; a failed fetch is not cached and its error goes to every waiter.
     /// `usable` rejects a cached answer for a reason of its own (past an expiry).
+    /// `credential_id` is the credential's public id, parsed from it by the caller: an
+    /// answer about another id is never returned.
     pub async fn get_or_fetch<F, Fut>(
         &self,
         credential: &str,
+        credential_id: &str,
         usable: impl Fn(&Entry<V>, UnixMillis) -> bool,
         fetch: F,
     ) -> Result<Found<V>, Status>
@@ -306,26 +352,32 @@ impl<V: Send + Sync + 'static> CredentialCache<V> {
         Fut: Future<Output = Result<Entry<V>, Status>>,
     {
         let digest = self.keyer.digest(credential);
-        if let Some(entry) = self.entries.get(&digest).await {
-            if self.is_current(&entry) && usable(&entry, self.clock.now()) {
+        if let Some(entry) = self.entries.get(&digest, Instant::now()) {
+            if entry.credential_id == credential_id
+                && self.purges.is_current_cached(&entry)
+                && usable(&entry, self.clock.now())
+            {
                 return Ok(Found {
                     entry,
                     fetched_here: false,
                 });
             }
-            self.entries.invalidate(&digest).await;
+            self.entries.remove(&digest);
         }
         let fetched_here = std::sync::atomic::AtomicBool::new(false);
         let clock = self.clock.clone();
         let init = async {
             fetched_here.store(true, Ordering::Relaxed);
-            fetch(clock.now()).await.map(Arc::new)
+            let entry = fetch(clock.now()).await?;
+            let until = Instant::now() + entry.ttl;
+            let cached = Arc::new(Cached {
+                entry,
+                checked_at_epoch: AtomicU64::new(u64::MAX),
+            });
+            self.entries.insert(digest, Arc::clone(&cached), until);
+            Ok(cached)
         };
-        let entry = self
-            .entries
-            .try_get_with(digest, init)
-            .await
-            .map_err(|error: Arc<Status>| (*error).clone())?;
+        let entry = self.entries.fetch_once(digest, init).await?;
         Ok(Found {
             entry,
             fetched_here: fetched_here.load(Ordering::Relaxed),
@@ -334,24 +386,14 @@ impl<V: Send + Sync + 'static> CredentialCache<V> {
 
     /// Drops the answer about `credential`.
     pub async fn forget(&self, credential: &str) {
-        self.entries
-            .invalidate(&self.keyer.digest(credential))
-            .await;
-    }
-
-    fn is_current(&self, entry: &Entry<V>) -> bool {
-        self.purges.is_current(
-            &entry.credential_id,
-            entry.tenant_id.as_deref(),
-            entry.verified_at,
-        )
+        self.entries.remove(&self.keyer.digest(credential));
     }
 }
 
 impl<V> std::fmt::Debug for CredentialCache<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CredentialCache")
-            .field("entries", &self.entries.entry_count())
+            .field("entries", &self.entries.len())
             .finish_non_exhaustive()
     }
 }
@@ -417,9 +459,10 @@ mod tests {
         // Another process (another key) finds nothing under this process's digests.
         assert_ne!(one.digest(text), other.digest(text));
         assert!(!format!("{:?}{:?}", one, one.digest(text)).contains("secret"));
-        // Not HMAC(empty key) or a plain hash of the text: the key matters.
-        let unkeyed = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, b""), text.as_bytes());
-        assert_ne!(&one.digest(text).0[..], unkeyed.as_ref());
+        // Not the unkeyed (all-zero key) SipHash of the text: the key matters.
+        let mut unkeyed = SipHasher24::new();
+        unkeyed.write(text.as_bytes());
+        assert_ne!(one.digest(text).0, unkeyed.finish128().as_u128());
     }
 
     #[test]
@@ -509,6 +552,7 @@ mod tests {
                 cache
                     .get_or_fetch(
                         "tbk_x",
+                        "x",
                         |_, _| true,
                         |now| async move {
                             calls.fetch_add(1, Ordering::SeqCst);
@@ -535,6 +579,7 @@ mod tests {
         let again = cache
             .get_or_fetch(
                 "tbk_x",
+                "x",
                 |_, _| true,
                 |_| async { Err(Status::unavailable("down")) },
             )
@@ -543,6 +588,53 @@ mod tests {
             again.err().map(|status| status.code()),
             Some(tonic::Code::Unavailable)
         );
+    }
+
+    #[tokio::test]
+    async fn an_answer_found_current_goes_stale_at_the_next_change_of_its_credential() {
+        let purges = Arc::new(purges());
+        let clock: Arc<dyn Clock> = Arc::new(tessera_common::SystemClock);
+        let cache: Arc<CredentialCache<u32>> = CredentialCache::new(purges.clone(), clock);
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let lookup = |id: &'static str| {
+            let cache = cache.clone();
+            let calls = calls.clone();
+            async move {
+                cache
+                    .get_or_fetch(
+                        "tbk_x",
+                        id,
+                        |_, _| true,
+                        |now| async move {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            Ok(Entry {
+                                value: 7,
+                                credential_id: "x".into(),
+                                tenant_id: Some("t1".into()),
+                                verified_at: now,
+                                ttl: Duration::from_secs(30),
+                            })
+                        },
+                    )
+                    .await
+                    .unwrap()
+            }
+        };
+        assert!(lookup("x").await.fetched_here);
+        // Two hits: the first records the epoch, the second takes the shortcut.
+        assert!(!lookup("x").await.fetched_here);
+        assert!(!lookup("x").await.fetched_here);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // A change of another credential moves the epoch; the full check still passes.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        purges.on_event(cache.now(), &changed("y"));
+        assert!(!lookup("x").await.fetched_here);
+        // A change of this one makes the cached answer stale, shortcut or not.
+        purges.on_event(cache.now(), &changed("x"));
+        assert!(lookup("x").await.fetched_here);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // The same digest presented with another public id is never answered from cache.
+        assert!(lookup("z").await.fetched_here);
     }
 
     fn purges_bundle() -> TrustBundle {

@@ -80,6 +80,7 @@ impl OpaqueTokens {
             .cache
             .get_or_fetch(
                 text,
+                token_id,
                 |entry, now| match &entry.value {
                     TokenAnswer::Valid { expires_at, .. } => {
                         expires_at.is_none_or(|expires_at| now < expires_at)
