@@ -13,6 +13,7 @@ use futures_util::{Stream, StreamExt as _};
 use prost_types::Timestamp;
 use tessera_proto::v1 as pb;
 use tessera_proto::v1::api_key_service_server::ApiKeyServiceServer;
+use tessera_proto::v1::secret_service_server::SecretServiceServer;
 use tessera_proto::v1::service_token_service_server::ServiceTokenServiceServer;
 use tessera_proto::v1::trust_bundle_service_server::{
     TrustBundleService, TrustBundleServiceServer,
@@ -25,6 +26,7 @@ use tonic::transport::{Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use crate::fake_credentials::{self, FakeCredentials};
+use crate::fake_secrets::{self, FakeSecrets};
 use crate::keys::{TestKey, now_ms};
 
 /// The credential the fake issuer accepts.
@@ -59,6 +61,8 @@ pub struct FakeIssuer {
     pub addr: SocketAddr,
     /// The `ApiKeyService` and `ServiceTokenService` state (see `fake_credentials`).
     pub credentials: Arc<FakeCredentials>,
+    /// The `SecretService` state (see `fake_secrets`).
+    pub secrets: Arc<FakeSecrets>,
     shared: Arc<Shared>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -139,6 +143,11 @@ impl FakeIssuer {
             );
         }));
         let api_keys = ApiKeyServiceServer::new(fake_credentials::ApiKeys(credentials.clone()));
+        let rotated = shared.clone();
+        let secrets = FakeSecrets::new(Box::new(move |change| {
+            commit(&rotated, pb::bundle_change::Change::SecretRotated(change));
+        }));
+        let secret_service = SecretServiceServer::new(fake_secrets::Secrets(secrets.clone()));
         let service_tokens =
             ServiceTokenServiceServer::new(fake_credentials::ServiceTokens(credentials.clone()));
         let mut builder = Server::builder();
@@ -154,12 +163,14 @@ impl FakeIssuer {
                 .add_service(service)
                 .add_service(api_keys)
                 .add_service(service_tokens)
+                .add_service(secret_service)
                 .serve_with_incoming(incoming)
                 .await;
         });
         FakeIssuer {
             addr,
             credentials,
+            secrets,
             shared,
             server,
         }
@@ -286,15 +297,17 @@ struct Service {
     shared: Arc<Shared>,
 }
 
-/// Drops credential changes from `update` unless the reader asked for them.
-fn for_reader(mut update: pb::TrustBundleUpdate, informed: bool) -> pb::TrustBundleUpdate {
-    if let (false, Some(pb::trust_bundle_update::Kind::Delta(delta))) = (informed, &mut update.kind)
-    {
-        delta.changes.retain(|change| {
-            !matches!(
-                change.change,
-                Some(pb::bundle_change::Change::CredentialChanged(_))
-            )
+/// Drops credential and secret changes from `update` unless the reader asked for them.
+fn for_reader(
+    mut update: pb::TrustBundleUpdate,
+    informed: bool,
+    secrets_informed: bool,
+) -> pb::TrustBundleUpdate {
+    if let Some(pb::trust_bundle_update::Kind::Delta(delta)) = &mut update.kind {
+        delta.changes.retain(|change| match change.change {
+            Some(pb::bundle_change::Change::CredentialChanged(_)) => informed,
+            Some(pb::bundle_change::Change::SecretRotated(_)) => secrets_informed,
+            _ => true,
         });
     }
     update
@@ -322,6 +335,7 @@ impl TrustBundleService for Service {
         let since = request.since_revision;
         // As the issuer: credential changes only to subscribers that ask for them.
         let informed = request.credential_changes;
+        let secrets_informed = request.secret_changes;
         self.shared.n_subscriptions.fetch_add(1, Ordering::SeqCst);
         self.shared.since_revisions.lock().unwrap().push(since);
         let shared = self.shared.clone();
@@ -357,7 +371,11 @@ impl TrustBundleService for Service {
                 };
                 (first, shared.updates.subscribe())
             };
-            if sender.send(Ok(for_reader(first, informed))).await.is_err() {
+            if sender
+                .send(Ok(for_reader(first, informed, secrets_informed)))
+                .await
+                .is_err()
+            {
                 return;
             }
             let mut heartbeat = tokio::time::interval(HEARTBEAT);
@@ -378,7 +396,7 @@ impl TrustBundleService for Service {
                     () = sender.closed() => return,
                 };
                 if sender
-                    .send(Ok(for_reader(message, informed)))
+                    .send(Ok(for_reader(message, informed, secrets_informed)))
                     .await
                     .is_err()
                 {

@@ -4,6 +4,7 @@
 
 mod fake_credentials;
 mod fake_issuer;
+mod fake_secrets;
 mod harness;
 mod keys;
 
@@ -12,6 +13,7 @@ mod bounds;
 mod lifecycle;
 mod opaque;
 mod revocation;
+mod secrets;
 mod service_token;
 mod stream;
 mod tls;
