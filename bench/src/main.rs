@@ -20,6 +20,7 @@ mod refresh;
 mod report;
 mod rpc;
 mod sampling;
+mod secrets;
 #[cfg(feature = "sidecar")]
 mod stream_load;
 mod transport;
@@ -128,6 +129,9 @@ enum Command {
     /// same socket, and first-sight ValidateApiKey at the issuer (SQLite, PostgreSQL).
     #[command(name = "apikeys")]
     ApiKeys(apikeys::ApiKeysArgs),
+    /// Secrets: cached GetSecret at the sidecar against the empty unary RPC on the same
+    /// socket (issue 12 point 7).
+    Secrets(secrets::SecretsArgs),
     /// ValidateToken / ValidateStream against a `tessera-sidecar` process over its Unix
     /// socket.
     #[cfg(feature = "sidecar")]
@@ -371,6 +375,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::ApiKeys(args) => {
             apikeys::run(&args).await?;
+        }
+        Command::Secrets(args) => {
+            secrets::run(&args).await?;
         }
         #[cfg(feature = "sidecar")]
         Command::Validate(args) => {
