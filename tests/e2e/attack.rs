@@ -7,6 +7,7 @@ mod abuse;
 mod apikeys;
 mod emergency;
 mod scan;
+mod secret_reads;
 mod sessions;
 mod standing;
 mod tenant;

@@ -17,6 +17,7 @@ mod key_secrecy;
 mod postgres_replicas;
 mod readme_journeys;
 mod scan;
+mod secret_reads;
 mod shutdown;
 mod sidecar;
 mod standing;
