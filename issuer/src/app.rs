@@ -10,6 +10,7 @@ use tonic::Status;
 use tracing::warn;
 
 use crate::abuse::{self, Peer, Refusal};
+use crate::actions::ActionLinks;
 use crate::api_keys::ApiKeys;
 use crate::audit::{Actor, AuditAction, AuditEntry, AuditOutcome};
 use crate::auth::{AuthError, Authenticator, Caller, Scope, StoreAccess};
@@ -32,6 +33,9 @@ pub struct App {
     pub api_keys: Arc<ApiKeys>,
     /// Service identities, service tokens and webhook tokens.
     pub opaque_tokens: Arc<OpaqueTokens>,
+    /// Single-use tokens: action links, password reset, email verification (its store
+    /// also serves the emergency paths' `invalidate_one_time_tokens`).
+    pub actions: Arc<ActionLinks>,
     pub clock: Arc<dyn Clock>,
     pub tokens: TokenPolicy,
     pub heartbeat: Duration,

@@ -2,6 +2,7 @@
 //! requests into domain types (refusing bad input with `InvalidArgument` naming the field),
 //! call the domain, and map errors to `Status` through `grpc::status`.
 
+pub mod action_service;
 pub mod admin_service;
 pub mod api_key_service;
 pub mod bundle_service;

@@ -2,6 +2,7 @@
 //! keys on schedule and streams the trust bundle to verifiers.
 
 pub mod abuse;
+pub mod actions;
 pub mod api_keys;
 pub mod app;
 pub mod audit;

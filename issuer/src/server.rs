@@ -24,12 +24,14 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
+use crate::actions::ActionLinks;
 use crate::api_keys::ApiKeys;
 use crate::app::App;
 use crate::audit::{Actor, AuditAction};
 use crate::auth::{Authenticator, Caller, Scope};
 use crate::config::{IssuerConfig, KekSource, StoreConfig};
 use crate::credentials::Credentials;
+use crate::grpc::action_service::ActionLinkServiceImpl;
 use crate::grpc::admin_service::AdminServiceImpl;
 use crate::grpc::api_key_service::ApiKeyServiceImpl;
 use crate::grpc::bundle_service::TrustBundleServiceImpl;
@@ -46,7 +48,7 @@ use crate::opaque_tokens::OpaqueTokens;
 use crate::sessions::{SessionPolicy, SessionService};
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{ApiKeyStore, OpaqueTokenStore};
+use crate::store::{ApiKeyStore, OneTimeTokenStore, OpaqueTokenStore};
 use crate::store::{SessionStore, Store};
 use tessera_common::trace_context::TraceContextLayer;
 
@@ -66,15 +68,19 @@ struct Aggregates {
     session_store: Arc<dyn SessionStore>,
     api_key_store: Arc<dyn ApiKeyStore>,
     opaque_token_store: Arc<dyn OpaqueTokenStore>,
+    one_time_token_store: Arc<dyn OneTimeTokenStore>,
 }
 
 impl Aggregates {
-    fn of<S: Store + SessionStore + ApiKeyStore + OpaqueTokenStore>(store: Arc<S>) -> Aggregates {
+    fn of<S: Store + SessionStore + ApiKeyStore + OpaqueTokenStore + OneTimeTokenStore>(
+        store: Arc<S>,
+    ) -> Aggregates {
         Aggregates {
             store: store.clone(),
             session_store: store.clone(),
             api_key_store: store.clone(),
-            opaque_token_store: store,
+            opaque_token_store: store.clone(),
+            one_time_token_store: store,
         }
     }
 }
@@ -97,6 +103,7 @@ impl Issuer {
             session_store,
             api_key_store,
             opaque_token_store,
+            one_time_token_store,
         } = match &config.store {
             StoreConfig::Sqlite { path } => {
                 info!(path = %path.display(), "using embedded SQLite store");
@@ -178,6 +185,14 @@ impl Issuer {
         ));
         let live_revocations = session_store.live_revocations(clock.now()).await?;
         let hub = BundleHub::load(store.clone(), clock.clone(), policy, live_revocations).await?;
+        let actions = Arc::new(ActionLinks::new(
+            one_time_token_store,
+            keys.clone(),
+            hub.clone(),
+            sessions.clone(),
+            config.tokens.clone(),
+            clock.clone(),
+        ));
         let (shutdown_sender, shutdown) = watch::channel(false);
         let app = Arc::new(App {
             store,
@@ -188,6 +203,7 @@ impl Issuer {
             session_store,
             api_keys,
             opaque_tokens,
+            actions,
             clock,
             tokens: config.tokens.clone(),
             heartbeat: config.heartbeat,
@@ -444,6 +460,12 @@ pub fn issuer_services(app: &Arc<App>) -> Services {
             pb::service_token_service_server::ServiceTokenServiceServer::new(
                 ServiceTokenServiceImpl { app: app.clone() },
             )
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add(
+            pb::action_link_service_server::ActionLinkServiceServer::new(ActionLinkServiceImpl {
+                app: app.clone(),
+            })
             .max_decoding_message_size(MAX_REQUEST_BYTES),
         );
     services

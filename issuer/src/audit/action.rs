@@ -68,11 +68,18 @@ pub enum AuditAction {
     WebhookTokenIssue,
     /// A webhook token was revoked.
     WebhookTokenRevoke,
+    /// A password-reset token was issued (the user's older ones superseded).
+    PasswordResetIssue,
+    /// A password reset was completed: the change recorded, the user's earlier tokens
+    /// revoked.
+    PasswordChange,
+    /// A tenant's action-link settings (base URL, lifetimes) were replaced.
+    ActionSettingsSet,
 }
 
 impl AuditAction {
     /// Every action, in a fixed order.
-    pub const ALL: [AuditAction; 32] = [
+    pub const ALL: [AuditAction; 35] = [
         AuditAction::AuthDenied,
         AuditAction::ClientCreate,
         AuditAction::ClientDisable,
@@ -105,6 +112,9 @@ impl AuditAction {
         AuditAction::ServiceTokenRevoke,
         AuditAction::WebhookTokenIssue,
         AuditAction::WebhookTokenRevoke,
+        AuditAction::PasswordResetIssue,
+        AuditAction::PasswordChange,
+        AuditAction::ActionSettingsSet,
     ];
 
     /// Returns the name stored in the audit log (a dotted verb). Never change one: rows
@@ -142,6 +152,9 @@ impl AuditAction {
             AuditAction::ServiceTokenRevoke => "service.token.revoked",
             AuditAction::WebhookTokenIssue => "webhook.token.issued",
             AuditAction::WebhookTokenRevoke => "webhook.token.revoked",
+            AuditAction::PasswordResetIssue => "password.reset.issued",
+            AuditAction::PasswordChange => "password.changed",
+            AuditAction::ActionSettingsSet => "action.settings.set",
             AuditAction::ApiKeyLimits => "apikey.limits",
         }
     }
