@@ -135,7 +135,7 @@ async fn a_pushed_rotation_is_served_within_a_second_with_previous_during_the_ov
     assert_eq!(issuer.secrets.reads(), 3);
     sidecar.stop().await;
     // Memory only: the persisted bundle never holds a value.
-    let persisted = std::fs::read(&sidecar_bundle(&dir)).unwrap_or_default();
+    let persisted = std::fs::read(sidecar_bundle(&dir)).unwrap_or_default();
     for value in [&b"sk-one"[..], b"sk-two", b"sk-three"] {
         assert!(!persisted.windows(value.len()).any(|window| window == value));
     }
