@@ -287,3 +287,28 @@ async fn an_unreachable_issuer_leaves_the_cached_value_served_until_max_stalenes
     );
     sidecar.stop().await;
 }
+
+#[test]
+fn secret_flags_are_checked_before_anything_starts() {
+    let parse = |extra: &[&str]| {
+        let mut args = vec!["tessera-sidecar", "--issuer-token", "tbc_x"];
+        args.extend_from_slice(extra);
+        tessera_sidecar::SidecarConfig::parse_from(args)
+    };
+    let config = parse(&["--secret", "db/main", "--secret", "payments/*"]).unwrap();
+    let secrets = &config.credentials.secrets;
+    assert!(secrets.allow.allows("db/main") && secrets.allow.allows("payments/x"));
+    assert!(!secrets.allow.allows("db/other"));
+    assert_eq!(secrets.max_staleness, Duration::from_secs(300));
+    assert!(parse(&[]).unwrap().credentials.secrets.allow.is_empty());
+    for bad in [
+        &["--secret", "DB"][..],
+        &["--secret", "a*b"],
+        &["--secret-max-staleness-seconds", "0"],
+        &["--secret-max-staleness-seconds", "86401"],
+    ] {
+        let error = parse(bad).unwrap_err();
+        assert_eq!(error.exit_code(), 64, "{bad:?}");
+        assert!(error.to_string().contains("secret"), "{error}");
+    }
+}
