@@ -527,6 +527,20 @@ impl Challenges {
         }
     }
 
+    /// Records provider `name` as enabled or disabled (audited by `audit`), for every
+    /// replica: sends read the state on each delivery.
+    pub async fn set_provider_enabled(
+        &self,
+        name: &str,
+        enabled: bool,
+        audit: crate::audit::AuditEntry,
+    ) -> Result<(), StoreError> {
+        info!(provider = name, enabled, "delivery provider switched");
+        self.store
+            .set_provider_enabled(name, enabled, audit.at, audit)
+            .await
+    }
+
     /// Invalidates every live challenge and unused one-time token of `tenant` (or of
     /// everyone), audited.
     pub async fn invalidate_all(

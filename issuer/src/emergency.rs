@@ -23,6 +23,12 @@
 //!   credential. A global emergency leaves standing credentials alone: they are not
 //!   signed by the rotated keys, and revoking every tenant's integrations at once is a
 //!   tenant-by-tenant decision.
+//! - Every emergency (tenant or global) also invalidates the scope's live OTP and
+//!   magic-link challenges and unused one-time tokens (`Challenges::invalidate_all`,
+//!   audited as `challenge.emergency_invalidate`), before its commit: a failure there
+//!   fails the emergency, and a retry invalidates again (idempotent). A replay of a
+//!   recorded incident invalidates what was started since too, which is what an operator
+//!   re-asserting an incident wants.
 //! - Every key set is planned on its current state; if one changes before the commit
 //!   (a scheduled rotation on another replica), the commit fails as a whole and is
 //!   planned again.
@@ -122,6 +128,10 @@ pub struct Emergency<'a> {
     pub clock: &'a dyn Clock,
     /// How long a revocation entry is kept (the longest token lifetime + leeway).
     pub revocation_horizon: Duration,
+    /// Live OTP and magic-link challenges and unused one-time tokens (action links,
+    /// resets, verifications) of the scope are invalidated first (`None`: not part of
+    /// this emergency).
+    pub challenges: Option<&'a crate::challenges::Challenges>,
 }
 
 // === impl Emergency ===
@@ -141,6 +151,21 @@ impl Emergency<'_> {
             reason: format!("emergency {incident}: {}", actor.reason),
             ..actor.clone()
         };
+        // Before the commit, so a failure here fails the emergency and its retry (same
+        // incident, not yet recorded) invalidates again; invalidating is idempotent.
+        if let Some(challenges) = self.challenges {
+            let tenant = match scope {
+                EmergencyScope::Tenant(tenant) => Some(tenant),
+                EmergencyScope::Global => None,
+            };
+            challenges
+                .invalidate_all(tenant, &actor)
+                .await
+                .map_err(|error| match error {
+                    crate::challenges::ChallengeError::Store(error) => EmergencyError::Store(error),
+                    other => EmergencyError::Store(StoreError::Unavailable(other.to_string())),
+                })?;
+        }
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             let prepared = self.prepare_rotations(scope, &actor).await?;
             let commit = self.commit_of(incident, scope, &actor, &prepared);

@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use crate::kek::KekVersion;
 
 pub mod api_keys;
+pub mod challenges;
 mod columns;
 pub mod emergency;
 pub mod one_time_tokens;

@@ -23,6 +23,7 @@ pub async fn revoke(
         keys: &app.keys,
         clock: app.clock.as_ref(),
         revocation_horizon: app.sessions.revocation_horizon(),
+        challenges: Some(&app.challenges),
     };
     let outcome = emergency
         .revoke(incident, scope, actor)

@@ -4,6 +4,7 @@
 //! the subscribers of all of them.
 
 mod api_keys;
+mod challenges;
 mod error;
 mod listener;
 mod migrations;

@@ -2,6 +2,7 @@
 //! connection behind a mutex; every call runs on tokio's blocking pool.
 
 mod api_keys;
+mod challenges;
 mod error;
 mod migrations;
 mod one_time_tokens;
