@@ -243,9 +243,24 @@ pub enum TokenState {
     Unknown,
 }
 
+/// How long a replica trusts its cached answer to "when did this user last change their
+/// password" (a change made through another replica shows in later tokens after at most
+/// this long; one made through this replica at once). The revocation of the user's
+/// earlier tokens does not depend on it: that is a pushed revocation entry.
+const PASSWORD_CHANGE_CACHE_TTL: Duration = Duration::from_secs(2);
+/// How long past its expiry a single-use record is kept before the scheduler deletes it.
+/// Past expiry plus the verifiers' leeway the token fails its own `exp` check before its
+/// record is read, so an hour is ample, and the table holds at most the live tokens plus
+/// an hour of expired ones.
+pub const PRUNE_AFTER: Duration = Duration::from_secs(3_600);
+/// Most users whose password-change instant a replica caches.
+const PASSWORD_CHANGE_CACHE_ENTRIES: u64 = 100_000;
+
 /// Issues and consumes single-use tokens.
 pub struct ActionLinks {
     store: Arc<dyn OneTimeTokenStore>,
+    /// (tenant, user) → last recorded password change, for `last_password_change`.
+    password_changes: moka::future::Cache<(String, String), Option<UnixMillis>>,
     keys: Arc<KeyManager>,
     hub: Arc<BundleHub>,
     sessions: Arc<SessionService>,
@@ -266,6 +281,10 @@ impl ActionLinks {
     ) -> ActionLinks {
         ActionLinks {
             store,
+            password_changes: moka::future::Cache::builder()
+                .max_capacity(PASSWORD_CHANGE_CACHE_ENTRIES)
+                .time_to_live(PASSWORD_CHANGE_CACHE_TTL)
+                .build(),
             keys,
             hub,
             sessions,
@@ -277,6 +296,38 @@ impl ActionLinks {
     /// Returns the store (the emergency paths invalidate through it).
     pub fn store(&self) -> &Arc<dyn OneTimeTokenStore> {
         &self.store
+    }
+
+    /// Returns the `last_password_change` (seconds) an access token of `user_id` issued
+    /// now carries: the later of what the caller says and the change recorded by a
+    /// completed password reset.
+    pub async fn last_password_change(
+        &self,
+        tenant_id: &TenantId,
+        user_id: &str,
+        stated: i64,
+    ) -> Result<i64, ActionError> {
+        let key = (tenant_id.as_str().to_owned(), user_id.to_owned());
+        let recorded = match self.password_changes.get(&key).await {
+            Some(recorded) => recorded,
+            None => {
+                let recorded = self.store.password_changed_at(tenant_id, user_id).await?;
+                self.password_changes.insert(key, recorded).await;
+                recorded
+            }
+        };
+        Ok(recorded.map_or(stated, |changed_at| stated.max(changed_at.as_secs())))
+    }
+
+    /// Deletes the single-use records that expired more than [`PRUNE_AFTER`] ago (used,
+    /// invalidated or not); returns how many. Run by the scheduler.
+    pub async fn prune(&self) -> Result<u64, ActionError> {
+        let before = self.clock.now().minus(PRUNE_AFTER);
+        let n_pruned = self.store.prune_one_time_tokens(before).await?;
+        if n_pruned > 0 {
+            info!(n_pruned, "expired single-use token records pruned");
+        }
+        Ok(n_pruned)
     }
 
     /// Returns the longest lifetime verifiers accept for `token_type`.
@@ -465,6 +516,12 @@ impl ActionLinks {
         if consumption != Consumption::Consumed {
             return Ok(settle(consumption, claims));
         }
+        self.password_changes
+            .insert(
+                (tenant_id.as_str().to_owned(), claims.user_id.clone()),
+                Some(now),
+            )
+            .await;
         let subject = Subject::new(claims.user_id.clone()).map_err(|error| BadInput {
             field: "user_id",
             problem: error.to_string(),

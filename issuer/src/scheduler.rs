@@ -10,6 +10,7 @@ use tessera_common::keys::KeySetName;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::actions::ActionLinks;
 use crate::api_keys::ApiKeys;
 use crate::audit::{Actor, AuditAction, AuditEntry, AuditOutcome};
 use crate::hub::RETAINED_EVENTS;
@@ -25,6 +26,8 @@ const EVENTS_KEPT: u64 = 10 * RETAINED_EVENTS as u64;
 pub struct Standing {
     pub api_keys: Arc<ApiKeys>,
     pub opaque_tokens: Arc<OpaqueTokens>,
+    /// Single-use tokens: records an hour past expiry deleted.
+    pub actions: Arc<ActionLinks>,
 }
 
 /// Runs the scheduler every `interval` until `shutdown` fires.
@@ -40,6 +43,7 @@ pub async fn run(
     let Standing {
         api_keys,
         opaque_tokens,
+        actions,
     } = standing;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -61,6 +65,11 @@ pub async fn run(
         // past it deleted, so the table holds about a week of tokens.
         if let Err(error) = opaque_tokens.sweep().await {
             warn!(%error, "opaque token sweep failed");
+        }
+        // Single-use token records an hour past expiry (used or not) are deleted, so the
+        // table holds the live tokens and about an hour of expired ones.
+        if let Err(error) = actions.prune().await {
+            warn!(%error, "single-use token pruning failed");
         }
     }
 }

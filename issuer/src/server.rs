@@ -238,6 +238,7 @@ impl Issuer {
             crate::scheduler::Standing {
                 api_keys: app.api_keys.clone(),
                 opaque_tokens: app.opaque_tokens.clone(),
+                actions: app.actions.clone(),
             },
             app.clock.clone(),
             self.config.rotation_check,

@@ -211,7 +211,7 @@ impl pb::token_service_server::TokenService for TokenServiceImpl {
             .authorize(&request, "TokenService/IssueAccessToken", Scope::Issue)
             .await?;
         let request_id = request_id(&request);
-        let token_request = AccessTokenRequest::try_from(request.into_inner())?;
+        let mut token_request = AccessTokenRequest::try_from(request.into_inner())?;
         self.app
             .check_tenant(
                 &caller,
@@ -220,6 +220,17 @@ impl pb::token_service_server::TokenService for TokenServiceImpl {
                 &request_id,
             )
             .await?;
+        // A password changed through a reset shows in every later token (issue 11).
+        token_request.last_password_change = self
+            .app
+            .actions
+            .last_password_change(
+                &token_request.tenant_id,
+                token_request.subject.as_str(),
+                token_request.last_password_change,
+            )
+            .await
+            .map_err(crate::grpc::action_service::from_action)?;
         let now = self.app.now();
         let signer = self
             .app
@@ -323,6 +334,17 @@ impl pb::token_service_server::TokenService for TokenServiceImpl {
                 &request_id,
             )
             .await?;
+        let mut token_request = token_request;
+        token_request.last_password_change = self
+            .app
+            .actions
+            .last_password_change(
+                &token_request.tenant_id,
+                token_request.subject.as_str(),
+                token_request.last_password_change,
+            )
+            .await
+            .map_err(crate::grpc::action_service::from_action)?;
         let actor = actor(&caller, request_id, String::new());
         let tokens = self
             .app

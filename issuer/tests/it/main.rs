@@ -3,6 +3,7 @@
 //! PostgreSQL cases run (and reports the ones skipped).
 
 mod abuse;
+mod actions;
 mod api_keys;
 mod audit;
 mod bootstrap_clients;

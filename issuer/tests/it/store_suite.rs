@@ -8,10 +8,12 @@
 //! `TESSERA_REQUIRE_POSTGRES=1`, which makes them fail.
 
 mod api_keys;
+mod challenges;
 mod emergency;
 mod events;
 mod fixture;
 mod keys;
+mod one_time_tokens;
 mod opaque_tokens;
 mod rate_limits;
 mod records;
@@ -80,6 +82,20 @@ macro_rules! store_test_suite {
                 concurrent_confirmations_revoke_the_predecessor_exactly_once,
                 the_sweep_marks_expired_tokens_and_deletes_old_rows,
                 an_emergency_deactivates_one_tenants_standing_credentials,
+            },
+            challenges::{
+                challenges_round_trip_count_attempts_and_verify_once,
+                concurrent_attempts_from_two_stores_count_exactly_the_limit,
+                rate_windows_charge_each_call_once_and_restart,
+                invalidation_pruning_and_provider_states,
+            },
+            one_time_tokens::{
+                one_time_tokens_round_trip_and_consume_once,
+                concurrent_consumptions_from_two_stores_let_exactly_one_win,
+                resets_supersede_and_emergencies_invalidate,
+                confirmation_pairs_are_consumed_together,
+                a_completed_reset_records_the_password_change_once,
+                pruning_and_settings,
             },
         ]);
     };

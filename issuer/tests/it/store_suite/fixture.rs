@@ -17,8 +17,8 @@ use tessera_issuer::audit::{Actor, AuditAction, GENESIS_HASH, chain_hash};
 use tessera_issuer::store::postgres::{PostgresOptions, PostgresStore};
 use tessera_issuer::store::sqlite::SqliteStore;
 use tessera_issuer::store::{
-    ApiKeyStore, AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeyWrite, OpaqueTokenStore,
-    Revocation, RevocationEffect, SessionStore, Store, StoredKey, WrappedKey,
+    ApiKeyStore, AuditEntry, AuditRecord, ClientRecord, KeyCommit, KeyWrite, OneTimeTokenStore,
+    OpaqueTokenStore, Revocation, RevocationEffect, SessionStore, Store, StoredKey, WrappedKey,
 };
 use tokio::sync::Notify;
 
@@ -127,6 +127,30 @@ impl Fixture {
     /// Opens a second store on the same database, like [`Fixture::open_replica`], seen
     /// through its opaque-token aggregate.
     pub async fn open_opaque_token_replica(&self) -> Arc<dyn OpaqueTokenStore> {
+        match &self.target {
+            Target::Sqlite { path, .. } => {
+                Arc::new(SqliteStore::open(path).expect("reopen sqlite store"))
+            }
+            Target::Postgres { schema } => Arc::new(connect_postgres(schema).await),
+        }
+    }
+
+    /// Opens a store on the same database, like [`Fixture::open_replica`], seen through
+    /// its single-use token aggregate.
+    pub async fn open_one_time_token_replica(&self) -> Arc<dyn OneTimeTokenStore> {
+        match &self.target {
+            Target::Sqlite { path, .. } => {
+                Arc::new(SqliteStore::open(path).expect("reopen sqlite store"))
+            }
+            Target::Postgres { schema } => Arc::new(connect_postgres(schema).await),
+        }
+    }
+
+    /// Opens a store on the same database, like [`Fixture::open_replica`], seen through
+    /// its challenge aggregate (challenges, provider states, one-time rate windows).
+    pub async fn open_challenge_replica(
+        &self,
+    ) -> Arc<dyn tessera_issuer::store::challenges::ChallengeStore> {
         match &self.target {
             Target::Sqlite { path, .. } => {
                 Arc::new(SqliteStore::open(path).expect("reopen sqlite store"))
