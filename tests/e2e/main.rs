@@ -14,6 +14,7 @@ mod examples;
 mod grpcurl;
 mod jwks_pyjwt;
 mod key_secrecy;
+mod onetime;
 mod postgres_replicas;
 mod readme_journeys;
 mod scan;
