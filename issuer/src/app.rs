@@ -36,6 +36,8 @@ pub struct App {
     /// Single-use tokens: action links, password reset, email verification (its store
     /// also serves the emergency paths' `invalidate_one_time_tokens`).
     pub actions: Arc<ActionLinks>,
+    /// The secrets inventory and its rotations (issue 12).
+    pub secrets: Arc<crate::secrets::Secrets>,
     pub clock: Arc<dyn Clock>,
     pub tokens: TokenPolicy,
     pub heartbeat: Duration,

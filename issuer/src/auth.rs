@@ -35,6 +35,74 @@ pub enum Scope {
     Introspect,
     /// Subscribe to the trust bundle.
     BundleRead,
+    /// `secrets:read:<name>` or `secrets:read:<prefix>*`: read the values of the secrets
+    /// it covers (issue 12). `admin` does not imply it: an operator credential leaked to
+    /// a log must not dump every password.
+    SecretRead(SecretReadScope),
+    /// Holds at least one [`Scope::SecretRead`]: what ReadSecret authorizes before it
+    /// checks the one secret asked for ([`Caller::may_read_secret`]). Never parsed.
+    SecretReader,
+}
+
+/// Most distinct secret-read scopes interned per process. Scopes come from client
+/// records and configuration written by admins, so a few dozen is typical; past the cap
+/// new ones are ignored (the credential lacks them) rather than growing memory.
+const MAX_SECRET_READ_SCOPES: usize = 4096;
+
+/// The text of a `secrets:read:` scope, interned so [`Scope`] stays `Copy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SecretReadScope(&'static str);
+
+impl SecretReadScope {
+    const PREFIX: &'static str = "secrets:read:";
+
+    /// Parses `secrets:read:<name>` or `secrets:read:<prefix>*` (a non-empty prefix of
+    /// name characters).
+    pub fn parse(text: &str) -> Option<SecretReadScope> {
+        let pattern = text.strip_prefix(Self::PREFIX)?;
+        let valid = match pattern.strip_suffix('*') {
+            Some(prefix) => {
+                !prefix.is_empty()
+                    && prefix.len() < crate::secrets::MAX_NAME_BYTES
+                    && prefix.bytes().all(|b| {
+                        b.is_ascii_lowercase()
+                            || b.is_ascii_digit()
+                            || matches!(b, b'.' | b'_' | b'/' | b'-')
+                    })
+                    && !prefix.split('/').any(|segment| segment == "..")
+            }
+            None => crate::secrets::check_name(pattern).is_ok(),
+        };
+        if !valid {
+            return None;
+        }
+        static INTERNED: std::sync::OnceLock<
+            std::sync::Mutex<std::collections::HashSet<&'static str>>,
+        > = std::sync::OnceLock::new();
+        let mut interned = INTERNED
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(known) = interned.get(text) {
+            return Some(SecretReadScope(known));
+        }
+        if interned.len() >= MAX_SECRET_READ_SCOPES {
+            tracing::warn!("too many distinct secrets:read scopes; ignoring a new one");
+            return None;
+        }
+        let leaked: &'static str = Box::leak(text.to_owned().into_boxed_str());
+        interned.insert(leaked);
+        Some(SecretReadScope(leaked))
+    }
+
+    /// Returns true when this scope lets its holder read `name`.
+    pub fn covers(self, name: &str) -> bool {
+        let pattern = &self.0[Self::PREFIX.len()..];
+        match pattern.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == pattern,
+        }
+    }
 }
 
 impl Scope {
@@ -45,6 +113,8 @@ impl Scope {
             Scope::Issue => "issue",
             Scope::Introspect => "introspect",
             Scope::BundleRead => "bundle:read",
+            Scope::SecretRead(scope) => scope.0,
+            Scope::SecretReader => "secrets:read:<name>",
         }
     }
 
@@ -55,7 +125,7 @@ impl Scope {
             "issue" => Some(Scope::Issue),
             "introspect" => Some(Scope::Introspect),
             "bundle:read" => Some(Scope::BundleRead),
-            _ => None,
+            _ => SecretReadScope::parse(text).map(Scope::SecretRead),
         }
     }
 }
@@ -70,11 +140,28 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// Returns true when the caller holds `scope` (admin holds every scope).
+    /// Returns true when the caller holds `scope` (admin holds every scope but the
+    /// secret-read ones).
     pub fn has(&self, scope: Scope) -> bool {
-        self.scopes
-            .iter()
-            .any(|held| *held == scope || *held == Scope::Admin)
+        match scope {
+            Scope::SecretRead(_) => self.scopes.contains(&scope),
+            Scope::SecretReader => self
+                .scopes
+                .iter()
+                .any(|held| matches!(held, Scope::SecretRead(_))),
+            _ => self
+                .scopes
+                .iter()
+                .any(|held| *held == scope || *held == Scope::Admin),
+        }
+    }
+
+    /// Returns true when one of the caller's `secrets:read:` scopes covers `name`.
+    pub fn may_read_secret(&self, name: &str) -> bool {
+        self.scopes.iter().any(|held| match held {
+            Scope::SecretRead(scope) => scope.covers(name),
+            _ => false,
+        })
     }
 
     /// Returns true when the caller may act on `tenant_id`.
@@ -113,7 +200,15 @@ impl Caller {
     /// `tenants`: no scope it lacks (admin implies the others) and no tenant outside its
     /// own, so a credential can never be used to mint a stronger one.
     pub fn may_grant(&self, scopes: &[Scope], tenants: &[String]) -> bool {
-        scopes.iter().all(|scope| self.has(*scope)) && self.covers_tenants(tenants)
+        // A secret-read scope is granted by an unconfined admin (who provisions the
+        // sidecars reading secrets) or by a holder of the same scope.
+        let may_grant = |scope: &Scope| match scope {
+            Scope::SecretRead(_) => {
+                self.has(*scope) || (self.has(Scope::Admin) && !self.is_confined())
+            }
+            _ => self.has(*scope),
+        };
+        scopes.iter().all(may_grant) && self.covers_tenants(tenants)
     }
 }
 
@@ -438,6 +533,36 @@ mod caller_tests {
         assert!(issue_only.may_grant(&[Scope::Issue], &[]));
         let platform_admin = caller(&[Scope::Admin], &[]);
         assert!(platform_admin.may_grant(&[Scope::Admin], &[]));
+    }
+
+    #[test]
+    fn secret_read_scopes_cover_their_names_only_and_admin_reads_none() {
+        let exact = Scope::parse("secrets:read:payments/db").unwrap();
+        let prefix = Scope::parse("secrets:read:payments/*").unwrap();
+        assert_eq!(exact.as_str(), "secrets:read:payments/db");
+        let reader = caller(&[exact], &[]);
+        assert!(reader.may_read_secret("payments/db"));
+        assert!(!reader.may_read_secret("payments/dbx"));
+        assert!(!reader.may_read_secret("billing/db"));
+        let prefixed = caller(&[prefix], &[]);
+        assert!(prefixed.may_read_secret("payments/redis"));
+        assert!(!prefixed.may_read_secret("payment"));
+        assert!(prefixed.has(Scope::SecretReader));
+        let admin = caller(&[Scope::Admin], &[]);
+        assert!(!admin.has(Scope::SecretReader));
+        assert!(!admin.may_read_secret("payments/db"));
+        assert!(admin.may_grant(&[exact], &[]));
+        assert!(!caller(&[Scope::Admin], &["a"]).may_grant(&[exact], &tenants(&["a"])));
+        for bad in [
+            "secrets:read:",
+            "secrets:read:*",
+            "secrets:read:../x",
+            "secrets:read:A",
+            "secrets:read:../*",
+            "secrets:read",
+        ] {
+            assert!(Scope::parse(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ use tessera_proto::v1 as pb;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 pub mod apikeys;
+pub mod secrets;
 pub mod service_tokens;
 pub mod webhook_tokens;
 pub mod webhooks;

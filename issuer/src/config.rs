@@ -115,6 +115,8 @@ pub struct IssuerConfig {
     pub bootstrap_clients: Vec<BootstrapClient>,
     pub log_json: bool,
     pub otlp_endpoint: Option<String>,
+    /// The secrets engine's own admin connections (issue 12).
+    pub secrets_rotators: crate::secrets::rotators::RotatorCredentials,
 }
 
 impl IssuerConfig {
@@ -218,7 +220,20 @@ fn resolve(settings: ServeArgs, environment: Environment) -> Result<IssuerConfig
         )?,
         log_json: settings.log_json.unwrap_or(false),
         otlp_endpoint: environment.otlp_endpoint,
+        challenges: delivery::resolve(&settings)?,
+        secrets_rotators: crate::secrets::rotators::RotatorCredentials {
+            postgres_admin_url: settings.secrets_postgres_admin_url.clone(),
+            redis_admin_url: settings.secrets_redis_admin_url.clone(),
+        },
     })
+}
+
+/// The test hook `TESSERA_FAIL_POINT` (for example `secret-rotation:after-set`): the
+/// secrets engine aborts the process when a rotation reaches that point, so the
+/// crash-resume tests can kill the issuer between any two steps of a rotation. Read here
+/// only; unset in production, where it changes nothing.
+pub fn fail_point() -> Option<String> {
+    non_empty_env("TESSERA_FAIL_POINT")
 }
 
 /// The API-key usage batch interval: what a crash may lose, and how stale

@@ -10,6 +10,7 @@ pub mod convert;
 pub mod emergency;
 pub mod key_service;
 pub mod reason;
+pub mod secret_service;
 pub mod service_token_service;
 pub mod status;
 pub mod token_service;

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod opaque_tokens;
 pub mod scan;
 pub mod scheduler;
+pub mod secrets;
 pub mod server;
 pub mod service_tokens;
 pub mod sessions;

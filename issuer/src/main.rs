@@ -117,6 +117,28 @@ enum Command {
         #[command(subcommand)]
         command: ClientsCommand,
     },
+    /// The secrets inventory: register, list (age, due date, overdue), show, rotate,
+    /// roll back, history, put.
+    Secrets {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(subcommand)]
+        command: cli::secrets::SecretsCommand,
+    },
+    /// Rotate secrets now and revoke their previous values at once (a suspected
+    /// compromise); reports per secret.
+    EmergencyRotate {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        /// The secrets to rotate.
+        names: Vec<String>,
+        /// Every secret Tessera can rotate (external ones are listed as skipped).
+        #[arg(long)]
+        all: bool,
+        /// Why (recorded in the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
     /// Read and verify the audit log.
     Audit {
         #[command(flatten)]
@@ -167,6 +189,13 @@ fn main() -> ExitCode {
                 reason,
             } => cli::emergency(&connect, tenant, global, incident, reason).await,
             Command::Audit { connect, command } => cli::audit(&connect, command).await,
+            Command::Secrets { connect, command } => cli::secrets::secrets(&connect, command).await,
+            Command::EmergencyRotate {
+                connect,
+                names,
+                all,
+                reason,
+            } => cli::secrets::emergency_rotate(&connect, names, all, reason).await,
             Command::Webhooks { connect, command } => {
                 cli::webhooks::webhooks(&connect, command).await
             }

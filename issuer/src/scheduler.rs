@@ -28,6 +28,8 @@ pub struct Standing {
     pub opaque_tokens: Arc<OpaqueTokens>,
     /// Single-use tokens: records an hour past expiry deleted.
     pub actions: Arc<ActionLinks>,
+    /// The secrets inventory: due rotations, unfinished ones, warnings (issue 12).
+    pub secrets: Arc<crate::secrets::Secrets>,
 }
 
 /// Runs the scheduler every `interval` until `shutdown` fires.
@@ -44,6 +46,7 @@ pub async fn run(
         api_keys,
         opaque_tokens,
         actions,
+        secrets,
     } = standing;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -70,6 +73,12 @@ pub async fn run(
         // table holds the live tokens and about an hour of expired ones.
         if let Err(error) = actions.prune().await {
             warn!(%error, "single-use token pruning failed");
+        }
+        // Secrets: unfinished rotations resumed, due ones rotated (90 % of the cadence),
+        // warnings at 80 % recorded once; each step a generation-checked commit, so
+        // replicas rotate a secret exactly once.
+        for action in secrets.run_scheduled().await {
+            info!(?action, "secrets scheduler");
         }
     }
 }

@@ -68,11 +68,19 @@ struct Aggregates {
     session_store: Arc<dyn SessionStore>,
     api_key_store: Arc<dyn ApiKeyStore>,
     opaque_token_store: Arc<dyn OpaqueTokenStore>,
+    secret_store: Arc<dyn crate::store::SecretStore>,
     one_time_token_store: Arc<dyn OneTimeTokenStore>,
 }
 
 impl Aggregates {
-    fn of<S: Store + SessionStore + ApiKeyStore + OpaqueTokenStore + OneTimeTokenStore>(
+    fn of<
+        S: Store
+            + SessionStore
+            + ApiKeyStore
+            + OpaqueTokenStore
+            + OneTimeTokenStore
+            + crate::store::SecretStore,
+    >(
         store: Arc<S>,
     ) -> Aggregates {
         Aggregates {
@@ -80,6 +88,7 @@ impl Aggregates {
             session_store: store.clone(),
             api_key_store: store.clone(),
             opaque_token_store: store.clone(),
+            secret_store: store.clone(),
             one_time_token_store: store,
         }
     }
@@ -103,6 +112,7 @@ impl Issuer {
             session_store,
             api_key_store,
             opaque_token_store,
+            secret_store,
             one_time_token_store,
         } = match &config.store {
             StoreConfig::Sqlite { path } => {
@@ -121,6 +131,13 @@ impl Issuer {
             }
         };
         let keyring = Arc::new(Keyring::from_kek(load_kek(&config.kek)?)?);
+        let secrets = Arc::new(crate::secrets::Secrets::new(
+            secret_store,
+            store.clone(),
+            keyring.clone(),
+            clock.clone(),
+            config.secrets_rotators.clone(),
+        ));
         let pepper = keyring::load_stored_peppers(&keyring, store.as_ref())
             .await
             .context("loading the credential pepper versions")?;
@@ -204,6 +221,7 @@ impl Issuer {
             api_keys,
             opaque_tokens,
             actions,
+            secrets,
             clock,
             tokens: config.tokens.clone(),
             heartbeat: config.heartbeat,
@@ -238,6 +256,7 @@ impl Issuer {
             crate::scheduler::Standing {
                 api_keys: app.api_keys.clone(),
                 opaque_tokens: app.opaque_tokens.clone(),
+                secrets: app.secrets.clone(),
                 actions: app.actions.clone(),
             },
             app.clock.clone(),
@@ -456,6 +475,17 @@ pub fn issuer_services(app: &Arc<App>) -> Services {
                 app: app.clone(),
             })
             .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add(
+            // A secret's value may be up to its own limit (PutSecretVersion); larger ones
+            // get a typed refusal, and gRPC refuses anything past the headroom.
+            pb::secret_service_server::SecretServiceServer::new(
+                crate::grpc::secret_service::SecretServiceImpl {
+                    app: app.clone(),
+                    secrets: app.secrets.clone(),
+                },
+            )
+            .max_decoding_message_size(crate::secrets::MAX_VALUE_BYTES + MAX_REQUEST_BYTES),
         )
         .add(
             pb::service_token_service_server::ServiceTokenServiceServer::new(

@@ -42,6 +42,19 @@ pub enum AuditAction {
     KeyRotateScheduled,
     /// A tenant's webhook secrets were handed to a caller (the secrets are never logged).
     WebhookSecretsRead,
+    /// A secret was added to the inventory (issue 12; its name, never a value).
+    SecretRegister,
+    /// A step of a secret's rotation (`create`, `set`, `test`, `finish`, `discard`,
+    /// `revoke_previous`), with the version; a failed step has outcome `failed`.
+    SecretRotate,
+    /// An operator recorded a new value of a secret (its version, never the value).
+    SecretPut,
+    /// A secret's previous version was made current again.
+    SecretRollback,
+    /// A secret's value was handed to a caller (name and versions only).
+    SecretRead,
+    /// A secret passed 80 % of its cadence (recorded once per version).
+    SecretWarning,
     /// An API key was created (its id, never its secret).
     ApiKeyCreate,
     /// An API key was rotated: a successor made, the key valid until its grace ends.
@@ -79,7 +92,7 @@ pub enum AuditAction {
 
 impl AuditAction {
     /// Every action, in a fixed order.
-    pub const ALL: [AuditAction; 35] = [
+    pub const ALL: [AuditAction; 41] = [
         AuditAction::AuthDenied,
         AuditAction::ClientCreate,
         AuditAction::ClientDisable,
@@ -99,6 +112,12 @@ impl AuditAction {
         AuditAction::KeyRotateEmergency,
         AuditAction::KeyRotateScheduled,
         AuditAction::WebhookSecretsRead,
+        AuditAction::SecretRegister,
+        AuditAction::SecretRotate,
+        AuditAction::SecretPut,
+        AuditAction::SecretRollback,
+        AuditAction::SecretRead,
+        AuditAction::SecretWarning,
         AuditAction::ApiKeyCreate,
         AuditAction::ApiKeyRotate,
         AuditAction::ApiKeyRevoke,
@@ -140,6 +159,12 @@ impl AuditAction {
             AuditAction::KeyRotateEmergency => "key.rotate.emergency",
             AuditAction::KeyRotateScheduled => "key.rotate.scheduled",
             AuditAction::WebhookSecretsRead => "webhook.secrets.read",
+            AuditAction::SecretRegister => "secret.register",
+            AuditAction::SecretRotate => "secret.rotate",
+            AuditAction::SecretPut => "secret.put",
+            AuditAction::SecretRollback => "secret.rollback",
+            AuditAction::SecretRead => "secret.read",
+            AuditAction::SecretWarning => "secret.warning",
             AuditAction::ApiKeyCreate => "apikey.create",
             AuditAction::ApiKeyRotate => "apikey.rotate",
             AuditAction::ApiKeyRevoke => "apikey.revoke",

@@ -95,7 +95,11 @@ macro_rules! serve_settings {
 }
 
 /// Settings whose value may hold a secret (a PostgreSQL URL may carry a password).
-const SECRET_SETTINGS: &[&str] = &["database_url"];
+const SECRET_SETTINGS: &[&str] = &[
+    "database_url",
+    "secrets_postgres_admin_url",
+    "secrets_redis_admin_url",
+];
 
 serve_settings! {
     /// gRPC listen address [default: 127.0.0.1:50051].
@@ -107,6 +111,12 @@ serve_settings! {
     data_dir: PathBuf = "TESSERA_DATA_DIR";
     /// PostgreSQL URL; without it state lives in <data-dir>/tessera.db (SQLite).
     database_url: String = "TESSERA_DATABASE_URL" [hide_env_values = true];
+    /// PostgreSQL URL of the role the secrets engine rotates `postgres` secrets with (it
+    /// must be allowed to ALTER ROLE the alternated roles); never taken from a request.
+    secrets_postgres_admin_url: String = "TESSERA_SECRETS_POSTGRES_ADMIN_URL" [hide_env_values = true];
+    /// Redis URL (`redis://[user:password@]host:port`) of the user the secrets engine
+    /// rotates `redis` secrets with (it must be allowed ACL SETUSER).
+    secrets_redis_admin_url: String = "TESSERA_SECRETS_REDIS_ADMIN_URL" [hide_env_values = true];
     /// PostgreSQL connection pool size [default: 16].
     database_pool_size: usize = "TESSERA_DATABASE_POOL_SIZE";
     /// CA certificate (PEM) for PostgreSQL TLS.
