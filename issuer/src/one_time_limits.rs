@@ -244,22 +244,23 @@ fn charges_of(
         window_start: UnixMillis(start),
         window_end: UnixMillis(start + window),
     };
-    // The tenant and user are identifiers without NUL, so the separator is unambiguous.
+    // Tenant and user ids hold no control character, so the unit separator (U+001F)
+    // keeps the parts apart (NUL cannot be stored in PostgreSQL text).
     let mut charges = vec![charge(format!(
-        "{}\0user\0{}\0{}",
+        "{}\u{1f}user\u{1f}{}\u{1f}{}",
         operation.as_str(),
         subject.tenant_id,
         subject.user_id
     ))];
     if let Some(ip) = subject.client_ip {
-        charges.push(charge(format!("{}\0ip\0{ip}", operation.as_str())));
+        charges.push(charge(format!("{}\u{1f}ip\u{1f}{ip}", operation.as_str())));
     }
     charges.sort_by(|a, b| a.bucket.cmp(&b.bucket));
     charges
 }
 
 fn scope_of(bucket: &str, rule: LimitRule) -> (&'static str, u32) {
-    if bucket.split('\0').nth(1) == Some("ip") {
+    if bucket.split('\u{1f}').nth(1) == Some("ip") {
         ("ip", rule.per_ip)
     } else {
         ("user", rule.per_user)
