@@ -12,8 +12,10 @@ use tessera_proto::v1 as pb;
 
 use super::{Client, ConnectArgs, time};
 
-/// `tessera-issuer secrets …`
+/// `tessera-issuer secrets …` (parsed once per process: the size of `Register` is no
+/// concern).
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum SecretsCommand {
     /// Add a secret to the inventory; rotating kinds get their first value at once.
     Register {
@@ -461,7 +463,7 @@ pub async fn emergency_rotate(
     all: bool,
     reason: String,
 ) -> anyhow::Result<()> {
-    if all == !names.is_empty() {
+    if all != names.is_empty() {
         bail!("name the secrets to rotate, or pass --all (not both)");
     }
     let client = Client::connect(args).await?;

@@ -94,7 +94,7 @@ pub fn open(
         .open_in_place(
             nonce,
             Aad::from(value_aad(name, version).as_bytes()),
-            &mut *in_out,
+            &mut in_out,
         )
         .map_err(|_| SecretError::Sealing)?
         .len();
