@@ -14,6 +14,7 @@ mod leaked;
 mod legacy_audit;
 mod postgres_replicas;
 mod rate_limits;
+mod secrets;
 mod server;
 mod service_tokens;
 mod sessions;
