@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tessera_common::{Clock, UnixMillis};
 
+use crate::action::ActionTokens;
 use crate::apikeys::ApiKeys;
 use crate::config::{CredentialsConfig, IssuerConfig};
 use crate::credcache::Purges;
@@ -23,6 +24,8 @@ const MARK_SLACK: Duration = Duration::from_secs(10);
 /// Everything the three RPCs need.
 pub struct Credentials {
     pub api_keys: ApiKeys,
+    /// ConsumeActionToken: forgeries and mismatches refused here, the rest forwarded.
+    pub actions: ActionTokens,
     pub opaque_tokens: OpaqueTokens,
     pub service_tokens: Arc<ServiceTokens>,
     pub secrets: Secrets,
@@ -49,8 +52,9 @@ impl Credentials {
         // A mark matters while an answer verified before it may still be cached: the
         // cache TTL after an issuer call that may last CALL_TIMEOUT.
         let longest_life = config.cache_ttl + CALL_TIMEOUT + MARK_SLACK;
-        let purges = Arc::new(Purges::new(bundle, longest_life));
+        let purges = Arc::new(Purges::new(bundle.clone(), longest_life));
         Ok(Credentials {
+            actions: ActionTokens::new(client.clone(), bundle.clone(), clock.clone()),
             api_keys: ApiKeys::new(
                 client.clone(),
                 purges.clone(),

@@ -1,7 +1,7 @@
 //! Unary calls to the issuer on behalf of the credential validators and the service-token
 //! holder: `ApiKeyService.ValidateApiKey` and `LeaseApiKeyBudget`,
 //! `ServiceTokenService.ValidateServiceToken`, `IssueServiceToken` and
-//! `ConfirmServiceToken`.
+//! `ConfirmServiceToken`, `ActionLinkService.ConsumeActionToken`.
 //!
 //! They go to the issuer the trust-bundle stream subscribes to, through the same
 //! endpoint settings (address, TLS, client certificate) on a channel of their own that
@@ -16,6 +16,7 @@
 use std::time::Duration;
 
 use tessera_proto::v1 as pb;
+use tessera_proto::v1::action_link_service_client::ActionLinkServiceClient;
 use tessera_proto::v1::api_key_service_client::ApiKeyServiceClient;
 use tessera_proto::v1::service_token_service_client::ServiceTokenServiceClient;
 use tonic::metadata::MetadataValue;
@@ -123,6 +124,19 @@ impl IssuerClient {
         answer(
             client.confirm_service_token(request).await,
             "ConfirmServiceToken",
+        )
+    }
+
+    /// `ActionLinkService.ConsumeActionToken` (what the sidecar could not refuse alone).
+    pub async fn consume_action_token(
+        &self,
+        message: pb::ConsumeActionTokenRequest,
+    ) -> Result<pb::ConsumeActionTokenResponse, Status> {
+        let request = self.request(message)?;
+        let mut client = ActionLinkServiceClient::new(self.channel.clone());
+        answer(
+            client.consume_action_token(request).await,
+            "ConsumeActionToken",
         )
     }
 }

@@ -5,6 +5,7 @@
 //! `main` parses a [`SidecarConfig`], binds [`Listeners`] and calls [`run`]; tests call
 //! the same `run` with their own listeners and shutdown signal.
 
+pub mod action;
 pub mod answer;
 pub mod apikeys;
 pub mod backoff;

@@ -43,6 +43,7 @@ const VALIDATE_API_KEY: &str = "/tessera.v1.ValidatorService/ValidateApiKey";
 const VALIDATE_OPAQUE_TOKEN: &str = "/tessera.v1.ValidatorService/ValidateOpaqueToken";
 const FETCH_SERVICE_TOKEN: &str = "/tessera.v1.ValidatorService/FetchServiceToken";
 const GET_SECRET: &str = "/tessera.v1.ValidatorService/GetSecret";
+const CONSUME_ACTION_TOKEN: &str = "/tessera.v1.ValidatorService/ConsumeActionToken";
 
 /// The gRPC face of the [`Validator`], ready for `tonic::service::Routes`.
 #[derive(Clone, Debug)]
@@ -145,6 +146,11 @@ where
                 // once per version (crate::secrets).
                 let mut grpc = self.grpc::<pb::GetSecretValueRequest, SecretAnswer>();
                 let method = GetSecret(self.credentials.secrets.clone());
+                Box::pin(async move { Ok(grpc.unary(method, request).await) })
+            }
+            CONSUME_ACTION_TOKEN => {
+                let mut grpc = self.prost::<pb::ConsumeActionTokenRequest, _>();
+                let method = CredentialMethod(self.credentials.clone(), consume_action_token);
                 Box::pin(async move { Ok(grpc.unary(method, request).await) })
             }
             _ => Box::pin(async move {
@@ -257,6 +263,14 @@ fn validate_opaque_token(
 ) -> BoxFuture<pb::ValidateOpaqueTokenResponse, Status> {
     let span = tracing::debug_span!("validate_opaque_token");
     Box::pin(async move { credentials.opaque_tokens.validate(&request).await }.instrument(span))
+}
+
+fn consume_action_token(
+    credentials: Arc<Credentials>,
+    request: pb::ConsumeActionTokenRequest,
+) -> BoxFuture<pb::ConsumeActionTokenResponse, Status> {
+    let span = tracing::debug_span!("consume_action_token");
+    Box::pin(async move { credentials.actions.consume(request).await }.instrument(span))
 }
 
 fn fetch_service_token(
