@@ -158,6 +158,6 @@ mod tests {
     fn debug_never_shows_the_code() {
         let code = Code::presented("123456");
         assert_eq!(format!("{code:?}"), "Code(<redacted>)");
-        assert!(hash_input("chl_a", &code).contains("chl_a\0123456"));
+        assert!(hash_input("chl_a", &code).contains("chl_a\u{0}123456"));
     }
 }

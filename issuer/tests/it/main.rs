@@ -7,6 +7,7 @@ mod actions;
 mod api_keys;
 mod audit;
 mod bootstrap_clients;
+mod challenges;
 mod harness;
 mod health;
 mod keyring;
