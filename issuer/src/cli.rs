@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use tessera_proto::v1 as pb;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
+pub mod action_links;
 pub mod apikeys;
 pub mod secrets;
 pub mod service_tokens;

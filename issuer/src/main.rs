@@ -50,6 +50,14 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Signed action links (`tba_…`): create, consume exactly once, inspect (also
+    /// `tbr_`/`tbe_` tokens).
+    ActionLinks {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(subcommand)]
+        command: cli::action_links::ActionLinksCommand,
+    },
     /// Create, list, show, rotate, revoke and validate tenant API keys (`tbk_…`).
     Apikeys {
         #[command(flatten)]
@@ -200,6 +208,9 @@ fn main() -> ExitCode {
                 cli::webhooks::webhooks(&connect, command).await
             }
             Command::Apikeys { connect, command } => cli::apikeys::apikeys(&connect, command).await,
+            Command::ActionLinks { connect, command } => {
+                cli::action_links::action_links(&connect, command).await
+            }
             Command::ServiceTokens { connect, command } => {
                 cli::service_tokens::service_tokens(&connect, command).await
             }

@@ -1,6 +1,7 @@
 //! End-to-end tests of single-use tokens (issue 11) that need the real binaries: exactly
 //! one of 100 concurrent consumers of one action link wins across two issuer replicas on
 //! PostgreSQL, and a sidecar refuses forged, mismatched and expired action tokens locally
-//! while forwarding the rest to the issuer.
+//! while forwarding the rest to the issuer; the `action-links` CLI.
 
 mod actions;
+mod cli;
