@@ -18,6 +18,7 @@ mod opaque_tokens;
 mod rate_limits;
 mod records;
 mod replicas;
+mod secrets;
 mod sessions;
 
 /// Stamps out one `#[tokio::test]` per case for a backend, each on a fresh fixture.
@@ -75,6 +76,10 @@ macro_rules! store_test_suite {
                 concurrent_leases_from_two_stores_never_charge_past_the_limit,
                 rate_limits_are_replaced_only_on_a_working_key,
                 a_key_written_without_limits_has_the_default_limits,
+            },
+            secrets::{
+                secrets_round_trip_and_commits_check_the_generation,
+                concurrent_secret_commits_from_two_stores_let_exactly_one_win,
             },
             opaque_tokens::{
                 opaque_tokens_round_trip_and_identities_by_tenant,

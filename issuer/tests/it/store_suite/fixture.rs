@@ -159,6 +159,17 @@ impl Fixture {
         }
     }
 
+    /// Opens a store on the same database, like [`Fixture::open_replica`], seen through
+    /// its secrets-inventory aggregate.
+    pub async fn open_secret_replica(&self) -> Arc<dyn tessera_issuer::store::SecretStore> {
+        match &self.target {
+            Target::Sqlite { path, .. } => {
+                Arc::new(SqliteStore::open(path).expect("reopen sqlite store"))
+            }
+            Target::Postgres { schema } => Arc::new(connect_postgres(schema).await),
+        }
+    }
+
     /// Returns the PostgreSQL schema under test, if this is the PostgreSQL fixture.
     pub fn postgres_schema(&self) -> Option<&SchemaGuard> {
         match &self.target {
