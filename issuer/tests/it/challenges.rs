@@ -6,6 +6,7 @@
 //! simulated time, and the code never in the audit log. Delivery through real SMTP and
 //! HTTP endpoints: `challenges/delivery.rs`.
 
+mod alerts;
 mod delivery;
 pub mod support;
 
