@@ -8,6 +8,7 @@ mod apikeys;
 mod emergency;
 mod scan;
 mod secret_reads;
+mod secrets;
 mod sessions;
 mod standing;
 mod tenant;

@@ -19,6 +19,7 @@ mod postgres_replicas;
 mod readme_journeys;
 mod scan;
 mod secret_reads;
+mod secrets;
 mod shutdown;
 mod sidecar;
 mod standing;
