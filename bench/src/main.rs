@@ -6,6 +6,7 @@
 //! the client cpus (`--client-cpus`, default 1): see `procs`.
 
 mod apikeys;
+mod challenges;
 mod cpu;
 mod fixtures;
 mod issue_suite;
@@ -13,6 +14,7 @@ mod issuer_server;
 mod latency;
 mod load;
 mod noop;
+mod onetime;
 mod procs;
 mod propagation;
 mod raw;
@@ -129,6 +131,13 @@ enum Command {
     /// same socket, and first-sight ValidateApiKey at the issuer (SQLite, PostgreSQL).
     #[command(name = "apikeys")]
     ApiKeys(apikeys::ApiKeysArgs),
+    /// OTP challenges: VerifyChallenge over distinct challenges at the issuer on
+    /// PostgreSQL, each verified once (issue 11 point 9).
+    Challenges(challenges::ChallengesArgs),
+    /// Single-use tokens: ConsumeActionToken over distinct links at the issuer on
+    /// PostgreSQL, with zero double consumption checked from the rows (issue 11 point 9).
+    #[command(name = "onetime")]
+    OneTime(onetime::OneTimeArgs),
     /// Secrets: cached GetSecret at the sidecar against the empty unary RPC on the same
     /// socket (issue 12 point 7).
     Secrets(secrets::SecretsArgs),
@@ -375,6 +384,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::ApiKeys(args) => {
             apikeys::run(&args).await?;
+        }
+        Command::Challenges(args) => {
+            challenges::run(&args).await?;
+        }
+        Command::OneTime(args) => {
+            onetime::run(&args).await?;
         }
         Command::Secrets(args) => {
             secrets::run(&args).await?;

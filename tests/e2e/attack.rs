@@ -5,7 +5,9 @@
 
 mod abuse;
 mod apikeys;
+mod challenges;
 mod emergency;
+mod onetime;
 mod scan;
 mod secret_reads;
 mod secrets;
