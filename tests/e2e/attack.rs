@@ -5,7 +5,6 @@
 
 mod abuse;
 mod apikeys;
-mod challenges;
 mod emergency;
 mod onetime;
 mod scan;
