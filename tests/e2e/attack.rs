@@ -5,6 +5,7 @@
 
 mod abuse;
 mod apikeys;
+mod challenges;
 mod emergency;
 mod onetime;
 mod scan;
