@@ -36,6 +36,9 @@ pub struct App {
     /// Single-use tokens: action links, password reset, email verification (its store
     /// also serves the emergency paths' `invalidate_one_time_tokens`).
     pub actions: Arc<ActionLinks>,
+    /// OTP and magic-link challenges, their delivery providers and the one-time rate
+    /// limits (also charged by password-reset and email-verification requests).
+    pub challenges: Arc<crate::challenges::Challenges>,
     /// The secrets inventory and its rotations (issue 12).
     pub secrets: Arc<crate::secrets::Secrets>,
     pub clock: Arc<dyn Clock>,

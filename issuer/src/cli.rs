@@ -11,6 +11,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 pub mod action_links;
 pub mod apikeys;
+pub mod challenges;
+pub mod providers;
 pub mod secrets;
 pub mod service_tokens;
 pub mod webhook_tokens;

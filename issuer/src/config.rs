@@ -5,6 +5,7 @@
 //! is a `ConfigError` naming the field; the binary exits with code 64 on it.
 
 mod bootstrap_clients;
+pub mod delivery;
 mod key_sets;
 mod settings;
 
@@ -115,6 +116,8 @@ pub struct IssuerConfig {
     pub bootstrap_clients: Vec<BootstrapClient>,
     pub log_json: bool,
     pub otlp_endpoint: Option<String>,
+    /// Challenge delivery providers, routes and one-time rate limits (`--challenge-config`).
+    pub challenges: delivery::ChallengeSettings,
     /// The secrets engine's own admin connections (issue 12).
     pub secrets_rotators: crate::secrets::rotators::RotatorCredentials,
 }
@@ -660,7 +663,7 @@ mod tests {
             assert!(!message.contains("unknown field"), "{id}: {message}");
             n_settings += 1;
         }
-        assert_eq!(n_settings, 28, "a setting was added or lost");
+        assert_eq!(n_settings, 31, "a setting was added or lost");
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod action_service;
 pub mod admin_service;
 pub mod api_key_service;
 pub mod bundle_service;
+pub mod challenge_service;
 pub mod convert;
 pub mod emergency;
 pub mod key_service;

@@ -80,6 +80,21 @@ enum Command {
         #[command(subcommand)]
         command: cli::webhooks::WebhooksCommand,
     },
+    /// One-time login challenges: start an OTP or magic link, verify a code, invalidate
+    /// a tenant's live challenges and one-time tokens.
+    Challenges {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(subcommand)]
+        command: cli::challenges::ChallengesCommand,
+    },
+    /// Challenge delivery providers: list, disable (provider compromise), enable.
+    Providers {
+        #[command(flatten)]
+        connect: ConnectArgs,
+        #[command(subcommand)]
+        command: cli::providers::ProvidersCommand,
+    },
     /// Log in (sessions with rotating refresh tokens), refresh, log out.
     Session {
         #[command(flatten)]
@@ -210,6 +225,12 @@ fn main() -> ExitCode {
             Command::Apikeys { connect, command } => cli::apikeys::apikeys(&connect, command).await,
             Command::ActionLinks { connect, command } => {
                 cli::action_links::action_links(&connect, command).await
+            }
+            Command::Challenges { connect, command } => {
+                cli::challenges::challenges(&connect, command).await
+            }
+            Command::Providers { connect, command } => {
+                cli::providers::providers(&connect, command).await
             }
             Command::ServiceTokens { connect, command } => {
                 cli::service_tokens::service_tokens(&connect, command).await

@@ -28,6 +28,8 @@ pub struct Standing {
     pub opaque_tokens: Arc<OpaqueTokens>,
     /// Single-use tokens: records an hour past expiry deleted.
     pub actions: Arc<ActionLinks>,
+    /// OTP and magic-link challenges: used and expired ones pruned after a day.
+    pub challenges: Arc<crate::challenges::Challenges>,
     /// The secrets inventory: due rotations, unfinished ones, warnings (issue 12).
     pub secrets: Arc<crate::secrets::Secrets>,
 }
@@ -46,6 +48,7 @@ pub async fn run(
         api_keys,
         opaque_tokens,
         actions,
+        challenges,
         secrets,
     } = standing;
     let mut ticker = tokio::time::interval(interval);
@@ -73,6 +76,11 @@ pub async fn run(
         // table holds the live tokens and about an hour of expired ones.
         if let Err(error) = actions.prune().await {
             warn!(%error, "single-use token pruning failed");
+        }
+        // Challenges a day past expiry (verified, dead or unused alike) and ended rate
+        // windows are deleted, so both tables hold about a day of rows.
+        if let Err(error) = challenges.prune().await {
+            warn!(%error, "challenge pruning failed");
         }
         // Secrets: unfinished rotations resumed, due ones rotated (90 % of the cadence),
         // warnings at 80 % recorded once; each step a generation-checked commit, so

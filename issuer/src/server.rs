@@ -70,6 +70,7 @@ struct Aggregates {
     opaque_token_store: Arc<dyn OpaqueTokenStore>,
     secret_store: Arc<dyn crate::store::SecretStore>,
     one_time_token_store: Arc<dyn OneTimeTokenStore>,
+    challenge_store: Arc<dyn crate::store::challenges::ChallengeStore>,
 }
 
 impl Aggregates {
@@ -78,8 +79,9 @@ impl Aggregates {
             + SessionStore
             + ApiKeyStore
             + OpaqueTokenStore
+            + crate::store::SecretStore
             + OneTimeTokenStore
-            + crate::store::SecretStore,
+            + crate::store::challenges::ChallengeStore,
     >(
         store: Arc<S>,
     ) -> Aggregates {
@@ -89,9 +91,42 @@ impl Aggregates {
             api_key_store: store.clone(),
             opaque_token_store: store.clone(),
             secret_store: store.clone(),
-            one_time_token_store: store,
+            one_time_token_store: store.clone(),
+            challenge_store: store,
         }
     }
+}
+
+/// Builds the challenge service: delivery providers from `--challenge-config`, the
+/// one-time rate limiter, all over the one store.
+fn challenges(
+    config: &IssuerConfig,
+    challenge_store: Arc<dyn crate::store::challenges::ChallengeStore>,
+    store: &Arc<dyn Store>,
+    keyring: &Arc<Keyring>,
+    keys: &Arc<KeyManager>,
+    one_time_token_store: &Arc<dyn OneTimeTokenStore>,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<Arc<crate::challenges::Challenges>> {
+    let settings = &config.challenges;
+    let delivery = crate::delivery::Delivery::new(settings, keys.clone(), challenge_store.clone())
+        .map_err(anyhow::Error::msg)
+        .context("building the challenge delivery providers")?;
+    Ok(Arc::new(crate::challenges::Challenges::new(
+        crate::challenges::ChallengeParts {
+            store: challenge_store.clone(),
+            main_store: store.clone(),
+            keyring: keyring.clone(),
+            delivery: Arc::new(delivery),
+            limits: Arc::new(crate::one_time_limits::OneTimeLimits::new(
+                challenge_store,
+                settings.limits,
+            )),
+            clock: clock.clone(),
+            link_base_url: settings.link_base_url.clone(),
+            one_time_tokens: one_time_token_store.clone(),
+        },
+    )))
 }
 
 /// A started issuer, ready to serve.
@@ -114,6 +149,7 @@ impl Issuer {
             opaque_token_store,
             secret_store,
             one_time_token_store,
+            challenge_store,
         } = match &config.store {
             StoreConfig::Sqlite { path } => {
                 info!(path = %path.display(), "using embedded SQLite store");
@@ -202,6 +238,15 @@ impl Issuer {
         ));
         let live_revocations = session_store.live_revocations(clock.now()).await?;
         let hub = BundleHub::load(store.clone(), clock.clone(), policy, live_revocations).await?;
+        let challenges = challenges(
+            &config,
+            challenge_store,
+            &store,
+            &keyring,
+            &keys,
+            &one_time_token_store,
+            &clock,
+        )?;
         let actions = Arc::new(ActionLinks::new(
             one_time_token_store,
             keys.clone(),
@@ -221,6 +266,7 @@ impl Issuer {
             api_keys,
             opaque_tokens,
             actions,
+            challenges,
             secrets,
             clock,
             tokens: config.tokens.clone(),
@@ -256,8 +302,9 @@ impl Issuer {
             crate::scheduler::Standing {
                 api_keys: app.api_keys.clone(),
                 opaque_tokens: app.opaque_tokens.clone(),
-                secrets: app.secrets.clone(),
                 actions: app.actions.clone(),
+                challenges: app.challenges.clone(),
+                secrets: app.secrets.clone(),
             },
             app.clock.clone(),
             self.config.rotation_check,
@@ -469,6 +516,12 @@ pub fn issuer_services(app: &Arc<App>) -> Services {
             .max_decoding_message_size(
                 crate::webhooks::format::MAX_PAYLOAD_BYTES + MAX_REQUEST_BYTES,
             ),
+        )
+        .add(
+            pb::challenge_service_server::ChallengeServiceServer::new(
+                crate::grpc::challenge_service::ChallengeServiceImpl { app: app.clone() },
+            )
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add(
             pb::api_key_service_server::ApiKeyServiceServer::new(ApiKeyServiceImpl {

@@ -81,6 +81,21 @@ pub enum AuditAction {
     WebhookTokenIssue,
     /// A webhook token was revoked.
     WebhookTokenRevoke,
+    /// A one-time challenge (OTP or magic link) was started (its id; never the code or
+    /// the destination).
+    ChallengeStart,
+    /// A challenge was verified (once).
+    ChallengeVerified,
+    /// A challenge's last attempt failed: it is dead.
+    ChallengeExhausted,
+    /// Live challenges and one-time tokens were invalidated in an emergency.
+    ChallengeEmergencyInvalidate,
+    /// A delivery provider was disabled at runtime.
+    ProviderDisable,
+    /// A delivery provider was enabled again.
+    ProviderEnable,
+    /// A delivery passed over its primary provider (disabled or failing) to the backup.
+    ProviderFailover,
     /// A password-reset token was issued (the user's older ones superseded).
     PasswordResetIssue,
     /// A password reset was completed: the change recorded, the user's earlier tokens
@@ -92,7 +107,7 @@ pub enum AuditAction {
 
 impl AuditAction {
     /// Every action, in a fixed order.
-    pub const ALL: [AuditAction; 41] = [
+    pub const ALL: [AuditAction; 48] = [
         AuditAction::AuthDenied,
         AuditAction::ClientCreate,
         AuditAction::ClientDisable,
@@ -131,6 +146,13 @@ impl AuditAction {
         AuditAction::ServiceTokenRevoke,
         AuditAction::WebhookTokenIssue,
         AuditAction::WebhookTokenRevoke,
+        AuditAction::ChallengeStart,
+        AuditAction::ChallengeVerified,
+        AuditAction::ChallengeExhausted,
+        AuditAction::ChallengeEmergencyInvalidate,
+        AuditAction::ProviderDisable,
+        AuditAction::ProviderEnable,
+        AuditAction::ProviderFailover,
         AuditAction::PasswordResetIssue,
         AuditAction::PasswordChange,
         AuditAction::ActionSettingsSet,
@@ -177,6 +199,13 @@ impl AuditAction {
             AuditAction::ServiceTokenRevoke => "service.token.revoked",
             AuditAction::WebhookTokenIssue => "webhook.token.issued",
             AuditAction::WebhookTokenRevoke => "webhook.token.revoked",
+            AuditAction::ChallengeStart => "challenge.start",
+            AuditAction::ChallengeVerified => "challenge.verified",
+            AuditAction::ChallengeExhausted => "challenge.exhausted",
+            AuditAction::ChallengeEmergencyInvalidate => "challenge.emergency_invalidate",
+            AuditAction::ProviderDisable => "provider.disabled",
+            AuditAction::ProviderEnable => "provider.enabled",
+            AuditAction::ProviderFailover => "provider.failover",
             AuditAction::PasswordResetIssue => "password.reset.issued",
             AuditAction::PasswordChange => "password.changed",
             AuditAction::ActionSettingsSet => "action.settings.set",

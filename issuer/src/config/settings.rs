@@ -174,6 +174,10 @@ serve_settings! {
     /// a valid credential of that name, a new client is created and its credential written
     /// to PATH (mode 0600), e.g. a sidecar's `bundle:read` credential on a shared volume.
     bootstrap_clients: Vec<String> = "TESSERA_BOOTSTRAP_CLIENTS" [value_delimiter = ';', value_name = "name=N,scope=S,file=F"];
+    /// Challenge settings file (TOML): delivery providers, each challenge method's
+    /// primary and backup, the magic-link base URL, one-time rate limits; see
+    /// `config/delivery.rs` [default: no providers, default limits].
+    challenge_config: PathBuf = "TESSERA_CHALLENGE_CONFIG";
     /// Log as JSON lines [default: false].
     log_json: bool = "TESSERA_LOG_JSON";
 }
