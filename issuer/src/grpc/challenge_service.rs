@@ -116,6 +116,32 @@ fn rate_limited(scope: &str, retry_after: std::time::Duration) -> Status {
     status
 }
 
+/// Charges one call of a rate-limited one-time `operation` (password-reset and
+/// email-verification requests) for the user and, when given, the end user's IP: the
+/// one call ActionLinkService's handlers make before minting. Over a limit:
+/// RESOURCE_EXHAUSTED with `retry-after`. A user id that is no identifier is refused
+/// here, before it names a bucket.
+pub async fn admit_one_time(
+    app: &App,
+    operation: crate::one_time_limits::LimitedOperation,
+    tenant_id: &TenantId,
+    user_id: &str,
+    client_ip: Option<IpAddr>,
+) -> Result<(), Status> {
+    tessera_common::ids::check_identifier("user_id", user_id)
+        .map_err(|error| Status::invalid_argument(error.to_string()))?;
+    let subject = crate::one_time_limits::LimitSubject {
+        tenant_id,
+        user_id,
+        client_ip,
+    };
+    app.challenges
+        .limits()
+        .admit(operation, &subject, app.now())
+        .await
+        .map_err(|error| from_challenge(ChallengeError::Limit(error)))
+}
+
 fn method_of(method: i32) -> Result<ChallengeMethod, Status> {
     match pb::ChallengeMethod::try_from(method) {
         Ok(pb::ChallengeMethod::OtpEmail) => Ok(ChallengeMethod::OtpEmail),
