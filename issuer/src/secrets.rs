@@ -330,6 +330,7 @@ impl Secrets {
         if rotates {
             self.rotate(&name, false, actor).await?;
         }
+        self.export_metrics().await;
         self.get(&name).await
     }
 
@@ -405,6 +406,7 @@ impl Secrets {
         {
             return Err(SecretError::Conflict);
         }
+        self.export_metrics().await;
         self.get(name).await
     }
 
@@ -459,6 +461,7 @@ impl Secrets {
         {
             return Err(SecretError::Conflict);
         }
+        self.export_metrics().await;
         self.get(name).await
     }
 
@@ -621,11 +624,14 @@ impl Secrets {
         emergency: bool,
         actor: &Actor,
     ) -> Result<RotateOutcome, SecretError> {
-        engine::rotate(self, name, emergency, actor, false).await
+        let outcome = engine::rotate(self, name, emergency, actor, false).await?;
+        self.export_metrics().await;
+        Ok(outcome)
     }
 
     /// Sets `tessera_secret_last_rotated_timestamp_seconds`,
-    /// `tessera_secret_next_rotation_timestamp_seconds` and `tessera_secret_overdue`.
+    /// `tessera_secret_next_rotation_timestamp_seconds` and `tessera_secret_overdue`
+    /// (after every write on this replica, and every scheduler pass on each).
     pub async fn export_metrics(&self) {
         let Ok(views) = self.list().await else {
             return;

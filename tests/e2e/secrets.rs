@@ -16,6 +16,7 @@ use tessera_proto::v1 as pb;
 use tessera_proto::v1::secret_service_client::SecretServiceClient;
 
 use crate::support::grpc::{connect, runtime, with_bearer};
+use crate::support::http;
 use crate::support::issuer::{Issuer, read_trimmed};
 use crate::support::wait::{patience, poll_until};
 
@@ -137,6 +138,28 @@ fn a_rotation_killed_between_any_two_steps_resumes_and_the_secret_works() {
     ]);
     assert_eq!(registered["versions"][0]["stage"], "current");
     let reader = read_trimmed(&reader_file);
+    // The inventory: age, due date and overdue flag per secret; the per-secret gauges
+    // (exported by the scheduler's first pass) feed deploy/prometheus/secrets_alerts.yml.
+    let listed = issuer.cli_json(&["secrets", "list"]);
+    let entry = &listed["secrets"][0];
+    assert_eq!(entry["name"], name);
+    assert_eq!(entry["age_days"], 0);
+    assert_eq!(entry["overdue"], false);
+    assert_eq!(entry["cadence_days"], 180);
+    assert!(
+        entry["next_rotation_at"].as_i64().unwrap() > entry["last_rotated_at"].as_i64().unwrap()
+    );
+    let gauge = format!("tessera_secret_last_rotated_timestamp_seconds{{secret=\"{name}\"}}");
+    let metrics = poll_until(
+        patience(Duration::from_secs(10)),
+        Duration::from_millis(200),
+        || {
+            let text = http::get(issuer.http_addr, "/metrics", &[]).ok()?.text();
+            text.contains(&gauge).then_some(text)
+        },
+    )
+    .expect("the per-secret gauge is exported");
+    assert!(metrics.contains(&format!("tessera_secret_overdue{{secret=\"{name}\"}} 0")));
     let mut seen_values: Vec<Vec<u8>> = vec![read_value(&issuer, &reader, name).0.1];
     issuer.terminate(Duration::from_secs(20));
     // Each start truncates the log file: every run's log is kept here.
