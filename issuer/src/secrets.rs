@@ -566,7 +566,9 @@ impl Secrets {
             let due = rotates && now >= fraction_of_cadence(&state.record, 9, 10);
             if state.record.rotation.is_some() || due {
                 let resumed = state.record.rotation.is_some();
-                match self.rotate_scheduled(&name, &actor).await {
+                match engine::rotate(self, &name, false, &actor, Some(state.record.generation))
+                    .await
+                {
                     Ok(outcome) if resumed => actions.push(ScheduledAction::Resumed {
                         name: name.clone(),
                         version: outcome.version,
@@ -609,14 +611,6 @@ impl Secrets {
         actions
     }
 
-    async fn rotate_scheduled(
-        &self,
-        name: &str,
-        actor: &Actor,
-    ) -> Result<RotateOutcome, SecretError> {
-        engine::rotate(self, name, false, actor, true).await
-    }
-
     /// Rotates `name` now (or finishes its unfinished rotation).
     pub async fn rotate(
         &self,
@@ -624,7 +618,7 @@ impl Secrets {
         emergency: bool,
         actor: &Actor,
     ) -> Result<RotateOutcome, SecretError> {
-        let outcome = engine::rotate(self, name, emergency, actor, false).await?;
+        let outcome = engine::rotate(self, name, emergency, actor, None).await?;
         self.export_metrics().await;
         Ok(outcome)
     }

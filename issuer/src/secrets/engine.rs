@@ -189,15 +189,18 @@ fn with_rotation(record: &SecretRecord, rotation: Option<&Rotation>) -> SecretRe
     }
 }
 
-/// Runs (or resumes) a rotation of `name` to its end. `scheduled` callers give up on the
-/// first lost race (another replica is rotating); operators' calls follow the winner.
+/// Runs (or resumes) a rotation of `name` to its end. A scheduler pass gives the
+/// generation it decided on (`scheduled`) and gives up, with `Conflict`, as soon as the
+/// secret moved past it or a commit is lost (another replica is rotating it), so a due
+/// secret is rotated, and reported, by one replica; operators' calls follow the winner.
 pub(super) async fn rotate(
     secrets: &Secrets,
     name: &str,
     emergency: bool,
     actor: &Actor,
-    scheduled: bool,
+    scheduled: Option<i64>,
 ) -> Result<RotateOutcome, SecretError> {
+    let is_scheduled = scheduled.is_some();
     let mut steps: Vec<&'static str> = Vec::new();
     let mut resumed: Option<bool> = None;
     // Bounded: each pass either commits a step or follows another writer's commit.
@@ -210,6 +213,12 @@ pub(super) async fn rotate(
                 "an external secret rotates at its provider: record the new value with put"
                     .to_owned(),
             ));
+        }
+        if let Some(decided) = scheduled
+            && resumed.is_none()
+            && state.record.generation != decided
+        {
+            return Err(SecretError::Conflict);
         }
         let rotation = rotation_of(&state.record)?;
         let started = !steps.is_empty() || resumed == Some(true);
@@ -261,7 +270,7 @@ pub(super) async fn rotate(
                 .commit_secret(commit.build(generation, record))
                 .await?
             {
-                if scheduled {
+                if is_scheduled {
                     return Err(SecretError::Conflict);
                 }
                 continue;
@@ -322,6 +331,9 @@ pub(super) async fn rotate(
                 .commit_secret(commit.build(generation, record))
                 .await?
             {
+                if is_scheduled {
+                    return Err(SecretError::Conflict);
+                }
                 continue;
             }
             steps.push(step_name);
@@ -380,6 +392,9 @@ pub(super) async fn rotate(
             .commit_secret(commit.build(generation, record))
             .await?
         {
+            if is_scheduled {
+                return Err(SecretError::Conflict);
+            }
             continue;
         }
         steps.push("finish");
