@@ -75,7 +75,7 @@ pub async fn run(args: &OneTimeArgs) -> anyhow::Result<()> {
         && notes["replays_already_used"] == notes["replays"];
     report::print_table(
         "ConsumeActionToken at the issuer, PostgreSQL",
-        &[measurement.clone()],
+        std::slice::from_ref(&measurement),
     );
     report::print_json(&serde_json::json!({
         "bench": "onetime",
