@@ -370,7 +370,7 @@ mod tests {
         assert_eq!(stored.action(), Some(AuditAction::KeyRotate));
         assert_eq!(stored.outcome(), Some(AuditOutcome::Ok));
         let newer = StoredAuditEntry {
-            action: "secret.rotate".into(),
+            action: "future.unknown_action".into(),
             ..stored
         };
         assert_eq!(newer.action(), None, "an action a newer version wrote");
