@@ -261,6 +261,36 @@ fn a_rotation_killed_between_any_two_steps_resumes_and_the_secret_works() {
     assert!(redis_auth(&user, &newest));
     seen_values.push(newest);
 
+    // `--all`: every secret Tessera rotates; external ones are reported as skipped.
+    let value_file = root.path().join("vendor.key");
+    std::fs::write(&value_file, "vendor-key-v1\n").unwrap();
+    issuer.cli_json(&[
+        "secrets",
+        "register",
+        "e2e/vendor",
+        "--kind",
+        "external",
+        "--value",
+        &format!("@{}", value_file.display()),
+    ]);
+    let report: Value = issuer.cli_json(&["emergency-rotate", "--all", "--reason", "drill"]);
+    let outcomes: Vec<(String, String)> = report["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["name"].as_str().unwrap().to_owned(),
+                entry["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(outcomes.contains(&("e2e/vendor".to_owned(), "skipped".to_owned())));
+    assert!(outcomes.contains(&(name.to_owned(), "rotated".to_owned())));
+    let ((_, newest), _) = read_value(&issuer, &reader, name);
+    assert!(redis_auth(&user, &newest));
+    seen_values.push(newest);
+
     // No value ever reached a log.
     logs.push_str(&issuer.log());
     for value in &seen_values {
