@@ -15,9 +15,14 @@ CREATE TABLE one_time_tokens (
     invalidation_reason TEXT,
     parent_jti          TEXT
 );
--- Superseding a user's older reset tokens and emergency invalidation look up live rows.
-CREATE INDEX one_time_tokens_live ON one_time_tokens (tenant_id, user_id, kind)
-    WHERE used_at IS NULL AND invalidated_at IS NULL;
+-- Superseding a user's older reset tokens looks up the user's rows. A plain index on
+-- user_id alone, which consumption never names, so a consumption (`jti = … AND tenant_id
+-- = … AND kind = … AND used_at IS NULL …`) can only go through the primary key. A partial
+-- index `(tenant_id, user_id, kind) WHERE used_at IS NULL AND invalidated_at IS NULL`
+-- matched that statement too; before the table's first ANALYZE the planner priced both
+-- alike, picked it, and scanned every live row of the tenant per consumption (measured:
+-- 6–11 ms at 30,000 rows, 356 consumptions/s instead of thousands).
+CREATE INDEX one_time_tokens_user ON one_time_tokens (user_id);
 -- The pruning job deletes by expiry.
 CREATE INDEX one_time_tokens_expires ON one_time_tokens (expires_at);
 
