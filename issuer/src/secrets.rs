@@ -44,6 +44,8 @@ const MAX_TEXT_BYTES: usize = 1024;
 const MAX_CADENCE_DAYS: u32 = 3650;
 
 const DAY: Duration = Duration::from_secs(86_400);
+/// How long the scheduler waits after a rolled-back rotation before it tries again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(3600);
 
 /// A secret's value in the clear. Zeroed on drop; `Debug` shows only its length.
 #[derive(Clone, PartialEq, Eq)]
@@ -563,7 +565,9 @@ impl Secrets {
             };
             let rotates = rotator_for(&view.rotator, &self.credentials).rotates();
             let actor = Actor::system(uuid::Uuid::now_v7().to_string(), "scheduled");
-            let due = rotates && now >= fraction_of_cadence(&state.record, 9, 10);
+            let due = rotates
+                && now >= fraction_of_cadence(&state.record, 9, 10)
+                && !self.failed_recently(&name, now).await;
             if state.record.rotation.is_some() || due {
                 let resumed = state.record.rotation.is_some();
                 match engine::rotate(self, &name, false, &actor, Some(state.record.generation))
@@ -621,6 +625,18 @@ impl Secrets {
         let outcome = engine::rotate(self, name, emergency, actor, None).await?;
         self.export_metrics().await;
         Ok(outcome)
+    }
+
+    /// True when the newest history row of `name` is a rotation rolled back less than
+    /// [`RETRY_AFTER_FAILURE`] ago: a scheduler pass does not start another rotation
+    /// against a target that just refused one (each attempt leaves a retired version).
+    async fn failed_recently(&self, name: &str, now: UnixMillis) -> bool {
+        match self.store.secret_history(name, 1).await {
+            Ok(history) => history.first().is_some_and(|entry| {
+                entry.step == "discard" && now < entry.at.plus(RETRY_AFTER_FAILURE)
+            }),
+            Err(_) => true,
+        }
     }
 
     /// Sets `tessera_secret_last_rotated_timestamp_seconds`,

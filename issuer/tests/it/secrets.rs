@@ -340,6 +340,46 @@ async fn the_scheduler_warns_at_80_percent_and_rotates_once_at_90() {
     assert!(!view.warning && !view.overdue);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_backs_off_an_hour_after_a_rolled_back_rotation() {
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
+    // No Redis admin connection configured: every `set` fails and is rolled back.
+    let issuer = TestIssuer::start_with(|_| {}, clock.clone() as Arc<dyn Clock>).await;
+    let mut request = random_secret("cron/broken");
+    request.kind = pb::RotatorKind::Redis.into();
+    request.rotator = Some(pb::RotatorConfig {
+        config: Some(pb::rotator_config::Config::Redis(pb::RedisRotator {
+            url: format!("redis://{REDIS}"),
+            username: "tessera_nobody".into(),
+        })),
+    });
+    let refused = secrets(&issuer)
+        .await
+        .register_secret(issuer.as_admin(request))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    let engine = issuer.app.secrets.clone();
+    let failed = |actions: &[ScheduledAction]| {
+        actions
+            .iter()
+            .filter(|action| matches!(action, ScheduledAction::Failed { .. }))
+            .count()
+    };
+    clock.advance(DAY * 85);
+    assert_eq!(failed(&engine.run_scheduled().await), 1);
+    assert_eq!(failed(&engine.run_scheduled().await), 0, "retried at once");
+    clock.advance(Duration::from_secs(2 * 3600));
+    assert_eq!(failed(&engine.run_scheduled().await), 1);
+    let view = engine.get("cron/broken").await.unwrap();
+    assert_eq!(view.versions.len(), 3);
+    assert!(
+        view.versions
+            .iter()
+            .all(|version| version.stage == tessera_issuer::store::SecretStage::Retired)
+    );
+}
+
 // === PostgreSQL: alternating roles ===
 
 async fn pg_connect(url: &str) -> tokio_postgres::Client {
