@@ -476,7 +476,7 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(version, 6);
+        assert_eq!(version, 9);
     }
 
     /// A span opened: name, target, level and fields.
