@@ -377,7 +377,11 @@ fn compose_file_needs_no_manual_step_and_wires_metrics_and_traces() {
     );
     assert_eq!(
         strings(&prometheus["rule_files"]),
-        ["/etc/prometheus/alerts.yml"]
+        [
+            "/etc/prometheus/alerts.yml",
+            "/etc/prometheus/one_time_alerts.yml",
+            "/etc/prometheus/secrets_alerts.yml"
+        ]
     );
     assert_eq!(
         strings(&services["prometheus"]["volumes"]),
