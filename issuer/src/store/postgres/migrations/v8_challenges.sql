@@ -17,8 +17,10 @@ CREATE TABLE challenges (
     invalidated_at BIGINT
 );
 CREATE INDEX challenges_by_expiry ON challenges (expires_at);
-CREATE INDEX challenges_live_by_tenant ON challenges (tenant_id)
-    WHERE verified_at IS NULL AND invalidated_at IS NULL;
+-- A plain index: a partial one on the live rows matches the attempt statement's
+-- conditions so well that, with fresh statistics, the planner scanned it over every
+-- challenge of the tenant instead of the primary key (7 ms instead of 0.02 ms a call).
+CREATE INDEX challenges_by_tenant ON challenges (tenant_id);
 
 CREATE TABLE delivery_providers (
     name       TEXT PRIMARY KEY,
