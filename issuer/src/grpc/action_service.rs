@@ -360,7 +360,16 @@ impl pb::action_link_service_server::ActionLinkService for ActionLinkServiceImpl
             )
             .await?;
         let message = request.into_inner();
-        let _client_ip = client_ip(&message.client_ip)?;
+        let ip = client_ip(&message.client_ip)?;
+        // One-time rate limits per user and IP (helper B's limiter, shared with challenges).
+        super::challenge_service::admit_one_time(
+            &self.app,
+            crate::one_time_limits::LimitedOperation::PasswordReset,
+            &tenant,
+            &message.user_id,
+            ip,
+        )
+        .await?;
         let actor = Actor::client(caller.client_id.clone(), request_id, String::new());
         let minted = self
             .app
@@ -425,7 +434,16 @@ impl pb::action_link_service_server::ActionLinkService for ActionLinkServiceImpl
             )
             .await?;
         let message = request.into_inner();
-        let _client_ip = client_ip(&message.client_ip)?;
+        let ip = client_ip(&message.client_ip)?;
+        // One-time rate limits per user and IP (helper B's limiter, shared with challenges).
+        super::challenge_service::admit_one_time(
+            &self.app,
+            crate::one_time_limits::LimitedOperation::EmailVerification,
+            &tenant,
+            &message.user_id,
+            ip,
+        )
+        .await?;
         let minted = self
             .app
             .actions

@@ -621,3 +621,58 @@ async fn used_and_expired_challenges_are_pruned_after_a_day() {
         "expired but kept until a day past expiry"
     );
 }
+
+/// Password-reset and email-verification requests are rate-limited per user and per IP
+/// by the same limiter (defaults 5 per user per hour): the sixth reset for one user is
+/// RESOURCE_EXHAUSTED with `retry-after`, another user is unaffected; verification
+/// requests from one IP over its limit are refused too.
+#[tokio::test]
+async fn reset_and_verification_requests_are_rate_limited() {
+    let issuer = start(
+        "[limits.email_verification]\nper_user = 10\nper_ip = 2\nwindow_seconds = 3600\n",
+        Arc::new(SystemClock),
+    )
+    .await;
+    let mut actions =
+        pb::action_link_service_client::ActionLinkServiceClient::new(issuer.channel().await);
+    let reset = |user: &str| pb::IssuePasswordResetRequest {
+        tenant_id: HOME.into(),
+        user_id: user.into(),
+        ..Default::default()
+    };
+    for _ in 0..5 {
+        actions
+            .issue_password_reset(issuer.as_admin(reset("alice")))
+            .await
+            .expect("a reset within the limit");
+    }
+    let limited = actions
+        .issue_password_reset(issuer.as_admin(reset("alice")))
+        .await
+        .unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+    assert!(limited.metadata().get("retry-after").is_some());
+    actions
+        .issue_password_reset(issuer.as_admin(reset("bob")))
+        .await
+        .expect("another user");
+
+    let verification = |user: &str| pb::IssueEmailVerificationRequest {
+        tenant_id: HOME.into(),
+        user_id: user.into(),
+        email: format!("{user}@example.com"),
+        client_ip: "192.0.2.9".into(),
+        ..Default::default()
+    };
+    for user in ["u1", "u2"] {
+        actions
+            .issue_email_verification(issuer.as_admin(verification(user)))
+            .await
+            .expect("within the IP limit");
+    }
+    let limited = actions
+        .issue_email_verification(issuer.as_admin(verification("u3")))
+        .await
+        .unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+}
