@@ -18,6 +18,8 @@
 //! - The code never reaches a log, an audit entry, an error or a `Debug`; the destination
 //!   is neither stored nor audited.
 //! - Rate limits (`one_time_limits.rs`) come before any other work of a call.
+//! - Audited: starts, dead challenges, emergency invalidations, provider switches and
+//!   failovers; a successful verification is counted and logged (see `verify`).
 
 pub mod code;
 
@@ -506,12 +508,18 @@ impl Challenges {
             }
             return Ok(self.answer(Err(Refusal::WrongCode), attempts_left, Some(record.method)));
         }
-        let audit = actor.entry(now, AuditAction::ChallengeVerified, challenge_id.as_str());
+        // A verification is a login, not a change an operator acts on: it is counted
+        // (`tessera_auth_validation_attempt_total{outcome="success"}`) and logged, not
+        // appended to the hash-chained audit log, whose one lock would serialize every
+        // login behind a WAL flush (as API-key validations are counted, not audited).
+        // Starts, dead challenges, invalidations and provider switches are audited.
         if self
             .store
-            .mark_verified(&request.tenant_id, &challenge_id, now, audit)
+            .mark_verified(&request.tenant_id, &challenge_id, now, None)
             .await?
         {
+            info!(challenge = %challenge_id, tenant = %request.tenant_id, principal = %actor.principal,
+                "challenge verified");
             Ok(self.answer(Ok((record.user_id, record.method)), 0, Some(record.method)))
         } else {
             // A concurrent right answer won (or an emergency came in between).

@@ -119,14 +119,15 @@ pub trait ChallengeStore: Send + Sync + 'static {
         now: UnixMillis,
     ) -> Result<AttemptCount, StoreError>;
 
-    /// Marks the challenge verified at `now` with its audit entry, if it is still
-    /// neither verified nor invalidated; returns false (and writes nothing) otherwise.
+    /// Marks the challenge verified at `now` (with `audit`, when given, in the same
+    /// transaction), if it is still neither verified nor invalidated; returns false (and
+    /// writes nothing) otherwise.
     async fn mark_verified(
         &self,
         tenant_id: &TenantId,
         challenge_id: &ChallengeId,
         now: UnixMillis,
-        audit: AuditEntry,
+        audit: Option<AuditEntry>,
     ) -> Result<bool, StoreError>;
 
     /// Invalidates every live challenge (not verified, not invalidated, not expired at

@@ -292,7 +292,7 @@ fn brute_force_cross_tenant_oversized_and_replayed_challenges_are_refused() {
     );
     let audit = issuer.cli_json(&["audit", "list", "--limit", "200"]);
     let text = audit.to_string();
-    assert!(text.contains("challenge.start") && text.contains("challenge.verified"));
+    assert!(text.contains("challenge.start") && text.contains("challenge.exhausted"));
     for entry in audit["events"].as_array().expect("audit entries") {
         for field in ["target", "reason"] {
             let value = entry[field].as_str().unwrap_or_default();

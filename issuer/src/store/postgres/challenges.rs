@@ -139,7 +139,7 @@ impl ChallengeStore for PostgresStore {
         tenant_id: &TenantId,
         challenge_id: &ChallengeId,
         now: UnixMillis,
-        audit: AuditEntry,
+        audit: Option<AuditEntry>,
     ) -> Result<bool, StoreError> {
         let (id, tenant) = (
             challenge_id.as_str().to_owned(),
@@ -155,8 +155,8 @@ impl ChallengeStore for PostgresStore {
                     &[&id, &tenant, &now.0],
                 )
                 .await?;
-                if n == 1 {
-                    shared::append_audit_entry(&PgTx(tx), &audit).await?;
+                if let (1, Some(audit)) = (n, &audit) {
+                    shared::append_audit_entry(&PgTx(tx), audit).await?;
                 }
                 Ok(n == 1)
             })

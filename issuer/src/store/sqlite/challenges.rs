@@ -118,7 +118,7 @@ impl ChallengeStore for SqliteStore {
         tenant_id: &TenantId,
         challenge_id: &ChallengeId,
         now: UnixMillis,
-        audit: AuditEntry,
+        audit: Option<AuditEntry>,
     ) -> Result<bool, StoreError> {
         let (tenant, id) = (
             tenant_id.as_str().to_owned(),
@@ -131,8 +131,8 @@ impl ChallengeStore for SqliteStore {
                      AND tenant_id = ?2 AND verified_at IS NULL AND invalidated_at IS NULL",
                 )?
                 .execute(params![id, tenant, now.0])?;
-            if n == 1 {
-                complete(shared::append_audit_entry(&SqliteTx(tx), &audit))?;
+            if let (1, Some(audit)) = (n, &audit) {
+                complete(shared::append_audit_entry(&SqliteTx(tx), audit))?;
             }
             Ok(n == 1)
         })

@@ -94,7 +94,7 @@ pub async fn challenges_round_trip_count_attempts_and_verify_once(fixture: &Fixt
     }
     // Verification is independent of the count (the fifth attempt may be the right one)
     // and happens once.
-    let verified = |n| audit(AuditAction::ChallengeVerified, &format!("{id}-{n}"));
+    let verified = |n| Some(audit(AuditAction::ChallengeVerified, &format!("{id}-{n}")));
     assert!(
         store
             .mark_verified(&tenant("acme"), id, UnixMillis(T0 + 7), verified(1))
@@ -186,7 +186,7 @@ pub async fn concurrent_attempts_from_two_stores_count_exactly_the_limit(fixture
                     &tenant("acme"),
                     &id,
                     UnixMillis(T0 + 2),
-                    audit(AuditAction::ChallengeVerified, id.as_str()),
+                    Some(audit(AuditAction::ChallengeVerified, id.as_str())),
                 )
                 .await
                 .unwrap()
@@ -276,7 +276,7 @@ pub async fn invalidation_pruning_and_provider_states(fixture: &Fixture) {
                 &tenant("acme"),
                 &acme_done.challenge_id,
                 UnixMillis(T0 + 1),
-                audit(AuditAction::ChallengeVerified, "x"),
+                None,
             )
             .await
             .unwrap()
