@@ -119,9 +119,15 @@ impl ValidationPolicy {
     /// of any token type any key set signs, plus the leeway. An entry names a user,
     /// session, tenant… whose tokens may be of any type, so it lives as long as the
     /// longest-lived of them (a 24 h email-verification token, not a 15 min access token).
+    ///
+    /// Action links are left out: one is honoured only by the issuer's conditional write
+    /// on its single-use record, which an emergency invalidates for good, so verifiers need
+    /// not keep every revocation entry for an action link's seven days. (A `user` or
+    /// `session` entry stops that user's links for the horizon, not for their whole life.)
     pub fn revocation_horizon(&self) -> Duration {
         let longest = TokenType::ALL
             .into_iter()
+            .filter(|token_type| *token_type != TokenType::Action)
             .map(|token_type| self.max_lifetime(token_type))
             .max()
             .unwrap_or(Duration::ZERO);
@@ -282,10 +288,11 @@ mod tests {
         );
         assert_eq!(
             policy.key_set_max_lifetime(KeySetName::Action),
-            Duration::from_secs(86_400)
+            Duration::from_secs(7 * 86_400)
         );
         // Not 15 min 30 s: an email-verification token lives 24 h, and a user revoked
         // now must stay revoked for as long as such a token issued before could live.
+        // Not seven days either: action links are held back by their single-use records.
         assert_eq!(
             policy.revocation_horizon(),
             Duration::from_secs(86_400 + 30)
@@ -364,6 +371,10 @@ mod tests {
         let kept: Vec<_> = bundle.keys.keys().map(KeyId::as_str).collect();
         assert_eq!(kept, ["access-1", "action-1"]);
         bundle.prune(revoked_at.plus(Duration::from_secs(86_431)));
+        // An action link lives up to seven days: its set's revoked key stays that long.
+        let kept: Vec<_> = bundle.keys.keys().map(KeyId::as_str).collect();
+        assert_eq!(kept, ["action-1"]);
+        bundle.prune(revoked_at.plus(Duration::from_secs(7 * 86_400 + 31)));
         assert!(bundle.keys.is_empty());
     }
 }

@@ -99,9 +99,9 @@ impl TokenType {
         match self {
             TokenType::Access => Duration::from_secs(15 * 60),
             TokenType::Reset => HOUR,
-            TokenType::Action | TokenType::Verification | TokenType::Service => {
-                Duration::from_secs(24 * 3600)
-            }
+            // The seed's approve_estimate link lives seven days.
+            TokenType::Action => Duration::from_secs(7 * 24 * 3600),
+            TokenType::Verification | TokenType::Service => Duration::from_secs(24 * 3600),
         }
     }
 

@@ -4,9 +4,8 @@
 //! caller's `expires_in`, all bounded by [`MIN_LIFETIME`] and by the longest lifetime
 //! the trust bundle publishes for the token type (what verifiers accept). Pure.
 //!
-//! The published bound wins over a default: with the bundle's 24 h for action tokens,
-//! approve_estimate's seven days are cut to 24 h (a longer bound would keep every
-//! revocation entry that long, DESIGN §5).
+//! The published bound wins over a default: the bundle publishes seven days for action
+//! tokens (approve_estimate's default), 1 h for resets and 24 h for verifications.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -99,6 +98,12 @@ mod tests {
     fn requested_lifetimes_are_bounded_and_defaults_cut_to_the_published_bound() {
         assert_eq!(resolve("x", None, None, DAY).unwrap().as_secs(), 1_800);
         assert_eq!(resolve("approve_estimate", None, None, DAY).unwrap(), DAY);
+        assert_eq!(
+            resolve("approve_estimate", None, None, 7 * DAY)
+                .unwrap()
+                .as_secs(),
+            7 * 86_400
+        );
         assert_eq!(
             resolve("x", Some(Duration::from_secs(120)), None, DAY).unwrap(),
             Duration::from_secs(120)

@@ -93,7 +93,7 @@ async fn the_bundle_publishes_the_longest_lifetime_of_every_token_type() {
         .collect();
     let expected: BTreeMap<String, u32> = [
         ("access", 900),
-        ("action", 86_400),
+        ("action", 7 * 86_400),
         ("reset", 3_600),
         ("verification", 86_400),
         ("service", 86_400),
