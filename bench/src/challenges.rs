@@ -78,7 +78,7 @@ pub async fn run(args: &ChallengesArgs) -> anyhow::Result<()> {
         && notes["replays_already_used"] == notes["replays"];
     report::print_table(
         "VerifyChallenge at the issuer, PostgreSQL",
-        &[measurement.clone()],
+        std::slice::from_ref(&measurement),
     );
     report::print_json(&serde_json::json!({
         "bench": "challenges",
