@@ -283,6 +283,9 @@ fn main() -> anyhow::Result<()> {
             | Command::Issue { .. }
             | Command::AllIssue { .. }
             | Command::ApiKeys(_)
+            | Command::Challenges(_)
+            | Command::OneTime(_)
+            | Command::Secrets(_)
     ) || is_validate(&cli.command);
     if drives_servers {
         let pinning = Pinning {
