@@ -176,7 +176,8 @@ fn code_in(body: &str) -> String {
 }
 
 #[test]
-fn an_otp_email_reaches_a_real_aiosmtpd_server_and_its_code_verifies_once() {
+fn an_otp_email_reaches_a_real_aiosmtpd_server_verifies_once_and_stops_while_its_provider_is_disabled()
+ {
     let root = tempfile::tempdir().unwrap();
     let mail = MailServer::start(root.path());
     let settings = root.path().join("challenges.toml");
@@ -247,13 +248,63 @@ fn an_otp_email_reaches_a_real_aiosmtpd_server_and_its_code_verifies_once() {
         Refused::AlreadyUsed
     );
 
+    // Provider compromise through the CLI (seed 002 `providers disable`): with its only
+    // provider disabled the method refuses to send; enabled again, mail flows.
+    let mail_enabled = || {
+        let listed = issuer.cli_json(&["providers", "list"]);
+        let provider = listed
+            .as_array()
+            .and_then(|rows| rows.iter().find(|row| row["name"] == "mail"))
+            .unwrap_or_else(|| panic!("`providers list` lacks `mail`: {listed}"))
+            .clone();
+        assert_eq!(provider["kind"], "smtp", "{provider}");
+        provider["enabled"].as_bool().expect("enabled flag")
+    };
+    assert!(mail_enabled());
+    issuer
+        .cli(&[
+            "providers",
+            "disable",
+            "mail",
+            "--reason",
+            "provider compromise drill",
+        ])
+        .assert_success("providers disable");
+    assert!(!mail_enabled());
+    let start = || {
+        rt.block_on(challenges.clone().start_challenge(with_bearer(
+            pb::StartChallengeRequest {
+                method: pb::ChallengeMethod::OtpEmail as i32,
+                user_id: "alice".into(),
+                tenant_id: TENANT.into(),
+                delivery: pb::ChallengeDelivery::Provider as i32,
+                destination: "alice@example.com".into(),
+                ..Default::default()
+            },
+            &admin,
+        )))
+    };
+    let refused = start().expect_err("a start through a disabled provider is refused");
+    assert_ne!(refused.code(), tonic::Code::Ok);
+    issuer
+        .cli(&["providers", "enable", "mail", "--reason", "drill over"])
+        .assert_success("providers enable");
+    assert!(mail_enabled());
+    let again = start().expect("start after enable").into_inner();
+    assert_eq!(again.provider, "mail");
+    let (recipients, raw) = mail.message(1);
+    assert_eq!(recipients, ["alice@example.com"]);
+    let second_code = code_in(&quoted_printable_decoded(&raw));
+
     let stdout = std::fs::read_to_string(root.path().join("issuer.stdout.log")).unwrap();
     let stderr = issuer.log();
     assert!(!stderr.is_empty(), "the issuer logged nothing to check");
     for (name, log) in [("stdout", &stdout), ("stderr", &stderr)] {
-        assert!(
-            !log.contains(&code),
-            "the code {code} is in the issuer's {name}:\n{log}"
-        );
+        for code in [&code, &second_code] {
+            assert!(
+                !log.contains(code.as_str()),
+                "the code {code} is in the issuer's {name}:\n{log}"
+            );
+        }
     }
 }
