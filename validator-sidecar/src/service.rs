@@ -8,9 +8,10 @@
 //! as before; a method the protocol adds later answers UNIMPLEMENTED here until it is
 //! routed.
 //!
-//! `ValidateApiKey`, `ValidateOpaqueToken` and `FetchServiceToken` ([`crate::credentials`])
-//! are routed here too, with tonic's standard prost codec: their answers come from a
-//! cache or the issuer, not from the token fast path.
+//! `ValidateApiKey`, `ValidateOpaqueToken`, `FetchServiceToken` and `ConsumeActionToken`
+//! ([`crate::credentials`]) are routed here too, with tonic's standard prost codec: their
+//! answers come from a cache or the issuer, not from the token fast path. `GetSecret`
+//! ([`crate::secrets`]) answers from bytes encoded once per secret version.
 
 use std::convert::Infallible;
 use std::sync::Arc;
