@@ -37,6 +37,7 @@ use crate::procs::{self, IssuerProcess, SidecarProcess};
 use crate::report::{self, Measurement};
 use crate::rpc::{self, EmptyService, RpcPlan};
 use crate::sampling::{Quiet, quietest};
+use crate::scratch_database::ScratchDatabase;
 use crate::transport::{self, Target};
 
 /// The sidecar target: cached ValidateApiKey ≥ 80 % of the empty unary RPC.
@@ -329,7 +330,7 @@ async fn first_sight(args: &ApiKeysArgs, quiet: Quiet, store: Store) -> anyhow::
     };
     eprintln!("[apikeys] first sight at the issuer on {label}…");
     let scratch = match &store {
-        Store::Postgres(url) => Some(ScratchDatabase::create(url).await?),
+        Store::Postgres(url) => Some(ScratchDatabase::create(url, "tessera_bench").await?),
         Store::Sqlite => None,
     };
     let mut extra = Vec::new();
@@ -517,52 +518,6 @@ impl AdminClient {
         }
         Ok(keys)
     }
-}
-
-/// A database created on a PostgreSQL server for one run, dropped afterwards.
-struct ScratchDatabase {
-    server_url: String,
-    name: String,
-    url: String,
-}
-
-impl ScratchDatabase {
-    async fn create(server_url: &str) -> anyhow::Result<ScratchDatabase> {
-        let name = format!("tessera_bench_{}", uuid::Uuid::new_v4().simple());
-        execute(server_url, &format!("CREATE DATABASE {name}")).await?;
-        let (base, query) = match server_url.split_once('?') {
-            Some((base, query)) => (base, format!("?{query}")),
-            None => (server_url, String::new()),
-        };
-        let authority = base.find("://").map_or(0, |index| index + 3);
-        let server = match base[authority..].find('/') {
-            Some(slash) => &base[..authority + slash],
-            None => base,
-        };
-        Ok(ScratchDatabase {
-            server_url: server_url.to_owned(),
-            url: format!("{server}/{name}{query}"),
-            name,
-        })
-    }
-
-    async fn drop_database(self) {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        if let Err(error) = execute(&self.server_url, &sql).await {
-            eprintln!("could not drop {}: {error:#}", self.name);
-        }
-    }
-}
-
-async fn execute(url: &str, sql: &str) -> anyhow::Result<()> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .context("connecting to PostgreSQL")?;
-    let driver = tokio::spawn(connection);
-    client.batch_execute(sql).await.context(sql.to_owned())?;
-    drop(client);
-    let _ = driver.await;
-    Ok(())
 }
 
 /// CPU ticks of the issuer and of every PostgreSQL process, at one instant.

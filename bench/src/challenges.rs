@@ -30,6 +30,7 @@ use crate::load::{UnaryPlan, run_unary};
 use crate::procs::IssuerProcess;
 use crate::report::{self, Measurement};
 use crate::sampling::quietest;
+use crate::scratch_database::ScratchDatabase;
 use crate::transport::{self, Target};
 
 /// The target on PostgreSQL, verifications per second.
@@ -68,7 +69,7 @@ pub struct ChallengesArgs {
 
 /// Runs the benchmark and prints the table, the target and one JSON line.
 pub async fn run(args: &ChallengesArgs) -> anyhow::Result<()> {
-    let scratch = ScratchDatabase::create(&args.database_url).await?;
+    let scratch = ScratchDatabase::create(&args.database_url, "tessera_bench_challenges").await?;
     let result = measure(args, &scratch).await;
     scratch.drop_database().await;
     let (measurement, notes) = result?;
@@ -304,50 +305,4 @@ async fn count_verified(url: &str) -> anyhow::Result<i64> {
     drop(client);
     let _ = driver.await;
     Ok(verified)
-}
-
-/// A database created on a PostgreSQL server for one run, dropped afterwards.
-struct ScratchDatabase {
-    server_url: String,
-    name: String,
-    url: String,
-}
-
-impl ScratchDatabase {
-    async fn create(server_url: &str) -> anyhow::Result<ScratchDatabase> {
-        let name = format!("tessera_bench_challenges_{}", uuid::Uuid::new_v4().simple());
-        execute(server_url, &format!("CREATE DATABASE {name}")).await?;
-        let (base, query) = match server_url.split_once('?') {
-            Some((base, query)) => (base, format!("?{query}")),
-            None => (server_url, String::new()),
-        };
-        let authority = base.find("://").map_or(0, |index| index + 3);
-        let server = match base[authority..].find('/') {
-            Some(slash) => &base[..authority + slash],
-            None => base,
-        };
-        Ok(ScratchDatabase {
-            server_url: server_url.to_owned(),
-            url: format!("{server}/{name}{query}"),
-            name,
-        })
-    }
-
-    async fn drop_database(self) {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        if let Err(error) = execute(&self.server_url, &sql).await {
-            eprintln!("could not drop {}: {error:#}", self.name);
-        }
-    }
-}
-
-async fn execute(url: &str, sql: &str) -> anyhow::Result<()> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .context("connecting to PostgreSQL")?;
-    let driver = tokio::spawn(connection);
-    client.batch_execute(sql).await.context(sql.to_owned())?;
-    drop(client);
-    let _ = driver.await;
-    Ok(())
 }

@@ -22,6 +22,7 @@ mod refresh;
 mod report;
 mod rpc;
 mod sampling;
+mod scratch_database;
 mod secrets;
 #[cfg(feature = "sidecar")]
 mod stream_load;
