@@ -361,7 +361,7 @@ impl pb::action_link_service_server::ActionLinkService for ActionLinkServiceImpl
             .await?;
         let message = request.into_inner();
         let ip = client_ip(&message.client_ip)?;
-        // One-time rate limits per user and IP (helper B's limiter, shared with challenges).
+        // One-time rate limits per user and IP (`one_time_limits.rs`, shared with challenges).
         super::challenge_service::admit_one_time(
             &self.app,
             crate::one_time_limits::LimitedOperation::PasswordReset,
@@ -435,7 +435,7 @@ impl pb::action_link_service_server::ActionLinkService for ActionLinkServiceImpl
             .await?;
         let message = request.into_inner();
         let ip = client_ip(&message.client_ip)?;
-        // One-time rate limits per user and IP (helper B's limiter, shared with challenges).
+        // One-time rate limits per user and IP (`one_time_limits.rs`, shared with challenges).
         super::challenge_service::admit_one_time(
             &self.app,
             crate::one_time_limits::LimitedOperation::EmailVerification,
